@@ -1,0 +1,31 @@
+//! resin-api-types: the one definition of every shape that crosses the wire
+//! between resin-cloud and resin-supervisor (and the `config.json` that
+//! imagegen injects into a disk image). Nothing here does I/O.
+//!
+//! - [`register`]: `POST /device/register`
+//! - [`target`]: `GET /device/v3/{uuid}/state` (the target state)
+//! - [`report`]: `PATCH /device/v3/state` (the current state report)
+//! - [`logs`]: `POST /device/v2/{uuid}/log-stream` (NDJSON log lines)
+//! - [`config`]: `config.json` on the boot partition
+//! - [`labels`]: container labels and update strategies the supervisor uses
+//! - [`paths`]: the device-API paths, built in one place
+
+pub mod config;
+pub mod labels;
+pub mod logs;
+pub mod paths;
+pub mod register;
+pub mod report;
+pub mod target;
+
+pub use config::ConfigJson;
+pub use logs::LogLine;
+pub use register::{RegisterRequest, RegisterResponse};
+pub use report::{
+    AppReport, DeviceReport, OsUpdateReport, OsUpdateState, ServiceReport, ServiceStatus,
+    StateReport,
+};
+pub use target::{
+    AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget, ReleaseTarget,
+    ServiceTarget, TargetState, VolumeTarget,
+};

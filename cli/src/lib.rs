@@ -1,0 +1,1 @@
+//! resin-cli (placeholder; see its issue).

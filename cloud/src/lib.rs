@@ -1,0 +1,1 @@
+//! resin-cloud (placeholder; see its issue).

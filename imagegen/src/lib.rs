@@ -1,0 +1,1 @@
+//! resin-imagegen (placeholder; see its issue).

@@ -1,0 +1,1 @@
+//! resin-odata (placeholder; see its issue).

@@ -1,0 +1,1 @@
+//! resin-osupdate (placeholder; see its issue).

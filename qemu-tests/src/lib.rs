@@ -1,0 +1,1 @@
+//! resin-qemu-tests (placeholder; see its issue).

@@ -1,0 +1,1 @@
+//! resin-supervisor (placeholder; see its issue).
