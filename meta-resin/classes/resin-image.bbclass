@@ -1,0 +1,100 @@
+# The resin A/B disk image: IMAGE_FSTYPES type "resinimg".
+#
+# resin-imagegen-native lays out the whole disk from the layout file of the
+# resin repository (see resin-imagegen.bbclass): resin-boot (vfat ESP, filled
+# from RESIN_BOOT_FILES plus the rendered grub.cfg/grubenv), resin-rootA (this
+# image's ext4), an empty resin-rootB of the same size, resin-state and
+# resin-data. It writes ${IMAGE_NAME}.resinimg and its block map
+# (.resinimg.bmap); oe-core's zst conversion adds the compressed copy
+# (.resinimg.zst) that the cloud serves.
+#
+# Variables (defaults in conf/distro/include/resin-settings.inc):
+# RESIN_BOOT_SIZE (100MiB), RESIN_ROOTFS_SIZE (1GiB, also the maximum rootfs
+# size), RESIN_STATE_SIZE (64MiB), RESIN_DATA_MIN_SIZE (64MiB),
+# RESIN_DEVELOPMENT ("0"); here: RESIN_BOOT_FILES, RESIN_BOOT_DEPENDS.
+
+inherit resin-imagegen
+
+# Files of DEPLOY_DIR_IMAGE copied into resin-boot, as "SOURCE;DEST" (DEST
+# relative to the partition's root; default: the source's name).
+RESIN_BOOT_FILES ??= ""
+RESIN_BOOT_FILES:qemuarm64 ??= "grub-efi-bootaa64.efi;EFI/BOOT/BOOTAA64.EFI"
+# meta-raspberrypi's list (firmware, config.txt, device trees, u-boot.bin as
+# the kernel the firmware starts, boot.scr from resin-bootfiles).
+RESIN_BOOT_FILES:rpi ??= "${IMAGE_BOOT_FILES}"
+# Recipe tasks that deploy RESIN_BOOT_FILES.
+RESIN_BOOT_DEPENDS ??= ""
+RESIN_BOOT_DEPENDS:qemuarm64 ??= "grub-efi:do_deploy resin-bootfiles:do_deploy"
+RESIN_BOOT_DEPENDS:rpi ??= "rpi-bootfiles:do_deploy u-boot:do_deploy resin-bootfiles:do_deploy virtual/kernel:do_deploy"
+
+# The rootfs slot is the ext4 image; the bundle (resin-bundle) ships the same file.
+IMAGE_FSTYPES:append = " ext4 resinimg resinimg.zst"
+IMAGE_TYPEDEP:resinimg = "ext4"
+do_image_resinimg[depends] += "resin-imagegen-native:do_populate_sysroot ${RESIN_BOOT_DEPENDS}"
+
+# The rootfs must fit its slot: IMAGE_ROOTFS_MAXSIZE is in KiB.
+IMAGE_ROOTFS_MAXSIZE ?= "${@resin_size_kib(d.getVar('RESIN_ROOTFS_SIZE'))}"
+
+def resin_size_kib(size):
+    units = {"KiB": 1, "MiB": 1024, "GiB": 1024 * 1024, "K": 1, "M": 1024, "G": 1024 * 1024}
+    for unit in sorted(units, key=len, reverse=True):
+        if size.endswith(unit):
+            return str(int(size[:-len(unit)]) * units[unit])
+    bb.fatal("RESIN_ROOTFS_SIZE=%s: use KiB, MiB or GiB" % size)
+
+# A read-only root; the persistent bits live on resin-state (resin-persist).
+IMAGE_FEATURES:append = " read-only-rootfs"
+IMAGE_FEATURES:append = " ${@'ssh-server-openssh allow-empty-password empty-root-password allow-root-login post-install-logging' if d.getVar('RESIN_DEVELOPMENT') == '1' else ''}"
+
+# The GRUB entries and the U-Boot script load /boot/vmlinuz and
+# /boot/initrd.img from the slot (the kernel is updated with the slot).
+# The kernel has what it needs to mount the root built in, so initrd.img is an
+# empty initramfs (a cpio trailer): the kernel finds no /init in it and mounts
+# root= itself.
+ROOTFS_POSTPROCESS_COMMAND:append = " resin_boot_links"
+resin_boot_links[doc] = "Links /boot/vmlinuz to the kernel and adds an empty /boot/initrd.img"
+resin_boot_links() {
+    kimg=$(cd ${IMAGE_ROOTFS}/boot && ls ${KERNEL_IMAGETYPE}-* 2>/dev/null | head -n 1)
+    [ -n "$kimg" ] || bbfatal "no /boot/${KERNEL_IMAGETYPE}-* in the rootfs: add kernel-image to IMAGE_INSTALL"
+    ln -sf "$kimg" ${IMAGE_ROOTFS}/boot/vmlinuz
+    if [ ! -e ${IMAGE_ROOTFS}/boot/initrd.img ]; then
+        (cd ${WORKDIR} && : | cpio -o -H newc --quiet > ${IMAGE_ROOTFS}/boot/initrd.img)
+    fi
+}
+
+python resin_warn_dev_keys() {
+    for var in ('RESIN_RAUC_KEYRING_FILE', 'RESIN_RAUC_CERT_FILE', 'RESIN_RAUC_KEY_FILE'):
+        if '/dev-keys/' in (d.getVar(var) or ''):
+            bb.warn("%s uses meta-resin's public DEVELOPMENT key %s: never ship this image" % (var, d.getVar(var)))
+}
+do_image_resinimg[prefuncs] += "resin_warn_dev_keys"
+resin_warn_dev_keys[doc] = "Warns when the RAUC keys are the public development keys"
+
+IMAGE_CMD:resinimg[doc] = "Assembles the A/B disk image and its bmap with resin-imagegen"
+IMAGE_CMD:resinimg() {
+    bootdir=${WORKDIR}/resin-boot
+    rm -rf $bootdir
+    mkdir -p $bootdir
+    for entry in ${RESIN_BOOT_FILES}; do
+        src=${entry%%;*}
+        dest=${entry#*;}
+        [ "$dest" = "$entry" ] && dest=""
+        found=0
+        for f in ${DEPLOY_DIR_IMAGE}/$src; do
+            [ -e "$f" ] || continue
+            found=1
+            case "$dest" in
+            "") install -D -m 0644 "$f" "$bootdir/$(basename "$f")" ;;
+            */) install -D -m 0644 "$f" "$bootdir/$dest$(basename "$f")" ;;
+            *) install -D -m 0644 "$f" "$bootdir/$dest" ;;
+            esac
+        done
+        [ $found = 1 ] || bbfatal "RESIN_BOOT_FILES: nothing in ${DEPLOY_DIR_IMAGE} matches $src"
+    done
+
+    out=${IMGDEPLOYDIR}/${IMAGE_NAME}.resinimg
+    resin-imagegen build --layout ${RESIN_LAYOUT} ${RESIN_IMAGEGEN_SET} \
+        --input rootfs=${IMGDEPLOYDIR}/${IMAGE_NAME}.ext4 \
+        --input boot=$bootdir \
+        --output $out --bmap $out.bmap
+}

@@ -1,0 +1,25 @@
+SUMMARY = "resin OS: the A/B device image running the resin supervisor and Docker"
+DESCRIPTION = "Read-only rootfs with systemd, the Docker engine (docker-moby), \
+               RAUC and the resin supervisor, laid out as a resin A/B disk image by \
+               resin-imagegen. RESIN_DEVELOPMENT = \"1\" adds openssh and debug conveniences."
+HOMEPAGE = "https://example.invalid/resin"
+SECTION = "image"
+LICENSE = "MIT"
+
+inherit core-image resin-image
+
+IMAGE_INSTALL = "\
+    packagegroup-core-boot \
+    kernel-image \
+    docker-moby \
+    rauc \
+    resin-supervisor \
+    resin-persist \
+    ca-certificates \
+    e2fsprogs-e2fsck \
+    e2fsprogs-resize2fs \
+    ${@'u-boot-fw-utils' if d.getVar('RESIN_BOOTLOADER') == 'uboot' else 'grub-editenv'} \
+    ${CORE_IMAGE_EXTRA_INSTALL} \
+"
+
+IMAGE_LINGUAS = ""

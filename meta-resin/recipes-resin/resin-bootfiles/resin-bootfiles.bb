@@ -1,0 +1,53 @@
+SUMMARY = "resin OS A/B boot files rendered from the disk layout"
+DESCRIPTION = "Renders the bootloader side of the A/B contract with \
+               resin-imagegen: for GRUB (qemuarm64) grub.cfg and grubenv, which the image \
+               class also installs into resin-boot; for U-Boot (raspberrypi4-64) boot.scr, \
+               compiled from the rendered boot.cmd (BOOT_ORDER, BOOT_A_LEFT, BOOT_B_LEFT), \
+               and /etc/fw_env.config so that RAUC's fw_setenv/fw_printenv reach the \
+               environment U-Boot keeps on resin-boot."
+HOMEPAGE = "https://example.invalid/resin"
+SECTION = "bootloaders"
+LICENSE = "MIT"
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
+
+inherit resin-imagegen deploy
+
+DEPENDS:append = " u-boot-tools-native"
+# meta-raspberrypi's U-Boot looks for boot.scr; this recipe provides it
+# (PREFERRED_PROVIDER_u-boot-default-script = "resin-bootfiles").
+PROVIDES += "u-boot-default-script"
+
+INHIBIT_DEFAULT_DEPS = "1"
+PACKAGE_ARCH = "${MACHINE_ARCH}"
+
+# Where U-Boot keeps its environment (uboot.env on the FAT boot partition for
+# the Raspberry Pi's U-Boot) and its size, for /etc/fw_env.config.
+RESIN_UBOOT_ENV_FILE ??= "/mnt/boot/uboot.env"
+RESIN_UBOOT_ENV_SIZE ??= "0x4000"
+
+do_compile() {
+    resin_imagegen_render ${B}/rendered
+    if [ "${RESIN_BOOTLOADER}" = "uboot" ]; then
+        mkimage -A arm64 -T script -C none -n "resin A/B boot script" \
+            -d ${B}/rendered/boot.cmd ${B}/boot.scr
+        printf '%s 0x0000 %s\n' "${RESIN_UBOOT_ENV_FILE}" "${RESIN_UBOOT_ENV_SIZE}" > ${B}/fw_env.config
+    fi
+}
+
+do_install() {
+    if [ "${RESIN_BOOTLOADER}" = "uboot" ]; then
+        install -D -m 0644 ${B}/fw_env.config ${D}${sysconfdir}/fw_env.config
+    fi
+}
+
+do_deploy() {
+    if [ "${RESIN_BOOTLOADER}" = "uboot" ]; then
+        install -m 0644 ${B}/boot.scr ${DEPLOYDIR}/boot.scr
+        install -m 0644 ${B}/rendered/boot.cmd ${DEPLOYDIR}/resin-boot.cmd
+    else
+        install -m 0644 ${B}/rendered/EFI/BOOT/grub.cfg ${DEPLOYDIR}/resin-grub.cfg
+    fi
+}
+addtask deploy after do_compile before do_build
+
+ALLOW_EMPTY:${PN} = "1"
