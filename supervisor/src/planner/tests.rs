@@ -1,0 +1,422 @@
+//! Unit tests of the planner, one per case.
+
+use std::collections::BTreeMap;
+
+use resin_api_types::{labels, AppTarget, EnvLayers, ReleaseTarget, ServiceTarget, VolumeTarget};
+
+use super::*;
+
+const APP: &str = "app1";
+
+fn svc(image: &str) -> ServiceTarget {
+    ServiceTarget {
+        image: image.into(),
+        restart: "always".into(),
+        ..Default::default()
+    }
+}
+
+fn target(release: &str, services: &[(&str, ServiceTarget)]) -> TargetApps {
+    let mut rel = ReleaseTarget::default();
+    for (n, s) in services {
+        rel.services.insert((*n).into(), s.clone());
+    }
+    let mut app = AppTarget {
+        name: "app".into(),
+        ..Default::default()
+    };
+    app.releases.insert(release.into(), rel);
+    BTreeMap::from([(APP.to_owned(), app)])
+}
+
+fn ctx_with_images(images: &[&str]) -> PlanContext {
+    PlanContext {
+        device_uuid: "dev".into(),
+        images_present: images.iter().map(|s| (*s).to_owned()).collect(),
+        now: 1000,
+        ..Default::default()
+    }
+}
+
+/// The engine state after `t` converged: every container running, every
+/// network and volume there.
+fn converged(t: &TargetApps) -> CurrentState {
+    let mut cur = CurrentState::default();
+    for (i, s) in target_specs("dev", t).into_iter().enumerate() {
+        for n in &s.networks {
+            let o = AppObject {
+                name: n.clone(),
+                app_uuid: s.app_uuid.clone(),
+            };
+            if !cur.networks.contains(&o) {
+                cur.networks.push(o);
+            }
+        }
+        for v in &s.volumes {
+            let o = AppObject {
+                name: v.clone(),
+                app_uuid: s.app_uuid.clone(),
+            };
+            if !cur.volumes.contains(&o) {
+                cur.volumes.push(o);
+            }
+        }
+        cur.containers.push(Container {
+            id: format!("c{i}-{}", &s.config_hash[..6]),
+            name: s.name.clone(),
+            managed: true,
+            app_uuid: s.app_uuid.clone(),
+            service: s.service.clone(),
+            release_uuid: s.release_uuid.clone(),
+            config_hash: s.config_hash.clone(),
+            image: s.image.clone(),
+            state: RunState::Running,
+            created: 900,
+        });
+    }
+    cur
+}
+
+fn kinds(steps: &[Step]) -> Vec<String> {
+    steps
+        .iter()
+        .map(|s| {
+            let v = serde_json::to_value(s).unwrap();
+            format!(
+                "{}:{}",
+                v["step"].as_str().unwrap(),
+                v["service"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn fresh_device_fetches_image_then_creates_network_then_container_then_starts() {
+    let t = target("r1", &[("web", svc("img:1"))]);
+    let steps = plan(&CurrentState::default(), &t, &ctx_with_images(&[]));
+    assert!(steps.contains(&Step::FetchImage {
+        image: "img:1".into()
+    }));
+    assert!(steps
+        .iter()
+        .any(|s| matches!(s, Step::CreateNetwork { name, .. } if name == "app1_default")));
+    assert!(!steps.iter().any(|s| matches!(s, Step::Create { .. })));
+
+    let mut cur = CurrentState::default();
+    cur.networks.push(AppObject {
+        name: "app1_default".into(),
+        app_uuid: APP.into(),
+    });
+    let steps = plan(&cur, &t, &ctx_with_images(&["img:1"]));
+    assert_eq!(kinds(&steps), ["create:"]);
+
+    let mut cur = converged(&t);
+    cur.containers[0].state = RunState::Created;
+    let steps = plan(&cur, &t, &ctx_with_images(&["img:1"]));
+    assert_eq!(kinds(&steps), ["start:web"]);
+}
+
+#[test]
+fn converged_state_plans_nothing() {
+    let t = target("r1", &[("web", svc("img:1")), ("db", svc("img:2"))]);
+    assert!(plan(&converged(&t), &t, &ctx_with_images(&["img:1", "img:2"])).is_empty());
+}
+
+#[test]
+fn named_volume_is_created_and_survives_a_release_change() {
+    let mut s = svc("img:1");
+    s.volumes = vec!["data:/data".into()];
+    let mut t = target("r1", &[("web", s.clone())]);
+    t.get_mut(APP)
+        .unwrap()
+        .releases
+        .get_mut("r1")
+        .unwrap()
+        .volumes
+        .insert("data".into(), VolumeTarget::default());
+    let mut cur = converged(&t);
+    cur.volumes.clear();
+    cur.containers.clear();
+    let steps = plan(&cur, &t, &ctx_with_images(&["img:1"]));
+    assert!(steps
+        .iter()
+        .any(|s| matches!(s, Step::CreateVolume { name, .. } if name == "app1_data")));
+
+    // New release: the volume is kept and the new container mounts it.
+    let cur = converged(&t);
+    let t2 = target("r2", &[("web", s)]);
+    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1"]));
+    assert!(!steps.iter().any(|s| matches!(s, Step::CreateVolume { .. })));
+    let Some(Step::Create { spec }) = steps.iter().find(|s| matches!(s, Step::Create { .. }))
+    else {
+        panic!("no create in {steps:?}")
+    };
+    assert!(spec.binds.contains(&"app1_data:/data".to_owned()));
+}
+
+#[test]
+fn download_then_kill_keeps_old_running_until_new_exists() {
+    let t1 = target("r1", &[("web", svc("img:1"))]);
+    let t2 = target("r2", &[("web", svc("img:2"))]);
+    let mut cur = converged(&t1);
+    // Image missing: fetch only, the old one keeps running.
+    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1"]));
+    assert_eq!(
+        steps,
+        vec![Step::FetchImage {
+            image: "img:2".into()
+        }]
+    );
+    // Image there: create the new one beside the old.
+    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1", "img:2"]));
+    assert_eq!(kinds(&steps), ["create:"]);
+    // New one created: stop the old one, then start the new one (same round).
+    let mut new = converged(&t2).containers.remove(0);
+    new.id = "new".into();
+    new.state = RunState::Created;
+    cur.containers.push(new.clone());
+    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1", "img:2"]));
+    assert_eq!(kinds(&steps), ["stop:web", "start:web"]);
+    // New one running, old stopped: remove the old one.
+    cur.containers[0].state = RunState::Stopped;
+    cur.containers[1].state = RunState::Running;
+    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1", "img:2"]));
+    assert_eq!(kinds(&steps), ["remove:web"]);
+}
+
+#[test]
+fn kill_then_download_stops_and_removes_before_fetching() {
+    let mut s2 = svc("img:2");
+    s2.labels
+        .insert(labels::UPDATE_STRATEGY.into(), "kill-then-download".into());
+    let t1 = target("r1", &[("web", svc("img:1"))]);
+    let t2 = target("r2", &[("web", s2)]);
+    let cur = converged(&t1);
+    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1"]));
+    assert_eq!(kinds(&steps), ["stop:web", "remove:web"]);
+    let mut gone = cur.clone();
+    gone.containers.clear();
+    let steps = plan(&gone, &t2, &ctx_with_images(&["img:1"]));
+    assert_eq!(
+        steps,
+        vec![Step::FetchImage {
+            image: "img:2".into()
+        }]
+    );
+}
+
+#[test]
+fn delete_then_download_removes_the_old_image_too() {
+    let mut s2 = svc("img:2");
+    s2.labels.insert(
+        labels::UPDATE_STRATEGY.into(),
+        "delete-then-download".into(),
+    );
+    let t1 = target("r1", &[("web", svc("img:1"))]);
+    let t2 = target("r2", &[("web", s2)]);
+    let steps = plan(&converged(&t1), &t2, &ctx_with_images(&["img:1"]));
+    assert_eq!(kinds(&steps), ["stop:web", "remove:web", "remove-image:"]);
+    assert!(steps.contains(&Step::RemoveImage {
+        image: "img:1".into()
+    }));
+}
+
+#[test]
+fn hand_over_starts_new_beside_old_and_kills_old_after_signal_or_timeout() {
+    let mut s2 = svc("img:2");
+    s2.labels
+        .insert(labels::UPDATE_STRATEGY.into(), "hand-over".into());
+    s2.labels
+        .insert(labels::HANDOVER_TIMEOUT.into(), "30".into());
+    let t1 = target("r1", &[("web", svc("img:1"))]);
+    let t2 = target("r2", &[("web", s2)]);
+    let mut cur = converged(&t1);
+    let ctx = ctx_with_images(&["img:1", "img:2"]);
+    assert_eq!(kinds(&plan(&cur, &t2, &ctx)), ["create:"]);
+    let mut new = converged(&t2).containers.remove(0);
+    new.id = "new".into();
+    new.state = RunState::Created;
+    new.created = 990;
+    cur.containers.push(new);
+    // Started while the old one still runs.
+    assert_eq!(kinds(&plan(&cur, &t2, &ctx)), ["start:web"]);
+    cur.containers[1].state = RunState::Running;
+    // Running for 10 s of a 30 s timeout, no signal: wait.
+    assert!(plan(&cur, &t2, &ctx).is_empty());
+    // Signalled: kill and remove the old one.
+    let mut signalled = ctx.clone();
+    signalled
+        .handover_signalled
+        .insert((APP.into(), "web".into()));
+    assert_eq!(
+        kinds(&plan(&cur, &t2, &signalled)),
+        ["kill:web", "remove:web"]
+    );
+    // Or the timeout passed.
+    let mut later = ctx.clone();
+    later.now = 1020;
+    assert_eq!(kinds(&plan(&cur, &t2, &later)), ["kill:web", "remove:web"]);
+}
+
+#[test]
+fn update_lock_blocks_stop_and_force_overrides_it() {
+    let t1 = target("r1", &[("web", svc("img:1"))]);
+    let t2 = target("r2", &[("web", svc("img:2"))]);
+    let mut cur = converged(&t1);
+    let mut new = converged(&t2).containers.remove(0);
+    new.id = "new".into();
+    new.state = RunState::Created;
+    cur.containers.push(new);
+    let mut ctx = ctx_with_images(&["img:1", "img:2"]);
+    ctx.locks_held.insert((APP.into(), "web".into()));
+    let steps = plan(&cur, &t2, &ctx);
+    assert_eq!(
+        steps,
+        vec![Step::WaitForLock {
+            app_uuid: APP.into(),
+            service: "web".into()
+        }]
+    );
+    assert!(only_waiting(&steps));
+    ctx.force = true;
+    assert_eq!(kinds(&plan(&cur, &t2, &ctx)), ["stop:web", "start:web"]);
+}
+
+#[test]
+fn lock_blocks_kill_then_download_and_removal_of_an_unwanted_service() {
+    let mut s2 = svc("img:2");
+    s2.labels
+        .insert(labels::UPDATE_STRATEGY.into(), "kill-then-download".into());
+    let t1 = target("r1", &[("web", svc("img:1")), ("old", svc("img:1"))]);
+    let t2 = target("r2", &[("web", s2)]);
+    let mut ctx = ctx_with_images(&["img:1"]);
+    ctx.locks_held.insert((APP.into(), "web".into()));
+    ctx.locks_held.insert((APP.into(), "old".into()));
+    let steps = plan(&converged(&t1), &t2, &ctx);
+    assert_eq!(kinds(&steps), ["wait-for-lock:web", "wait-for-lock:old"]);
+}
+
+#[test]
+fn env_layers_merge_fleet_then_device_then_service() {
+    let mut s = svc("img:1");
+    s.environment.insert("A".into(), "service".into());
+    let mut t = target("r1", &[("web", s)]);
+    t.get_mut(APP).unwrap().env = EnvLayers {
+        fleet: BTreeMap::from([
+            ("A".into(), "fleet".into()),
+            ("B".into(), "fleet".into()),
+            ("C".into(), "fleet".into()),
+        ]),
+        device: BTreeMap::from([("A".into(), "device".into()), ("B".into(), "device".into())]),
+    };
+    let spec = &target_specs("dev", &t)[0];
+    assert_eq!(spec.env["A"], "service");
+    assert_eq!(spec.env["B"], "device");
+    assert_eq!(spec.env["C"], "fleet");
+    assert_eq!(spec.env["RESIN_SERVICE_NAME"], "web");
+}
+
+#[test]
+fn env_change_of_one_service_restarts_only_that_service() {
+    let t1 = target("r1", &[("web", svc("img:1")), ("db", svc("img:2"))]);
+    let mut web = svc("img:1");
+    web.environment.insert("MODE".into(), "fast".into());
+    let t2 = target("r1", &[("web", web), ("db", svc("img:2"))]);
+    let steps = plan(&converged(&t1), &t2, &ctx_with_images(&["img:1", "img:2"]));
+    let Some(Step::Create { spec }) = steps.first() else {
+        panic!("{steps:?}")
+    };
+    assert_eq!(spec.service, "web");
+    assert_eq!(steps.len(), 1, "{steps:?}");
+}
+
+#[test]
+fn fleet_env_change_restarts_every_service() {
+    let t1 = target("r1", &[("web", svc("img:1")), ("db", svc("img:2"))]);
+    let mut t2 = t1.clone();
+    t2.get_mut(APP)
+        .unwrap()
+        .env
+        .fleet
+        .insert("X".into(), "1".into());
+    let steps = plan(&converged(&t1), &t2, &ctx_with_images(&["img:1", "img:2"]));
+    assert_eq!(kinds(&steps), ["create:", "create:"]);
+}
+
+#[test]
+fn unmanaged_containers_are_never_touched() {
+    let t = target("r1", &[("web", svc("img:1"))]);
+    let mut cur = converged(&t);
+    let mut foreign = cur.containers[0].clone();
+    foreign.id = "theirs".into();
+    foreign.managed = false;
+    foreign.service = "other".into();
+    cur.containers.push(foreign);
+    assert!(plan(&cur, &t, &ctx_with_images(&["img:1"])).is_empty());
+    // Even with an empty target, only our own container goes.
+    let steps = plan(&cur, &TargetApps::new(), &ctx_with_images(&["img:1"]));
+    assert!(steps
+        .iter()
+        .all(|s| !serde_json::to_string(s).unwrap().contains("theirs")));
+    assert_eq!(kinds(&steps), ["stop:web", "remove:web"]);
+}
+
+#[test]
+fn removed_app_loses_containers_then_network() {
+    let t = target("r1", &[("web", svc("img:1"))]);
+    let cur = converged(&t);
+    let empty = TargetApps::new();
+    assert_eq!(
+        kinds(&plan(&cur, &empty, &ctx_with_images(&["img:1"]))),
+        ["stop:web", "remove:web"]
+    );
+    let mut gone = cur.clone();
+    gone.containers.clear();
+    assert_eq!(
+        plan(&gone, &empty, &ctx_with_images(&["img:1"])),
+        vec![Step::RemoveNetwork {
+            name: "app1_default".into()
+        }]
+    );
+}
+
+#[test]
+fn unused_managed_image_is_removed_only_when_all_else_is_done() {
+    let t = target("r1", &[("web", svc("img:2"))]);
+    let mut ctx = ctx_with_images(&["img:1", "img:2", "user-image:1"]);
+    ctx.managed_images = ["img:1".to_owned(), "img:2".to_owned()].into();
+    assert_eq!(
+        plan(&converged(&t), &t, &ctx),
+        vec![Step::RemoveImage {
+            image: "img:1".into()
+        }]
+    );
+    // While an update is pending, the image stays.
+    let t3 = target("r3", &[("web", svc("img:3"))]);
+    let steps = plan(&converged(&t), &t3, &ctx);
+    assert!(!steps.iter().any(|s| matches!(s, Step::RemoveImage { .. })));
+}
+
+#[test]
+fn stopped_container_of_current_release_is_left_stopped() {
+    // A service stopped through the local API stays stopped.
+    let t = target("r1", &[("web", svc("img:1"))]);
+    let mut cur = converged(&t);
+    cur.containers[0].state = RunState::Stopped;
+    assert!(plan(&cur, &t, &ctx_with_images(&["img:1"])).is_empty());
+}
+
+#[test]
+fn crash_leftovers_converge_to_one_container() {
+    // A crash between create and remove left two containers of one service.
+    let t1 = target("r1", &[("web", svc("img:1"))]);
+    let t2 = target("r2", &[("web", svc("img:2"))]);
+    let mut cur = converged(&t1);
+    cur.containers[0].state = RunState::Stopped;
+    let mut new = converged(&t2).containers.remove(0);
+    new.state = RunState::Running;
+    cur.containers.push(new);
+    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1", "img:2"]));
+    assert_eq!(kinds(&steps), ["remove:web"]);
+}

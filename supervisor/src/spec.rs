@@ -1,0 +1,183 @@
+//! The effective spec of one service: the target's compose service with the
+//! env layers merged, the resin labels added, and a config hash over it.
+
+use std::collections::BTreeMap;
+
+use resin_api_types::{labels, AppTarget, ServiceTarget};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Where a service's update-lock directory is mounted inside its container:
+/// an app creates `/tmp/resin/updates.lock` to hold its update lock.
+pub const LOCK_MOUNT: &str = "/tmp/resin";
+
+/// Everything the executor needs to create one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceSpec {
+    pub app_uuid: String,
+    pub service: String,
+    pub release_uuid: String,
+    /// Container name: `<service>_<app uuid>_<release[..8]>_<hash[..8]>`.
+    pub name: String,
+    /// Hash of the fields below (not of the release), hex.
+    pub config_hash: String,
+    pub image: String,
+    /// Merged env: fleet < device < service, then the `RESIN_*` vars.
+    pub env: BTreeMap<String, String>,
+    /// Compose labels plus the resin labels.
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<String>,
+    /// Binds and named-volume mounts, named volumes already prefixed with
+    /// the app uuid.
+    pub binds: Vec<String>,
+    /// Docker network names (prefixed with the app uuid); empty with
+    /// `network_mode`.
+    pub networks: Vec<String>,
+    /// Named volumes (prefixed) the container needs.
+    pub volumes: Vec<String>,
+    pub restart: String,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub privileged: bool,
+    pub devices: Vec<String>,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub network_mode: Option<String>,
+}
+
+/// The part of the spec that the hash covers.
+#[derive(Serialize)]
+struct Hashed<'a> {
+    image: &'a str,
+    env: &'a BTreeMap<String, String>,
+    labels: &'a BTreeMap<String, String>,
+    ports: &'a [String],
+    binds: &'a [String],
+    networks: &'a [String],
+    restart: &'a str,
+    command: &'a Option<Vec<String>>,
+    entrypoint: &'a Option<Vec<String>>,
+    privileged: bool,
+    devices: &'a [String],
+    cap_add: &'a [String],
+    cap_drop: &'a [String],
+    network_mode: &'a Option<String>,
+}
+
+/// Docker name of an app-scoped object (network or volume).
+pub fn scoped(app_uuid: &str, name: &str) -> String {
+    format!("{app_uuid}_{name}")
+}
+
+/// True when a compose volume source is a named volume, not a host path.
+fn is_named_volume(src: &str) -> bool {
+    !(src.starts_with('/') || src.starts_with('.') || src.starts_with('~'))
+}
+
+impl ServiceSpec {
+    /// Builds the effective spec of `service` in `release_uuid` of `app`.
+    pub fn build(
+        device_uuid: &str,
+        app_uuid: &str,
+        app: &AppTarget,
+        release_uuid: &str,
+        service: &str,
+        target: &ServiceTarget,
+    ) -> Self {
+        let mut env = app.env.fleet.clone();
+        env.extend(app.env.device.clone());
+        env.extend(target.environment.clone());
+        env.insert("RESIN".into(), "1".into());
+        env.insert("RESIN_DEVICE_UUID".into(), device_uuid.into());
+        env.insert("RESIN_APP_UUID".into(), app_uuid.into());
+        env.insert("RESIN_APP_NAME".into(), app.name.clone());
+        env.insert("RESIN_SERVICE_NAME".into(), service.into());
+
+        let mut binds = Vec::new();
+        let mut volumes = Vec::new();
+        for v in &target.volumes {
+            let mut parts = v.splitn(2, ':');
+            let src = parts.next().unwrap_or_default();
+            let rest = parts.next();
+            match rest {
+                Some(rest) if is_named_volume(src) => {
+                    let name = scoped(app_uuid, src);
+                    binds.push(format!("{name}:{rest}"));
+                    volumes.push(name);
+                }
+                Some(_) => binds.push(v.clone()),
+                // An anonymous volume (`/data`): let the engine make one.
+                None => binds.push(v.clone()),
+            }
+        }
+        let lock = labels::update_lock_path(app_uuid, service);
+        let lock_dir = lock.trim_end_matches("/updates.lock");
+        binds.push(format!("{lock_dir}:{LOCK_MOUNT}"));
+
+        let networks = if target.network_mode.is_some() {
+            Vec::new()
+        } else if target.networks.is_empty() {
+            vec![scoped(app_uuid, "default")]
+        } else {
+            target
+                .networks
+                .iter()
+                .map(|n| scoped(app_uuid, n))
+                .collect()
+        };
+
+        let mut labels = target.labels.clone();
+        labels.insert(labels::MANAGED.into(), "1".into());
+        labels.insert(labels::APP_UUID.into(), app_uuid.into());
+        labels.insert(labels::SERVICE_NAME.into(), service.into());
+
+        let config_hash = {
+            let h = Hashed {
+                image: &target.image,
+                env: &env,
+                labels: &labels,
+                ports: &target.ports,
+                binds: &binds,
+                networks: &networks,
+                restart: &target.restart,
+                command: &target.command,
+                entrypoint: &target.entrypoint,
+                privileged: target.privileged,
+                devices: &target.devices,
+                cap_add: &target.cap_add,
+                cap_drop: &target.cap_drop,
+                network_mode: &target.network_mode,
+            };
+            // Serialising maps, strings and bools cannot fail.
+            let bytes = serde_json::to_vec(&h).unwrap_or_default();
+            hex::encode(Sha256::digest(&bytes))
+        };
+        labels.insert(labels::RELEASE_UUID.into(), release_uuid.into());
+        labels.insert(labels::CONFIG_HASH.into(), config_hash.clone());
+        let rel8: String = release_uuid.chars().take(8).collect();
+        let name = format!("{service}_{app_uuid}_{rel8}_{}", &config_hash[..8]);
+
+        Self {
+            app_uuid: app_uuid.into(),
+            service: service.into(),
+            release_uuid: release_uuid.into(),
+            name,
+            config_hash,
+            image: target.image.clone(),
+            env,
+            labels,
+            ports: target.ports.clone(),
+            binds,
+            networks,
+            volumes,
+            restart: target.restart.clone(),
+            command: target.command.clone(),
+            entrypoint: target.entrypoint.clone(),
+            privileged: target.privileged,
+            devices: target.devices.clone(),
+            cap_add: target.cap_add.clone(),
+            cap_drop: target.cap_drop.clone(),
+            network_mode: target.network_mode.clone(),
+        }
+    }
+}
