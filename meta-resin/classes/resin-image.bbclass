@@ -96,5 +96,5 @@ IMAGE_CMD:resinimg() {
     resin-imagegen build --layout ${RESIN_LAYOUT} ${RESIN_IMAGEGEN_SET} \
         --input rootfs=${IMGDEPLOYDIR}/${IMAGE_NAME}.ext4 \
         --input boot=$bootdir \
-        --output $out --bmap $out.bmap
+        --output $out --bmap
 }

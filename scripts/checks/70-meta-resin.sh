@@ -3,7 +3,9 @@
 #  1. resin-supervisor-crates.inc is in sync with Cargo.lock;
 #  2. oelint-adv is clean over every .bb/.bbappend/.bbclass/.conf of meta-resin
 #     (suppressions: meta-resin/.oelint.cfg, each with its reason);
-#  3. every kas file, and each machine file with the scarthgap overlay, passes
+#  3. the development RAUC keys sign a bundle that real `rauc` verifies
+#     against the development keyring;
+#  4. every kas file, and each machine file with the scarthgap overlay, passes
 #     kas's own schema validation (`kas dump`, offline: repo fetch and checkout
 #     are skipped), and every remote repo is pinned to a commit on a branch.
 # Tools: kas 5.5 and oelint-adv 9.11 from PyPI, in a venv under ~/.cache/resin.
@@ -38,7 +40,20 @@ if ! OELINT_CONFIG="$RESIN_ROOT/meta-resin/.oelint.cfg" "$venv/bin/oelint-adv" -
 fi
 log "meta-resin: oelint-adv clean over ${#files[@]} files"
 
-# 3. kas: schema validation of every file and overlay combination, offline.
+# 3. development keys: rauc signs and verifies a small plain bundle with them.
+command -v rauc >/dev/null || die "rauc is not installed (scripts/test.sh installs it; or: apt-get install rauc)"
+keys=meta-resin/recipes-core/rauc/files/dev-keys
+mkdir -p "$tmp/bundle"
+echo resin >"$tmp/bundle/rootfs.ext4"
+printf '[update]\ncompatible=resin-qemuarm64\nversion=0\n[bundle]\nformat=plain\n[image.rootfs]\nfilename=rootfs.ext4\n' \
+  >"$tmp/bundle/manifest.raucm"
+rauc bundle --cert="$keys/development-1.cert.pem" --key="$keys/development-1.key.pem" \
+  "$tmp/bundle" "$tmp/dev.raucb" >"$tmp/rauc.log" 2>&1 || { cat "$tmp/rauc.log" >&2; die "rauc cannot sign with $keys"; }
+rauc info --keyring="$keys/ca.cert.pem" "$tmp/dev.raucb" >"$tmp/rauc.log" 2>&1 \
+  || { cat "$tmp/rauc.log" >&2; die "rauc does not verify a bundle signed with $keys against its CA"; }
+log "meta-resin: development RAUC keys sign and verify a bundle"
+
+# 4. kas: schema validation of every file and overlay combination, offline.
 combos=()
 for f in kas/*.yml; do
   case $f in *.lock.yml) continue ;; esac
