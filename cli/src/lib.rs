@@ -1,1 +1,9 @@
-//! resin-cli (placeholder; see its issue).
+//! resin-cli: the pieces of the `resin` command-line client that are worth
+//! testing on their own: the stored login, the HTTP client of the cloud API,
+//! compose-file parsing and table output.
+
+pub mod api;
+pub mod compose;
+pub mod config;
+pub mod fsutil;
+pub mod table;

@@ -1,0 +1,311 @@
+//! A blocking client of the resin cloud API (ureq 3): bearer auth, JSON in
+//! and out, and errors that carry the cloud's OData error message.
+
+use std::io::Read;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Errors from talking to the cloud.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot reach the resin cloud at {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("{method} {path} failed: HTTP {status}: {message}")]
+    Status {
+        method: &'static str,
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{method} {path}: the cloud answered something unexpected: {detail}")]
+    Unexpected {
+        method: &'static str,
+        path: String,
+        detail: String,
+    },
+}
+
+impl ApiError {
+    /// The HTTP status, when the cloud answered with an error status.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An OData string literal: `'it''s'`.
+pub fn odata_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Builds `path?k=v&…` with encoded values.
+pub fn with_query(path: &str, params: &[(&str, &str)]) -> String {
+    if params.is_empty() {
+        return path.to_string();
+    }
+    let qs: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    format!("{path}?{}", qs.join("&"))
+}
+
+/// The cloud API at `base` (e.g. `http://127.0.0.1:8080`) with a user key.
+pub struct Api {
+    agent: ureq::Agent,
+    /// An agent without a global timeout, for uploads, downloads and follows.
+    streaming: ureq::Agent,
+    base: String,
+    key: String,
+}
+
+type Resp = ureq::http::Response<ureq::Body>;
+
+impl Api {
+    pub fn new(base: &str, key: &str, timeout: Duration) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .build()
+            .new_agent();
+        let streaming = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(timeout))
+            .build()
+            .new_agent();
+        Self {
+            agent,
+            streaming,
+            base: base.trim_end_matches('/').to_string(),
+            key: key.to_string(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.key)
+    }
+
+    fn transport(&self, path: &str, source: ureq::Error) -> ApiError {
+        ApiError::Transport {
+            url: self.url(path),
+            source,
+        }
+    }
+
+    /// Turns a non-2xx response into [`ApiError::Status`] with the cloud's
+    /// message; passes 2xx through.
+    fn check(method: &'static str, path: &str, mut resp: Resp) -> Result<Resp, ApiError> {
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .unwrap_or_default();
+        Err(ApiError::Status {
+            method,
+            path: path.to_string(),
+            status,
+            message: error_message(status, &body),
+        })
+    }
+
+    fn read_json(method: &'static str, path: &str, mut resp: Resp) -> Result<Value, ApiError> {
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_string()
+            .map_err(|e| ApiError::Unexpected {
+                method,
+                path: path.to_string(),
+                detail: e.to_string(),
+            })?;
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| ApiError::Unexpected {
+            method,
+            path: path.to_string(),
+            detail: format!("invalid JSON: {e}"),
+        })
+    }
+
+    /// `GET path` → JSON.
+    pub fn get(&self, path: &str) -> Result<Value, ApiError> {
+        let resp = self
+            .agent
+            .get(self.url(path))
+            .header("Authorization", self.bearer())
+            .header("Accept", "application/json")
+            .call()
+            .map_err(|e| self.transport(path, e))?;
+        let resp = Self::check("GET", path, resp)?;
+        Self::read_json("GET", path, resp)
+    }
+
+    /// `GET` a collection → its `value` array.
+    pub fn list(&self, path: &str) -> Result<Vec<Value>, ApiError> {
+        match self.get(path)? {
+            Value::Object(mut m) => match m.remove("value") {
+                Some(Value::Array(a)) => Ok(a),
+                _ => Err(ApiError::Unexpected {
+                    method: "GET",
+                    path: path.to_string(),
+                    detail: "no `value` array in the collection".into(),
+                }),
+            },
+            _ => Err(ApiError::Unexpected {
+                method: "GET",
+                path: path.to_string(),
+                detail: "expected a JSON object".into(),
+            }),
+        }
+    }
+
+    /// `POST path` with a JSON body → the created entity.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
+        let resp = self
+            .agent
+            .post(self.url(path))
+            .header("Authorization", self.bearer())
+            .header("Accept", "application/json")
+            .send_json(body)
+            .map_err(|e| self.transport(path, e))?;
+        let resp = Self::check("POST", path, resp)?;
+        Self::read_json("POST", path, resp)
+    }
+
+    /// `PATCH path` with a JSON body.
+    pub fn patch(&self, path: &str, body: &Value) -> Result<(), ApiError> {
+        let resp = self
+            .agent
+            .patch(self.url(path))
+            .header("Authorization", self.bearer())
+            .header("Accept", "application/json")
+            .send_json(body)
+            .map_err(|e| self.transport(path, e))?;
+        Self::check("PATCH", path, resp).map(drop)
+    }
+
+    /// `PUT path` with a raw body of `len` bytes from `reader`.
+    pub fn put_raw(&self, path: &str, reader: &mut dyn Read, len: u64) -> Result<Value, ApiError> {
+        let resp = self
+            .streaming
+            .put(self.url(path))
+            .header("Authorization", self.bearer())
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", len.to_string())
+            .send(ureq::SendBody::from_reader(reader))
+            .map_err(|e| self.transport(path, e))?;
+        let resp = Self::check("PUT", path, resp)?;
+        Self::read_json("PUT", path, resp)
+    }
+
+    /// `GET path` as a stream: its declared length (if any) and a reader.
+    /// No overall timeout, so it suits big downloads and long follows.
+    pub fn get_stream(
+        &self,
+        path: &str,
+        accept: &str,
+    ) -> Result<(Option<u64>, impl Read + 'static), ApiError> {
+        let resp = self
+            .streaming
+            .get(self.url(path))
+            .header("Authorization", self.bearer())
+            .header("Accept", accept)
+            .call()
+            .map_err(|e| self.transport(path, e))?;
+        let resp = Self::check("GET", path, resp)?;
+        let len = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok((len, resp.into_body().into_reader()))
+    }
+}
+
+/// The human message of an error body: the OData `error.message`, else the
+/// body text, else the status reason.
+pub fn error_message(status: u16, body: &str) -> String {
+    if let Ok(v) = serde_json::from_str::<Value>(body) {
+        let msg = v
+            .pointer("/error/message")
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("error"));
+        if let Some(Value::String(m)) = msg {
+            return m.clone();
+        }
+    }
+    let t = body.trim();
+    if !t.is_empty() {
+        return t.chars().take(500).collect();
+    }
+    match status {
+        400 => "bad request",
+        401 => "unauthorised (is the API key right? run `resin login`)",
+        403 => "forbidden",
+        404 => "not found",
+        409 => "conflict",
+        500..=599 => "server error",
+        _ => "request failed",
+    }
+    .to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odata_error_message_is_extracted() {
+        let b = r#"{"error":{"code":"400","message":"name must be unique"}}"#;
+        assert_eq!(error_message(400, b), "name must be unique");
+        assert_eq!(error_message(502, "bad gateway\n"), "bad gateway");
+        assert!(error_message(401, "").contains("resin login"));
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(
+            with_query(
+                "/v1/fleet",
+                &[("$filter", &format!("name eq {}", odata_str("it's")))]
+            ),
+            "/v1/fleet?%24filter=name%20eq%20%27it%27%27s%27"
+        );
+    }
+}

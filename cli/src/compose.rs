@@ -1,0 +1,303 @@
+//! Compose files → the release composition the cloud stores: the YAML is
+//! read with serde_norway, merge keys are applied, mapping keys become
+//! strings, `environment`/`labels` lists become maps, and images are
+//! replaced by the refs given on the command line. Validation happens here,
+//! before anything is sent.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("not valid YAML: {0}")]
+    Yaml(#[from] serde_norway::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ComposeError {
+    ComposeError::Invalid(msg.into())
+}
+
+/// Parses `--image service=ref`.
+pub fn parse_image_override(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((svc, r)) if !svc.is_empty() && !r.is_empty() => Ok((svc.to_string(), r.to_string())),
+        _ => Err(format!("expected SERVICE=IMAGE_REF, got {s:?}")),
+    }
+}
+
+/// Parses and validates a compose document; `images` replaces (or supplies)
+/// each named service's image.
+pub fn composition(yaml: &str, images: &BTreeMap<String, String>) -> Result<Value, ComposeError> {
+    let mut doc: serde_norway::Value = serde_norway::from_str(yaml)?;
+    doc.apply_merge()?;
+    let mut root = match to_json(doc, "")? {
+        Value::Object(m) => m,
+        Value::Null => return Err(invalid("the compose file is empty")),
+        _ => {
+            return Err(invalid(
+                "the compose file must be a mapping with a `services` key",
+            ))
+        }
+    };
+    for key in root.keys() {
+        let known = ["version", "name", "services", "volumes", "networks"];
+        if !known.contains(&key.as_str()) && !key.starts_with("x-") {
+            return Err(invalid(format!("unsupported top-level key `{key}`")));
+        }
+    }
+    for key in ["volumes", "networks"] {
+        match root.get(key) {
+            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            Some(_) => return Err(invalid(format!("`{key}` must be a mapping"))),
+        }
+    }
+    let services = match root.get_mut("services") {
+        Some(Value::Object(s)) if !s.is_empty() => s,
+        Some(Value::Object(_)) => return Err(invalid("`services` is empty")),
+        Some(_) => {
+            return Err(invalid(
+                "`services` must be a mapping of service name to service",
+            ))
+        }
+        None => return Err(invalid("the compose file has no `services`")),
+    };
+    for name in images.keys() {
+        if !services.contains_key(name) {
+            let known: Vec<&str> = services.keys().map(String::as_str).collect();
+            return Err(invalid(format!(
+                "--image names service `{name}`, which the compose file does not define (it has: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    for (name, svc) in services.iter_mut() {
+        if !valid_service_name(name) {
+            return Err(invalid(format!(
+                "service name `{name}` must match [a-z0-9][a-z0-9_.-]*"
+            )));
+        }
+        let svc = match svc {
+            Value::Object(m) => m,
+            _ => return Err(invalid(format!("service `{name}` must be a mapping"))),
+        };
+        if let Some(r) = images.get(name) {
+            svc.insert("image".into(), Value::String(r.clone()));
+            svc.remove("build");
+        }
+        match svc.get("image") {
+            Some(Value::String(s)) if !s.trim().is_empty() => {}
+            Some(_) => return Err(invalid(format!("service `{name}`: `image` must be a non-empty string"))),
+            None if svc.contains_key("build") => {
+                return Err(invalid(format!(
+                    "service `{name}` has `build:` and no image; resin cannot build images yet, pass --image {name}=REF"
+                )))
+            }
+            None => return Err(invalid(format!("service `{name}` has no `image`"))),
+        }
+        for key in ["environment", "labels"] {
+            if let Some(v) = svc.get_mut(key) {
+                *v = list_to_map(v.take(), name, key)?;
+            }
+        }
+    }
+    Ok(Value::Object(root))
+}
+
+fn valid_service_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+}
+
+/// `["A=1", "B"]` → `{"A": "1", "B": ""}`; maps get string values.
+fn list_to_map(v: Value, svc: &str, key: &str) -> Result<Value, ComposeError> {
+    let mut out = Map::new();
+    match v {
+        Value::Null => {}
+        Value::Array(items) => {
+            for it in items {
+                let Value::String(s) = it else {
+                    return Err(invalid(format!(
+                        "service `{svc}`: `{key}` entries must be strings"
+                    )));
+                };
+                let (k, val) = s.split_once('=').unwrap_or((s.as_str(), ""));
+                out.insert(k.to_string(), Value::String(val.to_string()));
+            }
+        }
+        Value::Object(m) => {
+            for (k, val) in m {
+                let s = match val {
+                    Value::String(s) => s,
+                    Value::Null => String::new(),
+                    Value::Bool(_) | Value::Number(_) => val.to_string(),
+                    _ => {
+                        return Err(invalid(format!(
+                            "service `{svc}`: `{key}.{k}` must be a string, number or bool"
+                        )))
+                    }
+                };
+                out.insert(k, Value::String(s));
+            }
+        }
+        _ => {
+            return Err(invalid(format!(
+                "service `{svc}`: `{key}` must be a list or a mapping"
+            )))
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// YAML → JSON: mapping keys become strings, tags are dropped, non-finite
+/// floats are refused (JSON cannot carry them).
+fn to_json(v: serde_norway::Value, at: &str) -> Result<Value, ComposeError> {
+    use serde_norway::Value as Y;
+    Ok(match v {
+        Y::Null => Value::Null,
+        Y::Bool(b) => Value::Bool(b),
+        Y::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                serde_json::Number::from_f64(f)
+                    .map(Value::Number)
+                    .ok_or_else(|| {
+                        invalid(format!("{at}: number {n} cannot be represented in JSON"))
+                    })?
+            }
+        }
+        Y::String(s) => Value::String(s),
+        Y::Sequence(items) => Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, it)| to_json(it, &format!("{at}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        Y::Mapping(m) => {
+            let mut out = Map::new();
+            for (k, val) in m {
+                let key = match k {
+                    Y::String(s) => s,
+                    Y::Number(n) => n.to_string(),
+                    Y::Bool(b) => b.to_string(),
+                    other => {
+                        return Err(invalid(format!(
+                            "{at}: mapping key {other:?} must be a string"
+                        )))
+                    }
+                };
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                let j = to_json(val, &path)?;
+                out.insert(key, j);
+            }
+            Value::Object(out)
+        }
+        Y::Tagged(t) => to_json(t.value, at)?,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn imgs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    const DOC: &str = r#"
+version: "2.4"
+x-common: &common
+  restart: always
+  labels:
+    - io.resin.update.strategy=kill-then-download
+services:
+  web:
+    <<: *common
+    build: ./web
+    ports: ["80:8080"]
+    environment:
+      - MODE=prod
+      - EMPTY
+  worker:
+    image: busybox:1
+    environment:
+      RETRIES: 3
+      DEBUG: true
+volumes:
+  data: {}
+"#;
+
+    #[test]
+    fn images_are_replaced_and_lists_become_maps() {
+        let c = composition(DOC, &imgs(&[("web", "127.0.0.1:55000/web@sha256:ab")])).unwrap();
+        let web = &c["services"]["web"];
+        assert_eq!(web["image"], "127.0.0.1:55000/web@sha256:ab");
+        assert!(web.get("build").is_none());
+        assert_eq!(web["restart"], "always");
+        assert_eq!(web["environment"]["MODE"], "prod");
+        assert_eq!(web["environment"]["EMPTY"], "");
+        assert_eq!(
+            web["labels"]["io.resin.update.strategy"],
+            "kill-then-download"
+        );
+        assert_eq!(c["services"]["worker"]["environment"]["RETRIES"], "3");
+        assert_eq!(c["services"]["worker"]["environment"]["DEBUG"], "true");
+        assert!(c["volumes"]["data"].is_object());
+    }
+
+    #[test]
+    fn build_without_image_is_refused_with_a_hint() {
+        let e = composition(DOC, &BTreeMap::new()).unwrap_err().to_string();
+        assert!(e.contains("--image web=REF"), "{e}");
+    }
+
+    #[test]
+    fn unknown_service_in_image_override_is_refused() {
+        let e = composition(DOC, &imgs(&[("web", "a"), ("db", "b")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`db`"), "{e}");
+    }
+
+    #[test]
+    fn bad_documents_are_clear_errors() {
+        for (doc, want) in [
+            ("", "empty"),
+            ("[1, 2]", "must be a mapping"),
+            ("services: {}", "empty"),
+            ("services:\n  Web:\n    image: x", "service name"),
+            ("services:\n  web:\n    image: \"\"", "non-empty"),
+            ("services: [\n", "YAML"),
+            ("services:\n  a:\n    image: x\nfoo: 1", "top-level"),
+        ] {
+            let e = composition(doc, &BTreeMap::new()).unwrap_err().to_string();
+            assert!(e.contains(want), "{doc:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn image_override_syntax() {
+        assert_eq!(
+            parse_image_override("a=b:1").unwrap(),
+            ("a".into(), "b:1".into())
+        );
+        assert!(parse_image_override("nope").is_err());
+        assert!(parse_image_override("=x").is_err());
+    }
+}
