@@ -1,1 +1,184 @@
-//! resin-cloud (placeholder; see its issue).
+//! resin-cloud: the cloud API server. It serves the OData resources at
+//! `/v1`, the device API under `/device`, OS bundles and configured image
+//! downloads, over SQLite or PostgreSQL.
+//!
+//! Entry points: [`Config`](config::Config), [`App::start`] (used by the
+//! binary and the tests) and [`bootstrap`].
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod device_api;
+pub mod error;
+pub mod logs;
+pub mod metadata;
+pub mod os;
+pub mod perms;
+pub mod query;
+pub mod release;
+pub mod resources;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, patch, post};
+use axum::Router;
+use resin_api_types::paths;
+use sqlx::Row;
+use tokio::sync::broadcast;
+
+use crate::config::Config;
+use crate::db::Db;
+
+/// Shared state of the server.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub config: Arc<Config>,
+    pub logs: broadcast::Sender<logs::LogEvent>,
+    pub heartbeats: Arc<Mutex<HashMap<i64, Instant>>>,
+}
+
+impl AppState {
+    pub async fn new(config: Config) -> Result<Self, db::DbError> {
+        let db = Db::connect(&config.database_url, config.db_max_connections).await?;
+        let (logs, _) = broadcast::channel(4096);
+        Ok(Self {
+            db,
+            config: Arc::new(config),
+            logs,
+            heartbeats: Arc::default(),
+        })
+    }
+}
+
+/// The HTTP routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1", get(api::service_document))
+        .route("/v1/", get(api::service_document))
+        .route("/v1/{seg}", axum::routing::any(api::v1))
+        .route(
+            "/v1/{seg}/{sub}",
+            axum::routing::any(api::v1_sub).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/openapi.json", get(metadata::openapi_handler))
+        .route("/os/bundle/{id}", get(os::bundle))
+        .route(paths::REGISTER, post(device_api::register))
+        .route(paths::TARGET_STATE_ROUTE, get(device_api::target_state))
+        .route(paths::STATE_REPORT, patch(device_api::report_state))
+        .route(paths::LOG_STREAM_ROUTE, post(logs::log_stream))
+        .route("/ping", get(|| async { "OK" }))
+        .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+        .with_state(state)
+}
+
+/// A running server.
+pub struct App {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl App {
+    /// Binds `config.listen` (port 0 picks a free one), migrates, and serves
+    /// in the background.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let mut config = config;
+        if config.public_url.ends_with(":0") {
+            config.public_url = format!("http://{addr}");
+        }
+        let state = AppState::new(config)
+            .await
+            .context("opening the database")?;
+        tokio::spawn(device_api::offline_sweeper(state.clone()));
+        let app = router(state.clone());
+        let task = tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { addr, state, task })
+    }
+}
+
+/// What `resin-cloud bootstrap` prints.
+#[derive(Debug, serde::Serialize)]
+pub struct Bootstrapped {
+    pub user_id: i64,
+    pub api_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_id: Option<i64>,
+}
+
+/// Creates the user if missing, a fresh API key for it, and optionally a
+/// fleet (kept if it exists).
+pub async fn bootstrap(
+    db: &Db,
+    username: &str,
+    fleet: Option<(&str, &str)>,
+) -> Result<Bootstrapped, sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    let existing = sqlx::query("SELECT id FROM \"user\" WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let user_id: i64 = match existing {
+        Some(r) => r.try_get(0)?,
+        None => {
+            sqlx::query("INSERT INTO \"user\" (username, created_at) VALUES ($1, $2) RETURNING id")
+                .bind(username)
+                .bind(db::now())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?
+        }
+    };
+    let (api_key, hash) = auth::new_key(auth::KeyKind::User);
+    sqlx::query(
+        "INSERT INTO api_key (\"user\", name, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(user_id)
+    .bind("bootstrap")
+    .bind(hash)
+    .bind(db::now())
+    .execute(&mut *tx)
+    .await?;
+    let fleet_id = match fleet {
+        None => None,
+        Some((name, device_type)) => {
+            let found = sqlx::query("SELECT id FROM fleet WHERE owner = $1 AND name = $2")
+                .bind(user_id)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            Some(match found {
+                Some(r) => r.try_get(0)?,
+                None => sqlx::query(
+                    "INSERT INTO fleet (name, device_type, owner, uuid, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                )
+                .bind(name)
+                .bind(device_type)
+                .bind(user_id)
+                .bind(resources::new_uuid())
+                .bind(db::now())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?,
+            })
+        }
+    };
+    tx.commit().await?;
+    Ok(Bootstrapped {
+        user_id,
+        api_key,
+        fleet_id,
+    })
+}

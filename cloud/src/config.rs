@@ -1,0 +1,137 @@
+//! The one typed configuration of `resin-cloud`: a TOML file (`--config`),
+//! overridden by `RESIN_CLOUD_*` environment variables, overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Settings as given on the command line or in the environment; every field
+/// is optional so the file and the defaults can fill the gaps.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "RESIN_CLOUD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on. Default: 127.0.0.1:8080.
+    #[arg(long, env = "RESIN_CLOUD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// `sqlite://<path>` or `postgres://…`. Default: `sqlite://<data-dir>/resin.db`.
+    #[arg(long, env = "RESIN_CLOUD_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where the SQLite file, OS bundles and base images live. Default: /var/lib/resin-cloud.
+    #[arg(long, env = "RESIN_CLOUD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Base URL devices use to reach this server. Default: `http://<listen>`.
+    #[arg(long, env = "RESIN_CLOUD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Seconds without a report after which a device counts as offline. Default: 180.
+    #[arg(long, env = "RESIN_CLOUD_OFFLINE_AFTER_SECS")]
+    pub offline_after_secs: Option<u64>,
+    /// Log lines kept per device (older ones are deleted). Default: 1000.
+    #[arg(long, env = "RESIN_CLOUD_LOG_RETENTION")]
+    pub log_retention: Option<u64>,
+    /// Poll interval written into the config.json of downloaded images, ms. Default: 60000.
+    #[arg(long, env = "RESIN_CLOUD_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<u64>,
+    /// Maximum connections in the database pool. Default: 16 (SQLite: 4 writers share one file).
+    #[arg(long, env = "RESIN_CLOUD_DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<u32>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub public_url: String,
+    pub offline_after_secs: u64,
+    pub log_retention: u64,
+    pub poll_interval_ms: u64,
+    pub db_max_connections: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl ConfigArgs {
+    /// Reads the file named by `--config` (if any) and lays flags/env on top.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => ConfigArgs::default(),
+        };
+        let pick = self.clone().or(file);
+        let listen = pick
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let data_dir = pick
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/resin-cloud"));
+        let database_url = pick
+            .database_url
+            .unwrap_or_else(|| format!("sqlite://{}/resin.db", data_dir.display()));
+        if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres")) {
+            return Err(ConfigError::Invalid(format!(
+                "database_url must start with sqlite:// or postgres://, got {database_url:?}"
+            )));
+        }
+        let public_url = pick
+            .public_url
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Config {
+            listen,
+            database_url,
+            data_dir,
+            public_url,
+            offline_after_secs: pick.offline_after_secs.unwrap_or(180),
+            log_retention: pick.log_retention.unwrap_or(1000).max(1),
+            poll_interval_ms: pick.poll_interval_ms.unwrap_or(60_000),
+            db_max_connections: pick.db_max_connections.unwrap_or(16).max(1),
+        })
+    }
+
+    fn or(self, o: ConfigArgs) -> ConfigArgs {
+        ConfigArgs {
+            config: self.config,
+            listen: self.listen.or(o.listen),
+            database_url: self.database_url.or(o.database_url),
+            data_dir: self.data_dir.or(o.data_dir),
+            public_url: self.public_url.or(o.public_url),
+            offline_after_secs: self.offline_after_secs.or(o.offline_after_secs),
+            log_retention: self.log_retention.or(o.log_retention),
+            poll_interval_ms: self.poll_interval_ms.or(o.poll_interval_ms),
+            db_max_connections: self.db_max_connections.or(o.db_max_connections),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<ConfigArgs, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}

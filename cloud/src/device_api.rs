@@ -1,0 +1,431 @@
+//! The device API (design.md): registration with a provisioning key, the
+//! target state with a strong ETag, the current-state PATCH and the NDJSON
+//! log stream.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use resin_api_types::{
+    AppTarget, BundleRef, DeviceTarget, OsTarget, RegisterRequest, RegisterResponse, ReleaseTarget,
+    StateReport, TargetState,
+};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::auth::{self, KeyKind};
+use crate::error::{ApiError, ApiResult};
+use crate::resources::{bind_all, check_slug, check_uuid, dyn_query, Param};
+use crate::{db, perms, AppState};
+
+/// Parses a JSON body into `T`, answering 400 with serde's message.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// `POST /device/register`
+pub async fn register(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let actor = auth::resolve(&app.db, &headers).await?;
+    let fleet = perms::may_register(&actor)?;
+    let req: RegisterRequest = json_body(&body)?;
+    check_uuid(&req.uuid)?;
+    check_slug("deviceType", &req.device_type)?;
+    let fleet_type: String = sqlx::query("SELECT device_type FROM fleet WHERE id = $1")
+        .bind(fleet)
+        .fetch_one(&app.db.pool)
+        .await?
+        .try_get(0)?;
+    if fleet_type != req.device_type {
+        return Err(ApiError::bad_request(format!(
+            "deviceType {:?} does not match the fleet's device type {fleet_type:?}",
+            req.device_type
+        )));
+    }
+    let (key, hash) = auth::new_key(KeyKind::Device);
+    let mut tx = app.db.pool.begin().await?;
+    let existing = sqlx::query("SELECT id, fleet FROM device WHERE uuid = $1")
+        .bind(&req.uuid)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let (id, status) = match existing {
+        Some(row) => {
+            let id: i64 = row.try_get(0)?;
+            let their_fleet: i64 = row.try_get(1)?;
+            if their_fleet != fleet {
+                return Err(ApiError::conflict(format!(
+                    "a device with uuid {} exists in another fleet",
+                    req.uuid
+                )));
+            }
+            // A retried registration (the device lost our answer): same
+            // device, fresh key; the old key stops working.
+            sqlx::query("UPDATE device SET api_key_hash = $1 WHERE id = $2")
+                .bind(&hash)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            (id, StatusCode::OK)
+        }
+        None => {
+            let name = req
+                .name
+                .clone()
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| req.uuid[..7].to_owned());
+            let row = sqlx::query(
+                "INSERT INTO device (uuid, name, fleet, device_type, api_key_hash, \
+                 supervisor_version, os_version, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            )
+            .bind(&req.uuid)
+            .bind(name)
+            .bind(fleet)
+            .bind(&req.device_type)
+            .bind(&hash)
+            .bind(req.supervisor_version.clone())
+            .bind(req.os_version.clone())
+            .bind(db::now())
+            .fetch_one(&mut *tx)
+            .await?;
+            (row.try_get(0)?, StatusCode::CREATED)
+        }
+    };
+    tx.commit().await?;
+    tracing::info!(device = id, uuid = %req.uuid, fleet, "device registered");
+    Ok((
+        status,
+        Json(RegisterResponse {
+            id,
+            uuid: req.uuid,
+            api_key: key,
+        }),
+    )
+        .into_response())
+}
+
+/// Builds the target state of device `id`.
+pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
+    let row = sqlx::query(
+        "SELECT d.uuid, d.name, d.device_type, d.pinned_release, d.target_os_version, \
+         f.id, f.name, f.uuid, f.target_release, f.target_os_version \
+         FROM device d JOIN fleet f ON f.id = d.fleet WHERE d.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db.pool)
+    .await?;
+    let uuid: String = row.try_get(0)?;
+    let name: String = row.try_get(1)?;
+    let device_type: String = row.try_get(2)?;
+    let pinned: Option<i64> = row.try_get(3)?;
+    let dev_os: Option<String> = row.try_get(4)?;
+    let fleet_id: i64 = row.try_get(5)?;
+    let fleet_name: String = row.try_get(6)?;
+    let fleet_uuid: String = row.try_get(7)?;
+    let fleet_release: Option<i64> = row.try_get(8)?;
+    let fleet_os: Option<String> = row.try_get(9)?;
+
+    let mut app_target = AppTarget {
+        id: fleet_id,
+        name: fleet_name,
+        ..Default::default()
+    };
+    let mut config = BTreeMap::new();
+    let vars = sqlx::query(
+        "SELECT 1, name, value FROM fleet_env_var WHERE fleet = $1 \
+         UNION ALL SELECT 2, name, value FROM device_env_var WHERE device = $2 \
+         UNION ALL SELECT 3, name, value FROM fleet_config_var WHERE fleet = $3 \
+         UNION ALL SELECT 4, name, value FROM device_config_var WHERE device = $4",
+    )
+    .bind(fleet_id)
+    .bind(id)
+    .bind(fleet_id)
+    .bind(id)
+    .fetch_all(&app.db.pool)
+    .await?;
+    let mut device_config = Vec::new();
+    for r in &vars {
+        let layer: i64 = r
+            .try_get::<i32, _>(0)
+            .map(i64::from)
+            .or_else(|_| r.try_get(0))?;
+        let (k, v): (String, String) = (r.try_get(1)?, r.try_get(2)?);
+        match layer {
+            1 => {
+                app_target.env.fleet.insert(k, v);
+            }
+            2 => {
+                app_target.env.device.insert(k, v);
+            }
+            3 => {
+                config.insert(k, v);
+            }
+            _ => device_config.push((k, v)),
+        }
+    }
+    config.extend(device_config);
+
+    if let Some(rel) = pinned.or(fleet_release) {
+        if let Some(r) = sqlx::query("SELECT uuid, target_json FROM \"release\" WHERE id = $1")
+            .bind(rel)
+            .fetch_optional(&app.db.pool)
+            .await?
+        {
+            let rel_uuid: String = r.try_get(0)?;
+            let json: String = r.try_get(1)?;
+            let mut target: ReleaseTarget =
+                serde_json::from_str(&json).map_err(ApiError::internal)?;
+            let svc_vars = sqlx::query(
+                "SELECT s.name, v.name, v.value FROM service_env_var v \
+                 JOIN service s ON s.id = v.service WHERE s.\"release\" = $1",
+            )
+            .bind(rel)
+            .fetch_all(&app.db.pool)
+            .await?;
+            for v in &svc_vars {
+                let svc: String = v.try_get(0)?;
+                if let Some(s) = target.services.get_mut(&svc) {
+                    s.environment.insert(v.try_get(1)?, v.try_get(2)?);
+                }
+            }
+            app_target.releases.insert(rel_uuid, target);
+        }
+    }
+
+    let os = match dev_os.or(fleet_os) {
+        None => None,
+        Some(version) => {
+            let r = sqlx::query(
+                "SELECT id, bundle_sha256, bundle_size FROM os_release \
+                 WHERE device_type = $1 AND version = $2",
+            )
+            .bind(&device_type)
+            .bind(&version)
+            .fetch_optional(&app.db.pool)
+            .await?;
+            let bundle = match r {
+                Some(r) => {
+                    let os_id: i64 = r.try_get(0)?;
+                    let sha: Option<String> = r.try_get(1)?;
+                    let size: Option<i64> = r.try_get(2)?;
+                    match (sha, size) {
+                        (Some(sha256), Some(size)) => Some(BundleRef {
+                            url: format!("{}/os/bundle/{os_id}", app.config.public_url),
+                            sha256,
+                            size: u64::try_from(size).unwrap_or_default(),
+                        }),
+                        _ => None,
+                    }
+                }
+                None => None,
+            };
+            Some(OsTarget { version, bundle })
+        }
+    };
+    let mut apps = BTreeMap::new();
+    apps.insert(fleet_uuid, app_target);
+    let mut state = TargetState::new();
+    state.insert(
+        uuid,
+        DeviceTarget {
+            name,
+            config,
+            apps,
+            os,
+        },
+    );
+    Ok(state)
+}
+
+/// Records that device `id` is alive, at most every 15 s per device (more
+/// often when the offline timeout is short).
+async fn heartbeat(app: &AppState, id: i64) -> ApiResult<()> {
+    let due = {
+        let mut seen = app.heartbeats.lock().map_err(ApiError::internal)?;
+        let now = Instant::now();
+        let every = Duration::from_secs((app.config.offline_after_secs / 3).min(15));
+        match seen.get(&id) {
+            Some(t) if now.duration_since(*t) < every => false,
+            _ => {
+                seen.insert(id, now);
+                true
+            }
+        }
+    };
+    if due {
+        sqlx::query("UPDATE device SET last_seen = $1, is_online = TRUE WHERE id = $2")
+            .bind(db::now())
+            .bind(id)
+            .execute(&app.db.pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Does `If-None-Match` match `etag` (weak comparison, as RFC 9110 asks)?
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    let Some(v) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    v.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+/// `GET /device/v3/{uuid}/state`
+pub async fn target_state(
+    State(app): State<AppState>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let actor = auth::resolve(&app.db, &headers).await?;
+    let id = perms::device_may_access(&actor, &uuid)?;
+    heartbeat(&app, id).await?;
+    let state = build_target(&app, id).await?;
+    // BTreeMaps and struct field order make this deterministic.
+    let bytes = serde_json::to_vec(&state).map_err(ApiError::internal)?;
+    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..16]));
+    let etag_value = HeaderValue::from_str(&etag).map_err(ApiError::internal)?;
+    if etag_matches(&headers, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (header::ETAG, etag_value),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// `PATCH /device/v3/state`
+pub async fn report_state(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let actor = auth::resolve(&app.db, &headers).await?;
+    let report: StateReport = json_body(&body)?;
+    if report.is_empty() {
+        return Err(ApiError::bad_request("the report names no device"));
+    }
+    let mut updates = Vec::new();
+    for (uuid, r) in &report {
+        let id = perms::device_may_access(&actor, uuid)?;
+        let mut sets: Vec<(&str, Param)> = vec![
+            ("last_seen", Param::Text(Some(db::now()))),
+            ("is_online", Param::Bool(true)),
+        ];
+        let text = |v: &Option<String>| Param::Text(v.clone());
+        let int = |v: Option<u64>| Param::Int(v.map(|x| i64::try_from(x).unwrap_or(i64::MAX)));
+        if r.status.is_some() {
+            sets.push(("status", text(&r.status)));
+        }
+        if r.os_version.is_some() {
+            sets.push(("os_version", text(&r.os_version)));
+        }
+        if r.supervisor_version.is_some() {
+            sets.push(("supervisor_version", text(&r.supervisor_version)));
+        }
+        if let Some(ips) = &r.ip_address {
+            sets.push(("ip_address", Param::Text(Some(ips.join(" ")))));
+        }
+        if let Some(v) = r.cpu_usage {
+            sets.push(("cpu_usage", Param::Real(Some(v))));
+        }
+        if let Some(v) = r.cpu_temp {
+            sets.push(("cpu_temp", Param::Real(Some(v))));
+        }
+        for (name, v) in [
+            ("memory_usage", r.memory_usage),
+            ("memory_total", r.memory_total),
+            ("storage_usage", r.storage_usage),
+            ("storage_total", r.storage_total),
+        ] {
+            if v.is_some() {
+                sets.push((name, int(v)));
+            }
+        }
+        if let Some(os) = &r.os_update {
+            sets.push((
+                "os_update_state",
+                Param::Text(Some(os.state.as_str().into())),
+            ));
+            sets.push(("os_update_progress", int(os.progress.map(u64::from))));
+            sets.push(("os_update_reason", text(&os.reason)));
+            if os.boot_slot.is_some() {
+                sets.push(("boot_slot", text(&os.boot_slot)));
+            }
+        }
+        updates.push((id, sets));
+    }
+    let mut tx = app.db.pool.begin().await?;
+    for (id, sets) in updates {
+        let cols: Vec<String> = sets
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| format!("{n} = ${}", i + 1))
+            .collect();
+        let sql = format!(
+            "UPDATE device SET {} WHERE id = ${}",
+            cols.join(", "),
+            sets.len() + 1
+        );
+        let mut params: Vec<Param> = sets.into_iter().map(|(_, p)| p).collect();
+        params.push(Param::Int(Some(id)));
+        bind_all(dyn_query(sql), &params).execute(&mut *tx).await?;
+        if let Ok(mut seen) = app.heartbeats.lock() {
+            seen.insert(id, Instant::now());
+        }
+    }
+    tx.commit().await?;
+    Ok((StatusCode::OK, Json(serde_json::json!({}))).into_response())
+}
+
+/// Marks devices offline after the configured silence; runs forever.
+pub async fn offline_sweeper(app: AppState) {
+    let every = Duration::from_secs((app.config.offline_after_secs / 4).clamp(1, 30));
+    loop {
+        tokio::time::sleep(every).await;
+        let cutoff = db::format_ts(
+            time::OffsetDateTime::now_utc()
+                - time::Duration::seconds(
+                    i64::try_from(app.config.offline_after_secs).unwrap_or(i64::MAX / 2),
+                ),
+        );
+        let res = sqlx::query(
+            "UPDATE device SET is_online = FALSE WHERE is_online = TRUE \
+             AND (last_seen IS NULL OR last_seen < $1)",
+        )
+        .bind(cutoff)
+        .execute(&app.db.pool)
+        .await;
+        match res {
+            Ok(r) if r.rows_affected() > 0 => {
+                tracing::info!(devices = r.rows_affected(), "marked offline");
+                // Let the next poll of those devices record a heartbeat again.
+                if let Ok(mut seen) = app.heartbeats.lock() {
+                    seen.clear();
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("offline sweep: {e}"),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The `resin-cloud` binary: `serve` (the default) and `bootstrap`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use resin_cloud::config::ConfigArgs;
+
+#[derive(Parser)]
+#[command(name = "resin-cloud", version, about = "resin cloud API server")]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Create a user if missing and print a fresh API key as JSON:
+    /// {"user_id":…,"api_key":"…"} (plus "fleet_id" with --fleet).
+    Bootstrap {
+        #[arg(long)]
+        username: String,
+        /// Also create this fleet for the user (kept if it exists).
+        #[arg(long)]
+        fleet: Option<String>,
+        /// Device type of the fleet created by --fleet.
+        #[arg(long, default_value = "qemuarm64")]
+        device_type: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = cli.config.resolve().context("reading the configuration")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = resin_cloud::App::start(config.clone()).await?;
+            tracing::info!(
+                "resin-cloud listening on http://{} (public URL {}, database {})",
+                app.addr,
+                app.state.config.public_url,
+                if config.database_url.starts_with("postgres") {
+                    "PostgreSQL"
+                } else {
+                    "SQLite"
+                }
+            );
+            tokio::select! {
+                r = app.task => { r.context("server task")?.context("serving")?; }
+                _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping"); }
+            }
+        }
+        Command::Bootstrap {
+            username,
+            fleet,
+            device_type,
+        } => {
+            let db = resin_cloud::db::Db::connect(&config.database_url, 2)
+                .await
+                .context("opening the database")?;
+            let out = resin_cloud::bootstrap(
+                &db,
+                &username,
+                fleet.as_deref().map(|f| (f, device_type.as_str())),
+            )
+            .await
+            .context("bootstrapping")?;
+            println!("{}", serde_json::to_string(&out)?);
+        }
+    }
+    Ok(())
+}

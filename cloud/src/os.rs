@@ -1,0 +1,295 @@
+//! OS releases: raw uploads of bundles and base images (temp file, fsync,
+//! rename), bundle downloads with `Range`, and configured image downloads.
+
+use std::path::PathBuf;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::auth::{self, Actor};
+use crate::error::{ApiError, ApiResult};
+use crate::{perms, resources, AppState};
+
+/// Where an OS release's files live.
+pub fn release_dir(app: &AppState, id: i64) -> PathBuf {
+    app.config.data_dir.join("os").join(id.to_string())
+}
+
+fn file_name(kind: &str) -> &'static str {
+    if kind == "bundle" {
+        "bundle.raucb"
+    } else {
+        "image.img"
+    }
+}
+
+/// `PUT /v1/os_release(<id>)/bundle|image`: streams the body to a temp file
+/// beside the target, hashing it, then fsyncs and renames it into place.
+pub async fn upload(
+    app: &AppState,
+    actor: &Actor,
+    id: i64,
+    kind: &str,
+    body: Body,
+) -> ApiResult<Response> {
+    if !resources::may_write(app, actor, "os_release", id).await? {
+        return Err(ApiError::not_found(format!("os_release({id}) not found")));
+    }
+    let dir = release_dir(app, id);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(ApiError::internal)?;
+    let final_path = dir.join(file_name(kind));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        file_name(kind),
+        resources::new_uuid()
+    ));
+    let result = async {
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(ApiError::internal)?;
+        }
+        if size == 0 {
+            return Err(ApiError::bad_request("the upload is empty"));
+        }
+        file.sync_all().await.map_err(ApiError::internal)?;
+        drop(file);
+        Ok((hex::encode(hasher.finalize()), size))
+    }
+    .await;
+    let (sha, size) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+    };
+    tokio::fs::rename(&tmp, &final_path)
+        .await
+        .map_err(ApiError::internal)?;
+    if let Ok(d) = tokio::fs::File::open(&dir).await {
+        let _ = d.sync_all().await;
+    }
+    let size_i = i64::try_from(size).map_err(ApiError::internal)?;
+    if kind == "bundle" {
+        sqlx::query("UPDATE os_release SET bundle_sha256 = $1, bundle_size = $2 WHERE id = $3")
+            .bind(&sha)
+            .bind(size_i)
+            .bind(id)
+            .execute(&app.db.pool)
+            .await?;
+    } else {
+        sqlx::query("UPDATE os_release SET image_size = $1 WHERE id = $2")
+            .bind(size_i)
+            .bind(id)
+            .execute(&app.db.pool)
+            .await?;
+    }
+    Ok((
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"sha256": sha, "size": size})),
+    )
+        .into_response())
+}
+
+/// A parsed single `Range: bytes=…` header.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeReq {
+    Full,
+    Part { start: u64, end: u64 },
+    Unsatisfiable,
+}
+
+/// Parses `Range` against a file of `size` bytes. Several ranges at once are
+/// answered with the whole file (allowed by RFC 9110).
+pub fn parse_range(h: Option<&str>, size: u64) -> RangeReq {
+    let Some(h) = h else { return RangeReq::Full };
+    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+        return RangeReq::Unsatisfiable;
+    };
+    if spec.contains(',') {
+        return RangeReq::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Unsatisfiable;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| s.parse::<u64>().ok();
+    let (start, end) = match (a.is_empty(), b.is_empty()) {
+        (true, true) => return RangeReq::Unsatisfiable,
+        (true, false) => match num(b) {
+            Some(0) | None => return RangeReq::Unsatisfiable,
+            Some(n) => (size.saturating_sub(n), size.saturating_sub(1)),
+        },
+        (false, true) => match num(a) {
+            Some(s) => (s, size.saturating_sub(1)),
+            None => return RangeReq::Unsatisfiable,
+        },
+        (false, false) => match (num(a), num(b)) {
+            (Some(s), Some(e)) if s <= e => (s, e.min(size.saturating_sub(1))),
+            _ => return RangeReq::Unsatisfiable,
+        },
+    };
+    if size == 0 || start >= size {
+        return RangeReq::Unsatisfiable;
+    }
+    RangeReq::Part { start, end }
+}
+
+/// `GET /os/bundle/{id}`
+pub async fn bundle(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    bundle_inner(&app, &id, &headers)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn bundle_inner(app: &AppState, id: &str, headers: &HeaderMap) -> ApiResult<Response> {
+    let actor = auth::resolve(&app.db, headers).await?;
+    perms::may_fetch_bundle(&actor)?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("the bundle id must be an integer"))?;
+    let row = sqlx::query("SELECT device_type, bundle_size FROM os_release WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&app.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("os_release({id}) not found")))?;
+    let device_type: String = row.try_get(0)?;
+    let size: Option<i64> = row.try_get(1)?;
+    if let Actor::Device { id: dev, .. } = actor {
+        let t: Option<String> = sqlx::query("SELECT device_type FROM device WHERE id = $1")
+            .bind(dev)
+            .fetch_optional(&app.db.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if t.as_deref() != Some(device_type.as_str()) {
+            return Err(ApiError::forbidden(
+                "this bundle is for another device type",
+            ));
+        }
+    }
+    if size.is_none() {
+        return Err(ApiError::not_found(format!(
+            "os_release({id}) has no bundle yet"
+        )));
+    }
+    let path = release_dir(app, id).join(file_name("bundle"));
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    let size = file.metadata().await.map_err(ApiError::internal)?.len();
+    let range = parse_range(
+        headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        size,
+    );
+    let (status, start, len) = match range {
+        RangeReq::Full => (StatusCode::OK, 0, size),
+        RangeReq::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        RangeReq::Unsatisfiable => {
+            let mut r = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "RangeNotSatisfiable",
+                format!("the bundle has {size} bytes"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+    };
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(ApiError::internal)?;
+    let stream = futures_util::stream::unfold(
+        (file.take(len), vec![0u8; 64 * 1024]),
+        |(mut f, mut buf)| async move {
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => Some((
+                    Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&buf[..n])),
+                    (f, buf),
+                )),
+                Err(e) => Some((Err(e), (f, buf))),
+            }
+        },
+    );
+    let mut resp = Response::new(Body::from_stream(stream));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
+        h.insert(header::CONTENT_LENGTH, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", start + len - 1)) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// `GET /v1/os/download?fleet=<id>&version=<v>&compression=zstd|xz|none`
+pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResult<Response> {
+    let _ = (app, actor, q);
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "NotImplemented",
+        "configured image downloads are not wired yet",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 10), RangeReq::Full);
+        assert_eq!(
+            parse_range(Some("bytes=0-3"), 10),
+            RangeReq::Part { start: 0, end: 3 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=5-"), 10),
+            RangeReq::Part { start: 5, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-4"), 10),
+            RangeReq::Part { start: 6, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=8-100"), 10),
+            RangeReq::Part { start: 8, end: 9 }
+        );
+        assert_eq!(parse_range(Some("bytes=10-"), 10), RangeReq::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=5-2"), 10), RangeReq::Unsatisfiable);
+        assert_eq!(parse_range(Some("items=0-1"), 10), RangeReq::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=a-b"), 10), RangeReq::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeReq::Full);
+    }
+}
