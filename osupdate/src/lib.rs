@@ -1,6 +1,13 @@
 //! resin-osupdate: A/B OS updates through RAUC over D-Bus, run by the
 //! supervisor as a task (download bundle, install, reboot, verify health,
 //! commit or roll back).
+//!
+//! - [`state`]: the state machine and its persisted file
+//! - [`rauc`]: our zbus proxy for RAUC's Installer interface
+//! - [`download`]: resumable, sha256-verified bundle download
+//! - [`health`]: the health gate before committing
+//! - [`agent`]: the driver that performs the side effects
+//! - [`failpoint`]: crash-test hooks (feature `failpoints`)
 
 use std::path::PathBuf;
 
@@ -45,12 +52,28 @@ pub fn spawn(
     health: watch::Receiver<Health>,
     reboot: mpsc::Sender<RebootRequest>,
 ) -> (watch::Receiver<OsUpdateReport>, JoinHandle<()>) {
+    spawn_with(cfg, AgentOptions::default(), target, health, reboot)
+}
+
+/// [`spawn`] with tunables other than the defaults.
+pub fn spawn_with(
+    cfg: AgentConfig,
+    opts: AgentOptions,
+    target: watch::Receiver<Option<OsTarget>>,
+    health: watch::Receiver<Health>,
+    reboot: mpsc::Sender<RebootRequest>,
+) -> (watch::Receiver<OsUpdateReport>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(OsUpdateReport::default());
-    let handle = tokio::spawn(async move {
-        // Placeholder until the agent lands: report idle, follow the target.
-        let _keep = (cfg, health, reboot, tx);
-        let mut target = target;
-        while target.changed().await.is_ok() {}
-    });
+    let agent = agent::Agent::new(cfg, opts, tx, target, health, reboot);
+    let handle = tokio::spawn(agent.run());
     (rx, handle)
 }
+
+pub mod agent;
+pub mod download;
+pub mod failpoint;
+pub mod health;
+pub mod rauc;
+pub mod state;
+
+pub use agent::{os_version, AgentOptions};
