@@ -22,6 +22,9 @@ RESIN_APT_PACKAGES=(
   e2fsprogs dosfstools mtools gdisk fdisk bmap-tools genimage zstd xz-utils u-boot-tools grub-common
   # arm64 device, QEMU
   qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64 mmdebstrap arch-test
+  # QEMU tests: host-side initrd/kernel handling, the aarch64 cross toolchain (Debian's Rust 1.96;
+  # the :arm64 packages are installed by qemu-tests/scripts/assets.sh after adding the arch)
+  kmod cpio openssl gcc-aarch64-linux-gnu rustc-web cargo-web
 )
 
 # install_packages [extra…]: apt-get only what is missing (fast when all are there).

@@ -1,0 +1,394 @@
+//! The host side of a QEMU test: resin-cloud (SQLite in a temp dir) and Docker
+//! Distribution on loopback, and a small client for the cloud's API.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Errors of the host services.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {detail}")]
+    Failed { what: String, detail: String },
+    #[error("{method} {url}: HTTP {status}: {body}")]
+    Http {
+        method: String,
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{method} {url}: {source}")]
+    Transport {
+        method: String,
+        url: String,
+        #[source]
+        source: Box<ureq::Error>,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HostError {
+    let what = what.into();
+    move |source| HostError::Io { what, source }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> Result<u16, HostError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
+    Ok(l.local_addr().map_err(io("reading the bound port"))?.port())
+}
+
+/// A child process that is killed when dropped.
+pub struct Service {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Service {
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self, HostError> {
+        let out = File::create(&log).map_err(io(format!("creating {}", log.display())))?;
+        let err = out.try_clone().map_err(io("cloning a log handle"))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(io(format!("starting {name}")))?;
+        tracing::info!(pid = child.id(), log = %log.display(), "{name} started");
+        Ok(Self {
+            name: name.into(),
+            child,
+            log,
+        })
+    }
+
+    /// The last `n` lines of the service's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        crate::qemu::tail_lines(&text, n)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `url` answers (any HTTP status) or the timeout passes.
+pub fn wait_http(url: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let agent = agent(Duration::from_secs(2));
+    while Instant::now() < deadline {
+        if agent.get(url).call().is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+/// Docker Distribution on 127.0.0.1:`port`. An already running registry on that
+/// port (scripts/services.sh starts one on 55000) is reused.
+pub fn ensure_registry(port: u16, dir: &Path) -> Result<Option<Service>, HostError> {
+    let url = format!("http://127.0.0.1:{port}/v2/");
+    if wait_http(&url, Duration::from_millis(300)) {
+        tracing::info!("reusing the registry on 127.0.0.1:{port}");
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dir.join("data")).map_err(io("creating the registry dir"))?;
+    let cfg = dir.join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        ),
+    )
+    .map_err(io("writing the registry config"))?;
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(&cfg);
+    let svc = Service::spawn("docker-registry", cmd, dir.join("registry.log"))?;
+    if !wait_http(&url, Duration::from_secs(20)) {
+        return Err(HostError::Failed {
+            what: "docker-registry did not answer".into(),
+            detail: svc.log_tail(20),
+        });
+    }
+    Ok(Some(svc))
+}
+
+/// A running resin-cloud with its own SQLite database.
+pub struct Cloud {
+    pub service: Service,
+    /// Where the host reaches it (http://127.0.0.1:port).
+    pub url: String,
+    /// Where the guest reaches it (http://10.0.2.2:port).
+    pub public_url: String,
+    pub data_dir: PathBuf,
+    pub api_key: String,
+    pub user_id: i64,
+}
+
+impl Cloud {
+    /// Bootstraps a user and starts `resin-cloud serve` on a free port.
+    pub fn start(bin: &Path, data_dir: &Path, port: u16) -> Result<Self, HostError> {
+        std::fs::create_dir_all(data_dir).map_err(io("creating the cloud data dir"))?;
+        let port = if port == 0 { free_port()? } else { port };
+        let url = format!("http://127.0.0.1:{port}");
+        let public_url = format!("http://10.0.2.2:{port}");
+        let common = |c: &mut Command| {
+            c.arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(data_dir)
+                .arg("--public-url")
+                .arg(&public_url)
+                .env_remove("RESIN_CLOUD_CONFIG")
+                .env_remove("RESIN_CLOUD_DATABASE_URL");
+        };
+        let mut boot = Command::new(bin);
+        common(&mut boot);
+        boot.args(["bootstrap", "--username", "qemu-tests"]);
+        let out = boot
+            .output()
+            .map_err(io(format!("running {} bootstrap", bin.display())))?;
+        if !out.status.success() {
+            return Err(HostError::Failed {
+                what: "resin-cloud bootstrap".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| HostError::Failed {
+            what: "resin-cloud bootstrap output".into(),
+            detail: e.to_string(),
+        })?;
+        let api_key = v["api_key"].as_str().unwrap_or_default().to_string();
+        let user_id = v["user_id"].as_i64().unwrap_or_default();
+        let mut serve = Command::new(bin);
+        common(&mut serve);
+        serve.arg("serve");
+        let service = Service::spawn("resin-cloud", serve, data_dir.join("cloud.log"))?;
+        if !wait_http(&format!("{url}/v1/$metadata"), Duration::from_secs(30)) {
+            return Err(HostError::Failed {
+                what: "resin-cloud did not answer".into(),
+                detail: service.log_tail(30),
+            });
+        }
+        Ok(Self {
+            service,
+            url,
+            public_url,
+            data_dir: data_dir.into(),
+            api_key,
+            user_id,
+        })
+    }
+
+    /// An API client for this cloud with the bootstrap user's key.
+    pub fn client(&self) -> Api {
+        Api::new(&self.url, &self.api_key)
+    }
+}
+
+/// A small client for the cloud's resource API.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    key: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    pub fn new(base: &str, key: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').into(),
+            key: key.into(),
+            agent: agent(Duration::from_secs(600)),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn check(
+        method: &str,
+        url: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>, HostError> {
+        let mut resp = r.map_err(|e| HostError::Transport {
+            method: method.into(),
+            url: url.into(),
+            source: Box::new(e),
+        })?;
+        let status = resp.status().as_u16();
+        if status >= 400 {
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            return Err(HostError::Http {
+                method: method.into(),
+                url: url.into(),
+                status,
+                body,
+            });
+        }
+        Ok(resp)
+    }
+
+    fn json(
+        method: &str,
+        url: &str,
+        mut resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<Value, HostError> {
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| HostError::Transport {
+                method: method.into(),
+                url: url.into(),
+                source: Box::new(e),
+            })?;
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| HostError::Failed {
+            what: format!("{method} {url}: JSON"),
+            detail: e.to_string(),
+        })
+    }
+
+    /// GET `path` (relative to the base URL), as JSON.
+    pub fn get(&self, path: &str) -> Result<Value, HostError> {
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.key))
+            .call();
+        let resp = Self::check("GET", &url, r)?;
+        Self::json("GET", &url, resp)
+    }
+
+    /// POST JSON, answering the created entity.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, HostError> {
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {}", self.key))
+            .send_json(body);
+        let resp = Self::check("POST", &url, r)?;
+        Self::json("POST", &url, resp)
+    }
+
+    /// PATCH JSON.
+    pub fn patch(&self, path: &str, body: &Value) -> Result<(), HostError> {
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .agent
+            .patch(&url)
+            .header("Authorization", &format!("Bearer {}", self.key))
+            .send_json(body);
+        Self::check("PATCH", &url, r).map(|_| ())
+    }
+
+    /// PUT a file as application/octet-stream.
+    pub fn put_file(&self, path: &str, file: &Path) -> Result<(), HostError> {
+        let url = format!("{}{path}", self.base);
+        let f = File::open(file).map_err(io(format!("opening {}", file.display())))?;
+        let r = self
+            .agent
+            .put(&url)
+            .header("Authorization", &format!("Bearer {}", self.key))
+            .header("Content-Type", "application/octet-stream")
+            .send(ureq::SendBody::from_owned_reader(f));
+        Self::check("PUT", &url, r).map(|_| ())
+    }
+
+    /// GET `path` into `dest` (temp file + rename).
+    pub fn download(&self, path: &str, dest: &Path) -> Result<u64, HostError> {
+        let url = format!("{}{path}", self.base);
+        let r = self
+            .agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.key))
+            .call();
+        let mut resp = Self::check("GET", &url, r)?;
+        let tmp = dest.with_extension("partial");
+        let mut f = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        let n = std::io::copy(&mut resp.body_mut().as_reader(), &mut f)
+            .map_err(io(format!("downloading {url}")))?;
+        f.sync_all().map_err(io("fsync"))?;
+        std::fs::rename(&tmp, dest).map_err(io(format!("renaming to {}", dest.display())))?;
+        Ok(n)
+    }
+
+    /// The `value` array of a collection answer.
+    pub fn list(&self, path: &str) -> Result<Vec<Value>, HostError> {
+        Ok(self.get(path)?["value"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// Polls `f` every `every` until it answers `Some` or `timeout` passes.
+pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_is_on_loopback_and_nonzero() {
+        let p = free_port().unwrap();
+        assert!(p > 0);
+        TcpListener::bind(("127.0.0.1", p)).unwrap();
+    }
+
+    #[test]
+    fn poll_gives_up_after_timeout() {
+        let mut n = 0;
+        let r: Option<()> = poll(Duration::from_millis(50), Duration::from_millis(10), || {
+            n += 1;
+            None
+        });
+        assert!(r.is_none());
+        assert!(n >= 2);
+        assert_eq!(
+            poll(Duration::from_secs(1), Duration::from_millis(1), || Some(7)),
+            Some(7)
+        );
+    }
+}
