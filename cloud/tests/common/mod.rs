@@ -1,0 +1,281 @@
+//! Test harness: a real `resin-cloud` on 127.0.0.1:0 over a temp SQLite file
+//! or a fresh PostgreSQL database (from `RESIN_TEST_PG_URL`), and a blocking
+//! HTTP client.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::time::Duration;
+
+use resin_cloud::config::Config;
+use serde_json::Value;
+use sqlx::Executor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Server {
+    pub base: String,
+    pub app: resin_cloud::AppState,
+    pub rt: tokio::runtime::Runtime,
+    pub dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    agent: ureq::Agent,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: String,
+    pub headers: ureq::http::HeaderMap,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("RESIN_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!("RESIN_TEST_PG_URL is not set: start PostgreSQL with scripts/services.sh and `source /tmp/resin-run/env.sh`")
+    })
+}
+
+fn with_db(url: &str, db: &str) -> String {
+    let (head, tail) = url.rsplit_once('/').expect("database URL with a path");
+    let query = tail
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{head}/{db}{query}")
+}
+
+/// Percent-encodes what may not appear raw in a URI (spaces, non-ASCII, …).
+pub fn encode(path: &str) -> String {
+    let mut out = String::new();
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/?&=$()',:;*+@!%".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Server {
+    pub fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {})
+    }
+
+    pub fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (database_url, pg) = match backend {
+            Backend::Sqlite => (format!("sqlite://{}/resin.db", dir.path().display()), None),
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let name = format!("resin_test_{}", uuid::Uuid::new_v4().simple());
+                rt.block_on(async {
+                    sqlx::any::install_default_drivers();
+                    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+                    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                        .await
+                        .unwrap();
+                    pool.close().await;
+                });
+                (with_db(&admin, &name), Some((admin, name)))
+            }
+        };
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url,
+            data_dir: dir.path().to_owned(),
+            public_url: "http://127.0.0.1:0".into(),
+            offline_after_secs: 180,
+            log_retention: 1000,
+            poll_interval_ms: 60_000,
+            db_max_connections: 8,
+        };
+        tweak(&mut config);
+        let app = rt
+            .block_on(resin_cloud::App::start(config))
+            .expect("server starts");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Server {
+            base: format!("http://{}", app.addr),
+            app: app.state,
+            rt,
+            dir,
+            pg,
+            task: app.task,
+            agent,
+        }
+    }
+
+    pub fn req(&self, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Resp {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        self.raw(method, path, key, &[], bytes)
+    }
+
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Resp {
+        let mut b = ureq::http::Request::builder().method(method).uri(format!(
+            "{}{}",
+            self.base,
+            encode(path)
+        ));
+        if let Some(k) = key {
+            b = b.header("Authorization", format!("Bearer {k}"));
+        }
+        if !body.is_empty()
+            && !headers
+                .iter()
+                .any(|(h, _)| h.eq_ignore_ascii_case("content-type"))
+        {
+            b = b.header("Content-Type", "application/json");
+        }
+        for (h, v) in headers {
+            b = b.header(*h, *v);
+        }
+        let resp = self
+            .agent
+            .run(b.body(body).unwrap())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut bytes = Vec::new();
+        resp.into_body()
+            .into_reader()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        let body = String::from_utf8_lossy(&bytes).into_owned();
+        Resp {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// Opens a streaming GET (for SSE).
+    pub fn stream(&self, path: &str, key: &str) -> ureq::http::Response<ureq::Body> {
+        self.agent
+            .get(format!("{}{}", self.base, path))
+            .header("Authorization", format!("Bearer {key}"))
+            .call()
+            .unwrap()
+    }
+
+    pub fn get(&self, path: &str, key: &str) -> Resp {
+        self.req("GET", path, Some(key), None)
+    }
+    pub fn post(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.req("POST", path, Some(key), Some(&body))
+    }
+    pub fn patch(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.req("PATCH", path, Some(key), Some(&body))
+    }
+
+    /// A user with an API key (bootstrap path).
+    pub fn user(&self, name: &str) -> (i64, String) {
+        let b = self
+            .rt
+            .block_on(resin_cloud::bootstrap(&self.app.db, name, None))
+            .unwrap();
+        (b.user_id, b.api_key)
+    }
+
+    /// POST that must answer 201; returns the entity.
+    pub fn create(&self, key: &str, resource: &str, body: Value) -> Value {
+        let r = self.post(&format!("/v1/{resource}"), key, body);
+        assert_eq!(r.status, 201, "POST {resource}: {}", r.body);
+        r.json()
+    }
+
+    /// A fleet of `qemuarm64` with a provisioning key; returns (fleet id, key).
+    pub fn fleet(&self, key: &str, name: &str) -> (i64, String) {
+        let f = self.create(
+            key,
+            "fleet",
+            serde_json::json!({"name": name, "device_type": "qemuarm64"}),
+        );
+        let id = f["id"].as_i64().unwrap();
+        let p = self.create(
+            key,
+            "provisioning_key",
+            serde_json::json!({"fleet": id, "name": "p"}),
+        );
+        (id, p["key"].as_str().unwrap().to_owned())
+    }
+
+    /// Registers a device; returns (id, uuid, device key).
+    pub fn device(&self, prov: &str) -> (i64, String, String) {
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        let r = self.post(
+            "/device/register",
+            prov,
+            serde_json::json!({"uuid": uuid, "deviceType": "qemuarm64"}),
+        );
+        assert_eq!(r.status, 201, "register: {}", r.body);
+        let j = r.json();
+        (
+            j["id"].as_i64().unwrap(),
+            uuid,
+            j["apiKey"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+        let pool = self.app.db.pool.clone();
+        let pg = self.pg.take();
+        self.rt.block_on(async move {
+            pool.close().await;
+            if let Some((admin, name)) = pg {
+                if let Ok(p) = sqlx::AnyPool::connect(&admin).await {
+                    let _ = p
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                    p.close().await;
+                }
+            }
+        });
+    }
+}
+
+/// Generates one `#[test]` per backend for `fn name(backend: Backend)`.
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $( #[test] fn $name() { super::$name(super::common::Backend::Sqlite) } )* }
+        mod postgres { $( #[test] fn $name() { super::$name(super::common::Backend::Postgres) } )* }
+    };
+}
