@@ -2,5 +2,8 @@
 //! target state, reconciles the Docker engine towards it with a pure planner
 //! and an executor, reports state, forwards logs and serves a local API.
 
+pub mod engine;
 pub mod planner;
+pub mod reconcile;
 pub mod spec;
+pub mod store;

@@ -130,13 +130,22 @@ pub enum Step {
         app_uuid: String,
         service: String,
     },
+    /// Hand-over: the new container runs; the old one waits for the signal
+    /// or the timeout.
+    WaitForHandover {
+        app_uuid: String,
+        service: String,
+    },
 }
 
 impl Step {
     /// Order inside a round: lower phases run first.
     pub fn phase(&self) -> u8 {
         match self {
-            Step::WaitForLock { .. } | Step::Stop { .. } | Step::Kill { .. } => 0,
+            Step::WaitForLock { .. }
+            | Step::WaitForHandover { .. }
+            | Step::Stop { .. }
+            | Step::Kill { .. } => 0,
             Step::Remove { .. } => 1,
             Step::RemoveImage { .. } | Step::RemoveNetwork { .. } => 2,
             Step::FetchImage { .. } | Step::CreateNetwork { .. } | Step::CreateVolume { .. } => 3,
@@ -160,6 +169,9 @@ impl Step {
             Step::RemoveNetwork { name } => format!("remove network {name}"),
             Step::WaitForLock { app_uuid, service } => {
                 format!("wait for update lock of {app_uuid}/{service}")
+            }
+            Step::WaitForHandover { app_uuid, service } => {
+                format!("wait for hand-over of {app_uuid}/{service}")
             }
         }
     }
@@ -317,7 +329,12 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> V
                             .unwrap_or(60);
                         let ready = ctx.handover_signalled.contains(&(app.into(), svc.into()))
                             || ctx.now - cur.created >= timeout;
-                        if ready {
+                        if !ready {
+                            steps.push(Step::WaitForHandover {
+                                app_uuid: app.into(),
+                                service: svc.into(),
+                            });
+                        } else {
                             if locked(app, svc) {
                                 push_unique(
                                     &mut steps,
@@ -488,10 +505,19 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> V
     steps
 }
 
-/// True when only lock waits are left: the executor can do nothing now.
+/// True when a step only waits (for a lock or a hand-over).
+pub fn is_wait(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::WaitForLock { .. } | Step::WaitForHandover { .. }
+    )
+}
+
+/// True when only waits are left: the executor can do nothing now.
 pub fn only_waiting(steps: &[Step]) -> bool {
-    !steps.is_empty() && steps.iter().all(|s| matches!(s, Step::WaitForLock { .. }))
+    !steps.is_empty() && steps.iter().all(is_wait)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;

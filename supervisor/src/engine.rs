@@ -1,0 +1,520 @@
+//! The Docker engine through bollard: reads the managed containers, networks
+//! and volumes into a [`CurrentState`], and runs one planner [`Step`].
+
+use std::collections::{BTreeSet, HashMap};
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, DeviceMapping, EndpointSettings, HostConfig,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use resin_api_types::labels;
+
+use crate::planner::{AppObject, Container, CurrentState, RunState, Step};
+use crate::spec::ServiceSpec;
+
+/// Seconds a container gets to stop before the engine kills it.
+pub const STOP_TIMEOUT_SECS: i32 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot connect to the Docker engine at {host}: {source}")]
+    Connect {
+        host: String,
+        #[source]
+        source: BollardError,
+    },
+    #[error("Docker engine: {what}: {source}")]
+    Call {
+        what: String,
+        #[source]
+        source: BollardError,
+    },
+    #[error("bad port mapping {0:?} (want [ip:]host:container[/proto])")]
+    Port(String),
+}
+
+fn call(what: impl Into<String>) -> impl FnOnce(BollardError) -> EngineError {
+    let what = what.into();
+    move |source| EngineError::Call { what, source }
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn is_not_modified(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 304,
+            ..
+        }
+    )
+}
+
+fn managed_filter() -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), vec![format!("{}=1", labels::MANAGED)])])
+}
+
+/// A connection to one Docker engine.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    docker: Docker,
+    /// When set, only these apps' objects are seen (several supervisors
+    /// sharing one engine: tests and benchmarks). `None` on a device.
+    only_apps: Option<BTreeSet<String>>,
+}
+
+impl Engine {
+    /// Connects to `host` (`unix:///path`), or to `DOCKER_HOST` / the
+    /// default socket when `None`, and agrees on an API version.
+    pub async fn connect(host: Option<&str>) -> Result<Self, EngineError> {
+        let name = host.map(str::to_owned).unwrap_or_else(|| {
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+        });
+        let connect_err = |source| EngineError::Connect {
+            host: name.clone(),
+            source,
+        };
+        let docker = Docker::connect_with_host(&name).map_err(connect_err)?;
+        let docker = docker.negotiate_version().await.map_err(connect_err)?;
+        Ok(Self {
+            docker,
+            only_apps: None,
+        })
+    }
+
+    /// Limits what [`Engine::current`] sees to `apps`.
+    pub fn scoped_to(mut self, apps: impl IntoIterator<Item = String>) -> Self {
+        self.only_apps = Some(apps.into_iter().collect());
+        self
+    }
+
+    fn in_scope(&self, app_uuid: &str) -> bool {
+        self.only_apps.as_ref().is_none_or(|a| a.contains(app_uuid))
+    }
+
+    /// The bollard client, for the log forwarder and tests.
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// True when the engine answers a ping.
+    pub async fn ping(&self) -> bool {
+        self.docker.ping().await.is_ok()
+    }
+
+    /// Managed containers, networks and volumes.
+    pub async fn current(&self) -> Result<CurrentState, EngineError> {
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&managed_filter())
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(call("list containers"))?;
+        let mut containers = Vec::new();
+        for c in list {
+            let labels = c.labels.unwrap_or_default();
+            let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+            let state = match c.state {
+                Some(ContainerSummaryStateEnum::CREATED) => RunState::Created,
+                Some(
+                    ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::RESTARTING,
+                ) => RunState::Running,
+                _ => RunState::Stopped,
+            };
+            containers.push(Container {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.first().map(|s| s.trim_start_matches('/').to_owned()))
+                    .unwrap_or_default(),
+                managed: get(labels::MANAGED) == "1",
+                app_uuid: get(labels::APP_UUID),
+                service: get(labels::SERVICE_NAME),
+                release_uuid: get(labels::RELEASE_UUID),
+                config_hash: get(labels::CONFIG_HASH),
+                image: c.image.unwrap_or_default(),
+                state,
+                created: c.created.unwrap_or_default(),
+            });
+        }
+        containers.retain(|c| self.in_scope(&c.app_uuid));
+        containers.sort_by(|a, b| a.name.cmp(&b.name));
+        let nets = self
+            .docker
+            .list_networks(Some(
+                ListNetworksOptionsBuilder::default()
+                    .filters(&managed_filter())
+                    .build(),
+            ))
+            .await
+            .map_err(call("list networks"))?;
+        let mut networks: Vec<AppObject> = nets
+            .into_iter()
+            .filter_map(|n| {
+                let app_uuid = n.labels.as_ref()?.get(labels::APP_UUID)?.clone();
+                Some(AppObject {
+                    name: n.name?,
+                    app_uuid,
+                })
+            })
+            .collect();
+        networks.retain(|n| self.in_scope(&n.app_uuid));
+        networks.sort();
+        let vols = self
+            .docker
+            .list_volumes(Some(
+                ListVolumesOptionsBuilder::default()
+                    .filters(&managed_filter())
+                    .build(),
+            ))
+            .await
+            .map_err(call("list volumes"))?;
+        let mut volumes: Vec<AppObject> = vols
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| {
+                let app_uuid = v.labels.get(labels::APP_UUID)?.clone();
+                Some(AppObject {
+                    name: v.name,
+                    app_uuid,
+                })
+            })
+            .collect();
+        volumes.retain(|n| self.in_scope(&n.app_uuid));
+        volumes.sort();
+        Ok(CurrentState {
+            containers,
+            networks,
+            volumes,
+        })
+    }
+
+    /// Which of `refs` the engine has.
+    pub async fn images_present<'a>(
+        &self,
+        refs: impl IntoIterator<Item = &'a String>,
+    ) -> Result<BTreeSet<String>, EngineError> {
+        let mut out = BTreeSet::new();
+        for r in refs {
+            match self.docker.inspect_image(r).await {
+                Ok(_) => {
+                    out.insert(r.clone());
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(call(format!("inspect image {r}"))(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one step. Steps are idempotent where the engine allows it: a
+    /// container already stopped or gone counts as done.
+    pub async fn run(&self, step: &Step) -> Result<(), EngineError> {
+        let d = &self.docker;
+        match step {
+            Step::FetchImage { image } => {
+                let opts = CreateImageOptionsBuilder::default()
+                    .from_image(image)
+                    .build();
+                let mut s = d.create_image(Some(opts), None, None);
+                while let Some(item) = s.next().await {
+                    item.map_err(call(format!("pull {image}")))?;
+                }
+            }
+            Step::CreateNetwork {
+                name,
+                app_uuid,
+                driver,
+            } => {
+                let req = NetworkCreateRequest {
+                    name: name.clone(),
+                    driver: driver.clone(),
+                    labels: Some(HashMap::from([
+                        (labels::MANAGED.to_owned(), "1".to_owned()),
+                        (labels::APP_UUID.to_owned(), app_uuid.clone()),
+                    ])),
+                    ..Default::default()
+                };
+                d.create_network(req)
+                    .await
+                    .map_err(call(format!("create network {name}")))?;
+            }
+            Step::CreateVolume {
+                name,
+                app_uuid,
+                driver,
+            } => {
+                let req = VolumeCreateRequest {
+                    name: Some(name.clone()),
+                    driver: driver.clone(),
+                    labels: Some(HashMap::from([
+                        (labels::MANAGED.to_owned(), "1".to_owned()),
+                        (labels::APP_UUID.to_owned(), app_uuid.clone()),
+                    ])),
+                    ..Default::default()
+                };
+                d.create_volume(req)
+                    .await
+                    .map_err(call(format!("create volume {name}")))?;
+            }
+            Step::Create { spec } => {
+                let body = create_body(spec)?;
+                let opts = CreateContainerOptionsBuilder::default()
+                    .name(&spec.name)
+                    .build();
+                match d.create_container(Some(opts), body).await {
+                    Ok(_) => {}
+                    // Created before a crash: the planner sees it next round.
+                    Err(BollardError::DockerResponseServerError {
+                        status_code: 409, ..
+                    }) => {}
+                    Err(e) => return Err(call(format!("create container {}", spec.name))(e)),
+                }
+                // The engine takes one network at create; join the others.
+                for n in spec.networks.iter().skip(1) {
+                    let req = bollard::models::NetworkConnectRequest {
+                        container: spec.name.clone(),
+                        endpoint_config: Some(EndpointSettings {
+                            aliases: Some(vec![spec.service.clone()]),
+                            ..Default::default()
+                        }),
+                    };
+                    match d.connect_network(n, req).await {
+                        Ok(()) => {}
+                        // Already connected (a retried step).
+                        Err(BollardError::DockerResponseServerError {
+                            status_code: 403 | 409,
+                            ..
+                        }) => {}
+                        Err(e) => return Err(call(format!("connect {} to {n}", spec.name))(e)),
+                    }
+                }
+            }
+            Step::Start { id, .. } => match d.start_container(id, None).await {
+                Ok(()) => {}
+                Err(e) if is_not_modified(&e) => {}
+                Err(e) => return Err(call(format!("start container {id}"))(e)),
+            },
+            Step::Stop { id, .. } => {
+                let opts = StopContainerOptionsBuilder::default()
+                    .t(STOP_TIMEOUT_SECS)
+                    .build();
+                match d.stop_container(id, Some(opts)).await {
+                    Ok(()) => {}
+                    Err(e) if is_not_modified(&e) || is_not_found(&e) => {}
+                    Err(e) => return Err(call(format!("stop container {id}"))(e)),
+                }
+            }
+            Step::Kill { id, .. } => {
+                let opts = KillContainerOptionsBuilder::default()
+                    .signal("SIGKILL")
+                    .build();
+                match d.kill_container(id, Some(opts)).await {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    // 409: not running any more.
+                    Err(BollardError::DockerResponseServerError {
+                        status_code: 409, ..
+                    }) => {}
+                    Err(e) => return Err(call(format!("kill container {id}"))(e)),
+                }
+            }
+            Step::Remove { id, .. } => {
+                // Never `v: true`: named volumes outlive their containers.
+                let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+                match d.remove_container(id, Some(opts)).await {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(call(format!("remove container {id}"))(e)),
+                }
+            }
+            Step::RemoveImage { image } => {
+                let opts = RemoveImageOptionsBuilder::default().build();
+                match d.remove_image(image, Some(opts), None).await {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    // In use by a container the supervisor does not manage:
+                    // leave it to its owner.
+                    Err(BollardError::DockerResponseServerError {
+                        status_code: 409, ..
+                    }) => {}
+                    Err(e) => return Err(call(format!("remove image {image}"))(e)),
+                }
+            }
+            Step::RemoveNetwork { name } => match d.remove_network(name).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(call(format!("remove network {name}"))(e)),
+            },
+            Step::WaitForLock { .. } | Step::WaitForHandover { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Restarts a container (local API).
+    pub async fn restart(&self, id: &str) -> Result<(), EngineError> {
+        self.docker
+            .restart_container(id, None)
+            .await
+            .map_err(call(format!("restart {id}")))
+    }
+
+    /// Stops a container (local API); stopped containers stay stopped.
+    pub async fn stop(&self, id: &str) -> Result<(), EngineError> {
+        self.run(&Step::Stop {
+            id: id.into(),
+            app_uuid: String::new(),
+            service: String::new(),
+        })
+        .await
+    }
+
+    /// Starts a container (local API).
+    pub async fn start(&self, id: &str) -> Result<(), EngineError> {
+        self.run(&Step::Start {
+            id: id.into(),
+            app_uuid: String::new(),
+            service: String::new(),
+        })
+        .await
+    }
+}
+
+/// `[ip:]host:container[/proto]` into (container port key, binding).
+fn parse_port(p: &str) -> Result<(String, PortBinding), EngineError> {
+    let (spec, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (ip, host, container) = match parts.as_slice() {
+        [c] => (None, None, *c),
+        [h, c] => (None, Some(*h), *c),
+        [ip, h, c] => (Some(*ip), Some(*h), *c),
+        _ => return Err(EngineError::Port(p.into())),
+    };
+    if container.parse::<u16>().is_err() || host.is_some_and(|h| h.parse::<u16>().is_err()) {
+        return Err(EngineError::Port(p.into()));
+    }
+    Ok((
+        format!("{container}/{proto}"),
+        PortBinding {
+            host_ip: ip.map(str::to_owned),
+            host_port: host.map(str::to_owned),
+        },
+    ))
+}
+
+fn restart_policy(r: &str) -> RestartPolicy {
+    let name = match r {
+        "no" => RestartPolicyNameEnum::NO,
+        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+        _ => RestartPolicyNameEnum::ALWAYS,
+    };
+    RestartPolicy {
+        name: Some(name),
+        maximum_retry_count: None,
+    }
+}
+
+/// The engine's create body for a spec.
+pub fn create_body(spec: &ServiceSpec) -> Result<ContainerCreateBody, EngineError> {
+    let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &spec.ports {
+        let (key, b) = parse_port(p)?;
+        port_bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(b);
+    }
+    let devices = spec
+        .devices
+        .iter()
+        .map(|d| {
+            let mut it = d.split(':');
+            let host = it.next().unwrap_or_default().to_owned();
+            let inner = it.next().map(str::to_owned).unwrap_or_else(|| host.clone());
+            let perms = it.next().unwrap_or("rwm").to_owned();
+            DeviceMapping {
+                path_on_host: Some(host),
+                path_in_container: Some(inner),
+                cgroup_permissions: Some(perms),
+            }
+        })
+        .collect();
+    let network_mode = spec
+        .network_mode
+        .clone()
+        .or_else(|| spec.networks.first().cloned());
+    let endpoints: HashMap<String, EndpointSettings> = spec
+        .networks
+        .iter()
+        .take(1)
+        .map(|n| {
+            (
+                n.clone(),
+                EndpointSettings {
+                    aliases: Some(vec![spec.service.clone()]),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    Ok(ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        cmd: spec.command.clone(),
+        entrypoint: spec.entrypoint.clone(),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        host_config: Some(HostConfig {
+            binds: Some(spec.binds.clone()),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            restart_policy: Some(restart_policy(&spec.restart)),
+            privileged: Some(spec.privileged),
+            devices: Some(devices),
+            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
+            network_mode,
+            ..Default::default()
+        }),
+        networking_config: (!endpoints.is_empty()).then_some(NetworkingConfig {
+            endpoints_config: Some(endpoints),
+        }),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse_and_bad_ones_are_named() {
+        let (k, b) = parse_port("127.0.0.1:8080:80/udp").unwrap();
+        assert_eq!(k, "80/udp");
+        assert_eq!(b.host_port.as_deref(), Some("8080"));
+        assert_eq!(b.host_ip.as_deref(), Some("127.0.0.1"));
+        assert!(parse_port("x:80").unwrap_err().to_string().contains("x:80"));
+    }
+}

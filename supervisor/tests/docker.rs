@@ -1,0 +1,361 @@
+//! Reconciliation against the real Docker engine (RESIN_TEST_DOCKER_HOST):
+//! deploy, each update strategy, update locks, volumes, env changes, image
+//! cleanup and unmanaged containers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::*;
+use resin_api_types::labels;
+use resin_supervisor::planner::Step;
+use resin_supervisor::reconcile::{Outcome, Reconciler};
+
+struct Fixture {
+    app: String,
+    _state: tempfile::TempDir,
+    rec: Reconciler,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        cleanup(&self.app);
+    }
+}
+
+async fn fixture() -> Fixture {
+    let app = app_uuid();
+    let state = tempfile::tempdir().unwrap();
+    // Tests share one engine: each sees only its own app.
+    let engine = engine().await.scoped_to([app.clone()]);
+    let rec = Reconciler::new(engine, "testdevice", state.path()).unwrap();
+    Fixture {
+        app,
+        _state: state,
+        rec,
+    }
+}
+
+/// Applies `t` and returns the outcome and the steps run, in order.
+async fn apply(
+    f: &Fixture,
+    t: &resin_supervisor::planner::TargetApps,
+    force: bool,
+) -> (Outcome, Vec<String>) {
+    let log = Mutex::new(Vec::new());
+    let record = |s: &Step| {
+        let v = serde_json::to_value(s).unwrap();
+        log.lock().unwrap().push(format!(
+            "{}:{}",
+            v["step"].as_str().unwrap(),
+            v["service"].as_str().or(v["image"].as_str()).unwrap_or("")
+        ));
+    };
+    let out = f.rec.apply(t, force, &record).await.expect("apply");
+    (out, log.into_inner().unwrap())
+}
+
+fn pos(steps: &[String], prefix: &str) -> usize {
+    steps
+        .iter()
+        .position(|s| s.starts_with(prefix))
+        .unwrap_or_else(|| panic!("{prefix} not in {steps:?}"))
+}
+
+#[tokio::test]
+async fn deploy_pulls_creates_and_starts_with_merged_env() {
+    let f = fixture().await;
+    let img = registry_image(&format!("deploy-{}", &f.app[..8]));
+    let mut web = svc(&img);
+    web.environment.insert("LEVEL".into(), "service".into());
+    let mut t = target(&f.app, "rel1", &[("web", web), ("worker", svc(&img))]);
+    let app = t.get_mut(&f.app).unwrap();
+    app.env.fleet.insert("LEVEL".into(), "fleet".into());
+    app.env.fleet.insert("FLEET_ONLY".into(), "f".into());
+    app.env.device.insert("FLEET_ONLY".into(), "device".into());
+
+    let (out, steps) = apply(&f, &t, false).await;
+    assert_eq!(out, Outcome::Converged);
+    assert!(
+        pos(&steps, "fetch-image") < pos(&steps, "create:"),
+        "{steps:?}"
+    );
+    assert_eq!(
+        containers_of(&f.app),
+        ["web running rel1", "worker running rel1"]
+    );
+    let env = docker(&[
+        "inspect",
+        "--format",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        &docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=io.resin.app-uuid={}", f.app),
+            "--filter",
+            "label=io.resin.service-name=web",
+        ]),
+    ]);
+    assert!(env.contains("LEVEL=service"), "{env}");
+    assert!(env.contains("FLEET_ONLY=device"), "{env}");
+    assert!(env.contains(&format!("RESIN_APP_UUID={}", f.app)), "{env}");
+    // A second apply has nothing to do.
+    let (out, steps) = apply(&f, &t, false).await;
+    assert_eq!((out, steps.len()), (Outcome::Converged, 0));
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+#[tokio::test]
+async fn download_then_kill_fetches_first_and_removes_the_unused_image() {
+    let f = fixture().await;
+    let v1 = registry_image(&format!("dtk1-{}", &f.app[..8]));
+    let v2 = registry_image(&format!("dtk2-{}", &f.app[..8]));
+    apply(&f, &target(&f.app, "rel1", &[("web", svc(&v1))]), false).await;
+    let (out, steps) = apply(&f, &target(&f.app, "rel2", &[("web", svc(&v2))]), false).await;
+    assert_eq!(out, Outcome::Converged);
+    // The old container ran until the new image was there and the new
+    // container was created.
+    assert!(
+        pos(&steps, "fetch-image") < pos(&steps, "stop:web"),
+        "{steps:?}"
+    );
+    assert!(
+        pos(&steps, "create:") < pos(&steps, "stop:web"),
+        "{steps:?}"
+    );
+    assert!(
+        pos(&steps, "stop:web") < pos(&steps, "start:web"),
+        "{steps:?}"
+    );
+    assert!(
+        pos(&steps, "start:web") < pos(&steps, "remove:web"),
+        "{steps:?}"
+    );
+    assert_eq!(containers_of(&f.app), ["web running rel2"]);
+    // v1 was fetched by the supervisor and is unused now: removed.
+    assert!(steps.contains(&format!("remove-image:{v1}")), "{steps:?}");
+    assert!(docker_ok(&["image", "inspect", &v1]).is_none());
+    assert!(docker_ok(&["image", "inspect", &v2]).is_some());
+    let _ = docker_ok(&["rmi", &v2]);
+}
+
+#[tokio::test]
+async fn kill_then_download_stops_before_fetching() {
+    let f = fixture().await;
+    let v1 = registry_image(&format!("ktd1-{}", &f.app[..8]));
+    let v2 = registry_image(&format!("ktd2-{}", &f.app[..8]));
+    apply(&f, &target(&f.app, "rel1", &[("web", svc(&v1))]), false).await;
+    let mut s2 = svc(&v2);
+    s2.labels
+        .insert(labels::UPDATE_STRATEGY.into(), "kill-then-download".into());
+    let (out, steps) = apply(&f, &target(&f.app, "rel2", &[("web", s2)]), false).await;
+    assert_eq!(out, Outcome::Converged);
+    assert!(
+        pos(&steps, "stop:web") < pos(&steps, "fetch-image"),
+        "{steps:?}"
+    );
+    assert!(
+        pos(&steps, "remove:web") < pos(&steps, "fetch-image"),
+        "{steps:?}"
+    );
+    assert_eq!(containers_of(&f.app), ["web running rel2"]);
+    let _ = docker_ok(&["rmi", &v2]);
+}
+
+#[tokio::test]
+async fn delete_then_download_removes_old_image_before_fetching() {
+    let f = fixture().await;
+    let v1 = registry_image(&format!("dtd1-{}", &f.app[..8]));
+    let v2 = registry_image(&format!("dtd2-{}", &f.app[..8]));
+    apply(&f, &target(&f.app, "rel1", &[("web", svc(&v1))]), false).await;
+    let mut s2 = svc(&v2);
+    s2.labels.insert(
+        labels::UPDATE_STRATEGY.into(),
+        "delete-then-download".into(),
+    );
+    let (out, steps) = apply(&f, &target(&f.app, "rel2", &[("web", s2)]), false).await;
+    assert_eq!(out, Outcome::Converged);
+    assert!(
+        pos(&steps, "remove-image") < pos(&steps, "fetch-image"),
+        "{steps:?}"
+    );
+    assert!(docker_ok(&["image", "inspect", &v1]).is_none());
+    assert_eq!(containers_of(&f.app), ["web running rel2"]);
+    let _ = docker_ok(&["rmi", &v2]);
+}
+
+#[tokio::test]
+async fn hand_over_runs_both_until_the_new_one_signals() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/handover-{}", &f.app[..8]));
+    apply(&f, &target(&f.app, "rel1", &[("web", svc(&img))]), false).await;
+    let mut s2 = svc(&img);
+    s2.labels
+        .insert(labels::UPDATE_STRATEGY.into(), "hand-over".into());
+    s2.labels
+        .insert(labels::HANDOVER_TIMEOUT.into(), "600".into());
+    let t2 = target(&f.app, "rel2", &[("web", s2)]);
+    let (out, steps) = apply(&f, &t2, false).await;
+    // Nothing left to run but the wait for the hand-over signal.
+    assert!(matches!(out, Outcome::Blocked(_)), "{out:?}");
+    assert!(steps.iter().any(|s| s == "start:web"), "{steps:?}");
+    assert_eq!(
+        containers_of(&f.app),
+        ["web running rel1", "web running rel2"]
+    );
+    // The new container signals through its lock directory (mounted at
+    // /tmp/resin inside it).
+    let new_id = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.resin.app-uuid={}", f.app),
+        "--filter",
+        "label=io.resin.release-uuid=rel2",
+    ]);
+    docker(&["exec", &new_id, "touch", "/tmp/resin/handover-complete"]);
+    let (out, steps) = apply(&f, &t2, false).await;
+    assert_eq!(out, Outcome::Converged);
+    assert!(
+        pos(&steps, "kill:web") < pos(&steps, "remove:web"),
+        "{steps:?}"
+    );
+    assert_eq!(containers_of(&f.app), ["web running rel2"]);
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+#[tokio::test]
+async fn update_lock_holds_the_old_container_until_forced() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/lock-{}", &f.app[..8]));
+    apply(&f, &target(&f.app, "rel1", &[("web", svc(&img))]), false).await;
+    // The app takes its lock from inside the container.
+    let id = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.resin.app-uuid={}", f.app),
+    ]);
+    docker(&["exec", &id, "touch", "/tmp/resin/updates.lock"]);
+    assert!(std::path::Path::new(&labels::update_lock_path(&f.app, "web")).exists());
+
+    let t2 = target(&f.app, "rel2", &[("web", svc(&img))]);
+    let (out, _) = apply(&f, &t2, false).await;
+    assert!(matches!(out, Outcome::Blocked(_)), "{out:?}");
+    let now = containers_of(&f.app);
+    assert!(now.contains(&"web running rel1".to_owned()), "{now:?}");
+    assert!(!now.contains(&"web running rel2".to_owned()), "{now:?}");
+
+    let (out, _) = apply(&f, &t2, true).await;
+    assert_eq!(out, Outcome::Converged);
+    assert_eq!(containers_of(&f.app), ["web running rel2"]);
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+#[tokio::test]
+async fn named_volume_survives_a_release_change() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/vol-{}", &f.app[..8]));
+    let with_vol = |tag: &str| {
+        let mut s = svc(&img);
+        s.volumes = vec!["data:/data".into()];
+        s.command = Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo {tag} >> /data/log; trap 'exit 0' TERM; while true; do sleep 1; done"),
+        ]);
+        s
+    };
+    apply(
+        &f,
+        &target(&f.app, "rel1", &[("web", with_vol("one"))]),
+        false,
+    )
+    .await;
+    apply(
+        &f,
+        &target(&f.app, "rel2", &[("web", with_vol("two"))]),
+        false,
+    )
+    .await;
+    assert_eq!(containers_of(&f.app), ["web running rel2"]);
+    let vol = format!("{}_data", f.app);
+    let log = docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{vol}:/data"),
+        &img,
+        "cat",
+        "/data/log",
+    ]);
+    assert_eq!(log, "one\ntwo");
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+#[tokio::test]
+async fn env_change_restarts_only_the_changed_service() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/env-{}", &f.app[..8]));
+    let t1 = target(&f.app, "rel1", &[("web", svc(&img)), ("db", svc(&img))]);
+    apply(&f, &t1, false).await;
+    let id_of = |service: &str| {
+        docker(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=io.resin.app-uuid={}", f.app),
+            "--filter",
+            &format!("label=io.resin.service-name={service}"),
+        ])
+    };
+    let (db0, web0) = (id_of("db"), id_of("web"));
+    let mut web = svc(&img);
+    web.environment.insert("MODE".into(), "fast".into());
+    let (_, steps) = apply(
+        &f,
+        &target(&f.app, "rel1", &[("web", web), ("db", svc(&img))]),
+        false,
+    )
+    .await;
+    assert!(!steps.iter().any(|s| s.ends_with(":db")), "{steps:?}");
+    assert_eq!(id_of("db"), db0);
+    assert_ne!(id_of("web"), web0);
+    assert_eq!(
+        containers_of(&f.app),
+        ["db running rel1", "web running rel1"]
+    );
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+#[tokio::test]
+async fn unmanaged_containers_are_left_alone() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/unmanaged-{}", &f.app[..8]));
+    // The user's own container, even one carrying our app label but not
+    // io.resin.managed=1.
+    let theirs = docker(&[
+        "run",
+        "-d",
+        "--label",
+        &format!("io.resin.app-uuid={}", f.app),
+        "--label",
+        "io.resin.service-name=web",
+        &img,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    apply(&f, &target(&f.app, "rel1", &[("web", svc(&img))]), false).await;
+    // Removing the app removes our container only.
+    let (out, _) = apply(&f, &Default::default(), false).await;
+    assert_eq!(out, Outcome::Converged);
+    assert_eq!(containers_of(&f.app), ["web running"]);
+    let state = docker(&["inspect", "--format", "{{.State.Running}}", &theirs]);
+    assert_eq!(state, "true");
+    docker(&["rm", "-f", &theirs]);
+    let _ = docker_ok(&["rmi", &img]);
+}
