@@ -300,6 +300,7 @@ case "${1:-}" in
   initrd) build_initrd ;;
   grub) build_grub ;;
   supervisor) build_supervisor ;;
+  busybox-deb) arm64_deb busybox-static ;;
   device-rootfs) shift; build_device_rootfs "$@" ;;
   *) die "usage: $0 rootfs|kernel|initrd|grub|supervisor|device-rootfs OUT VERSION" ;;
 esac

@@ -342,6 +342,32 @@ impl Api {
         Ok(n)
     }
 
+    /// Follows `GET /v1/device(<id>)/logs?follow=true` (Server-Sent Events, one
+    /// LogLine JSON per `data:`), calling `f` for each line until the stream ends.
+    pub fn follow_logs(&self, device: i64, mut f: impl FnMut(&Value)) -> Result<(), HostError> {
+        use std::io::BufRead;
+        let url = format!("{}/v1/device({device})/logs?follow=true", self.base);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let r = agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {}", self.key))
+            .call();
+        let mut resp = Self::check("GET", &url, r)?;
+        let reader = std::io::BufReader::new(resp.body_mut().as_reader());
+        for line in reader.lines() {
+            let line = line.map_err(io(format!("reading {url}")))?;
+            if let Some(data) = line.strip_prefix("data:") {
+                if let Ok(v) = serde_json::from_str::<Value>(data.trim()) {
+                    f(&v);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The `value` array of a collection answer.
     pub fn list(&self, path: &str) -> Result<Vec<Value>, HostError> {
         Ok(self.get(path)?["value"]

@@ -5,8 +5,14 @@
 //! - [`assets`]: the cached arm64 rootfs stand-in, kernel, initrd, GRUB, the
 //!   cross-compiled supervisor (through `scripts/assets.sh`), and the disk.
 //! - [`qemu`]: one device, its console log and waits with timeouts.
+//! - [`device`]: the guest rootfs, the A/B disk and bundles through resin-imagegen.
+//! - [`apps`]: the arm64 test image and the test releases.
+//! - [`scenarios`]: provision, deploy, update-app on one shared device.
 //! - [`host`]: resin-cloud and Docker Distribution on loopback, the API client.
 
+pub mod apps;
 pub mod assets;
+pub mod device;
 pub mod host;
 pub mod qemu;
+pub mod scenarios;

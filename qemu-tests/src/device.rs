@@ -1,0 +1,158 @@
+//! Building one device: the guest rootfs (composed by `assets.sh device-rootfs`,
+//! or a kas build's `--rootfs`), the A/B disk from `resin-imagegen build`, and
+//! the configured image the cloud hands out.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::assets::{run, AssetError, Keys, Workspace};
+
+/// Where the device's parts come from.
+#[derive(Debug, Clone)]
+pub struct DeviceInputs {
+    pub ws: Workspace,
+    /// `resin-imagegen` binary.
+    pub imagegen: PathBuf,
+    /// imagegen's layout file.
+    pub layout: PathBuf,
+    /// A rootfs (tarball or directory) from a kas build, used instead of the
+    /// Debian stand-in.
+    pub rootfs_override: Option<PathBuf>,
+    /// Total disk size passed to imagegen (`disk.size`).
+    pub disk_size: String,
+    /// The registry as the guest reaches it (`10.0.2.2:<port>`).
+    pub guest_registry: String,
+}
+
+impl DeviceInputs {
+    fn imagegen(&self, what: &str, args: &[&str]) -> Result<String, AssetError> {
+        let mut c = Command::new(&self.imagegen);
+        c.args(args);
+        run(&format!("resin-imagegen {what}"), &mut c)
+    }
+
+    /// `resin-imagegen render`: grub.cfg, grubenv, fstab and system.conf from the layout.
+    pub fn render(&self, out: &Path) -> Result<PathBuf, AssetError> {
+        let o = out.display().to_string();
+        let l = self.layout.display().to_string();
+        self.imagegen("render", &["render", "--layout", &l, "--output", &o])?;
+        Ok(out.into())
+    }
+
+    /// The guest rootfs of OS `version`: the Debian stand-in with the
+    /// supervisor, rendered files and keyring, or the kas rootfs as given.
+    /// `extra` is copied over it last (e.g. a masked unit for rollback tests).
+    pub fn rootfs(
+        &self,
+        work: &Path,
+        version: &str,
+        keys: &Keys,
+        supervisor: Option<&Path>,
+        extra: Option<&Path>,
+    ) -> Result<PathBuf, AssetError> {
+        if let Some(r) = &self.rootfs_override {
+            return Ok(r.clone());
+        }
+        let rendered = self.render(&work.join("rendered"))?;
+        let out = work.join(format!("rootfs-{version}"));
+        let unit = self
+            .ws
+            .root
+            .join("supervisor/dist/resin-supervisor.service");
+        let mut env: Vec<(&str, &Path)> = vec![
+            ("RESIN_QEMU_RENDERED", rendered.as_path()),
+            ("RESIN_QEMU_KEYRING", keys.ca.as_path()),
+        ];
+        if let Some(s) = supervisor {
+            env.push(("RESIN_QEMU_SUPERVISOR", s));
+        }
+        if unit.exists() {
+            env.push(("RESIN_QEMU_SUPERVISOR_UNIT", unit.as_path()));
+        }
+        if let Some(e) = extra {
+            env.push(("RESIN_QEMU_EXTRA", e));
+        }
+        let reg = PathBuf::from(&self.guest_registry);
+        env.push(("RESIN_QEMU_REGISTRY", reg.as_path()));
+        let o = out.display().to_string();
+        self.ws.step("device-rootfs", &[&o, version], &env)
+    }
+
+    /// The boot partition's input: `EFI/BOOT/BOOTAA64.EFI` (imagegen adds
+    /// grub.cfg, grubenv and the config.json reservation).
+    pub fn boot_dir(&self, work: &Path) -> Result<PathBuf, AssetError> {
+        let grub = self.ws.step("grub", &[], &[])?;
+        let dir = work.join("boot");
+        let efi = dir.join("EFI/BOOT");
+        std::fs::create_dir_all(&efi).map_err(|source| AssetError::Io {
+            what: "creating the boot dir".into(),
+            source,
+        })?;
+        std::fs::copy(&grub, efi.join("BOOTAA64.EFI")).map_err(|source| AssetError::Io {
+            what: format!("copying {}", grub.display()),
+            source,
+        })?;
+        Ok(dir)
+    }
+
+    /// `resin-imagegen build`: the A/B disk image with `rootfs` in slot A.
+    pub fn disk(&self, work: &Path, rootfs: &Path, out: &Path) -> Result<PathBuf, AssetError> {
+        let boot = self.boot_dir(work)?;
+        let (l, r, b, o) = (
+            self.layout.display().to_string(),
+            rootfs.display().to_string(),
+            boot.display().to_string(),
+            out.display().to_string(),
+        );
+        let size = format!("disk.size={}", self.disk_size);
+        self.imagegen(
+            "build",
+            &[
+                "build", "--layout", &l, "--rootfs", &r, "--boot", &b, "--set", &size, "--output",
+                &o,
+            ],
+        )?;
+        Ok(out.into())
+    }
+
+    /// `resin-imagegen bundle`: a RAUC bundle of `rootfs` signed with `cert`/`key`,
+    /// for `compatible` (None: the layout's own).
+    pub fn bundle(
+        &self,
+        rootfs: &Path,
+        version: &str,
+        cert: &Path,
+        key: &Path,
+        compatible: Option<&str>,
+        out: &Path,
+    ) -> Result<PathBuf, AssetError> {
+        let (l, r, c, k, o) = (
+            self.layout.display().to_string(),
+            rootfs.display().to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+            out.display().to_string(),
+        );
+        let mut args = vec![
+            "bundle",
+            "--layout",
+            &l,
+            "--rootfs",
+            &r,
+            "--version",
+            version,
+            "--cert",
+            &c,
+            "--key",
+            &k,
+        ];
+        let compat;
+        if let Some(cm) = compatible {
+            compat = cm.to_string();
+            args.extend(["--compatible", &compat]);
+        }
+        args.extend(["--output", &o]);
+        self.imagegen("bundle", &args)?;
+        Ok(out.into())
+    }
+}
