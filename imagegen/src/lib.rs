@@ -1,1 +1,23 @@
-//! resin-imagegen (placeholder; see its issue).
+//! resin-imagegen: partition-aware A/B disk images (GPT, ext4, vfat) from one declarative
+//! layout file, with bmap, compression, in-place `config.json` injection (also as a stream for
+//! resin-cloud's downloads), image inspection, and signed RAUC bundles.
+//!
+//! - [`layout`]: the layout file, `--set` overrides, validation and placement
+//! - [`render`]: grub.cfg, grubenv, U-Boot script, fstab and RAUC system.conf from templates
+//! - [`build`]: the disk image, its `.bmap` and compressed copies
+//! - [`configure`]: writes config.json in place, or streams a configured image
+//! - [`inspect`]: partition table, filesystems and config of an image, with invariant checks
+//! - [`rauc`]: development keys and RAUC bundles
+
+pub mod bmap;
+pub mod build;
+pub mod configure;
+pub mod ext4;
+pub mod fat;
+pub mod gptread;
+pub mod layout;
+pub mod render;
+pub mod size;
+pub mod sparse;
+pub mod util;
+pub mod vfat;

@@ -1,0 +1,544 @@
+//! `build`: validates the layout and inputs, makes each filesystem, places them into a sparse
+//! disk image, writes the GPT last, then the `.bmap` and optional compressed copy, each through
+//! a temp file renamed into place.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gpt::disk::LogicalBlockSize;
+use sha2::{Digest, Sha256};
+
+use crate::configure::{padded_config, Compression, ConfigureError};
+use crate::ext4::{build_ext4, Ext4Error, Ext4Spec};
+use crate::layout::{Contents, Fs, LayoutError, Plan, PlannedPart};
+use crate::render::{render_all, RenderError};
+use crate::sparse::copy_sparse;
+use crate::util::{derived_uuid, progress, source_date_epoch};
+use crate::vfat::{build_vfat, VfatError, VfatSpec};
+
+/// Why a build failed. Nothing is left at the output path on error.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Ext4(#[from] Ext4Error),
+    #[error(transparent)]
+    Vfat(#[from] VfatError),
+    #[error("--config: {0}")]
+    Config(ConfigureError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: io::Error },
+    #[error("extracting {path}: {msg}")]
+    Tar { path: PathBuf, msg: String },
+    #[error("writing the GPT: {0}")]
+    Gpt(String),
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
+    let context = context.into();
+    move |source| BuildError::Io { context, source }
+}
+
+fn field(part: &PlannedPart, f: &str, msg: String) -> BuildError {
+    BuildError::Layout(LayoutError::Field {
+        field: format!("partition[{}].{f}", part.name),
+        msg,
+    })
+}
+
+/// Inputs and options of a build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Named inputs (`rootfs`, `boot`, …) bound to paths.
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// config.json to write into the reservation (otherwise `{}`).
+    pub config: Option<Vec<u8>>,
+    pub output: PathBuf,
+    /// Also write a `.bmap` beside the output.
+    pub bmap: bool,
+    pub compression: Compression,
+    /// Seed for UUIDs (default: the layout and SOURCE_DATE_EPOCH).
+    pub seed: Option<String>,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub image: PathBuf,
+    pub bmap: Option<PathBuf>,
+    pub compressed: Option<PathBuf>,
+    pub disk_size: u64,
+    pub bytes_written: u64,
+}
+
+/// A partition's resolved source.
+#[derive(Debug, Clone)]
+enum Source {
+    Empty,
+    Dir(PathBuf),
+    Tar(PathBuf),
+    Image(PathBuf),
+}
+
+fn is_tarball(p: &Path) -> bool {
+    let n = p.file_name().and_then(|s| s.to_str()).unwrap_or("");
+    [
+        ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tar.bz2",
+    ]
+    .iter()
+    .any(|s| n.ends_with(s))
+}
+
+fn resolve(plan: &Plan, part: &PlannedPart, opts: &BuildOptions) -> Result<Source, BuildError> {
+    let src = match &part.contents {
+        None => return Ok(Source::Empty),
+        Some(Contents::Input(name)) => {
+            let p = opts.inputs.get(name).ok_or_else(|| {
+                field(
+                    part,
+                    "contents",
+                    format!(
+                        "input `{name}` was not given (use --{name} PATH or --input {name}=PATH)"
+                    ),
+                )
+            })?;
+            if p.is_dir() {
+                Source::Dir(p.clone())
+            } else if is_tarball(p) {
+                Source::Tar(p.clone())
+            } else {
+                Source::Image(p.clone())
+            }
+        }
+        Some(Contents::Dir(p)) => Source::Dir(plan.layout.resolve(p)),
+        Some(Contents::Tar(p)) => Source::Tar(plan.layout.resolve(p)),
+        Some(Contents::Image(p)) => Source::Image(plan.layout.resolve(p)),
+    };
+    let path = match &src {
+        Source::Dir(p) | Source::Tar(p) | Source::Image(p) => p,
+        Source::Empty => return Ok(src),
+    };
+    if !path.exists() {
+        return Err(field(
+            part,
+            "contents",
+            format!("{} does not exist", path.display()),
+        ));
+    }
+    if let Source::Dir(p) = &src {
+        if !p.is_dir() {
+            return Err(field(
+                part,
+                "contents",
+                format!("{} is not a directory", p.display()),
+            ));
+        }
+    }
+    if matches!(src, Source::Dir(_) | Source::Tar(_)) && part.fs == Fs::None {
+        return Err(field(
+            part,
+            "fs",
+            "a directory or tarball needs a filesystem (vfat or ext4)".into(),
+        ));
+    }
+    Ok(src)
+}
+
+/// Approximate bytes a directory tree needs (4 KiB blocks plus an inode block each).
+fn dir_usage(p: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let md = e.path().symlink_metadata()?;
+            total += 4096 + md.len().div_ceil(4096) * 4096;
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Usable share of a partition after filesystem overhead (journal, inode tables, FATs).
+fn usable(part: &PlannedPart) -> u64 {
+    match part.fs {
+        Fs::Ext4 => part.size / 100 * 85,
+        Fs::Vfat => part.size / 100 * 95,
+        Fs::None => part.size,
+    }
+}
+
+fn check_fits(part: &PlannedPart, what: &str, need: u64) -> Result<(), BuildError> {
+    let have = usable(part);
+    if need > have {
+        return Err(field(
+            part,
+            "contents",
+            format!(
+                "{what} needs about {} but partition[{}].size {} leaves about {} for files",
+                crate::size::Size(need.div_ceil(1 << 20) << 20),
+                part.name,
+                crate::size::Size(part.size),
+                crate::size::Size((have >> 20) << 20),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn extract_tar(tar: &Path, into: &Path) -> Result<(), BuildError> {
+    let out = Command::new("tar")
+        .args(["--numeric-owner", "-xpf"])
+        .arg(tar)
+        .args(["--xattrs", "--xattrs-include=*", "-C"])
+        .arg(into)
+        .output()
+        .map_err(io_ctx("running tar"))?;
+    if !out.status.success() {
+        return Err(BuildError::Tar {
+            path: tar.to_path_buf(),
+            msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Builds the image described by `plan`. Validation (layout, inputs, sizes) happens before any
+/// file is created; the image is assembled in a temp file beside the output and renamed last.
+pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError> {
+    // 1. Validate everything that can be checked without writing.
+    let mut sources = Vec::new();
+    for p in &plan.parts {
+        sources.push(resolve(plan, p, opts)?);
+    }
+    let rendered = render_all(plan)?;
+    let config = padded_config(opts.config.as_deref().unwrap_or(b"{}"), plan.config_reserve)
+        .map_err(BuildError::Config)?;
+    for (p, s) in plan.parts.iter().zip(&sources) {
+        match s {
+            Source::Dir(d) => {
+                let mut need = dir_usage(d).map_err(io_ctx(format!("reading {}", d.display())))?;
+                if p.fs == Fs::Vfat {
+                    need += plan.config_reserve
+                        + rendered
+                            .iter()
+                            .filter(|r| r.install.as_deref() == Some(&p.name))
+                            .map(|r| r.bytes.len() as u64 + 4096)
+                            .sum::<u64>();
+                }
+                check_fits(p, &d.display().to_string(), need)?;
+            }
+            Source::Image(i) => {
+                let len = std::fs::metadata(i)
+                    .map_err(io_ctx(format!("reading {}", i.display())))?
+                    .len();
+                if len > p.size {
+                    return Err(field(
+                        p,
+                        "contents",
+                        format!(
+                            "image {} is {len} bytes, larger than partition[{}].size ({} bytes)",
+                            i.display(),
+                            p.name,
+                            p.size
+                        ),
+                    ));
+                }
+            }
+            Source::Tar(t) => {
+                // Compressed tarballs are checked after extraction.
+                if t.extension().and_then(|e| e.to_str()) == Some("tar") {
+                    let len = std::fs::metadata(t)
+                        .map_err(io_ctx(format!("reading {}", t.display())))?
+                        .len();
+                    check_fits(p, &t.display().to_string(), len)?;
+                }
+            }
+            Source::Empty => {}
+        }
+    }
+
+    // 2. Reproducible identity.
+    let epoch = source_date_epoch().unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
+    let seed: Vec<u8> = match &opts.seed {
+        Some(s) => s.as_bytes().to_vec(),
+        None => {
+            let mut h = Sha256::new();
+            h.update(toml::to_string(&plan.layout).unwrap_or_default().as_bytes());
+            h.update(epoch.to_le_bytes());
+            h.finalize().to_vec()
+        }
+    };
+
+    // 3. Work in temp space beside the output.
+    let out_dir = match opts.output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&out_dir).map_err(io_ctx(format!("creating {}", out_dir.display())))?;
+    let work = tempfile::Builder::new()
+        .prefix(".resin-imagegen-work-")
+        .tempdir_in(&out_dir)
+        .map_err(io_ctx("creating a work directory"))?;
+    let tmp_img = tempfile::Builder::new()
+        .prefix(".resin-imagegen-")
+        .suffix(".img.tmp")
+        .tempfile_in(&out_dir)
+        .map_err(io_ctx("creating the temp image"))?;
+    let disk: &File = tmp_img.as_file();
+    disk.set_len(plan.disk_size)
+        .map_err(io_ctx("sizing the temp image"))?;
+
+    // 4. Filesystems, built in parallel, each copied sparsely to its offset.
+    let total: u64 = plan.parts.iter().map(|p| p.size).sum();
+    let pb = progress(total, "building partitions");
+    let results: Vec<Result<u64, BuildError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = plan
+            .parts
+            .iter()
+            .zip(&sources)
+            .map(|(p, src)| {
+                let (work, seed, rendered, config, pb) =
+                    (work.path(), &seed, &rendered, &config, &pb);
+                s.spawn(move || {
+                    let r =
+                        build_partition(plan, p, src, work, seed, epoch, rendered, config, disk);
+                    pb.inc(p.size);
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(BuildError::Io {
+                        context: "a partition builder".into(),
+                        source: io::Error::other("panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    pb.finish_and_clear();
+    let mut bytes_written = 0;
+    for r in results {
+        bytes_written += r?;
+    }
+
+    // 5. The GPT, last.
+    write_gpt(plan, disk, &seed)?;
+    disk.sync_all().map_err(io_ctx("syncing the image"))?;
+
+    // 6. bmap and compressed copy (from the temp image), then rename everything into place.
+    let bmap_path = opts.bmap.then(|| sibling(&opts.output, ".bmap"));
+    if let Some(bp) = &bmap_path {
+        let text = crate::bmap::bmap_for(disk).map_err(io_ctx("computing the bmap"))?;
+        crate::util::write_atomic(bp, text.as_bytes())
+            .map_err(io_ctx(format!("writing {}", bp.display())))?;
+    }
+    let compressed = if opts.compression != Compression::None {
+        let cp = sibling(&opts.output, opts.compression.suffix());
+        compress_to(disk, plan.disk_size, opts.compression, &cp)?;
+        Some(cp)
+    } else {
+        None
+    };
+    crate::util::make_readable(disk).map_err(io_ctx("setting the image's mode"))?;
+    tmp_img.persist(&opts.output).map_err(|e| BuildError::Io {
+        context: format!("renaming the image to {}", opts.output.display()),
+        source: e.error,
+    })?;
+    Ok(BuildReport {
+        image: opts.output.clone(),
+        bmap: bmap_path,
+        compressed,
+        disk_size: plan.disk_size,
+        bytes_written,
+    })
+}
+
+/// `disk.img` + `.bmap` → `disk.img.bmap`.
+pub fn sibling(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn compress_to(disk: &File, len: u64, c: Compression, out: &Path) -> Result<(), BuildError> {
+    let dir = out.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".resin-imagegen-")
+        .tempfile_in(dir)
+        .map_err(io_ctx("creating the compressed temp file"))?;
+    let f = disk.try_clone().map_err(io_ctx("reopening the image"))?;
+    let reader =
+        crate::sparse::OverlayReader::new(f, Vec::new()).map_err(io_ctx("reading the image"))?;
+    let pb = progress(len, "compressing");
+    let mut r = crate::configure::compress_reader(pb.wrap_read(reader), c)
+        .map_err(io_ctx("starting the compressor"))?;
+    io::copy(&mut r, tmp.as_file_mut()).map_err(io_ctx("compressing the image"))?;
+    pb.finish_and_clear();
+    tmp.as_file()
+        .sync_all()
+        .map_err(io_ctx("syncing the compressed image"))?;
+    crate::util::make_readable(tmp.as_file()).map_err(io_ctx("setting the file mode"))?;
+    tmp.persist(out).map_err(|e| BuildError::Io {
+        context: format!("renaming to {}", out.display()),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_partition(
+    plan: &Plan,
+    p: &PlannedPart,
+    src: &Source,
+    work: &Path,
+    seed: &[u8],
+    epoch: i64,
+    rendered: &[crate::render::Rendered],
+    config: &[u8],
+    disk: &File,
+) -> Result<u64, BuildError> {
+    let fs_img = work.join(format!("{}.fs", p.name));
+    let mut extracted = None;
+    let dir: Option<PathBuf> = match src {
+        Source::Dir(d) => Some(d.clone()),
+        Source::Tar(t) => {
+            let d = work.join(format!("{}.root", p.name));
+            std::fs::create_dir_all(&d).map_err(io_ctx("creating the extraction directory"))?;
+            extract_tar(t, &d)?;
+            let need = dir_usage(&d).map_err(io_ctx("measuring the extracted tarball"))?;
+            check_fits(p, &t.display().to_string(), need)?;
+            extracted = Some(d.clone());
+            Some(d)
+        }
+        _ => None,
+    };
+    let image = match (p.fs, src) {
+        (_, Source::Image(i)) => i.clone(),
+        (Fs::Ext4, _) => {
+            build_ext4(
+                &fs_img,
+                &Ext4Spec {
+                    size: p.size,
+                    label: &p.fs_label,
+                    uuid: derived_uuid(seed, &format!("ext4 {}", p.label)),
+                    hash_seed: derived_uuid(seed, &format!("hash {}", p.label)),
+                    epoch,
+                    root_dir: dir.as_deref(),
+                },
+            )?;
+            fs_img.clone()
+        }
+        (Fs::Vfat, _) => {
+            let files: Vec<(String, Vec<u8>)> = rendered
+                .iter()
+                .filter(|r| r.install.as_deref() == Some(&p.name))
+                .map(|r| (r.path.clone(), r.bytes.clone()))
+                .collect();
+            let vid = derived_uuid(seed, &format!("vfat {}", p.label));
+            let is_boot = p.role.as_deref() == Some("boot");
+            let scratch = work.join(format!("{}.scratch", p.name));
+            std::fs::create_dir_all(&scratch).map_err(io_ctx("creating a scratch directory"))?;
+            build_vfat(
+                &fs_img,
+                &VfatSpec {
+                    size: p.size,
+                    label: &p.fs_label,
+                    volume_id: u32::from_le_bytes([
+                        vid.as_bytes()[0],
+                        vid.as_bytes()[1],
+                        vid.as_bytes()[2],
+                        vid.as_bytes()[3],
+                    ]),
+                    epoch,
+                    config: if is_boot { config } else { b"{}\n" },
+                    dir: dir.as_deref(),
+                    files: &files,
+                    work: &scratch,
+                },
+            )
+            .map_err(|e| match &e {
+                VfatError::Failed { stderr, .. } if stderr.contains("Disk full") => field(
+                    p,
+                    "contents",
+                    format!("does not fit partition[{}].size ({stderr})", p.name),
+                ),
+                _ => BuildError::Vfat(e),
+            })?;
+            fs_img.clone()
+        }
+        (Fs::None, _) => return Ok(0),
+    };
+    let _ = plan;
+    let f = File::open(&image).map_err(io_ctx(format!("opening {}", image.display())))?;
+    let n = copy_sparse(&f, disk, p.offset, &|_| {})
+        .map_err(io_ctx(format!("copying {} into the image", p.label)))?;
+    drop(f);
+    if image == fs_img {
+        let _ = std::fs::remove_file(&fs_img);
+    }
+    if let Some(d) = extracted {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Ok(n)
+}
+
+fn write_gpt(plan: &Plan, disk: &File, seed: &[u8]) -> Result<(), BuildError> {
+    let lb = LogicalBlockSize::Lb512;
+    let sector = plan.sector;
+    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(
+        u32::try_from(plan.disk_size / sector - 1).unwrap_or(0xFFFF_FFFF),
+    );
+    let mut dev = disk;
+    mbr.overwrite_lba0(&mut dev)
+        .map_err(|e| BuildError::Gpt(e.to_string()))?;
+    let mut g = gpt::GptConfig::new()
+        .writable(true)
+        .logical_block_size(lb)
+        .change_partition_count(true)
+        .create_from_device(disk, Some(derived_uuid(seed, "disk")))
+        .map_err(|e| BuildError::Gpt(e.to_string()))?;
+    let mut parts = BTreeMap::new();
+    for p in &plan.parts {
+        parts.insert(
+            p.index,
+            gpt::partition::Partition {
+                part_type_guid: gpt::partition_types::Type {
+                    guid: p.type_guid,
+                    os: gpt::partition_types::OperatingSystem::None,
+                },
+                part_guid: derived_uuid(seed, &format!("partition {}", p.label)),
+                first_lba: p.offset / sector,
+                last_lba: (p.offset + p.size) / sector - 1,
+                flags: 0,
+                name: p.label.clone(),
+            },
+        );
+    }
+    g.update_partitions(parts)
+        .map_err(|e| BuildError::Gpt(e.to_string()))?;
+    g.write().map_err(|e| BuildError::Gpt(e.to_string()))?;
+    Ok(())
+}
+
+/// Opens an existing image read-write (used by tests and tools).
+pub fn open_rw(p: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(p)
+}

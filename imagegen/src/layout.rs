@@ -1,0 +1,773 @@
+//! The declarative disk layout (TOML): parsing, `--set` overrides, validation and placement.
+//!
+//! The layout file is the single source of truth for the disk. [`Layout::load`] reads it and
+//! applies command-line overrides; [`Layout::plan`] validates every field *before anything is
+//! written* and places the partitions, naming the offending field in every error.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::size::Size;
+
+/// GPT type GUID of an EFI system partition.
+pub const ESP_TYPE: Uuid = Uuid::from_u128(0xC12A7328_F81F_11D2_BA4B_00A0C93EC93B);
+/// GPT type GUID of a generic Linux filesystem.
+pub const LINUX_TYPE: Uuid = Uuid::from_u128(0x0FC63DAF_8483_4772_8E79_3D69D8477DE4);
+/// Sectors the backup GPT (header and 128 entries) needs at the end of a 512-byte-sector disk.
+const BACKUP_GPT_SECTORS: u64 = 33;
+
+/// Why a layout could not be loaded or is invalid. Validation errors name the field.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("cannot read layout {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("layout {path} is not valid TOML for a layout: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("--set {arg}: {msg}")]
+    Set { arg: String, msg: String },
+    #[error("layout field `{field}`: {msg}")]
+    Field { field: String, msg: String },
+}
+
+fn field_err(field: impl Into<String>, msg: impl Into<String>) -> LayoutError {
+    LayoutError::Field {
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+/// The whole layout file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Layout {
+    /// Device type slug; RAUC's `compatible` is `resin-<device-type>`.
+    pub device_type: String,
+    /// Directory of the minijinja templates, relative to the layout file.
+    #[serde(default = "default_templates")]
+    pub templates: PathBuf,
+    pub disk: DiskSpec,
+    #[serde(rename = "bootloader")]
+    pub boot: BootSpec,
+    #[serde(rename = "partition")]
+    pub partitions: Vec<PartitionSpec>,
+    #[serde(default, rename = "render")]
+    pub renders: Vec<RenderSpec>,
+    /// Directory of the layout file (relative paths resolve against it).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn default_templates() -> PathBuf {
+    PathBuf::from("../templates")
+}
+
+/// `[disk]`: the partition table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DiskSpec {
+    /// Partition table type; only `gpt` is supported.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Alignment of every partition start and size, e.g. `4MiB`.
+    pub alignment: String,
+    /// Logical sector size (512).
+    #[serde(default = "default_sector")]
+    pub sector_size: u64,
+    /// Total disk size, or `auto` (the partitions plus the backup GPT, rounded to the alignment).
+    #[serde(default = "default_auto")]
+    pub size: String,
+}
+
+fn default_table() -> String {
+    "gpt".into()
+}
+fn default_sector() -> u64 {
+    512
+}
+fn default_auto() -> String {
+    "auto".into()
+}
+
+/// `[bootloader]`: the A/B boot contract the templates render.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BootSpec {
+    /// RAUC bootloader backend: `grub` or `uboot`.
+    pub loader: String,
+    /// Boot attempts of a slot before the bootloader falls back to the other one.
+    pub attempts: u32,
+    /// Kernel console device, without `/dev/`.
+    pub console: String,
+    /// Kernel path inside a root slot.
+    pub kernel: String,
+    /// Initrd path inside a root slot.
+    pub initrd: String,
+    /// Extra kernel command line arguments.
+    #[serde(default)]
+    pub cmdline_extra: String,
+    /// Path of RAUC's keyring on the device.
+    pub keyring: String,
+    /// Space reserved for `config.json` in the boot partition (contiguous clusters).
+    pub config_reserve: String,
+    /// U-Boot: the `ext4load` device (`mmc 0`, `virtio 0`).
+    #[serde(default = "default_uboot_dev")]
+    pub uboot_device: String,
+}
+
+fn default_uboot_dev() -> String {
+    "mmc 0".into()
+}
+
+/// Where a partition's contents come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contents {
+    /// A named input bound on the command line (`--input NAME=PATH`, `--rootfs`, `--boot`).
+    Input(String),
+    /// A directory.
+    Dir(PathBuf),
+    /// A tarball (`.tar`, `.tar.gz`, `.tar.xz`, `.tar.zst`).
+    Tar(PathBuf),
+    /// An existing filesystem image, copied as is.
+    Image(PathBuf),
+}
+
+/// One `[[partition]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PartitionSpec {
+    /// Short name used by `--set NAME.field=…` and `=NAME` size references.
+    pub name: String,
+    /// GPT partition name (PARTLABEL).
+    pub label: String,
+    /// `esp`, `linux`, or a type GUID.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `100MiB`, `rest`, or `=NAME` (same size as partition NAME).
+    pub size: String,
+    /// Minimum size of a `rest` partition when the disk size is `auto`.
+    #[serde(default)]
+    pub min_size: Option<String>,
+    /// Explicit start offset (default: right after the previous partition, aligned).
+    #[serde(default)]
+    pub offset: Option<String>,
+    /// `vfat`, `ext4` or `none`.
+    pub fs: String,
+    /// Filesystem label (default: derived from the partition label).
+    #[serde(default)]
+    pub fs_label: Option<String>,
+    /// Mount point on the device (rendered into fstab).
+    #[serde(default)]
+    pub mount: Option<String>,
+    /// `boot`, `root`, `state` or `data`.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// RAUC bootname of a root slot (`A`, `B`).
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// Grows to fill the disk on first boot (informational; rendered for the device).
+    #[serde(default)]
+    pub grow: bool,
+    /// What goes in; absent means an empty filesystem.
+    #[serde(default)]
+    pub contents: Option<Contents>,
+}
+
+/// One `[[render]]`: a template rendered from the layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RenderSpec {
+    /// Template file name in the templates directory.
+    pub template: String,
+    /// Output path (relative to `render --out`, and inside the partition for `install`).
+    pub path: String,
+    /// Partition name `build` installs the rendered file into.
+    #[serde(default)]
+    pub install: Option<String>,
+    /// Only rendered/installed when `boot.loader` equals this.
+    #[serde(default)]
+    pub loader: Option<String>,
+    /// Pad the output to a 1024-byte GRUB environment block.
+    #[serde(default)]
+    pub grubenv: bool,
+}
+
+/// Filesystem of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fs {
+    Vfat,
+    Ext4,
+    None,
+}
+
+/// A partition placed on the disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedPart {
+    /// 1-based GPT index.
+    pub index: u32,
+    pub name: String,
+    pub label: String,
+    pub fs_label: String,
+    pub type_guid: Uuid,
+    pub offset: u64,
+    pub size: u64,
+    pub fs: Fs,
+    pub mount: Option<String>,
+    pub role: Option<String>,
+    pub slot: Option<String>,
+    pub grow: bool,
+    #[serde(skip)]
+    pub contents: Option<Contents>,
+}
+
+/// A validated layout with every partition placed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub layout: Layout,
+    pub sector: u64,
+    pub alignment: u64,
+    pub disk_size: u64,
+    pub config_reserve: u64,
+    pub parts: Vec<PlannedPart>,
+}
+
+impl Layout {
+    /// Reads a layout file and applies `--set KEY=VALUE` overrides (see [`Layout::from_str_with`]).
+    pub fn load(path: &Path, sets: &[String]) -> Result<Self, LayoutError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LayoutError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::from_str_with(&text, path, &base, sets)
+    }
+
+    /// Parses layout text. Each override is `KEY=VALUE` where KEY is `disk.FIELD`, `bootloader.FIELD`,
+    /// `device-type`, or `PARTNAME.FIELD` (e.g. `rootA.size=2GiB`, `data.contents.dir=/x`).
+    pub fn from_str_with(
+        text: &str,
+        path: &Path,
+        base: &Path,
+        sets: &[String],
+    ) -> Result<Self, LayoutError> {
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| LayoutError::Parse {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        for arg in sets {
+            apply_set(&mut value, arg)?;
+        }
+        let mut layout: Layout =
+            toml::Value::Table(value)
+                .try_into()
+                .map_err(|e: toml::de::Error| LayoutError::Parse {
+                    path: path.to_path_buf(),
+                    msg: e.to_string(),
+                })?;
+        layout.base_dir = base.to_path_buf();
+        Ok(layout)
+    }
+
+    /// Directory holding the templates.
+    pub fn templates_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.templates)
+    }
+
+    /// Resolves a path from the layout relative to the layout file.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Validates every field and places the partitions. Nothing is written.
+    pub fn plan(&self) -> Result<Plan, LayoutError> {
+        if self.disk.table != "gpt" {
+            return Err(field_err("disk.table", "only `gpt` is supported"));
+        }
+        if self.device_type.trim().is_empty()
+            || !self
+                .device_type
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(field_err(
+                "device-type",
+                "must be a non-empty slug of letters, digits, `-` and `_`",
+            ));
+        }
+        let sector = self.disk.sector_size;
+        if sector != 512 {
+            return Err(field_err("disk.sector-size", "only 512 is supported"));
+        }
+        let alignment = parse_size("disk.alignment", &self.disk.alignment)?;
+        if alignment == 0 || alignment % sector != 0 {
+            return Err(field_err(
+                "disk.alignment",
+                format!(
+                    "{} is not a positive multiple of the {sector}-byte sector",
+                    Size(alignment)
+                ),
+            ));
+        }
+        match self.boot.loader.as_str() {
+            "grub" | "uboot" => {}
+            other => {
+                return Err(field_err(
+                    "bootloader.loader",
+                    format!("`{other}` is not `grub` or `uboot`"),
+                ))
+            }
+        }
+        if !(1..=100).contains(&self.boot.attempts) {
+            return Err(field_err(
+                "bootloader.attempts",
+                "must be between 1 and 100",
+            ));
+        }
+        let config_reserve = parse_size("bootloader.config-reserve", &self.boot.config_reserve)?;
+        if config_reserve < 4096 || config_reserve % 4096 != 0 {
+            return Err(field_err(
+                "bootloader.config-reserve",
+                "must be a multiple of 4KiB, at least 4KiB",
+            ));
+        }
+        if self.partitions.is_empty() {
+            return Err(field_err("partition", "the layout has no partitions"));
+        }
+        if self.partitions.len() > 128 {
+            return Err(field_err("partition", "GPT holds at most 128 partitions"));
+        }
+
+        let mut names = BTreeSet::new();
+        let mut labels = BTreeSet::new();
+        let mut slots = BTreeSet::new();
+        for p in &self.partitions {
+            let f = |k: &str| format!("partition[{}].{k}", p.name);
+            if p.name.is_empty() || p.name.contains(['.', '=']) {
+                return Err(field_err(
+                    "partition.name",
+                    format!("`{}` must be non-empty without `.` or `=`", p.name),
+                ));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(field_err(f("name"), "duplicate partition name"));
+            }
+            if p.label.is_empty() || p.label.encode_utf16().count() > 36 {
+                return Err(field_err(f("label"), "must be 1 to 36 characters"));
+            }
+            if !labels.insert(p.label.clone()) {
+                return Err(field_err(
+                    f("label"),
+                    format!("duplicate label `{}`", p.label),
+                ));
+            }
+            if let Some(s) = &p.slot {
+                if !slots.insert(s.clone()) {
+                    return Err(field_err(
+                        f("slot"),
+                        format!("duplicate slot bootname `{s}`"),
+                    ));
+                }
+                if p.fs != "ext4" {
+                    return Err(field_err(f("fs"), "a root slot must be ext4"));
+                }
+            }
+        }
+        let boots: Vec<_> = self
+            .partitions
+            .iter()
+            .filter(|p| p.role.as_deref() == Some("boot"))
+            .collect();
+        if boots.len() != 1 {
+            return Err(field_err(
+                "partition.role",
+                "exactly one partition must have role = \"boot\"",
+            ));
+        }
+        if boots[0].fs != "vfat" {
+            return Err(field_err(
+                format!("partition[{}].fs", boots[0].name),
+                "the boot partition must be vfat",
+            ));
+        }
+
+        // Fixed sizes first (resolving `=NAME` references), then placement.
+        let mut fixed: Vec<Option<u64>> = Vec::new();
+        let mut rest_idx = None;
+        for (i, p) in self.partitions.iter().enumerate() {
+            let field = format!("partition[{}].size", p.name);
+            let s = p.size.trim();
+            if s == "rest" {
+                if rest_idx.is_some() {
+                    return Err(field_err(field, "only one partition may be `rest`"));
+                }
+                if i + 1 != self.partitions.len() {
+                    return Err(field_err(field, "a `rest` partition must be the last one"));
+                }
+                rest_idx = Some(i);
+                fixed.push(None);
+            } else if let Some(other) = s.strip_prefix('=') {
+                let o = self
+                    .partitions
+                    .iter()
+                    .position(|q| q.name == other)
+                    .ok_or_else(|| field_err(&field, format!("no partition named `{other}`")))?;
+                match fixed.get(o).copied().flatten() {
+                    Some(v) => fixed.push(Some(v)),
+                    None => {
+                        return Err(field_err(
+                            field,
+                            format!("`{other}` must be an earlier partition with a fixed size"),
+                        ))
+                    }
+                }
+            } else {
+                let v = parse_size(&field, s)?;
+                if v == 0 {
+                    return Err(field_err(field, "must not be zero"));
+                }
+                if v % alignment != 0 {
+                    return Err(field_err(
+                        field,
+                        format!(
+                            "{} is not a multiple of the {} alignment (disk.alignment)",
+                            Size(v),
+                            Size(alignment)
+                        ),
+                    ));
+                }
+                fixed.push(Some(v));
+            }
+        }
+
+        let first_usable = 34 * sector;
+        let mut parts = Vec::new();
+        let mut cursor = alignment.max(round_up(first_usable, alignment));
+        let mut prev_name: Option<&str> = None;
+        for (i, p) in self.partitions.iter().enumerate() {
+            let offset = match &p.offset {
+                Some(o) => {
+                    let field = format!("partition[{}].offset", p.name);
+                    let v = parse_size(&field, o)?;
+                    if v % alignment != 0 {
+                        return Err(field_err(
+                            field,
+                            format!("{} is not aligned to {}", Size(v), Size(alignment)),
+                        ));
+                    }
+                    if v < first_usable {
+                        return Err(field_err(field, "overlaps the primary GPT"));
+                    }
+                    if v < cursor {
+                        return Err(field_err(
+                            field,
+                            format!(
+                                "{} overlaps partition[{}], which ends at {}",
+                                Size(v),
+                                prev_name.unwrap_or("?"),
+                                Size(cursor)
+                            ),
+                        ));
+                    }
+                    v
+                }
+                None => cursor,
+            };
+            let size = fixed[i].unwrap_or(0);
+            parts.push(PlannedPart {
+                index: (i + 1) as u32,
+                name: p.name.clone(),
+                label: p.label.clone(),
+                fs_label: p.fs_label.clone().unwrap_or_else(|| fs_label_for(&p.label)),
+                type_guid: parse_type(&format!("partition[{}].type", p.name), &p.type_)?,
+                offset,
+                size,
+                fs: match p.fs.as_str() {
+                    "vfat" => Fs::Vfat,
+                    "ext4" => Fs::Ext4,
+                    "none" => Fs::None,
+                    other => {
+                        return Err(field_err(
+                            format!("partition[{}].fs", p.name),
+                            format!("`{other}` is not vfat, ext4 or none"),
+                        ))
+                    }
+                },
+                mount: p.mount.clone(),
+                role: p.role.clone(),
+                slot: p.slot.clone(),
+                grow: p.grow,
+                contents: p.contents.clone(),
+            });
+            cursor = offset + size;
+            prev_name = Some(&p.name);
+        }
+
+        let backup = BACKUP_GPT_SECTORS * sector;
+        let disk_size = if self.disk.size.trim() == "auto" {
+            if let Some(r) = rest_idx {
+                let p = &self.partitions[r];
+                let field = format!("partition[{}].min-size", p.name);
+                let min = match &p.min_size {
+                    Some(m) => parse_size(&field, m)?,
+                    None => alignment,
+                };
+                let min = round_up(min, alignment);
+                parts[r].size = min;
+                cursor = parts[r].offset + min;
+            }
+            round_up(cursor + backup, alignment)
+        } else {
+            let d = parse_size("disk.size", &self.disk.size)?;
+            if d % sector != 0 {
+                return Err(field_err(
+                    "disk.size",
+                    "must be a multiple of the sector size",
+                ));
+            }
+            let usable_end = d.saturating_sub(backup) / alignment * alignment;
+            if let Some(r) = rest_idx {
+                let p = &self.partitions[r];
+                let min = match &p.min_size {
+                    Some(m) => parse_size(&format!("partition[{}].min-size", p.name), m)?,
+                    None => alignment,
+                };
+                let avail = usable_end.saturating_sub(parts[r].offset);
+                if avail < min.max(alignment) {
+                    return Err(field_err(
+                        "disk.size",
+                        format!(
+                            "{} is too small: the partitions need at least {}",
+                            Size(d),
+                            Size(
+                                parts[r].offset + round_up(min.max(alignment), alignment) + backup
+                            )
+                        ),
+                    ));
+                }
+                parts[r].size = avail;
+                cursor = parts[r].offset + avail;
+            }
+            if cursor + backup > d {
+                return Err(field_err(
+                    "disk.size",
+                    format!(
+                        "{} is too small: the partitions need at least {}",
+                        Size(d),
+                        Size(round_up(cursor + backup, alignment))
+                    ),
+                ));
+            }
+            d
+        };
+
+        for r in &self.renders {
+            if let Some(i) = &r.install {
+                if !parts.iter().any(|p| &p.name == i && p.fs == Fs::Vfat) {
+                    return Err(field_err(
+                        format!("render[{}].install", r.template),
+                        format!("no vfat partition named `{i}`"),
+                    ));
+                }
+            }
+        }
+        let boot = parts
+            .iter()
+            .find(|p| p.role.as_deref() == Some("boot"))
+            .map(|p| p.size)
+            .unwrap_or(0);
+        if config_reserve * 4 > boot {
+            return Err(field_err(
+                "bootloader.config-reserve",
+                "is larger than a quarter of the boot partition",
+            ));
+        }
+
+        Ok(Plan {
+            layout: self.clone(),
+            sector,
+            alignment,
+            disk_size,
+            config_reserve,
+            parts,
+        })
+    }
+}
+
+impl Plan {
+    /// The boot (vfat) partition.
+    pub fn boot(&self) -> Option<&PlannedPart> {
+        self.parts
+            .iter()
+            .find(|p| p.role.as_deref() == Some("boot"))
+    }
+    /// The partition named `name`.
+    pub fn part(&self, name: &str) -> Option<&PlannedPart> {
+        self.parts.iter().find(|p| p.name == name)
+    }
+}
+
+fn parse_size(field: &str, s: &str) -> Result<u64, LayoutError> {
+    Size::parse(s)
+        .map(|s| s.0)
+        .map_err(|e| field_err(field, e.to_string()))
+}
+
+fn parse_type(field: &str, s: &str) -> Result<Uuid, LayoutError> {
+    match s {
+        "esp" => Ok(ESP_TYPE),
+        "linux" => Ok(LINUX_TYPE),
+        g => Uuid::parse_str(g)
+            .map_err(|_| field_err(field, format!("`{g}` is not esp, linux or a GUID"))),
+    }
+}
+
+/// Rounds `v` up to a multiple of `a`.
+pub fn round_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// ext4 labels hold 16 bytes; vfat labels 11. Derive a label from the partition label.
+fn fs_label_for(label: &str) -> String {
+    label.chars().take(16).collect()
+}
+
+fn apply_set(root: &mut toml::Table, arg: &str) -> Result<(), LayoutError> {
+    let set_err = |msg: &str| LayoutError::Set {
+        arg: arg.to_string(),
+        msg: msg.to_string(),
+    };
+    let (key, raw) = arg
+        .split_once('=')
+        .ok_or_else(|| set_err("expected KEY=VALUE"))?;
+    let mut path: Vec<&str> = key.trim().split('.').collect();
+    if path.iter().any(|s| s.is_empty()) {
+        return Err(set_err("empty key segment"));
+    }
+    // Partition name first: `rootA.size` (or `partition.rootA.size`).
+    let table: &mut toml::Table =
+        if path[0] == "partition" || !matches!(path[0], "disk" | "bootloader") {
+            if path[0] == "partition" {
+                path.remove(0);
+            }
+            if path.len() == 1 && root.contains_key(path[0]) {
+                root
+            } else {
+                let name = path.remove(0);
+                let parts = root
+                    .get_mut("partition")
+                    .and_then(|v| v.as_array_mut())
+                    .ok_or_else(|| set_err("the layout has no partitions"))?;
+                let t = parts
+                    .iter_mut()
+                    .filter_map(|v| v.as_table_mut())
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+                    .ok_or_else(|| set_err(&format!("no partition named `{name}`")))?;
+                if path.is_empty() {
+                    return Err(set_err("missing the partition field"));
+                }
+                t
+            }
+        } else {
+            root
+        };
+    let mut cur = table;
+    let last = path.pop().ok_or_else(|| set_err("empty key"))?;
+    for seg in path {
+        cur = cur
+            .entry(seg.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| set_err(&format!("`{seg}` is not a table")))?;
+    }
+    let value = match cur.get(last) {
+        Some(toml::Value::String(_)) | None => {
+            // Strings stay strings; a value that parses as TOML (numbers, bools) is typed.
+            if matches!(cur.get(last), Some(toml::Value::String(_))) {
+                toml::Value::String(raw.to_string())
+            } else {
+                parse_toml_value(raw)
+            }
+        }
+        Some(_) => parse_toml_value(raw),
+    };
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn parse_toml_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// The shipped A/B layout, compiled in so `inspect` can check images without a layout file.
+pub const DEFAULT_LAYOUT: &str = include_str!("../layouts/resin-ab.toml");
+
+/// The shipped A/B layout, parsed.
+pub fn default_layout() -> Result<Layout, LayoutError> {
+    Layout::from_str_with(
+        DEFAULT_LAYOUT,
+        Path::new("<built-in resin-ab.toml>"),
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/layouts")),
+        &[],
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_layout_plans_to_the_design_table() {
+        let plan = default_layout().unwrap().plan().unwrap();
+        let labels: Vec<_> = plan.parts.iter().map(|p| p.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "resin-boot",
+                "resin-rootA",
+                "resin-rootB",
+                "resin-state",
+                "resin-data"
+            ]
+        );
+        assert_eq!(plan.parts[0].offset, 4 << 20);
+        assert_eq!(plan.parts[0].size, 100 << 20);
+        assert_eq!(plan.parts[1].size, 1 << 30);
+        assert_eq!(plan.parts[2].size, 1 << 30);
+        assert_eq!(plan.parts[3].size, 64 << 20);
+        for p in &plan.parts {
+            assert_eq!(p.offset % (4 << 20), 0, "{}", p.label);
+        }
+    }
+
+    #[test]
+    fn set_overrides_sizes_and_b_follows_a() {
+        let l = Layout::from_str_with(
+            DEFAULT_LAYOUT,
+            Path::new("x"),
+            Path::new("."),
+            &["rootA.size=2GiB".into(), "bootloader.attempts=5".into()],
+        )
+        .unwrap();
+        let plan = l.plan().unwrap();
+        assert_eq!(plan.part("rootB").unwrap().size, 2 << 30);
+        assert_eq!(plan.layout.boot.attempts, 5);
+    }
+}

@@ -1,0 +1,232 @@
+//! `resin-imagegen`: builds resin's A/B disk images from a layout file, renders the boot and
+//! RAUC configuration, writes config.json into images, inspects them, and makes RAUC bundles.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use resin_imagegen::build::{build, BuildOptions};
+use resin_imagegen::configure::{self, Compression};
+use resin_imagegen::layout::Layout;
+use resin_imagegen::render;
+
+/// The command line (the tool's whole configuration; defaults are in each flag's help).
+#[derive(Debug, Parser)]
+#[command(name = "resin-imagegen", version, about)]
+struct Cli {
+    /// Log filter (RUST_LOG syntax).
+    #[arg(
+        long,
+        env = "RESIN_IMAGEGEN_LOG",
+        default_value = "warn",
+        global = true
+    )]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Layout selection shared by `build` and `render`.
+#[derive(Debug, clap::Args)]
+struct LayoutArgs {
+    /// The layout file (e.g. imagegen/layouts/resin-ab.toml).
+    #[arg(long)]
+    layout: PathBuf,
+    /// Override a layout field: `PART.FIELD=VALUE` (rootA.size=2GiB), `disk.size=8GiB`,
+    /// `bootloader.attempts=5`, `device-type=raspberrypi4-64`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+impl LayoutArgs {
+    fn load(&self) -> Result<Layout> {
+        Ok(Layout::load(&self.layout, &self.sets)?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build a disk image (sparse, atomic) with its .bmap.
+    Build {
+        #[command(flatten)]
+        layout: LayoutArgs,
+        /// Root filesystem for slot A: a directory, a tarball, or an ext4 image (input `rootfs`).
+        #[arg(long)]
+        rootfs: Option<PathBuf>,
+        /// Boot partition contents, e.g. a directory with EFI/BOOT/BOOTAA64.EFI (input `boot`).
+        #[arg(long)]
+        boot: Option<PathBuf>,
+        /// Bind any other layout input: `NAME=PATH`. Repeatable.
+        #[arg(long = "input", value_name = "NAME=PATH")]
+        inputs: Vec<String>,
+        /// config.json to write into the boot partition's reservation (default: `{}`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output image path; `.bmap` (and `.zst`/`.xz`) are written beside it.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Also write a compressed copy: none, zstd or xz.
+        #[arg(long, value_enum, default_value_t = Compression::None)]
+        compress: Compression,
+        /// Do not write the .bmap.
+        #[arg(long)]
+        no_bmap: bool,
+        /// Seed for the disk, partition and filesystem UUIDs (default: layout + SOURCE_DATE_EPOCH).
+        #[arg(long)]
+        seed: Option<String>,
+    },
+    /// Render grub.cfg, grubenv, boot.cmd, fstab and system.conf from the layout into DIR.
+    Render {
+        #[command(flatten)]
+        layout: LayoutArgs,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write config.json into an image in place, or stream a configured copy with --output.
+    Configure {
+        /// The image (built by resin-imagegen: it has the config.json reservation).
+        image: PathBuf,
+        /// The config.json to write.
+        #[arg(long)]
+        config: PathBuf,
+        /// Write a configured copy here instead of changing IMAGE.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Compression of the --output copy.
+        #[arg(long, value_enum, default_value_t = Compression::None)]
+        compress: Compression,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("resin-imagegen: error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    match cli.cmd {
+        Cmd::Build {
+            layout,
+            rootfs,
+            boot,
+            inputs,
+            config,
+            output,
+            compress,
+            no_bmap,
+            seed,
+        } => {
+            let plan = layout.load()?.plan()?;
+            let mut map = BTreeMap::new();
+            if let Some(r) = rootfs {
+                map.insert("rootfs".to_string(), r);
+            }
+            if let Some(b) = boot {
+                map.insert("boot".to_string(), b);
+            }
+            for i in inputs {
+                let (k, v) = i
+                    .split_once('=')
+                    .with_context(|| format!("--input {i}: expected NAME=PATH"))?;
+                map.insert(k.to_string(), PathBuf::from(v));
+            }
+            let config = match config {
+                Some(p) => {
+                    Some(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
+                }
+                None => None,
+            };
+            let t0 = std::time::Instant::now();
+            let report = build(
+                &plan,
+                &BuildOptions {
+                    inputs: map,
+                    config,
+                    output,
+                    bmap: !no_bmap,
+                    compression: compress,
+                    seed,
+                },
+            )?;
+            println!(
+                "built {} ({} bytes, {} bytes of data) in {:.2?}",
+                report.image.display(),
+                report.disk_size,
+                report.bytes_written,
+                t0.elapsed()
+            );
+            if let Some(b) = report.bmap {
+                println!("bmap {}", b.display());
+            }
+            if let Some(c) = report.compressed {
+                println!("compressed {}", c.display());
+            }
+        }
+        Cmd::Render { layout, out } => {
+            let plan = layout.load()?.plan()?;
+            let files = render::render_all(&plan)?;
+            render::write_all(&files, &out)?;
+            for f in files {
+                println!("{}", out.join(&f.path).display());
+            }
+        }
+        Cmd::Configure {
+            image,
+            config,
+            output,
+            compress,
+        } => {
+            let cfg =
+                std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+            match output {
+                None => {
+                    if compress != Compression::None {
+                        bail!("--compress needs --output");
+                    }
+                    configure::configure_in_place(&image, &cfg)
+                        .with_context(|| format!("configuring {}", image.display()))?;
+                    println!("configured {}", image.display());
+                }
+                Some(out) => {
+                    let base = File::open(&image)
+                        .with_context(|| format!("opening {}", image.display()))?;
+                    let mut r = configure::configured_reader_compressed(base, &cfg, compress)
+                        .with_context(|| format!("configuring {}", image.display()))?;
+                    let dir = out
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| PathBuf::from("."));
+                    let mut tmp = tempfile::Builder::new()
+                        .prefix(".resin-imagegen-")
+                        .tempfile_in(&dir)
+                        .context("creating a temp file")?;
+                    std::io::copy(&mut r, tmp.as_file_mut()).context("writing the image")?;
+                    tmp.as_file().sync_all().context("syncing the image")?;
+                    tmp.persist(&out)
+                        .with_context(|| format!("renaming to {}", out.display()))?;
+                    println!("wrote {}", out.display());
+                }
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
