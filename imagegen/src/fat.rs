@@ -167,7 +167,11 @@ impl FatVolume {
                 let off = c as u64 + c as u64 / 2;
                 f.read_exact_at(&mut b, self.fat_offset + off)?;
                 let w = u16::from_le_bytes(b) as u32;
-                let v = if c.is_multiple_of(2) { w & 0xFFF } else { w >> 4 };
+                let v = if c.is_multiple_of(2) {
+                    w & 0xFFF
+                } else {
+                    w >> 4
+                };
                 Ok(if v >= 0xFF8 { 0x0FFF_FFFF } else { v })
             }
         }
