@@ -606,3 +606,237 @@ fn write_atomic(path: &Path, data: &Persisted) -> Result<(), StoreError> {
         .map_err(werr)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn bundle() -> BundleRef {
+        BundleRef {
+            url: "http://127.0.0.1/os/bundle/1".into(),
+            sha256: "ab".repeat(32),
+            size: 1000,
+        }
+    }
+
+    /// One sample of every state, in the order of the happy path.
+    fn samples() -> Vec<State> {
+        let idle = State::Idle;
+        let dl = idle.start_download("2.0", &bundle(), true).unwrap();
+        let inst = dl
+            .downloaded(Path::new("/d/x.raucb"), "A", Some(0))
+            .unwrap();
+        let done = inst.installed("B").unwrap();
+        let reb = done.reboot("boot-1").unwrap();
+        let ver = reb.verify().unwrap();
+        let com = ver.commit().unwrap();
+        let failed = dl.fail("no space").unwrap();
+        let rb = reb.roll_back("fell back", None).unwrap();
+        vec![idle, dl, inst, done, reb, ver, com, failed, rb]
+    }
+
+    type Tr = (&'static str, fn(&State) -> Result<State, TransitionError>);
+
+    fn transitions() -> Vec<Tr> {
+        vec![
+            ("start_download", |s| {
+                s.start_download("3.0", &bundle(), false)
+            }),
+            ("cancel", State::cancel),
+            ("downloaded", |s| s.downloaded(Path::new("/b"), "A", None)),
+            ("install_progress", |s| s.install_progress(50)),
+            ("installed", |s| s.installed("B")),
+            ("reboot", |s| s.reboot("boot-1")),
+            ("verify", State::verify),
+            ("commit", State::commit),
+            ("fail", |s| s.fail("x")),
+            ("roll_back", |s| s.roll_back("x", Some("B"))),
+            ("clear", State::clear),
+        ]
+    }
+
+    /// The allowed (transition, source state) pairs; everything else must
+    /// be refused.
+    fn allowed(tr: &str, from: &str) -> bool {
+        let terminal = ["idle", "committed", "failed", "rolled-back"];
+        match tr {
+            "start_download" => terminal.contains(&from) || from == "downloading",
+            "cancel" | "downloaded" => from == "downloading",
+            "install_progress" | "installed" => from == "installing",
+            "reboot" => from == "installed" || from == "rebooting",
+            "verify" => from == "rebooting" || from == "verifying",
+            "commit" => from == "verifying",
+            "fail" => ["downloading", "installing", "installed"].contains(&from),
+            "roll_back" => ["rebooting", "verifying", "rolled-back"].contains(&from),
+            "clear" => terminal.contains(&from),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn every_transition_from_every_state_is_allowed_or_refused_as_designed() {
+        let mut checked = 0;
+        for s in samples() {
+            for (name, f) in transitions() {
+                let r = f(&s);
+                assert_eq!(
+                    r.is_ok(),
+                    allowed(name, s.name()),
+                    "{name} from {}: {r:?}",
+                    s.name()
+                );
+                if let Err(e) = r {
+                    assert_eq!(e.from, s.name());
+                    assert!(e.to_string().contains(name));
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 9 * 11);
+    }
+
+    #[test]
+    fn happy_path_carries_its_data() {
+        let s = samples();
+        assert!(
+            matches!(&s[2], State::Installing { booted_slot, progress: 0, .. } if booted_slot == "A")
+        );
+        assert!(
+            matches!(&s[4], State::Rebooting { from_slot, target_slot, boot_id, cloud_required: true, .. }
+            if from_slot == "A" && target_slot == "B" && boot_id == "boot-1")
+        );
+        assert!(matches!(&s[5], State::Verifying { attempt: 1, .. }));
+        assert!(matches!(
+            s[5].verify().unwrap(),
+            State::Verifying { attempt: 2, .. }
+        ));
+        assert_eq!(
+            s[6],
+            State::Committed {
+                version: "2.0".into(),
+                slot: "B".into()
+            }
+        );
+        for st in &s[1..] {
+            assert_eq!(st.version(), Some("2.0"));
+        }
+    }
+
+    #[test]
+    fn reports_use_the_wire_states_with_progress_and_reason() {
+        let s = samples();
+        let names: Vec<_> = s.iter().map(|x| x.report().state.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "idle",
+                "downloading",
+                "installing",
+                "installing",
+                "rebooting",
+                "verifying",
+                "committed",
+                "failed",
+                "rolled-back"
+            ]
+        );
+        assert_eq!(s[7].report().reason.as_deref(), Some("no space"));
+        assert_eq!(s[8].report().reason.as_deref(), Some("fell back"));
+        assert_eq!(s[3].report().progress, Some(100));
+        assert_eq!(
+            s[2].install_progress(42).unwrap().report().progress,
+            Some(42)
+        );
+        assert_eq!(s[1].report().target_version.as_deref(), Some("2.0"));
+        assert_eq!(percent(5, 0), 0);
+        assert_eq!(percent(2000, 1000), 100);
+    }
+
+    #[test]
+    fn every_state_survives_a_restart_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for st in samples() {
+            let mut m = Machine::load(dir.path()).unwrap();
+            m.set(st.clone()).unwrap();
+            drop(m); // "crash"
+            let again = Machine::load(dir.path()).unwrap();
+            assert_eq!(again.state(), &st);
+            assert!(!dir.path().join("osupdate.json.tmp").exists());
+        }
+        let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        assert!(text.contains("\"format\": 1"), "{text}");
+        assert!(text.contains("\"state\": \"rolled-back\""), "{text}");
+    }
+
+    #[test]
+    fn a_refused_transition_changes_nothing_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Machine::load(dir.path()).unwrap();
+        m.apply(|s| s.start_download("2.0", &bundle(), false))
+            .unwrap();
+        let before = std::fs::read(m.path()).unwrap();
+        let err = m.apply(State::commit).unwrap_err();
+        assert!(matches!(err, StoreError::Transition(_)));
+        assert_eq!(std::fs::read(m.path()).unwrap(), before);
+        assert_eq!(m.state().name(), "downloading");
+    }
+
+    #[test]
+    fn failures_are_remembered_with_backoff_and_forgotten_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Machine::load(dir.path()).unwrap();
+        m.apply(|s| s.start_download("2.0", &bundle(), false))
+            .unwrap();
+        m.apply(|s| s.fail("bad signature")).unwrap();
+        let f = m.failed().get("2.0").unwrap().clone();
+        assert_eq!(f.attempts, 1);
+        assert_eq!(f.sha256, bundle().sha256);
+        assert_eq!(f.retry_at(600, 86400), f.last_failure + 600);
+        m.apply(|s| s.start_download("2.0", &bundle(), false))
+            .unwrap();
+        m.apply(|s| s.fail("bad signature")).unwrap();
+        let f = Machine::load(dir.path())
+            .unwrap()
+            .failed()
+            .get("2.0")
+            .unwrap()
+            .clone();
+        assert_eq!(f.attempts, 2);
+        assert_eq!(f.retry_at(600, 86400), f.last_failure + 1200);
+        let big = FailedAttempt {
+            attempts: 40,
+            ..f.clone()
+        };
+        assert_eq!(big.retry_at(600, 86400), f.last_failure + 86400);
+        // A success of that version clears it.
+        let mut m = Machine::load(dir.path()).unwrap();
+        m.set(State::Verifying {
+            version: "2.0".into(),
+            from_slot: "A".into(),
+            target_slot: "B".into(),
+            attempt: 1,
+            cloud_required: false,
+        })
+        .unwrap();
+        m.apply(State::commit).unwrap();
+        assert!(m.failed().is_empty());
+    }
+
+    #[test]
+    fn unknown_format_and_garbage_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(STATE_FILE);
+        std::fs::write(&p, r#"{"format":2,"state":{"state":"idle"}}"#).unwrap();
+        let e = Machine::load(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("format 2"), "{e}");
+        std::fs::write(&p, "{nope").unwrap();
+        let e = Machine::load(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("osupdate.json"), "{e}");
+        std::fs::write(&p, r#"{"format":1,"state":{"state":"flying"}}"#).unwrap();
+        assert!(matches!(
+            Machine::load(dir.path()),
+            Err(StoreError::Parse { .. })
+        ));
+    }
+}
