@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Cloud speed benchmark (not part of the test suite): builds release binaries,
+# starts nginx-light as the anchor and resin-cloud on SQLite, then on
+# PostgreSQL (RESIN_TEST_PG_URL, a fresh database), and runs resin-loadgen
+# against each with the same load pattern. Loopback only; every run stops by
+# itself. Results (JSON lines) and logs go to $OUT (default /tmp/resin-bench).
+#
+#   scripts/bench-cloud.sh                     # N = 1k, 10k, 100k; 60 s open loop at 100k
+#   DEVICES=1000 INTERVAL=0 scripts/bench-cloud.sh   # quick look
+#   BACKENDS=sqlite scripts/bench-cloud.sh
+set -euo pipefail
+. "$(dirname "$0")/lib/common.sh"
+cd "$RESIN_ROOT"
+
+OUT=${OUT:-/tmp/resin-bench}
+DEVICES=${DEVICES:-1000,10000,100000}
+CONNECTIONS=${CONNECTIONS:-32}
+DURATION=${DURATION:-15}
+INTERVAL=${INTERVAL:-60}
+OPEN_DURATION=${OPEN_DURATION:-90}
+BACKENDS=${BACKENDS:-sqlite postgres}
+CLOUD_PORT=${CLOUD_PORT:-58080}
+NGINX_PORT=${NGINX_PORT:-58081}
+mkdir -p "$OUT"
+
+install_packages
+ensure_rust
+log "building release binaries (resin-cloud, resin-loadgen)"
+cargo build --release --locked -p resin-cloud -p resin-bench
+BIN=${CARGO_TARGET_DIR:-$RESIN_ROOT/target}/release
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$OUT/nginx/nginx.pid" ] && kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# nginx-light: the anchor. Same paths as the device API; the state GET serves
+# a static file (a real target state, written by resin-loadgen) with nginx's
+# own ETag/If-None-Match handling; the state PATCH is answered 204.
+start_nginx() {
+  local d=$OUT/nginx
+  mkdir -p "$d/www" "$d/tmp"
+  echo '{}' >"$d/www/state.json"
+  cat >"$d/nginx.conf" <<CONF
+worker_processes auto;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $d/tmp;
+  proxy_temp_path $d/tmp;
+  fastcgi_temp_path $d/tmp;
+  uwsgi_temp_path $d/tmp;
+  scgi_temp_path $d/tmp;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  default_type application/json;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    root $d/www;
+    etag on;
+    location = /device/v3/state { return 204; }
+    location ~ ^/device/v3/[0-9a-f]+/state\$ { try_files /state.json =404; }
+  }
+}
+CONF
+  nginx -t -q -c "$d/nginx.conf" -g 'daemon on;' 2>"$d/test.log" || { cat "$d/test.log"; die "nginx config"; }
+  nginx -c "$d/nginx.conf" -g 'daemon on;'
+  wait_for curl -fsS "http://127.0.0.1:$NGINX_PORT/device/v3/0/state" || die "nginx did not start"
+  export RESIN_BENCH_ANCHOR_FILE=$d/www/state.json
+}
+
+run_backend() {
+  local name=$1 db_url=$2 data=$OUT/$1
+  rm -rf "$data" && mkdir -p "$data"
+  export RESIN_CLOUD_DATA_DIR=$data RESIN_CLOUD_LISTEN=127.0.0.1:$CLOUD_PORT \
+         RESIN_CLOUD_PUBLIC_URL=http://127.0.0.1:$CLOUD_PORT RESIN_CLOUD_DATABASE_URL=$db_url
+  local key
+  key=$("$BIN/resin-cloud" bootstrap --username bench | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
+  [ -n "$key" ] || die "bootstrap printed no api_key"
+  RUST_LOG=warn "$BIN/resin-cloud" serve >"$data/cloud.log" 2>&1 &
+  local cloud_pid=$!
+  pids+=("$cloud_pid")
+  wait_for curl -fsS "http://127.0.0.1:$CLOUD_PORT/ping" || { tail -20 "$data/cloud.log"; die "resin-cloud did not start"; }
+  log "[$name] resin-loadgen: devices=$DEVICES connections=$CONNECTIONS duration=${DURATION}s interval=${INTERVAL}s"
+  RESIN_API_KEY=$key timeout 3600 "$BIN/resin-loadgen" --url "http://127.0.0.1:$CLOUD_PORT" \
+    --anchor-url "http://127.0.0.1:$NGINX_PORT" --label "$name" --devices "$DEVICES" \
+    --connections "$CONNECTIONS" --duration "$DURATION" --interval "$INTERVAL" \
+    --open-duration "$OPEN_DURATION" >"$OUT/$name.jsonl" 2> >(tee "$OUT/$name.log" >&2)
+  kill "$cloud_pid"; wait "$cloud_pid" 2>/dev/null || true
+}
+
+start_nginx
+log "nginx $(nginx -v 2>&1 | sed 's/.*\///') on 127.0.0.1:$NGINX_PORT; $(nproc) cores; $(git rev-parse --short HEAD)"
+for b in $BACKENDS; do
+  case $b in
+    sqlite) run_backend sqlite "sqlite://$OUT/sqlite/resin.db" ;;
+    postgres)
+      start_postgres
+      db=resin_bench
+      psql "$RESIN_TEST_PG_URL" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+      run_backend postgres "${RESIN_TEST_PG_URL%/*}/$db"
+      psql "$RESIN_TEST_PG_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null || true ;;
+    *) die "unknown backend $b" ;;
+  esac
+done
+log "results: $OUT/*.jsonl, logs: $OUT/*.log"
