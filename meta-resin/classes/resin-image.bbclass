@@ -4,9 +4,8 @@
 # resin repository (see resin-imagegen.bbclass): resin-boot (vfat ESP, filled
 # from RESIN_BOOT_FILES plus the rendered grub.cfg/grubenv), resin-rootA (this
 # image's ext4), an empty resin-rootB of the same size, resin-state and
-# resin-data. It writes ${IMAGE_NAME}.resinimg and its block map
-# (.resinimg.bmap); oe-core's zst conversion adds the compressed copy
-# (.resinimg.zst) that the cloud serves.
+# resin-data. It writes ${IMAGE_NAME}.resinimg, its block map (.resinimg.bmap)
+# and a zstd-compressed copy (.resinimg.zst, what the cloud serves).
 #
 # Variables (defaults in conf/distro/include/resin-settings.inc):
 # RESIN_BOOT_SIZE (100MiB), RESIN_ROOTFS_SIZE (1GiB, also the maximum rootfs
@@ -28,7 +27,7 @@ RESIN_BOOT_DEPENDS:qemuarm64 ??= "grub-efi:do_deploy resin-bootfiles:do_deploy"
 RESIN_BOOT_DEPENDS:rpi ??= "rpi-bootfiles:do_deploy u-boot:do_deploy resin-bootfiles:do_deploy virtual/kernel:do_deploy"
 
 # The rootfs slot is the ext4 image; the bundle (resin-bundle) ships the same file.
-IMAGE_FSTYPES:append = " ext4 resinimg resinimg.zst"
+IMAGE_FSTYPES:append = " ext4 resinimg"
 IMAGE_TYPEDEP:resinimg = "ext4"
 do_image_resinimg[depends] += "resin-imagegen-native:do_populate_sysroot ${RESIN_BOOT_DEPENDS}"
 
@@ -75,7 +74,9 @@ IMAGE_CMD:resinimg() {
     bootdir=${WORKDIR}/resin-boot
     rm -rf $bootdir
     mkdir -p $bootdir
-    for entry in ${RESIN_BOOT_FILES}; do
+    # Quoted first: the entries hold ';', which the shell must not see as a separator.
+    boot_files="${RESIN_BOOT_FILES}"
+    for entry in $boot_files; do
         src=${entry%%;*}
         dest=${entry#*;}
         [ "$dest" = "$entry" ] && dest=""
@@ -94,7 +95,7 @@ IMAGE_CMD:resinimg() {
 
     out=${IMGDEPLOYDIR}/${IMAGE_NAME}.resinimg
     resin-imagegen build --layout ${RESIN_LAYOUT} ${RESIN_IMAGEGEN_SET} \
-        --input rootfs=${IMGDEPLOYDIR}/${IMAGE_NAME}.ext4 \
-        --input boot=$bootdir \
-        --output $out --bmap
+        --rootfs ${IMGDEPLOYDIR}/${IMAGE_NAME}.ext4 \
+        --boot $bootdir \
+        --output $out --bmap --compress zstd
 }

@@ -18,7 +18,7 @@ IMAGE_INSTALL = "\
     ca-certificates \
     e2fsprogs-e2fsck \
     e2fsprogs-resize2fs \
-    ${@'u-boot-fw-utils' if d.getVar('RESIN_BOOTLOADER') == 'uboot' else 'grub-editenv'} \
+    ${@'libubootenv-bin resin-bootfiles' if d.getVar('RESIN_BOOTLOADER') == 'uboot' else 'grub-editenv'} \
     ${CORE_IMAGE_EXTRA_INSTALL} \
 "
 
