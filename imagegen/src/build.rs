@@ -86,7 +86,7 @@ enum Source {
     Image(PathBuf),
 }
 
-fn is_tarball(p: &Path) -> bool {
+pub(crate) fn is_tarball(p: &Path) -> bool {
     let n = p.file_name().and_then(|s| s.to_str()).unwrap_or("");
     [
         ".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tar.bz2",
@@ -151,7 +151,7 @@ fn resolve(plan: &Plan, part: &PlannedPart, opts: &BuildOptions) -> Result<Sourc
 }
 
 /// Approximate bytes a directory tree needs (4 KiB blocks plus an inode block each).
-fn dir_usage(p: &Path) -> io::Result<u64> {
+pub(crate) fn dir_usage(p: &Path) -> io::Result<u64> {
     let mut total = 0;
     let mut stack = vec![p.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -194,7 +194,7 @@ fn check_fits(part: &PlannedPart, what: &str, need: u64) -> Result<(), BuildErro
     Ok(())
 }
 
-fn extract_tar(tar: &Path, into: &Path) -> Result<(), BuildError> {
+pub(crate) fn extract_tar(tar: &Path, into: &Path) -> Result<(), BuildError> {
     let out = Command::new("tar")
         .args(["--numeric-owner", "-xpf"])
         .arg(tar)

@@ -10,8 +10,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use resin_imagegen::build::{build, BuildOptions};
 use resin_imagegen::configure::{self, Compression};
+use resin_imagegen::inspect::{inspect_image, inspect_image_with, InspectError};
 use resin_imagegen::layout::Layout;
+use resin_imagegen::rauc::{make_bundle, make_dev_keys, BundleFormat, BundleSpec};
 use resin_imagegen::render;
+use resin_imagegen::size::Size;
 
 /// The command line (the tool's whole configuration; defaults are in each flag's help).
 #[derive(Debug, Parser)]
@@ -72,8 +75,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Compression::None)]
         compress: Compression,
         /// Do not write the .bmap.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "bmap")]
         no_bmap: bool,
+        /// Write the .bmap (the default; accepted for explicitness).
+        #[arg(long)]
+        bmap: bool,
         /// Seed for the disk, partition and filesystem UUIDs (default: layout + SOURCE_DATE_EPOCH).
         #[arg(long)]
         seed: Option<String>,
@@ -83,8 +89,67 @@ enum Cmd {
         #[command(flatten)]
         layout: LayoutArgs,
         /// Output directory.
-        #[arg(long)]
+        #[arg(long, visible_aliases = ["output", "out-dir"])]
         out: PathBuf,
+    },
+    /// Print an image's partition table, filesystems and config.json; check the layout's
+    /// invariants. Exits 2 when the image is damaged.
+    Inspect {
+        image: PathBuf,
+        /// Check against this layout instead of the built-in resin-ab.toml.
+        #[arg(long)]
+        layout: Option<PathBuf>,
+        /// Overrides for --layout.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate DEVELOPMENT-ONLY RAUC keys: a CA, a signing key and certificate, a keyring.
+    Keys {
+        /// Output directory.
+        #[arg(long, visible_aliases = ["output", "out-dir"])]
+        out: PathBuf,
+        /// Name recorded in the certificates' subjects.
+        #[arg(long, default_value = "dev")]
+        name: String,
+    },
+    /// Make a signed RAUC bundle of a rootfs (directory, tarball, or ext4 image).
+    Bundle {
+        /// The rootfs: a directory, a tarball, or an ext4 image.
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// Signing certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Signing key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Check the signature against this keyring while bundling.
+        #[arg(long)]
+        keyring: Option<PathBuf>,
+        /// OS version written into the manifest.
+        #[arg(long)]
+        version: String,
+        /// RAUC compatible (default: resin-<device-type> from --layout).
+        #[arg(long)]
+        compatible: Option<String>,
+        /// Layout (gives the compatible and the slot size).
+        #[arg(long)]
+        layout: Option<PathBuf>,
+        /// Overrides for --layout.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Bundle format: verity (default) or plain (for hosts without device-mapper).
+        #[arg(long, value_enum, default_value_t = BundleFormat::Verity)]
+        format: BundleFormat,
+        /// Size of the ext4 image made from a directory or tarball (e.g. 512MiB).
+        #[arg(long)]
+        image_size: Option<String>,
+        /// Output bundle (.raucb).
+        #[arg(long, short)]
+        output: PathBuf,
     },
     /// Write config.json into an image in place, or stream a configured copy with --output.
     Configure {
@@ -132,6 +197,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             output,
             compress,
             no_bmap,
+            bmap: _,
             seed,
         } => {
             let plan = layout.load()?.plan()?;
@@ -226,6 +292,84 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     println!("wrote {}", out.display());
                 }
             }
+        }
+        Cmd::Inspect {
+            image,
+            layout,
+            sets,
+            json,
+        } => {
+            let r = match layout {
+                Some(l) => inspect_image_with(&image, &Layout::load(&l, &sets)?.plan()?),
+                None => inspect_image(&image),
+            };
+            match r {
+                Ok(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report)?);
+                    } else {
+                        print!("{}", report.to_text());
+                    }
+                }
+                Err(e @ InspectError::Damaged { .. }) => {
+                    eprintln!("resin-imagegen: {e}");
+                    return Ok(std::process::ExitCode::from(2));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Cmd::Keys { out, name } => {
+            let k = make_dev_keys(&out, &name)?;
+            eprintln!(
+                "WARNING: these keys are for DEVELOPMENT ONLY; never ship a device trusting {}",
+                k.keyring.display()
+            );
+            for p in [&k.ca_cert, &k.ca_key, &k.cert, &k.key, &k.keyring] {
+                println!("{}", p.display());
+            }
+        }
+        Cmd::Bundle {
+            rootfs,
+            cert,
+            key,
+            keyring,
+            version,
+            compatible,
+            layout,
+            sets,
+            format,
+            image_size,
+            output,
+        } => {
+            let plan = match &layout {
+                Some(l) => Some(Layout::load(l, &sets)?.plan()?),
+                None => None,
+            };
+            let compatible = match (compatible, &plan) {
+                (Some(c), _) => c,
+                (None, Some(p)) => format!("resin-{}", p.layout.device_type),
+                (None, None) => bail!("give --compatible or --layout"),
+            };
+            let slot_size = plan
+                .as_ref()
+                .and_then(|p| p.parts.iter().find(|x| x.slot.is_some()).map(|x| x.size));
+            let image_size = match image_size {
+                Some(s) => Some(Size::parse(&s).context("--image-size")?.0),
+                None => None,
+            };
+            make_bundle(&BundleSpec {
+                rootfs,
+                cert,
+                key,
+                keyring,
+                compatible,
+                version,
+                format,
+                image_size,
+                slot_size,
+                output: output.clone(),
+            })?;
+            println!("{}", output.display());
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
