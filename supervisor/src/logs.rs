@@ -1,0 +1,243 @@
+//! The log forwarder: follows the logs of every managed container and sends
+//! them in batches of NDJSON (gzip) to the log-stream endpoint. The buffer
+//! is bounded: while the cloud is away the oldest lines drop, and the count
+//! of dropped lines goes out as a system line once the cloud is back.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::container::LogOutput;
+use bollard::query_parameters::LogsOptionsBuilder;
+use futures_util::StreamExt;
+use resin_api_types::LogLine;
+use tokio::sync::watch;
+
+use crate::cloud::Cloud;
+use crate::engine::Engine;
+use crate::planner::{CurrentState, RunState};
+
+/// Lines per POST at most.
+pub const BATCH_LINES: usize = 500;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// A bounded FIFO of log lines that drops the oldest when full.
+#[derive(Debug)]
+pub struct LogBuffer {
+    lines: VecDeque<LogLine>,
+    cap: usize,
+    dropped: u64,
+}
+
+impl LogBuffer {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            lines: VecDeque::new(),
+            cap: cap.max(1),
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, line: LogLine) {
+        if self.lines.len() >= self.cap {
+            self.lines.pop_front();
+            self.dropped += 1;
+        }
+        self.lines.push_back(line);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Lines dropped since the last successful send.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The next batch to send (not removed until [`LogBuffer::ack`]),
+    /// led by a system line counting the dropped lines, if any.
+    pub fn batch(&self, max: usize) -> Vec<LogLine> {
+        let mut out = Vec::new();
+        if self.dropped > 0 {
+            out.push(LogLine {
+                timestamp: now_ms(),
+                service: None,
+                message: format!(
+                    "resin-supervisor dropped {} log lines while the cloud was unreachable",
+                    self.dropped
+                ),
+                is_stderr: false,
+                is_system: true,
+            });
+        }
+        out.extend(self.lines.iter().take(max).cloned());
+        out
+    }
+
+    /// The batch from [`LogBuffer::batch`] arrived: forget it.
+    pub fn ack(&mut self, batch: &[LogLine]) {
+        let mut n = batch.len();
+        if self.dropped > 0 && batch.first().is_some_and(|l| l.is_system) {
+            self.dropped = 0;
+            n -= 1;
+        }
+        for _ in 0..n.min(self.lines.len()) {
+            self.lines.pop_front();
+        }
+    }
+}
+
+/// Follows one container until its log stream ends.
+async fn follow(
+    engine: Engine,
+    id: String,
+    service: String,
+    since: i32,
+    buf: Arc<Mutex<LogBuffer>>,
+) {
+    let opts = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .since(since)
+        .timestamps(false)
+        .build();
+    let mut stream = engine.docker().logs(&id, Some(opts));
+    while let Some(item) = stream.next().await {
+        let Ok(out) = item else { break };
+        let (bytes, is_stderr) = match out {
+            LogOutput::StdErr { message } => (message, true),
+            LogOutput::StdOut { message } | LogOutput::Console { message } => (message, false),
+            LogOutput::StdIn { .. } => continue,
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        if let Ok(mut b) = buf.lock() {
+            for l in text.lines() {
+                b.push(LogLine {
+                    timestamp: now_ms(),
+                    service: Some(service.clone()),
+                    message: l.to_owned(),
+                    is_stderr,
+                    is_system: false,
+                });
+            }
+        }
+    }
+}
+
+/// Pushes a system line (the supervisor's own events).
+pub fn system_line(buf: &Arc<Mutex<LogBuffer>>, message: String) {
+    if let Ok(mut b) = buf.lock() {
+        b.push(LogLine {
+            timestamp: now_ms(),
+            service: None,
+            message,
+            is_stderr: false,
+            is_system: true,
+        });
+    }
+}
+
+/// Runs the forwarder: one follower per running managed container (from
+/// `current`), and a sender that flushes every `flush` or when a batch fills.
+pub async fn run(
+    engine: Engine,
+    cloud: Cloud,
+    uuid: String,
+    key: String,
+    buf: Arc<Mutex<LogBuffer>>,
+    mut current: watch::Receiver<CurrentState>,
+    flush: Duration,
+) {
+    let mut followers: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let start = (now_ms() / 1000) as i32;
+    let mut tick = tokio::time::interval(flush);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = current.changed() => {
+                if changed.is_err() { return; }
+                let cur = current.borrow_and_update().clone();
+                followers.retain(|_, h| !h.is_finished());
+                for c in cur.containers.iter().filter(|c| c.managed && c.state == RunState::Running) {
+                    if !followers.contains_key(&c.id) {
+                        let since = if c.created > i64::from(start) { 0 } else { start };
+                        let h = tokio::spawn(follow(engine.clone(), c.id.clone(), c.service.clone(), since, buf.clone()));
+                        followers.insert(c.id.clone(), h);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let batch = match buf.lock() {
+                    Ok(b) if !b.is_empty() || b.dropped() > 0 => b.batch(BATCH_LINES),
+                    _ => continue,
+                };
+                let (c, u, k, lines) = (cloud.clone(), uuid.clone(), key.clone(), batch.clone());
+                match tokio::task::spawn_blocking(move || c.logs(&u, &k, &lines)).await {
+                    Ok(Ok(())) => {
+                        if let Ok(mut b) = buf.lock() { b.ack(&batch); }
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "log batch not sent; kept"),
+                    Err(e) => tracing::warn!(error = %e, "log sender task failed"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn line(m: &str) -> LogLine {
+        LogLine {
+            timestamp: 1,
+            service: Some("s".into()),
+            message: m.into(),
+            is_stderr: false,
+            is_system: false,
+        }
+    }
+
+    #[test]
+    fn full_buffer_drops_oldest_and_reports_the_count_once() {
+        let mut b = LogBuffer::new(3);
+        for i in 0..5 {
+            b.push(line(&i.to_string()));
+        }
+        assert_eq!(b.dropped(), 2);
+        let batch = b.batch(10);
+        assert!(batch[0].is_system && batch[0].message.contains("dropped 2 log lines"));
+        let msgs: Vec<&str> = batch[1..].iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(msgs, ["2", "3", "4"]);
+        b.ack(&batch);
+        assert!(b.is_empty());
+        assert_eq!(b.dropped(), 0);
+        assert!(b.batch(10).is_empty());
+    }
+
+    #[test]
+    fn unsent_batch_stays_and_partial_ack_keeps_the_rest() {
+        let mut b = LogBuffer::new(10);
+        for i in 0..4 {
+            b.push(line(&i.to_string()));
+        }
+        let batch = b.batch(2);
+        assert_eq!(batch.len(), 2);
+        b.ack(&batch);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.batch(10)[0].message, "2");
+    }
+}
