@@ -42,9 +42,12 @@ pub fn composition(yaml: &str, images: &BTreeMap<String, String>) -> Result<Valu
             ))
         }
     };
+    // `x-` extension fields hold YAML anchors for the file's own use; the
+    // composition the cloud stores has no place for them.
+    root.retain(|k, _| !k.starts_with("x-"));
     for key in root.keys() {
         let known = ["version", "name", "services", "volumes", "networks"];
-        if !known.contains(&key.as_str()) && !key.starts_with("x-") {
+        if !known.contains(&key.as_str()) {
             return Err(invalid(format!("unsupported top-level key `{key}`")));
         }
     }
@@ -76,13 +79,14 @@ pub fn composition(yaml: &str, images: &BTreeMap<String, String>) -> Result<Valu
     for (name, svc) in services.iter_mut() {
         if !valid_service_name(name) {
             return Err(invalid(format!(
-                "service name `{name}` must match [a-z0-9][a-z0-9_.-]*"
+                "service name `{name}` must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"
             )));
         }
         let svc = match svc {
             Value::Object(m) => m,
             _ => return Err(invalid(format!("service `{name}` must be a mapping"))),
         };
+        svc.retain(|k, _| !k.starts_with("x-"));
         if let Some(r) = images.get(name) {
             svc.insert("image".into(), Value::String(r.clone()));
             svc.remove("build");
@@ -108,8 +112,8 @@ pub fn composition(yaml: &str, images: &BTreeMap<String, String>) -> Result<Valu
 
 fn valid_service_name(n: &str) -> bool {
     let mut chars = n.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 /// `["A=1", "B"]` → `{"A": "1", "B": ""}`; maps get string values.
@@ -259,6 +263,7 @@ volumes:
         assert_eq!(c["services"]["worker"]["environment"]["RETRIES"], "3");
         assert_eq!(c["services"]["worker"]["environment"]["DEBUG"], "true");
         assert!(c["volumes"]["data"].is_object());
+        assert!(c.get("x-common").is_none());
     }
 
     #[test]
@@ -281,7 +286,7 @@ volumes:
             ("", "empty"),
             ("[1, 2]", "must be a mapping"),
             ("services: {}", "empty"),
-            ("services:\n  Web:\n    image: x", "service name"),
+            ("services:\n  -web:\n    image: x", "service name"),
             ("services:\n  web:\n    image: \"\"", "non-empty"),
             ("services: [\n", "YAML"),
             ("services:\n  a:\n    image: x\nfoo: 1", "top-level"),
