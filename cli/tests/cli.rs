@@ -464,3 +464,123 @@ fn a_fleet_owner_session() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+/// A small image with resin's layout, built by resin-imagegen (slots shrunk).
+fn base_image(dir: &Path) -> PathBuf {
+    let layout = workspace_root().join("imagegen/layouts/resin-ab.toml");
+    let sets: Vec<String> = [
+        "rootA.size=8MiB",
+        "boot.size=8MiB",
+        "state.size=8MiB",
+        "data.min-size=8MiB",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let plan = resin_imagegen::layout::Layout::load(&layout, &sets)
+        .unwrap()
+        .plan()
+        .unwrap();
+    let rootfs = dir.join("rootfs");
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+    std::fs::write(rootfs.join("etc/os-release"), "VERSION_ID=2.0\n").unwrap();
+    std::fs::create_dir_all(&boot).unwrap();
+    let out = dir.join("base.img");
+    let opts = resin_imagegen::build::BuildOptions {
+        inputs: [("rootfs".to_string(), rootfs), ("boot".to_string(), boot)]
+            .into_iter()
+            .collect(),
+        config: None,
+        output: out.clone(),
+        bmap: false,
+        compression: resin_imagegen::configure::Compression::None,
+        seed: Some("cli-test".into()),
+    };
+    resin_imagegen::build::build(&plan, &opts).unwrap();
+    out
+}
+
+#[test]
+fn os_upload_then_configured_download() {
+    let c = start_cloud();
+    let dir = tempfile::tempdir().unwrap();
+    let img = base_image(dir.path());
+    let bundle = dir.path().join("os.raucb");
+    std::fs::write(&bundle, b"not really a bundle, but bytes to store").unwrap();
+    let (url, key) = (c.url.clone(), c.key.clone());
+    let with = |args: &[&str]| {
+        let mut a = vec!["--api-url", url.as_str(), "--api-key", key.as_str()];
+        a.extend_from_slice(args);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.ok(&refs)
+    };
+    run(with(&[
+        "fleet",
+        "create",
+        "edge",
+        "--device-type",
+        "qemuarm64",
+    ]));
+    let out = run(with(&[
+        "os",
+        "upload",
+        "--device-type",
+        "qemuarm64",
+        "--version",
+        "2.0",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+    ]));
+    assert!(out.contains("uploaded OS release 2.0"), "{out}");
+
+    // Uncompressed: same size as the base image, config.json written in.
+    let plain = dir.path().join("edge.img");
+    let out = run(with(&[
+        "os",
+        "download",
+        "--fleet",
+        "edge",
+        "--version",
+        "2.0",
+        "-o",
+        plain.to_str().unwrap(),
+    ]));
+    assert!(out.contains("wrote"), "{out}");
+    let got = std::fs::read(&plain).unwrap();
+    assert_eq!(got.len() as u64, std::fs::metadata(&img).unwrap().len());
+    assert_ne!(
+        got,
+        std::fs::read(&img).unwrap(),
+        "config.json was injected"
+    );
+
+    // zstd: decompresses to the same configured image.
+    let z = dir.path().join("edge.img.zst");
+    run(with(&[
+        "os",
+        "download",
+        "--fleet",
+        "edge",
+        "--version",
+        "2.0",
+        "--compression",
+        "zstd",
+        "-o",
+        z.to_str().unwrap(),
+    ]));
+    let unz = zstd::decode_all(std::fs::File::open(&z).unwrap()).unwrap();
+    assert_eq!(unz.len(), got.len());
+    // No temp files left behind.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
