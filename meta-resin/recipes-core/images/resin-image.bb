@@ -22,4 +22,7 @@ IMAGE_INSTALL = "\
     ${CORE_IMAGE_EXTRA_INSTALL} \
 "
 
+# The qemu-tests harness waits for its boot marker on the console.
+IMAGE_INSTALL:append:qemuarm64 = " resin-qemu-guest"
+
 IMAGE_LINGUAS = ""

@@ -1,0 +1,28 @@
+SUMMARY = "resin QEMU test hooks: the boot marker the qemu-tests harness waits for"
+DESCRIPTION = "Installs qemu-tests/guest/rootfs of the resin repository (no copy \
+               in this layer): resin-boot-marker.service prints 'resin-qemu: up \
+               slot=... version=...' on the serial console, and a DHCP .network \
+               for QEMU's user-mode network. resin-image adds it on qemuarm64."
+HOMEPAGE = "https://example.invalid/resin"
+SECTION = "base"
+LICENSE = "Apache-2.0"
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+
+inherit externalsrc systemd allarch
+
+EXTERNALSRC = "${RESIN_SRC_DIR}/qemu-tests/guest/rootfs"
+
+SYSTEMD_SERVICE:${PN} = "resin-boot-marker.service"
+
+do_configure[noexec] = "1"
+do_compile[noexec] = "1"
+
+do_install() {
+    install -D -m 0755 ${S}/usr/local/sbin/resin-boot-marker ${D}${prefix}/local/sbin/resin-boot-marker
+    install -D -m 0644 ${S}/etc/systemd/system/resin-boot-marker.service \
+        ${D}${systemd_system_unitdir}/resin-boot-marker.service
+    install -D -m 0644 ${S}/etc/systemd/network/20-wired.network \
+        ${D}${sysconfdir}/systemd/network/20-wired.network
+}
+
+FILES:${PN} += "${prefix}/local/sbin"
