@@ -13,6 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::auth::{self, Actor};
 use crate::error::{ApiError, ApiResult};
+use resin_imagegen::configure::Compression;
+
 use crate::{perms, resources, AppState};
 
 /// Where an OS release's files live.
@@ -69,6 +71,18 @@ pub async fn upload(
         }
         file.sync_all().await.map_err(ApiError::internal)?;
         drop(file);
+        if kind == "image" {
+            // Refuse images resin-imagegen cannot configure, now rather
+            // than at download time.
+            let check = tmp.clone();
+            tokio::task::spawn_blocking(move || {
+                let f = std::fs::File::open(&check)?;
+                resin_imagegen::configure::locate(&f).map(|_| ())
+            })
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::bad_request(format!("not a resin disk image: {e}")))?;
+        }
         Ok((hex::encode(hasher.finalize()), size))
     }
     .await;
@@ -253,14 +267,169 @@ async fn bundle_inner(app: &AppState, id: &str, headers: &HeaderMap) -> ApiResul
     Ok(resp)
 }
 
-/// `GET /v1/os/download?fleet=<id>&version=<v>&compression=zstd|xz|none`
+/// `GET /v1/os/download?fleet=<id>&version=<v>&compression=zstd|xz|none`:
+/// the fleet's base image for `version` (default: the fleet's target OS
+/// version) with a config.json written in, holding a fresh provisioning
+/// key. Streamed: configured by resin-imagegen on the fly and compressed in
+/// a blocking task.
 pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResult<Response> {
-    let _ = (app, actor, q);
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "NotImplemented",
-        "configured image downloads are not wired yet",
-    ))
+    let mut fleet = None;
+    let mut version = None;
+    let mut compression = Compression::None;
+    for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "fleet" => {
+                fleet = Some(
+                    v.parse::<i64>()
+                        .map_err(|_| ApiError::bad_request("fleet must be an integer fleet id"))?,
+                )
+            }
+            "version" => {
+                resources::check_slug("version", v)?;
+                version = Some(v.to_owned());
+            }
+            "compression" => {
+                compression = match v {
+                    "none" => Compression::None,
+                    "zstd" => Compression::Zstd,
+                    "xz" => Compression::Xz,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "compression must be zstd, xz or none",
+                        ))
+                    }
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {k:?} (fleet, version, compression)"
+                )))
+            }
+        }
+    }
+    let fleet = fleet.ok_or_else(|| ApiError::bad_request("fleet=<id> is required"))?;
+    if !resources::may_write(app, actor, "fleet", fleet).await? {
+        return Err(ApiError::not_found(format!("fleet({fleet}) not found")));
+    }
+    let row = sqlx::query("SELECT name, device_type, target_os_version FROM fleet WHERE id = $1")
+        .bind(fleet)
+        .fetch_one(&app.db.pool)
+        .await?;
+    let fleet_name: String = row.try_get(0)?;
+    let device_type: String = row.try_get(1)?;
+    let target: Option<String> = row.try_get(2)?;
+    let version = version.or(target).ok_or_else(|| {
+        ApiError::bad_request("version=<v> is required (the fleet has no target OS version)")
+    })?;
+    let os = sqlx::query(
+        "SELECT id, image_size FROM os_release WHERE device_type = $1 AND version = $2",
+    )
+    .bind(&device_type)
+    .bind(&version)
+    .fetch_optional(&app.db.pool)
+    .await?
+    .ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no OS release {version} for device type {device_type}"
+        ))
+    })?;
+    let os_id: i64 = os.try_get(0)?;
+    let image_size: Option<i64> = os.try_get(1)?;
+    if image_size.is_none() {
+        return Err(ApiError::not_found(format!(
+            "OS release {version} has no base image uploaded"
+        )));
+    }
+    let path = release_dir(app, os_id).join(file_name("image"));
+    let base = std::fs::File::open(&path)
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+
+    let (key, hash) = auth::new_key(auth::KeyKind::Provisioning);
+    let config = resin_api_types::ConfigJson {
+        api_endpoint: app.config.public_url.clone(),
+        fleet_id: fleet,
+        fleet_name,
+        device_type: device_type.clone(),
+        provisioning_key: key,
+        poll_interval_ms: app.config.poll_interval_ms,
+        registry_mirror: None,
+        uuid: None,
+        device_name: None,
+    };
+    let json = serde_json::to_vec_pretty(&config).map_err(ApiError::internal)?;
+    let mut tx = app.db.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO provisioning_key (fleet, name, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(fleet)
+    .bind(format!("image download {version}"))
+    .bind(hash)
+    .bind(crate::db::now())
+    .execute(&mut *tx)
+    .await?;
+
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (chunk_tx, mut chunk_rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut reader =
+            match resin_imagegen::configure::configured_reader_compressed(base, &json, compression)
+            {
+                Ok(r) => {
+                    let _ = ready_tx.send(Ok(()));
+                    r
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if chunk_tx
+                        .blocking_send(Ok(bytes::Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        return; // the client went away
+                    }
+                }
+                Err(e) => {
+                    let _ = chunk_tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    match ready_rx.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(ApiError::conflict(format!(
+                "the base image of OS release {version} cannot be configured: {e}"
+            )))
+        }
+        Err(_) => return Err(ApiError::internal("image task ended early")),
+    }
+    tx.commit().await?;
+    let stream = futures_util::stream::poll_fn(move |cx| chunk_rx.poll_recv(cx));
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    let name = format!("resin-{device_type}-{version}.img{}", compression.suffix());
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let (Compression::None, Some(size)) = (compression, image_size) {
+        if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
+            h.insert(header::CONTENT_LENGTH, v);
+        }
+    }
+    Ok(resp)
 }
 
 #[cfg(test)]
