@@ -196,12 +196,13 @@ build_supervisor() {
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
       "${missing[@]}" >/dev/null
   fi
+  # --locked in CI; in a shared working tree others' edits may move Cargo.lock.
   log "cross-compiling resin-supervisor for aarch64 (Debian rustc $(/usr/bin/rustc --version | cut -d' ' -f2))"
   # rustup's shims come first on PATH; keep them out so Debian's 1.96 is used.
   (cd "$RESIN_ROOT" && env PATH=/usr/bin:/bin:/usr/sbin:/sbin RUSTC=/usr/bin/rustc \
     CARGO_TARGET_DIR="$t" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
     CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-    /usr/bin/cargo build --quiet --release --locked --target aarch64-unknown-linux-gnu \
+    /usr/bin/cargo build --quiet --release ${CI:+--locked} --target aarch64-unknown-linux-gnu \
       -p resin-supervisor --bin resin-supervisor) >&2
   echo "$t/aarch64-unknown-linux-gnu/release/resin-supervisor"
 }

@@ -66,8 +66,19 @@ impl DeviceInputs {
         if let Some(s) = supervisor {
             env.push(("RESIN_QEMU_SUPERVISOR", s));
         }
+        let fallback = self
+            .ws
+            .root
+            .join("qemu-tests/guest/fallback/resin-supervisor.service");
         if unit.exists() {
             env.push(("RESIN_QEMU_SUPERVISOR_UNIT", unit.as_path()));
+        } else if supervisor.is_some() {
+            tracing::warn!(
+                "{} is missing; using {}",
+                unit.display(),
+                fallback.display()
+            );
+            env.push(("RESIN_QEMU_SUPERVISOR_UNIT", fallback.as_path()));
         }
         if let Some(e) = extra {
             env.push(("RESIN_QEMU_EXTRA", e));

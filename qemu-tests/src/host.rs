@@ -163,6 +163,9 @@ impl Cloud {
                 .arg(data_dir)
                 .arg("--public-url")
                 .arg(&public_url)
+                // Devices of a test poll every 5 s (the product default is 60 s).
+                .arg("--poll-interval-ms")
+                .arg("5000")
                 .env_remove("RESIN_CLOUD_CONFIG")
                 .env_remove("RESIN_CLOUD_DATABASE_URL");
         };

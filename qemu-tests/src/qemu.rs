@@ -215,7 +215,7 @@ impl Vm {
                 let start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
                 let end = text[pos..].find('\n').map_or(text.len(), |i| pos + i);
                 self.cursor += end as u64;
-                return Ok(text[start..end].trim_end_matches('\r').to_string());
+                return Ok(strip_ansi(text[start..end].trim_end_matches('\r')));
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(QemuError::Exited {
@@ -264,6 +264,28 @@ fn read_lossy(path: &Path, from: u64) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// `line` without ANSI escape sequences (systemd's colours, `ESC[K`).
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                // Parameters and intermediates up to the final byte (@..~).
+                for d in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The last `n` lines of `text`.
 pub fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -289,6 +311,14 @@ mod tests {
         );
         assert!(!a.contains("-no-reboot"), "guest reboots must work");
         assert!(a.contains("path=/d/run/console.log"));
+    }
+
+    #[test]
+    fn ansi_sequences_are_removed() {
+        assert_eq!(
+            strip_ansi("\u{1b}[Kresin-qemu: up \u{1b}[0;32mOK\u{1b}[0m"),
+            "resin-qemu: up OK"
+        );
     }
 
     #[test]
