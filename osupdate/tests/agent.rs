@@ -75,6 +75,10 @@ impl Running {
 
 impl Harness {
     async fn new(compatible: &str, cuts: Vec<u64>) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let env = RaucEnv::start().await;
         let payload = random_bytes(512 * 1024);
         let file = env.bundle("v2", "2.0", compatible, "ca", &payload);
