@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-for pkg in resin-osupdate resin-supervisor; do
+for pkg in resin-supervisor; do
   tree=$(cargo tree -p "$pkg" -e normal,build,features --offline 2>&1) || {
     echo "cargo tree -p $pkg failed:"; echo "$tree"; exit 1; }
   if grep -q 'resin-osupdate feature "failpoints"' <<<"$tree"; then
