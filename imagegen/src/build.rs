@@ -442,6 +442,7 @@ fn build_partition(
                     hash_seed: derived_uuid(seed, &format!("hash {}", p.label)),
                     epoch,
                     root_dir: dir.as_deref(),
+                    clamp: source_date_epoch(),
                 },
             )?;
             fs_img.clone()

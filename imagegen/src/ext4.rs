@@ -1,5 +1,8 @@
 //! Builds ext4 filesystem images with e2fsprogs' `mkfs.ext4 -d` (no root, no loop device),
-//! with a fixed UUID, hash seed and creation time so builds are reproducible.
+//! with a fixed UUID, hash seed and creation time so builds are reproducible. With
+//! SOURCE_DATE_EPOCH set, every copied inode's ctime/atime/crtime is then set to it and its
+//! mtime clamped to it (e2fsprogs 1.47.0 copies the source's ctime, which no input controls),
+//! through one batched `debugfs -w` run.
 
 use std::path::Path;
 use std::process::Command;
@@ -26,6 +29,8 @@ pub struct Ext4Spec<'a> {
     pub hash_seed: uuid::Uuid,
     pub epoch: i64,
     pub root_dir: Option<&'a Path>,
+    /// Clamp the copied files' timestamps to this time (SOURCE_DATE_EPOCH).
+    pub clamp: Option<i64>,
 }
 
 /// Creates `path` (`spec.size` bytes, sparse) and formats it.
@@ -63,5 +68,85 @@ pub fn build_ext4(path: &Path, spec: &Ext4Spec<'_>) -> Result<(), Ext4Error> {
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
+    if let (Some(root), Some(epoch)) = (spec.root_dir, spec.clamp) {
+        clamp_times(path, root, epoch, spec.label)?;
+    }
     Ok(())
+}
+
+fn clamp_times(img: &Path, root: &Path, epoch: i64, label: &str) -> Result<(), Ext4Error> {
+    use std::fmt::Write as _;
+    use std::os::unix::fs::MetadataExt;
+    let io = |source| Ext4Error::Io {
+        path: root.display().to_string(),
+        source,
+    };
+    let mut script = String::new();
+    let mut stack = vec![(root.to_path_buf(), String::from("/"))];
+    while let Some((dir, rel)) = stack.pop() {
+        let md = std::fs::symlink_metadata(&dir).map_err(io)?;
+        push_sif(&mut script, &rel, md.mtime(), epoch);
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(io)?
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if name.contains(['"', '\n', '\\']) {
+                continue;
+            }
+            let p = if rel == "/" {
+                format!("/{name}")
+            } else {
+                format!("{rel}/{name}")
+            };
+            let md = e.path().symlink_metadata().map_err(io)?;
+            if md.is_dir() {
+                stack.push((e.path(), p));
+            } else {
+                push_sif(&mut script, &p, md.mtime(), epoch);
+            }
+        }
+    }
+    let _ = writeln!(script, "sif <11> ctime @{epoch}");
+    let script_path = img.with_extension("debugfs");
+    std::fs::write(&script_path, script).map_err(|source| Ext4Error::Io {
+        path: script_path.display().to_string(),
+        source,
+    })?;
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(img)
+        .output()
+        .map_err(Ext4Error::Spawn)?;
+    let _ = std::fs::remove_file(&script_path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // debugfs reports per-command failures on stderr but exits 0.
+    let bad: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .take(3)
+        .collect();
+    if !out.status.success() || !bad.is_empty() {
+        return Err(Ext4Error::Failed {
+            label: label.to_string(),
+            stderr: format!("debugfs (clamping timestamps): {}", bad.join("; ")),
+        });
+    }
+    Ok(())
+}
+
+fn push_sif(script: &mut String, path: &str, mtime: i64, epoch: i64) {
+    use std::fmt::Write as _;
+    for f in ["ctime", "atime", "crtime"] {
+        let _ = writeln!(script, "sif \"{path}\" {f} @{epoch}");
+    }
+    if mtime > epoch {
+        let _ = writeln!(script, "sif \"{path}\" mtime @{epoch}");
+    }
 }

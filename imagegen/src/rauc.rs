@@ -222,6 +222,7 @@ pub fn make_bundle(spec: &BundleSpec) -> Result<(), RaucError> {
                 hash_seed: derived_uuid(seed.as_bytes(), "bundle hash"),
                 epoch,
                 root_dir: Some(&dir),
+                clamp: source_date_epoch(),
             },
         )?;
     }
