@@ -35,7 +35,12 @@ pub fn parse_ndjson(body: &str) -> Result<Vec<LogLine>, NdjsonError> {
     body.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|source| NdjsonError { line: i + 1, source }))
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|source| NdjsonError {
+                line: i + 1,
+                source,
+            })
+        })
         .collect()
 }
 

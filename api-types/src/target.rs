@@ -173,8 +173,7 @@ mod tests {
         assert_eq!(svc.restart, "always");
         assert!(svc.environment.is_empty());
         assert!(t["0123"].os.is_none());
-        let again: TargetState =
-            serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        let again: TargetState = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_eq!(t, again);
     }
 }
