@@ -29,7 +29,7 @@ import tomllib
 CRATES_IO = "registry+https://github.com/rust-lang/crates.io-index"
 
 
-def render(lock_path, lock_name):
+def render(lock_path):
     try:
         with open(lock_path, "rb") as f:
             lock = tomllib.load(f)
@@ -40,7 +40,7 @@ def render(lock_path, lock_name):
     if missing:
         sys.exit(f"gen-crates-inc: no checksum in {lock_path} for {missing}")
     out = [
-        f"# Every crates.io package of the resin workspace's {lock_name}, generated; do not edit.",
+        "# Every crates.io package of the resin workspace's Cargo.lock, generated; do not edit.",
         "# Regenerate: meta-resin/scripts/gen-crates-inc.sh",
         "",
     ]
@@ -71,7 +71,7 @@ def main():
                     help="Cargo.lock to read (default: the workspace's, beside meta-resin)")
     ap.add_argument("--output", help="file to write (default: stdout)")
     args = ap.parse_args()
-    text = render(args.lock, os.path.basename(args.lock))
+    text = render(args.lock)
     if args.output:
         write_atomic(args.output, text)
     else:
