@@ -1,9 +1,56 @@
 #!/usr/bin/env bash
 # The demo: builds what it needs, starts resin-cloud, and prints how to reach it.
+#
+#   scripts/demo.sh            # cloud on http://127.0.0.1:8080, SQLite under /tmp/resin-demo
+#
+# Environment: RESIN_DEMO_DIR (default /tmp/resin-demo), RESIN_DEMO_LISTEN
+# (default 127.0.0.1:8080). Stops the cloud on Ctrl-C.
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 cd "$RESIN_ROOT"
+
+DEMO_DIR=${RESIN_DEMO_DIR:-/tmp/resin-demo}
+LISTEN=${RESIN_DEMO_LISTEN:-127.0.0.1:8080}
+URL="http://$LISTEN"
+
 install_packages
 ensure_rust
-echo "demo: not wired yet" >&2
-exit 1
+
+log "building resin-cloud (release)"
+cargo build --release -p resin-cloud
+CLOUD="$RESIN_ROOT/target/release/resin-cloud"
+
+mkdir -p "$DEMO_DIR"
+# One config for bootstrap and serve.
+export RESIN_CLOUD_DATA_DIR="$DEMO_DIR/cloud"
+export RESIN_CLOUD_LISTEN="$LISTEN"
+export RESIN_CLOUD_PUBLIC_URL="${RESIN_CLOUD_PUBLIC_URL:-$URL}"
+
+log "bootstrapping user 'demo' and fleet 'demo' (qemuarm64)"
+BOOT_JSON=$("$CLOUD" bootstrap --username demo --fleet demo --device-type qemuarm64)
+API_KEY=$(printf '%s' "$BOOT_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+FLEET_ID=$(printf '%s' "$BOOT_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["fleet_id"])')
+printf '%s\n' "$API_KEY" > "$DEMO_DIR/api-key"
+chmod 600 "$DEMO_DIR/api-key"
+
+log "starting resin-cloud on $URL (log: $DEMO_DIR/cloud.log)"
+"$CLOUD" serve >"$DEMO_DIR/cloud.log" 2>&1 &
+CLOUD_PID=$!
+trap 'log "stopping resin-cloud"; kill "$CLOUD_PID" 2>/dev/null; wait "$CLOUD_PID" 2>/dev/null || true' EXIT INT TERM
+wait_for curl -fsS "$URL/ping" || { tail -20 "$DEMO_DIR/cloud.log" >&2; die "resin-cloud did not start"; }
+
+cat <<MSG
+
+  resin-cloud is running at $URL  (SQLite: $RESIN_CLOUD_DATA_DIR/resin.db)
+  user: demo    fleet: demo (id $FLEET_ID, qemuarm64)
+  API key: $API_KEY   (also in $DEMO_DIR/api-key)
+
+  Try:
+    curl -s -H "Authorization: Bearer $API_KEY" '$URL/v1/fleet?\$expand=device'
+    curl -s -H "Authorization: Bearer $API_KEY" -X POST $URL/v1/provisioning_key \\
+         -H 'Content-Type: application/json' -d '{"fleet": $FLEET_ID, "name": "demo"}'
+    curl -s $URL/openapi.json | head -c 300
+
+  Ctrl-C stops it.
+MSG
+wait "$CLOUD_PID"
