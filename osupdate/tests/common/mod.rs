@@ -98,13 +98,19 @@ esac
         for s in ["slotA.img", "slotB.img"] {
             run(Command::new("truncate").args(["-s", "64M"]).arg(d.join(s)));
         }
-        make_ca(d, "ca");
-        make_ca(d, "foreign");
+        // Dev keys made the way the product makes them (resin-imagegen keys).
+        for signer in ["ca", "foreign"] {
+            resin_imagegen::rauc::make_dev_keys(
+                &d.join(format!("keys-{signer}")),
+                &format!("resin test {signer}"),
+            )
+            .unwrap_or_else(|e| panic!("resin-imagegen keys: {e}"));
+        }
         std::fs::create_dir_all(d.join("mnt")).unwrap();
         std::fs::write(
             d.join("system.conf"),
             format!(
-                "[system]\ncompatible={COMPATIBLE}\nbootloader=custom\nbundle-formats=plain\nmountprefix={d}/mnt\ndata-directory={d}/data\n\n[keyring]\npath={d}/ca.cert.pem\n\n[handlers]\nbootloader-custom-backend={d}/bootloader.sh\n\n[slot.rootfs.0]\ndevice={d}/slotA.img\ntype=raw\nbootname=A\n\n[slot.rootfs.1]\ndevice={d}/slotB.img\ntype=raw\nbootname=B\n",
+                "[system]\ncompatible={COMPATIBLE}\nbootloader=custom\nbundle-formats=plain\nmountprefix={d}/mnt\ndata-directory={d}/data\n\n[keyring]\npath={d}/keys-ca/keyring.pem\n\n[handlers]\nbootloader-custom-backend={d}/bootloader.sh\n\n[slot.rootfs.0]\ndevice={d}/slotA.img\ntype=raw\nbootname=A\n\n[slot.rootfs.1]\ndevice={d}/slotB.img\ntype=raw\nbootname=B\n",
                 d = d.display()
             ),
         )
@@ -205,8 +211,9 @@ esac
             .to_string()
     }
 
-    /// A plain-format bundle holding `payload` as the rootfs image, signed
-    /// by the system's CA (`signer = "ca"`) or a foreign one (`"foreign"`).
+    /// A plain-format bundle made by `resin-imagegen bundle` (its library
+    /// entry point) holding `payload` as the rootfs image, signed with the
+    /// system's dev keys (`signer = "ca"`) or foreign ones (`"foreign"`).
     pub fn bundle(
         &self,
         name: &str,
@@ -216,27 +223,23 @@ esac
         payload: &[u8],
     ) -> PathBuf {
         let d = self.path();
-        let content = d.join(format!("content-{name}"));
-        std::fs::create_dir_all(&content).unwrap();
-        std::fs::write(content.join("rootfs.img"), payload).unwrap();
-        std::fs::write(
-            content.join("manifest.raucm"),
-            format!("[update]\ncompatible={compatible}\nversion={version}\n\n[bundle]\nformat=plain\n\n[image.rootfs]\nfilename=rootfs.img\n"),
-        )
-        .unwrap();
+        let image = d.join(format!("payload-{name}.ext4"));
+        std::fs::write(&image, payload).unwrap();
+        let keys = d.join(format!("keys-{signer}"));
         let out = d.join(format!("{name}.raucb"));
-        run(Command::new("rauc")
-            .arg(format!(
-                "--cert={}",
-                d.join(format!("{signer}.cert.pem")).display()
-            ))
-            .arg(format!(
-                "--key={}",
-                d.join(format!("{signer}.key.pem")).display()
-            ))
-            .arg("bundle")
-            .arg(&content)
-            .arg(&out));
+        resin_imagegen::rauc::make_bundle(&resin_imagegen::rauc::BundleSpec {
+            rootfs: image,
+            cert: keys.join("signing.cert.pem"),
+            key: keys.join("signing.key.pem"),
+            keyring: None,
+            compatible: compatible.to_string(),
+            version: version.to_string(),
+            format: resin_imagegen::rauc::BundleFormat::Plain,
+            image_size: None,
+            slot_size: None,
+            output: out.clone(),
+        })
+        .unwrap_or_else(|e| panic!("resin-imagegen bundle: {e}"));
         out
     }
 }
@@ -247,18 +250,6 @@ impl Drop for RaucEnv {
         let _ = self.bus.kill();
         let _ = self.bus.wait();
     }
-}
-
-fn make_ca(d: &Path, name: &str) {
-    run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj",
-        ])
-        .arg(format!("/CN=resin test {name}"))
-        .arg("-keyout")
-        .arg(d.join(format!("{name}.key.pem")))
-        .arg("-out")
-        .arg(d.join(format!("{name}.cert.pem"))));
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
