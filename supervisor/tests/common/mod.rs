@@ -203,3 +203,321 @@ pub fn cleanup(app: &str) {
     }
     let _ = std::fs::remove_dir_all(format!("/tmp/resin/locks/{app}"));
 }
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// (status, body) of a request with an optional bearer key and JSON body.
+pub fn http(
+    method: &str,
+    url: &str,
+    key: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
+    let a = agent();
+    let mut b = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(k) = key {
+        b = b.header("Authorization", format!("Bearer {k}"));
+    }
+    let r = match body {
+        Some(j) => a.run(
+            b.header("Content-Type", "application/json")
+                .body(j.to_string())
+                .unwrap(),
+        ),
+        None => a.run(b.body(()).unwrap()),
+    };
+    match r {
+        Ok(mut resp) => (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Polls `f` every 250 ms until it returns Some, or panics after `secs`.
+pub fn wait_until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+fn workspace_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The resin-cloud binary, built with `cargo build -p resin-cloud` if missing.
+pub fn cloud_bin() -> PathBuf {
+    let bin = workspace_target().join("debug/resin-cloud");
+    if !bin.exists() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-p", "resin-cloud"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "cargo build -p resin-cloud failed");
+    }
+    bin
+}
+
+/// A real resin-cloud process on loopback, SQLite in a temp dir.
+pub struct CloudProc {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub admin_key: String,
+    child: Option<std::process::Child>,
+}
+
+impl CloudProc {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(cloud_bin())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["bootstrap", "--username", "admin"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bootstrap: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let admin_key = j["api_key"].as_str().unwrap().to_owned();
+        let mut c = Self {
+            dir,
+            port: free_port(),
+            admin_key,
+            child: None,
+        };
+        c.serve();
+        c
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts `serve` on the same port and data dir.
+    pub fn serve(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("cloud.log")).unwrap();
+        let child = Command::new(cloud_bin())
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--public-url",
+                &self.url(),
+                "--data-dir",
+            ])
+            .arg(self.dir.path())
+            .arg("serve")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let url = format!("{}/v1/fleet", self.url());
+        let key = self.admin_key.clone();
+        let mut last = (0, String::new());
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < end {
+            last = http("GET", &url, Some(&key), None);
+            if last.0 == 200 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("cloud.log")).unwrap_or_default();
+        panic!("resin-cloud did not answer GET {url}: {last:?}\n{log}");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let (s, b) = http(
+            "GET",
+            &format!("{}{path}", self.url()),
+            Some(&self.admin_key),
+            None,
+        );
+        assert_eq!(s, 200, "GET {path}: {b}");
+        serde_json::from_str(&b).unwrap()
+    }
+
+    pub fn create(&self, resource: &str, body: serde_json::Value) -> serde_json::Value {
+        let (s, b) = http(
+            "POST",
+            &format!("{}/v1/{resource}", self.url()),
+            Some(&self.admin_key),
+            Some(body),
+        );
+        assert_eq!(s, 201, "POST {resource}: {b}");
+        serde_json::from_str(&b).unwrap()
+    }
+
+    pub fn patch(&self, path: &str, body: serde_json::Value) {
+        let (s, b) = http(
+            "PATCH",
+            &format!("{}{path}", self.url()),
+            Some(&self.admin_key),
+            Some(body),
+        );
+        assert_eq!(s, 204, "PATCH {path}: {b}");
+    }
+}
+
+impl Drop for CloudProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A resin-supervisor process with its own state dir and local API port.
+pub struct SupervisorProc {
+    pub state: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<std::process::Child>,
+}
+
+impl SupervisorProc {
+    /// `config_json` is written to the state dir's parent; `apps` scopes it.
+    pub fn new(
+        root: &std::path::Path,
+        config_json: &serde_json::Value,
+        apps: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let state = root.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let cj = root.join("config.json");
+        std::fs::write(&cj, config_json.to_string()).unwrap();
+        let osr = root.join("os-release");
+        std::fs::write(&osr, "NAME=resin\nVERSION_ID=\"test-1\"\n").unwrap();
+        let port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "RESIN_SUPERVISOR_CONFIG_JSON".into(),
+                cj.display().to_string(),
+            ),
+            (
+                "RESIN_SUPERVISOR_STATE_DIR".into(),
+                state.display().to_string(),
+            ),
+            ("RESIN_SUPERVISOR_DOCKER_HOST".into(), docker_host()),
+            (
+                "RESIN_SUPERVISOR_LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            ),
+            (
+                "RESIN_SUPERVISOR_OS_RELEASE".into(),
+                osr.display().to_string(),
+            ),
+            (
+                "RESIN_SUPERVISOR_DATA_PATH".into(),
+                root.display().to_string(),
+            ),
+            ("RESIN_SUPERVISOR_OS_UPDATES".into(), "false".into()),
+            ("RESIN_SUPERVISOR_ONLY_APPS".into(), apps.join(",")),
+            ("RESIN_SUPERVISOR_REPORT_DEBOUNCE_MS".into(), "200".into()),
+            ("RESIN_SUPERVISOR_LOG_FLUSH_MS".into(), "300".into()),
+            ("RESIN_SUPERVISOR_LOG".into(), "debug".into()),
+        ];
+        for (k, v) in extra {
+            env.push(((*k).into(), (*v).into()));
+        }
+        Self {
+            state,
+            port,
+            log: root.join("supervisor.log"),
+            env,
+            child: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_resin-supervisor"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a power cut or OOM kill would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn api_key(&self) -> String {
+        wait_until(30, "local API key", || {
+            std::fs::read_to_string(self.state.join("local-api.key"))
+                .ok()
+                .filter(|k| !k.is_empty())
+        })
+    }
+
+    pub fn api(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
+        http(
+            method,
+            &format!("http://127.0.0.1:{}{path}", self.port),
+            Some(&self.api_key()),
+            body,
+        )
+    }
+}
+
+impl Drop for SupervisorProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,296 @@
+//! The resin-supervisor binary end to end: against a real resin-cloud
+//! process (provisioning, polling with ETag/304, state report, logs, local
+//! API, cloud outage) and a real dockerd (kill -9 mid-update, then a restart
+//! converges with no orphaned container).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// A fleet with a provisioning key and a release running `image`; returns
+/// (fleet id, fleet uuid = app uuid, provisioning key, release uuid).
+fn fleet_with_release(
+    cloud: &CloudProc,
+    name: &str,
+    image: &str,
+    command: &str,
+) -> (i64, String, String, String) {
+    let f = cloud.create("fleet", json!({"name": name, "device_type": "qemuarm64"}));
+    let fleet = f["id"].as_i64().unwrap();
+    let app = f["uuid"].as_str().unwrap().to_owned();
+    let p = cloud.create("provisioning_key", json!({"fleet": fleet, "name": "p"}));
+    let prov = p["key"].as_str().unwrap().to_owned();
+    let rel = cloud.create(
+        "release",
+        json!({"fleet": fleet, "composition": {"services": {"web": {
+            "image": image, "command": ["sh", "-c", command], "environment": {"GREETING": "hi"}}}}}),
+    );
+    cloud.patch(
+        &format!("/v1/fleet({fleet})"),
+        json!({"target_release": rel["id"]}),
+    );
+    (fleet, app, prov, rel["uuid"].as_str().unwrap().to_owned())
+}
+
+fn config_json(cloud: &CloudProc, fleet: i64, prov: &str) -> serde_json::Value {
+    json!({"apiEndpoint": cloud.url(), "fleetId": fleet, "fleetName": "f", "deviceType": "qemuarm64",
+           "provisioningKey": prov, "pollIntervalMs": 1000})
+}
+
+fn device_row(cloud: &CloudProc, uuid: &str) -> Option<serde_json::Value> {
+    let v = cloud.get(&format!("/v1/device?$filter=uuid%20eq%20'{uuid}'"));
+    v["value"].as_array().and_then(|a| a.first().cloned())
+}
+
+#[test]
+fn provisions_applies_reports_forwards_logs_and_serves_the_local_api() {
+    let mut cloud = CloudProc::start();
+    let root = tempfile::tempdir().unwrap();
+    let img = local_image(&format!("sv-test/agent-{}", &app_uuid()[..8]));
+    let cmd = "echo started $GREETING; trap 'exit 0' TERM; while true; do sleep 1; done";
+    let (fleet, app, prov, rel) = fleet_with_release(&cloud, "agent", &img, cmd);
+    let mut sup = SupervisorProc::new(
+        root.path(),
+        &config_json(&cloud, fleet, &prov),
+        &[&app],
+        &[],
+    );
+    sup.start();
+
+    // Registered, device.json holds uuid and key.
+    let dev: serde_json::Value = wait_until(30, "device.json with a key", || {
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(sup.state.join("device.json")).ok()?)
+                .ok()?;
+        d["apiKey"].is_string().then_some(d)
+    });
+    let uuid = dev["uuid"].as_str().unwrap().to_owned();
+    // The target is applied.
+    wait_until(60, "web running", || {
+        (containers_of(&app) == [format!("web running {rel}")]).then_some(())
+    });
+    // The report reaches the cloud.
+    let row = wait_until(30, "state report", || {
+        let r = device_row(&cloud, &uuid)?;
+        (r["os_version"] == "test-1" && r["supervisor_version"].is_string()).then_some(r)
+    });
+    let device_id = row["id"].as_i64().unwrap();
+    // Logs arrive.
+    wait_until(30, "container log line in the cloud", || {
+        let logs = cloud.get(&format!("/v1/device({device_id})/logs"));
+        logs["value"]
+            .as_array()?
+            .iter()
+            .any(|l| l["message"] == "started hi")
+            .then_some(())
+    });
+    // Polls after the first are answered 304.
+    wait_until(15, "a 304", || {
+        sup.log_text().contains("not modified (304)").then_some(())
+    });
+
+    // Local API.
+    let base = format!("http://127.0.0.1:{}", sup.port);
+    assert_eq!(
+        http("GET", &format!("{base}/ping"), None, None),
+        (200, "OK".into())
+    );
+    assert_eq!(
+        http("GET", &format!("{base}/v2/version"), None, None).0,
+        401
+    );
+    assert_eq!(
+        http("GET", &format!("{base}/v2/version"), Some("wrong"), None).0,
+        401
+    );
+    let (s, b) = sup.api("GET", "/v2/version", None);
+    assert_eq!(s, 200, "{b}");
+    assert!(b.contains("success"));
+    assert_eq!(sup.api("GET", "/v1/healthy", None).0, 200);
+    let (s, b) = sup.api("GET", "/v2/applications/state", None);
+    assert_eq!(s, 200);
+    let state: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        state[&app]["services"]["web"]["status"], "running",
+        "{state}"
+    );
+    let action = |a: &str| {
+        sup.api(
+            "POST",
+            &format!("/v2/applications/{app}/{a}"),
+            Some(json!({"serviceName": "web"})),
+        )
+    };
+    assert_eq!(action("stop-service").0, 200);
+    wait_until(30, "web stopped", || {
+        (containers_of(&app) == [format!("web exited {rel}")]).then_some(())
+    });
+    assert_eq!(action("start-service").0, 200);
+    wait_until(30, "web running again", || {
+        (containers_of(&app) == [format!("web running {rel}")]).then_some(())
+    });
+    assert_eq!(action("no-such-action").0, 404);
+    let (s, _) = sup.api(
+        "POST",
+        &format!("/v2/applications/{app}/stop-service"),
+        Some(json!({"serviceName": "nope"})),
+    );
+    assert_eq!(s, 404);
+    let (s, _) = sup.api(
+        "POST",
+        &format!("/v2/applications/{app}/stop-service"),
+        Some(json!({"bad": 1})),
+    );
+    assert!(s == 400 || s == 422, "{s}");
+    assert_eq!(
+        sup.api("POST", "/v1/update", Some(json!({"force": true})))
+            .0,
+        204
+    );
+
+    // A restart does not register again: the same key keeps working (the
+    // cloud revokes the old key on every registration).
+    sup.kill9();
+    sup.start();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sup.state.join("device.json")).unwrap())
+            .unwrap();
+    assert_eq!(again, dev);
+    let (s, _) = http(
+        "GET",
+        &format!("{}/device/v3/{uuid}/state", cloud.url()),
+        dev["apiKey"].as_str(),
+        None,
+    );
+    assert_eq!(s, 200);
+    let devices = cloud.get(&format!("/v1/device?$filter=fleet%20eq%20{fleet}"));
+    assert_eq!(devices["value"].as_array().unwrap().len(), 1);
+
+    // Cloud away: the app keeps running, also across a supervisor restart.
+    cloud.stop();
+    sup.kill9();
+    sup.start();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(containers_of(&app), [format!("web running {rel}")]);
+    assert!(sup.log_text().contains("target poll failed"));
+
+    sup.kill9();
+    cleanup(&app);
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+#[test]
+fn dropped_log_lines_are_counted_and_reported_when_the_cloud_returns() {
+    let mut cloud = CloudProc::start();
+    let root = tempfile::tempdir().unwrap();
+    let img = local_image(&format!("sv-test/logs-{}", &app_uuid()[..8]));
+    let cmd = "i=0; trap 'exit 0' TERM; while true; do i=$((i+1)); echo line $i; sleep 0.05; done";
+    let (fleet, app, prov, _rel) = fleet_with_release(&cloud, "logs", &img, cmd);
+    let mut sup = SupervisorProc::new(
+        root.path(),
+        &config_json(&cloud, fleet, &prov),
+        &[&app],
+        &[("RESIN_SUPERVISOR_LOG_BUFFER_LINES", "20")],
+    );
+    sup.start();
+    let uuid = wait_until(60, "running and logging", || {
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(sup.state.join("device.json")).ok()?)
+                .ok()?;
+        let u = d["uuid"].as_str()?.to_owned();
+        let id = device_row(&cloud, &u)?["id"].as_i64()?;
+        let logs = cloud.get(&format!("/v1/device({id})/logs"));
+        logs["value"]
+            .as_array()?
+            .iter()
+            .any(|l| l["message"].as_str().unwrap_or("").starts_with("line "))
+            .then_some(u)
+    });
+    cloud.stop();
+    // ~60 lines in 3 s against a 20-line buffer.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    cloud.serve();
+    let id = device_row(&cloud, &uuid).unwrap()["id"].as_i64().unwrap();
+    let line = wait_until(30, "the dropped-lines system line", || {
+        let logs = cloud.get(&format!("/v1/device({id})/logs"));
+        logs["value"].as_array()?.iter().find_map(|l| {
+            let m = l["message"].as_str()?;
+            (l["isSystem"] == true && m.contains("dropped")).then(|| m.to_owned())
+        })
+    });
+    let n: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap();
+    assert!(n >= 10, "{line}");
+    sup.kill9();
+    cleanup(&app);
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+#[test]
+fn kill_9_mid_update_then_restart_converges_without_orphans() {
+    // No cloud: the supervisor runs the persisted target.json, as offline.
+    let root = tempfile::tempdir().unwrap();
+    let app = app_uuid();
+    let uuid = app_uuid();
+    let img = local_image(&format!("sv-test/kill9-{}", &app[..8]));
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("device.json"),
+        json!({"uuid": uuid, "apiKey": "k", "id": 1}).to_string(),
+    )
+    .unwrap();
+    let write_target = |release: &str, n: usize| {
+        let mut services = serde_json::Map::new();
+        for i in 0..n {
+            services.insert(format!("s{i}"), serde_json::to_value(svc(&img)).unwrap());
+        }
+        let t = json!({"etag": null, "target": {uuid.clone(): {"name": "d", "apps": {app.clone(): {"name": "a",
+            "releases": {release: {"services": services}}}}}}});
+        std::fs::write(state.join("target.json"), t.to_string()).unwrap();
+    };
+    let cj = json!({"apiEndpoint": format!("http://127.0.0.1:{}", free_port()), "fleetId": 1, "fleetName": "f",
+                    "deviceType": "qemuarm64", "provisioningKey": "unused", "pollIntervalMs": 60000});
+    write_target("rel1", 6);
+    let mut sup = SupervisorProc::new(root.path(), &cj, &[&app], &[]);
+    sup.start();
+    wait_until(60, "release 1 running", || {
+        let c = containers_of(&app);
+        (c.len() == 6 && c.iter().all(|l| l.ends_with("running rel1"))).then_some(())
+    });
+    sup.kill9();
+
+    // Release 2: kill -9 as soon as the update has started.
+    write_target("rel2", 6);
+    sup.start();
+    wait_until(60, "update under way", || {
+        containers_of(&app)
+            .iter()
+            .any(|l| l.ends_with("rel2"))
+            .then_some(())
+    });
+    sup.kill9();
+    let mid = containers_of(&app);
+    assert!(
+        mid.iter().any(|l| l.ends_with("rel1")),
+        "killed too late to be mid-update: {mid:?}"
+    );
+
+    sup.start();
+    wait_until(90, "release 2 converged", || {
+        let c = containers_of(&app);
+        (c.len() == 6 && c.iter().all(|l| l.ends_with("running rel2"))).then_some(())
+    });
+    // Still converged a moment later: nothing left behind.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let c = containers_of(&app);
+    assert_eq!(c.len(), 6, "{c:?}");
+    sup.kill9();
+    cleanup(&app);
+    let _ = docker_ok(&["rmi", &img]);
+}
