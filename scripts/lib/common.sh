@@ -15,7 +15,7 @@ RESIN_APT_PACKAGES=(
   # cloud tests, benchmarks
   postgresql nginx-light wrk
   # supervisor tests
-  docker.io docker-registry dbus
+  docker.io docker-registry dbus busybox-static
   # OS updates
   rauc rauc-service openssl squashfs-tools
   # imagegen
