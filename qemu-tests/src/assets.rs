@@ -91,12 +91,22 @@ pub struct Keys {
     pub foreign_key: PathBuf,
 }
 
+/// Runs openssl quietly (its key-generation progress goes nowhere), keeping
+/// stderr for the error.
 fn openssl(dir: &Path, args: &[&str]) -> Result<(), AssetError> {
-    run(
-        "openssl",
-        Command::new("openssl").current_dir(dir).args(args),
-    )
-    .map(|_| ())
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .map_err(io("starting openssl"))?;
+    if !out.status.success() {
+        return Err(AssetError::Command {
+            what: format!("openssl {}", args.first().copied().unwrap_or_default()),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Makes (or reuses) test keys in `dir` with openssl: CA → signing cert, and a

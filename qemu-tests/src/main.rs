@@ -157,8 +157,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or(0)
                 )),
             };
-            std::fs::create_dir_all(&work)
-                .with_context(|| format!("creating {}", work.display()))?;
+            fresh_work_dir(&work)?;
             println!("resin-qemu: artefacts in {}", work.display());
             let ok = run_scenarios(&c, &ws, &work, &scenarios, hold, &abs)?;
             if ok && !c.keep && !hold {
@@ -173,6 +172,28 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Marks a work dir as the runner's, so a later run may empty it.
+const WORK_MARKER: &str = ".resin-qemu-work";
+
+/// Empties `work` if an earlier run made it (it has the marker); refuses a
+/// non-empty directory without the marker; creates it and the marker.
+fn fresh_work_dir(work: &Path) -> anyhow::Result<()> {
+    if work.join(WORK_MARKER).exists() {
+        std::fs::remove_dir_all(work).with_context(|| format!("emptying {}", work.display()))?;
+    } else if std::fs::read_dir(work)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+    {
+        bail!(
+            "{} is not empty and not an earlier resin-qemu work dir; pick another --work-dir",
+            work.display()
+        );
+    }
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    std::fs::write(work.join(WORK_MARKER), b"").context("writing the work dir marker")?;
+    Ok(())
 }
 
 fn run_scenarios(
