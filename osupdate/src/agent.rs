@@ -270,8 +270,15 @@ impl Agent {
                             let cloud = self.health.borrow().cloud_reachable;
                             self.machine.apply(|s| s.start_download(tv, tb, cloud))?;
                         }
+                        None => {
+                            // No target yet (the supervisor has not polled
+                            // since the restart): keep the download state.
+                            self.publish();
+                            return Ok(Next::Wait);
+                        }
                         _ => {
-                            // The target went away or back to what runs.
+                            // The target went back to what runs, or lost
+                            // its bundle.
                             self.machine.apply(State::cancel)?;
                         }
                     }
