@@ -585,6 +585,26 @@ async fn terminal_states_survive_a_restart_without_doing_anything() {
         assert!(a.reboot.try_recv().is_err());
         a.kill().await;
     }
+    // A failure survives the restart, and so does its backoff: the same
+    // target is not fetched again at once.
+    let mut m = h.machine();
+    m.set(State::Idle).unwrap();
+    m.apply(|s| s.start_download("2.0", &h.bundle, true))
+        .unwrap();
+    m.apply(|s| s.fail("bad signature")).unwrap();
+    h.target_v2();
+    let mut a = h.start(&[]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = a.report.borrow().clone();
+    assert_eq!(r.state, OsUpdateState::Failed);
+    assert_eq!(r.reason.as_deref(), Some("bad signature"));
+    assert!(h.server.requests.lock().unwrap().is_empty());
+    assert!(a.reboot.try_recv().is_err());
+    a.kill().await;
+    h.target.send_replace(Some(OsTarget {
+        version: "1.0".into(),
+        bundle: None,
+    }));
     // An unreadable state file is moved aside, not fatal.
     std::fs::write(h.p("state/osupdate.json"), "{garbage").unwrap();
     let mut a = h.start(&[]);
