@@ -30,15 +30,28 @@ fn now_ms() -> i64 {
 /// A bounded FIFO of log lines that drops the oldest when full.
 #[derive(Debug)]
 pub struct LogBuffer {
-    lines: VecDeque<LogLine>,
+    /// (sequence number, line)
+    lines: VecDeque<(u64, LogLine)>,
+    next_seq: u64,
     cap: usize,
     dropped: u64,
+}
+
+/// A batch taken from the buffer; [`LogBuffer::ack`] it once sent.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub lines: Vec<LogLine>,
+    /// The drop count the leading system line reported (0: none).
+    reported_drops: u64,
+    /// Sequence number of the last buffered line in the batch.
+    last_seq: Option<u64>,
 }
 
 impl LogBuffer {
     pub fn new(cap: usize) -> Self {
         Self {
             lines: VecDeque::new(),
+            next_seq: 0,
             cap: cap.max(1),
             dropped: 0,
         }
@@ -49,7 +62,8 @@ impl LogBuffer {
             self.lines.pop_front();
             self.dropped += 1;
         }
-        self.lines.push_back(line);
+        self.lines.push_back((self.next_seq, line));
+        self.next_seq += 1;
     }
 
     pub fn len(&self) -> usize {
@@ -60,17 +74,17 @@ impl LogBuffer {
         self.lines.is_empty()
     }
 
-    /// Lines dropped since the last successful send.
+    /// Lines dropped and not yet reported.
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
 
     /// The next batch to send (not removed until [`LogBuffer::ack`]),
     /// led by a system line counting the dropped lines, if any.
-    pub fn batch(&self, max: usize) -> Vec<LogLine> {
-        let mut out = Vec::new();
+    pub fn batch(&self, max: usize) -> Batch {
+        let mut lines = Vec::new();
         if self.dropped > 0 {
-            out.push(LogLine {
+            lines.push(LogLine {
                 timestamp: now_ms(),
                 service: None,
                 message: format!(
@@ -81,19 +95,23 @@ impl LogBuffer {
                 is_system: true,
             });
         }
-        out.extend(self.lines.iter().take(max).cloned());
-        out
+        let taken: Vec<&(u64, LogLine)> = self.lines.iter().take(max).collect();
+        lines.extend(taken.iter().map(|(_, l)| l.clone()));
+        Batch {
+            lines,
+            reported_drops: self.dropped,
+            last_seq: taken.last().map(|(s, _)| *s),
+        }
     }
 
-    /// The batch from [`LogBuffer::batch`] arrived: forget it.
-    pub fn ack(&mut self, batch: &[LogLine]) {
-        let mut n = batch.len();
-        if self.dropped > 0 && batch.first().is_some_and(|l| l.is_system) {
-            self.dropped = 0;
-            n -= 1;
-        }
-        for _ in 0..n.min(self.lines.len()) {
-            self.lines.pop_front();
+    /// The batch arrived: forget its lines (those still buffered; lines
+    /// dropped meanwhile are gone anyway) and the drops it reported.
+    pub fn ack(&mut self, batch: &Batch) {
+        self.dropped = self.dropped.saturating_sub(batch.reported_drops);
+        if let Some(last) = batch.last_seq {
+            while self.lines.front().is_some_and(|(s, _)| *s <= last) {
+                self.lines.pop_front();
+            }
         }
     }
 }
@@ -183,7 +201,7 @@ pub async fn run(
                     Ok(b) if !b.is_empty() || b.dropped() > 0 => b.batch(BATCH_LINES),
                     _ => continue,
                 };
-                let (c, u, k, lines) = (cloud.clone(), uuid.clone(), key.clone(), batch.clone());
+                let (c, u, k, lines) = (cloud.clone(), uuid.clone(), key.clone(), batch.lines.clone());
                 match tokio::task::spawn_blocking(move || c.logs(&u, &k, &lines)).await {
                     Ok(Ok(())) => {
                         if let Ok(mut b) = buf.lock() { b.ack(&batch); }
@@ -219,13 +237,14 @@ mod tests {
         }
         assert_eq!(b.dropped(), 2);
         let batch = b.batch(10);
-        assert!(batch[0].is_system && batch[0].message.contains("dropped 2 log lines"));
-        let msgs: Vec<&str> = batch[1..].iter().map(|l| l.message.as_str()).collect();
+        let l = &batch.lines;
+        assert!(l[0].is_system && l[0].message.contains("dropped 2 log lines"));
+        let msgs: Vec<&str> = l[1..].iter().map(|l| l.message.as_str()).collect();
         assert_eq!(msgs, ["2", "3", "4"]);
         b.ack(&batch);
         assert!(b.is_empty());
         assert_eq!(b.dropped(), 0);
-        assert!(b.batch(10).is_empty());
+        assert!(b.batch(10).lines.is_empty());
     }
 
     #[test]
@@ -235,9 +254,33 @@ mod tests {
             b.push(line(&i.to_string()));
         }
         let batch = b.batch(2);
-        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.lines.len(), 2);
         b.ack(&batch);
         assert_eq!(b.len(), 2);
-        assert_eq!(b.batch(10)[0].message, "2");
+        assert_eq!(b.batch(10).lines[0].message, "2");
+    }
+
+    #[test]
+    fn lines_dropped_while_a_batch_is_in_flight_are_not_lost_twice() {
+        let mut b = LogBuffer::new(3);
+        for i in 0..3 {
+            b.push(line(&i.to_string()));
+        }
+        let batch = b.batch(2); // lines 0 and 1 in flight
+        for i in 3..5 {
+            b.push(line(&i.to_string())); // drops 0 and 1
+        }
+        b.ack(&batch);
+        // Lines evicted while in flight count as dropped even though the
+        // send then succeeded: an overcount, never a loss without a count.
+        let msgs: Vec<String> = b
+            .batch(10)
+            .lines
+            .iter()
+            .map(|l| l.message.clone())
+            .collect();
+        assert_eq!(msgs.len(), 4, "{msgs:?}"); // the drop line, then 2, 3, 4
+        assert!(msgs[0].contains("dropped 2"));
+        assert_eq!(&msgs[1..], ["2", "3", "4"]);
     }
 }
