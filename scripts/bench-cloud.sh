@@ -8,6 +8,7 @@
 #   scripts/bench-cloud.sh                     # N = 1k, 10k, 100k; 60 s open loop at 100k
 #   DEVICES=1000 INTERVAL=0 scripts/bench-cloud.sh   # quick look
 #   BACKENDS=sqlite scripts/bench-cloud.sh
+#   SKIP_BUILD=1 CARGO_TARGET_DIR=/tmp/t scripts/bench-cloud.sh   # binaries already built there
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 cd "$RESIN_ROOT"
@@ -25,8 +26,10 @@ mkdir -p "$OUT"
 
 install_packages
 ensure_rust
-log "building release binaries (resin-cloud, resin-loadgen)"
-cargo build --release --locked -p resin-cloud -p resin-bench
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  log "building release binaries (resin-cloud, resin-loadgen)"
+  cargo build --release --locked -p resin-cloud -p resin-bench
+fi
 BIN=${CARGO_TARGET_DIR:-$RESIN_ROOT/target}/release
 
 pids=()

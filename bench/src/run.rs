@@ -64,6 +64,8 @@ struct Stats {
     full: u64,
     patches: u64,
     errors: u64,
+    /// Open loop: polls that were due before the end but never sent.
+    missed: u64,
     first_error: Option<String>,
     /// Microseconds from send to answer.
     poll_us: Vec<u32>,
@@ -78,6 +80,7 @@ impl Stats {
         self.full += o.full;
         self.patches += o.patches;
         self.errors += o.errors;
+        self.missed += o.missed;
         if self.first_error.is_none() {
             self.first_error = o.first_error;
         }
@@ -124,6 +127,7 @@ struct Row {
     patches_per_s: f64,
     patch_p99_ms: f64,
     errors: u64,
+    missed: u64,
 }
 
 fn row(cfg: &Config, side: &str, mode: &str, n: usize, secs: f64, mut s: Stats) -> Row {
@@ -151,9 +155,10 @@ fn row(cfg: &Config, side: &str, mode: &str, n: usize, secs: f64, mut s: Stats) 
         patches_per_s: s.patches as f64 / secs,
         patch_p99_ms: pct(&mut s.patch_us, 0.99),
         errors: s.errors,
+        missed: s.missed,
     };
     eprintln!(
-        "[{}] {:<6} {:<11} N={:<6} polls/s={:>9.0} 304={:>5.1}% p50={:.2}ms p99={:.2}ms{} patches/s={:.0} errors={}{}",
+        "[{}] {:<6} {:<11} N={:<6} polls/s={:>9.0} 304={:>5.1}% p50={:.2}ms p99={:.2}ms{} patches/s={:.0} errors={} missed={}{}",
         r.backend,
         r.side,
         r.mode,
@@ -165,6 +170,7 @@ fn row(cfg: &Config, side: &str, mode: &str, n: usize, secs: f64, mut s: Stats) 
         r.sched_p99_ms.map(|x| format!(" sched-p99={x:.2}ms")).unwrap_or_default(),
         r.patches_per_s,
         r.errors,
+        r.missed,
         s.first_error.map(|e| format!(" (first: {e})")).unwrap_or_default(),
     );
     println!("{}", serde_json::to_string(&r).unwrap_or_default());
@@ -546,6 +552,12 @@ async fn open(cfg: &Config, side: &Arc<Side>, devs: &Arc<Vec<Device>>, n: usize)
             let mut k: u64 = rand::rng().random_range(0..patch_every.max(1));
             while let Some(Reverse((due, i))) = heap.pop() {
                 if due >= end {
+                    break;
+                }
+                // A server that falls behind must not stretch the run: at
+                // the end, what is still due counts as missed, not sent.
+                if TInstant::now() >= end {
+                    s.missed += 1 + heap.iter().filter(|Reverse((d, _))| *d < end).count() as u64;
                     break;
                 }
                 tokio::time::sleep_until(due).await;
