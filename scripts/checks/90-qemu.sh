@@ -18,8 +18,9 @@ start_registry
 write_env
 
 # Only scenarios seen passing here are listed; the others are run by hand
-# (target/debug/resin-qemu run provision deploy update-app).
-SCENARIOS=${RESIN_QEMU_SCENARIOS:-boot}
+# (target/debug/resin-qemu run deploy update-app after provision). provision
+# includes the boot (UEFI -> GRUB -> slot A) of the image the cloud configured.
+SCENARIOS=${RESIN_QEMU_SCENARIOS:-provision}
 
 log "building resin-qemu, resin-cloud and resin-imagegen"
 cargo build --quiet ${CI:+--locked} -p resin-qemu-tests -p resin-cloud -p resin-imagegen
