@@ -1,7 +1,7 @@
 //! Builds ext4 filesystem images with e2fsprogs' `mkfs.ext4 -d` (no root, no loop device),
 //! with a fixed UUID, hash seed and creation time so builds are reproducible. With
-//! SOURCE_DATE_EPOCH set, every copied inode's ctime/atime/crtime is then set to it and its
-//! mtime clamped to it (e2fsprogs 1.47.0 copies the source's ctime, which no input controls),
+//! SOURCE_DATE_EPOCH set, every inode's ctime and atime are then set to it and copied
+//! mtimes clamped to it (e2fsprogs 1.47.0 copies the source's ctime, which no input controls),
 //! through one batched `debugfs -w` run.
 
 use std::path::Path;
@@ -76,16 +76,33 @@ pub fn build_ext4(path: &Path, spec: &Ext4Spec<'_>) -> Result<(), Ext4Error> {
 
 fn clamp_times(img: &Path, root: &Path, epoch: i64, label: &str) -> Result<(), Ext4Error> {
     use std::fmt::Write as _;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
     let io = |source| Ext4Error::Io {
         path: root.display().to_string(),
         source,
     };
+    // libext2fs allocates the copied inodes in order from the first free one, so the inodes in
+    // use are the reserved ones plus 11..=used: address them by number (fast; no path lookups).
+    let mut sb = [0u8; 1024];
+    std::fs::File::open(img)
+        .and_then(|f| f.read_exact_at(&mut sb, 1024))
+        .map_err(|source| Ext4Error::Io {
+            path: img.display().to_string(),
+            source,
+        })?;
+    let count = u32::from_le_bytes([sb[0], sb[1], sb[2], sb[3]]);
+    let free = u32::from_le_bytes([sb[16], sb[17], sb[18], sb[19]]);
+    let used = count.saturating_sub(free);
     let mut script = String::new();
+    for ino in std::iter::once(2).chain(11..=used) {
+        let _ = writeln!(script, "sif <{ino}> ctime @{epoch}");
+        let _ = writeln!(script, "sif <{ino}> atime @{epoch}");
+    }
+    // mtimes newer than the epoch are clamped (by path: only those few need a lookup).
     let mut stack = vec![(root.to_path_buf(), String::from("/"))];
     while let Some((dir, rel)) = stack.pop() {
         let md = std::fs::symlink_metadata(&dir).map_err(io)?;
-        push_sif(&mut script, &rel, md.mtime(), epoch);
+        push_mtime(&mut script, &rel, md.mtime(), epoch);
         let mut entries: Vec<_> = std::fs::read_dir(&dir)
             .map_err(io)?
             .collect::<Result<_, _>>()
@@ -107,11 +124,10 @@ fn clamp_times(img: &Path, root: &Path, epoch: i64, label: &str) -> Result<(), E
             if md.is_dir() {
                 stack.push((e.path(), p));
             } else {
-                push_sif(&mut script, &p, md.mtime(), epoch);
+                push_mtime(&mut script, &p, md.mtime(), epoch);
             }
         }
     }
-    let _ = writeln!(script, "sif <11> ctime @{epoch}");
     let script_path = img.with_extension("debugfs");
     std::fs::write(&script_path, script).map_err(|source| Ext4Error::Io {
         path: script_path.display().to_string(),
@@ -141,11 +157,8 @@ fn clamp_times(img: &Path, root: &Path, epoch: i64, label: &str) -> Result<(), E
     Ok(())
 }
 
-fn push_sif(script: &mut String, path: &str, mtime: i64, epoch: i64) {
+fn push_mtime(script: &mut String, path: &str, mtime: i64, epoch: i64) {
     use std::fmt::Write as _;
-    for f in ["ctime", "atime", "crtime"] {
-        let _ = writeln!(script, "sif \"{path}\" {f} @{epoch}");
-    }
     if mtime > epoch {
         let _ = writeln!(script, "sif \"{path}\" mtime @{epoch}");
     }
