@@ -135,3 +135,45 @@ fn read_file(path: &Path) -> Result<ConfigArgs, ConfigError> {
         source,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_file_and_flags_layer_in_order() {
+        let c = ConfigArgs::default().resolve().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite:///var/lib/resin-cloud/resin.db");
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+        assert_eq!((c.offline_after_secs, c.log_retention), (180, 1000));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cloud.toml");
+        std::fs::write(&file, "data_dir = \"/srv/resin\"\nlog_retention = 7\npublic_url = \"http://10.0.2.2:8080/\"\n").unwrap();
+        let args = ConfigArgs {
+            config: Some(file.clone()),
+            log_retention: Some(9),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.database_url, "sqlite:///srv/resin/resin.db");
+        assert_eq!(c.log_retention, 9, "flags beat the file");
+        assert_eq!(c.public_url, "http://10.0.2.2:8080");
+
+        std::fs::write(&file, "colour = \"red\"\n").unwrap();
+        let err = ConfigArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+        let bad = ConfigArgs {
+            database_url: Some("mysql://x".into()),
+            ..Default::default()
+        };
+        assert!(bad.resolve().is_err());
+    }
+}
