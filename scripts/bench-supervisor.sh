@@ -13,7 +13,7 @@ ensure_rust
 export DOCKER_HOST=$RESIN_TEST_DOCKER_HOST
 
 cargo build --release -p resin-supervisor >&2
-BIN=target/release/resin-supervisor
+BIN=${CARGO_TARGET_DIR:-target}/release/resin-supervisor
 size=$(stat -c %s "$BIN")
 
 W=$(mktemp -d); trap 'kill $SUP 2>/dev/null || true; rm -rf "$W"' EXIT
