@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# The demo: builds what it needs, starts resin-cloud, and prints how to reach it.
+# The demo: builds what it needs (cached), starts resin-cloud and the registry
+# on loopback, boots one emulated ARM64 device from a configured image the
+# cloud hands out, deploys a sample release (two services), prints where the
+# cloud is and the device's uuid, then follows the device's logs until Ctrl-C.
 #
-#   scripts/demo.sh            # cloud on http://127.0.0.1:8080, SQLite under /tmp/resin-demo
+#   scripts/demo.sh               # the device demo (first run builds the arm64 rootfs,
+#                                 # kernel and supervisor: 15-30 min; later runs reuse them)
+#   scripts/demo.sh --cloud-only  # fallback: only the cloud on http://127.0.0.1:8080,
+#                                 # SQLite under /tmp/resin-demo
 #
 # Environment: RESIN_DEMO_DIR (default /tmp/resin-demo), RESIN_DEMO_LISTEN
 # (default 127.0.0.1:8080). Stops the cloud on Ctrl-C.
@@ -15,6 +21,21 @@ URL="http://$LISTEN"
 
 install_packages
 ensure_rust
+
+if [ "${1:-}" != "--cloud-only" ]; then
+  # The device path: qemu-tests' runner does the whole flow (docs/qemu-tests.md).
+  ensure_binfmt
+  start_dockerd
+  start_registry
+  write_env
+  log "building resin-qemu, resin-cloud and resin-imagegen"
+  cargo build --quiet -p resin-qemu-tests -p resin-cloud -p resin-imagegen
+  mkdir -p "$DEMO_DIR"
+  if ! target/debug/resin-qemu --work-dir "$DEMO_DIR/device" --keep run provision deploy --hold; then
+    die "the device demo failed (artefacts in $DEMO_DIR/device); scripts/demo.sh --cloud-only runs the cloud alone"
+  fi
+  exit 0
+fi
 
 log "building resin-cloud (release)"
 cargo build --release -p resin-cloud
