@@ -58,6 +58,7 @@ pub fn to_ndjson(lines: &[LogLine]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
