@@ -344,12 +344,7 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
     disk.sync_all().map_err(io_ctx("syncing the image"))?;
 
     // 6. bmap and compressed copy (from the temp image), then rename everything into place.
-    let bmap_path = opts.bmap.then(|| sibling(&opts.output, ".bmap"));
-    if let Some(bp) = &bmap_path {
-        let text = crate::bmap::bmap_for(disk).map_err(io_ctx("computing the bmap"))?;
-        crate::util::write_atomic(bp, text.as_bytes())
-            .map_err(io_ctx(format!("writing {}", bp.display())))?;
-    }
+    // The compressed copy first, so a failure leaves neither it nor a stale .bmap behind.
     let compressed = if opts.compression != Compression::None {
         let cp = sibling(&opts.output, opts.compression.suffix());
         compress_to(disk, plan.disk_size, opts.compression, &cp)?;
@@ -357,6 +352,12 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
     } else {
         None
     };
+    let bmap_path = opts.bmap.then(|| sibling(&opts.output, ".bmap"));
+    if let Some(bp) = &bmap_path {
+        let text = crate::bmap::bmap_for(disk).map_err(io_ctx("computing the bmap"))?;
+        crate::util::write_atomic(bp, text.as_bytes())
+            .map_err(io_ctx(format!("writing {}", bp.display())))?;
+    }
     crate::util::make_readable(disk).map_err(io_ctx("setting the image's mode"))?;
     tmp_img.persist(&opts.output).map_err(|e| BuildError::Io {
         context: format!("renaming the image to {}", opts.output.display()),
