@@ -537,6 +537,12 @@ impl<'a> Renderer<'a> {
                 Ok(Ty::Bool)
             }
             Expr::In { target, list } => {
+                if !matches!(**target, Expr::Path(_)) {
+                    return Err(RenderError::Unsupported(format!(
+                        "the left side of 'in' must be a property, not {}",
+                        describe(target)
+                    )));
+                }
                 let t = self.check(set, target)?;
                 if matches!(t, Ty::Null | Ty::Json) {
                     return mismatch(format!(

@@ -718,6 +718,16 @@ fn render_errors() {
         ),
         (
             "device",
+            "$filter=(id eq 1) in (true, null)",
+            "the left side of 'in' must be a property",
+        ),
+        (
+            "device",
+            "$filter=1 in (1)",
+            "the left side of 'in' must be a property",
+        ),
+        (
+            "device",
             "$expand=fleet($expand=devices($filter=nope eq 1))",
             "'device' has no field 'nope'",
         ),
