@@ -17,12 +17,12 @@ start_dockerd
 start_registry
 write_env
 
-# Only scenarios seen passing here are listed; the others are run by hand
-# (target/debug/resin-qemu run deploy update-app after provision). provision
+# Only scenarios seen passing here are listed (os-update, rollback, bad-bundle
+# and power-cut are not implemented yet). provision
 # includes the boot (UEFI -> GRUB -> slot A) of the image the cloud configured.
-SCENARIOS=${RESIN_QEMU_SCENARIOS:-provision}
+SCENARIOS=${RESIN_QEMU_SCENARIOS:-provision deploy update-app}
 
 log "building resin-qemu, resin-cloud and resin-imagegen"
 cargo build --quiet ${CI:+--locked} -p resin-qemu-tests -p resin-cloud -p resin-imagegen
 # shellcheck disable=SC2086
-target/debug/resin-qemu run $SCENARIOS
+target/debug/resin-qemu --apps-timeout 600 run $SCENARIOS
