@@ -138,6 +138,17 @@ impl Db {
         Ok(())
     }
 
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock up front (`BEGIN IMMEDIATE`), so concurrent writers wait on the
+    /// busy timeout instead of failing with `database is locked` when a
+    /// deferred transaction tries to upgrade its read lock.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Counts rows of a query returning one BIGINT.
     pub async fn scalar_i64(&self, sql: &'static str, id: i64) -> Result<Option<i64>, sqlx::Error> {
         let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;

@@ -51,7 +51,7 @@ pub async fn register(
         )));
     }
     let (key, hash) = auth::new_key(KeyKind::Device);
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin_write().await?;
     let existing = sqlx::query("SELECT id, fleet FROM device WHERE uuid = $1")
         .bind(&req.uuid)
         .fetch_optional(&mut *tx)
@@ -375,7 +375,7 @@ pub async fn report_state(
         }
         updates.push((id, sets));
     }
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin_write().await?;
     for (id, sets) in updates {
         let cols: Vec<String> = sets
             .iter()

@@ -124,7 +124,7 @@ pub async fn bootstrap(
     username: &str,
     fleet: Option<(&str, &str)>,
 ) -> Result<Bootstrapped, sqlx::Error> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let existing = sqlx::query("SELECT id FROM \"user\" WHERE username = $1")
         .bind(username)
         .fetch_optional(&mut *tx)

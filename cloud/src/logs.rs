@@ -82,7 +82,7 @@ pub async fn store(app: &AppState, device: i64, lines: Vec<LogLine>) -> ApiResul
     if lines.is_empty() {
         return Ok(0);
     }
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin_write().await?;
     let mut events = Vec::with_capacity(lines.len());
     for line in lines {
         let row = sqlx::query(

@@ -358,7 +358,7 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
         device_name: None,
     };
     let json = serde_json::to_vec_pretty(&config).map_err(ApiError::internal)?;
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin_write().await?;
     sqlx::query(
         "INSERT INTO provisioning_key (fleet, name, key_hash, created_at) VALUES ($1, $2, $3, $4)",
     )

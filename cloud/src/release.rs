@@ -236,7 +236,7 @@ pub async fn create(app: &AppState, actor: &Actor, body: &Value) -> ApiResult<(S
         )));
     }
     let mut target = parse_composition(composition)?;
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin_write().await?;
     let row = sqlx::query(
         "INSERT INTO \"release\" (uuid, fleet, composition, target_json, status, created_at) \
          VALUES ($1, $2, $3, '{}', $4, $5) RETURNING id",

@@ -499,7 +499,7 @@ pub async fn delete(app: &AppState, actor: &Actor, res: &Resource, id: i64) -> A
     if !may_write(app, actor, res.name, id).await? {
         return Err(ApiError::not_found(format!("{}({id}) not found", res.name)));
     }
-    let mut tx = app.db.pool.begin().await?;
+    let mut tx = app.db.begin_write().await?;
     if res.name == "release" {
         sqlx::query("UPDATE fleet SET target_release = NULL WHERE target_release = $1")
             .bind(id)

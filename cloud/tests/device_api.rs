@@ -15,7 +15,8 @@ use serde_json::json;
 both!(
     register_target_report_logs,
     retention_and_offline,
-    bundles_with_ranges
+    bundles_with_ranges,
+    concurrent_registrations_and_reports
 );
 
 fn register_target_report_logs(backend: Backend) {
@@ -546,4 +547,34 @@ impl Bytes for Server {
         let body = resp.into_body().read_to_vec().unwrap();
         (st, cr, body)
     }
+}
+
+/// Many devices registering and reporting at once: every request succeeds
+/// (on SQLite, concurrent writers used to get `500 database is locked`).
+fn concurrent_registrations_and_reports(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, alice) = s.user("alice");
+    let (_fleet, prov) = s.fleet(&alice, "busy");
+    let threads = 12;
+    let per_thread = 8;
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (s, prov) = (&s, &prov);
+            scope.spawn(move || {
+                for i in 0..per_thread {
+                    let uuid = format!("{:016x}{:016x}", t + 1, i + 1);
+                    let reg = json!({"uuid": uuid, "deviceType": "qemuarm64"});
+                    let r = s.post("/device/register", prov, reg);
+                    assert_eq!(r.status, 201, "register {uuid}: {}", r.body);
+                    let key = r.json()["apiKey"].as_str().unwrap().to_owned();
+                    let report = json!({ uuid.clone(): {"status": "idle", "osVersion": "1.0"} });
+                    let r = s.patch("/device/v3/state", &key, report);
+                    assert!(r.status < 300, "report {uuid}: {} {}", r.status, r.body);
+                }
+            });
+        }
+    });
+    let count = s.get("/v1/device/$count", &alice);
+    assert_eq!(count.status, 200, "{}", count.body);
+    assert_eq!(count.body.trim(), (threads * per_thread).to_string());
 }
