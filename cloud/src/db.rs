@@ -34,7 +34,10 @@ pub enum DbError {
 }
 
 /// The migrations, in order. `{{ID}}` is the only per-database difference.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_device_apps.sql")),
+];
 
 impl Db {
     /// Connects, sets SQLite's pragmas (WAL, busy timeout, foreign keys) and

@@ -343,6 +343,11 @@ pub async fn report_state(
         if r.supervisor_version.is_some() {
             sets.push(("supervisor_version", text(&r.supervisor_version)));
         }
+        if let Some(apps) = &r.apps {
+            // AppReport holds only strings, enums and maps: this cannot fail.
+            let json = serde_json::to_string(apps).unwrap_or_else(|_| "{}".to_owned());
+            sets.push(("apps", Param::Text(Some(json))));
+        }
         if let Some(ips) = &r.ip_address {
             sets.push(("ip_address", Param::Text(Some(ips.join(" ")))));
         }

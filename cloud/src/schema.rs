@@ -194,6 +194,7 @@ pub static RESOURCES: &[Resource] = &[
             ro("os_update_progress", Int),
             ro("os_update_reason", Text),
             ro("boot_slot", Text),
+            ro("apps", Json),
             ro("cpu_usage", Real),
             ro("memory_usage", Int),
             ro("memory_total", Int),

@@ -217,7 +217,8 @@ fn register_target_report_logs(backend: Backend) {
     let report = json!({uuid: {"status": "idle", "os_version": "2.0", "supervisor_version": "0.1.0",
         "ip_address": ["10.0.2.15"], "cpu_usage": 12.5, "memory_usage": 1000, "memory_total": 2000,
         "os_update": {"state": "rolled-back", "progress": 100, "reason": "boot counter ran out", "boot_slot": "rootfs.0"},
-        "apps": {}}});
+        "apps": {"a1": {"release_uuid": "r1", "services": {"main": {"status": "running",
+            "release_uuid": "r1", "image": "reg/web@sha256:00"}}}}}});
     let r = s.req("PATCH", "/device/v3/state", Some(&key), Some(&report));
     assert_eq!(r.status, 200, "{}", r.body);
     let dev = s.get(&format!("/v1/device({id})"), &alice).json();
@@ -232,6 +233,8 @@ fn register_target_report_logs(backend: Backend) {
     assert_eq!(dev["os_update_reason"], "boot counter ran out");
     assert_eq!(dev["boot_slot"], "rootfs.0");
     assert_eq!(dev["cpu_usage"], 12.5);
+    assert_eq!(dev["apps"]["a1"]["services"]["main"]["status"], "running");
+    assert_eq!(dev["apps"]["a1"]["release_uuid"], "r1");
     // Reports for another device, or garbage, are refused.
     let other = json!({"ffffffffffffffffffffffffffffffff": {"status": "x"}});
     assert_eq!(
