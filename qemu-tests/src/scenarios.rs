@@ -217,6 +217,36 @@ impl Ctx {
         .ok_or_else(|| anyhow!("no log line {what} arrived within {:?}", self.timeouts.apps))
     }
 
+    /// Waits until the cloud's device resource shows every named service
+    /// `running` in the release `rid` (from the supervisor's state report).
+    fn wait_running(&self, rid: i64, names: &[&str]) -> anyhow::Result<()> {
+        let (id, _) = self.device()?;
+        let api = self.api.clone();
+        let release = api.get(&format!("/v1/release({rid})"))?;
+        let ruuid = release["uuid"].as_str().unwrap_or_default().to_string();
+        poll(self.timeouts.apps, Duration::from_secs(3), || {
+            let dev = api.get(&format!("/v1/device({id})")).ok()?;
+            let apps = dev["apps"].as_object()?;
+            names
+                .iter()
+                .all(|n| {
+                    apps.values().any(|a| {
+                        let svc = &a["services"][*n];
+                        svc["status"] == "running" && svc["release_uuid"] == ruuid.as_str()
+                    })
+                })
+                .then_some(())
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "the cloud did not show {names:?} running release {ruuid} within {:?}",
+                self.timeouts.apps
+            )
+        })?;
+        println!("  the cloud shows {names:?} running release {ruuid}");
+        Ok(())
+    }
+
     fn deploy(&mut self) -> anyhow::Result<()> {
         self.vm()?;
         self.release("v1")?;
@@ -234,6 +264,8 @@ impl Ctx {
                     .is_some_and(|m| m.starts_with("store starts=1 greeting=v1"))
         })?;
         println!("  store: {}", st["message"]);
+        let rid = self.release.ok_or_else(|| anyhow!("no release"))?;
+        self.wait_running(rid, &["heartbeat", "store"])?;
         Ok(())
     }
 
@@ -254,6 +286,8 @@ impl Ctx {
             },
         )?;
         println!("  store (volume kept): {}", st["message"]);
+        let rid = self.release.ok_or_else(|| anyhow!("no release"))?;
+        self.wait_running(rid, &["heartbeat", "store"])?;
         Ok(())
     }
 }
