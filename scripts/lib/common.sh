@@ -118,7 +118,15 @@ CFG
 }
 
 # write_env: the exported service addresses, for `source $RESIN_RUN/env.sh`.
+# Merges with what an earlier script wrote, so a check that starts only some
+# services (e.g. the QEMU check) keeps the others' addresses.
 write_env() {
   mkdir -p "$RESIN_RUN"
-  env | grep -E '^RESIN_TEST_' | sed 's/^/export /' >"$RESIN_RUN/env.sh"
+  local cur
+  cur=$(env | grep -E '^RESIN_TEST_' | sed 's/^/export /' || true)
+  (
+    [ -f "$RESIN_RUN/env.sh" ] && . "$RESIN_RUN/env.sh"
+    eval "$cur"
+    env | grep -E '^RESIN_TEST_' | sed 's/^/export /' | sort || true
+  ) >"$RESIN_RUN/env.sh.tmp" && mv "$RESIN_RUN/env.sh.tmp" "$RESIN_RUN/env.sh"
 }
