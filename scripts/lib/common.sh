@@ -71,6 +71,12 @@ start_dockerd() {
   export RESIN_TEST_DOCKER_HOST=unix://$d/docker.sock
   if pid_alive "$d/docker.pid" && DOCKER_HOST=$RESIN_TEST_DOCKER_HOST docker version >/dev/null 2>&1; then return 0; fi
   mkdir -p "$d/data" "$d/exec"
+  # A pid file left by an earlier boot can name a pid now reused by another
+  # process; dockerd would then wait for a containerd that is not there.
+  local cpid=$d/exec/containerd/containerd.pid
+  if [ -f "$cpid" ] && [ "$(cat "/proc/$(cat "$cpid")/comm" 2>/dev/null)" != containerd ]; then
+    rm -f "$cpid"
+  fi
   log "starting a private dockerd at $d"
   # Keep containerd's state under our run dir too.
   nohup dockerd --host "$RESIN_TEST_DOCKER_HOST" --data-root "$d/data" --exec-root "$d/exec" \
