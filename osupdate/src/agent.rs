@@ -49,6 +49,11 @@ pub struct AgentOptions {
     pub max_verify_attempts: u32,
     /// Failpoints armed for this agent (only with the `failpoints` feature).
     pub failpoints: Vec<(String, FailAction)>,
+    /// Written once the booted slot is confirmed good in this boot (default
+    /// `/run/resin/boot-confirmed`, on a tmpfs so every boot starts without
+    /// it). `resin-boot-guard` reboots a boot that never gets it. `None`:
+    /// no file.
+    pub confirm_marker: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -65,9 +70,14 @@ impl Default for AgentOptions {
             download_retry_delay: Duration::from_secs(2),
             max_verify_attempts: 3,
             failpoints: Vec::new(),
+            confirm_marker: Some(PathBuf::from(BOOT_CONFIRMED)),
         }
     }
 }
+
+/// Where the agent records that this boot was confirmed (see
+/// [`AgentOptions::confirm_marker`]).
+pub const BOOT_CONFIRMED: &str = "/run/resin/boot-confirmed";
 
 /// Why one step of the agent stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +145,8 @@ pub(crate) struct Agent {
     note: Option<String>,
     reboot_requested: bool,
     recovered: bool,
+    /// The booted slot was marked good in this boot (RAUC `Mark`).
+    boot_confirmed: bool,
 }
 
 impl Agent {
@@ -160,6 +172,7 @@ impl Agent {
             note: None,
             reboot_requested: false,
             recovered: false,
+            boot_confirmed: false,
         };
         agent.publish();
         agent
@@ -180,6 +193,7 @@ impl Agent {
                     self.publish();
                 }
             }
+            let confirmed = self.boot_confirmed;
             tokio::select! {
                 changed = self.target.changed() => {
                     if changed.is_err() {
@@ -187,6 +201,8 @@ impl Agent {
                         return;
                     }
                 }
+                // Until this boot is confirmed, a health change may allow it.
+                Ok(()) = self.health.changed(), if !confirmed => {}
                 _ = tokio::time::sleep(self.opts.recheck_interval) => {}
             }
         }
@@ -245,6 +261,7 @@ impl Agent {
             self.recover(&rauc, &booted).await?;
             self.recovered = true;
         }
+        self.confirm_boot(&rauc, &booted).await?;
         self.publish();
         loop {
             let state = self.machine.state().clone();
@@ -314,6 +331,8 @@ impl Agent {
                             booted.bootname, booted.name
                         );
                         self.machine.apply(|s| s.roll_back(&reason, None))?;
+                        self.mark_other_bad(&rauc).await;
+                        self.confirm_boot(&rauc, &booted).await?;
                     }
                 }
                 State::Verifying { .. } => self.do_verify(&rauc, &booted).await?,
@@ -339,6 +358,73 @@ impl Agent {
                 }
             }
             self.publish();
+        }
+    }
+
+    /// Confirms the booted slot once per boot: RAUC `Mark("good","booted")`
+    /// (with GRUB this resets the slot's boot counter), then the marker
+    /// file. Skipped while the state machine itself decides about this boot
+    /// (verifying a new slot, a slot it marked bad, a reboot that just
+    /// happened). Needs the engine reachable and the supervisor loop running
+    /// (not the cloud): at once when idle; before a download or install
+    /// resumes it waits up to the health timeout, because RAUC takes no
+    /// `Mark` while it installs.
+    async fn confirm_boot(&mut self, rauc: &Rauc, booted: &SlotStatus) -> Result<(), AgentError> {
+        if self.boot_confirmed {
+            return Ok(());
+        }
+        let busy = match self.machine.state() {
+            State::Verifying { .. } => return Ok(()),
+            State::RolledBack {
+                bad_slot: Some(bad),
+                ..
+            } if *bad == booted.bootname => return Ok(()),
+            State::Rebooting { boot_id, .. } if *boot_id != self.boot_id()? => return Ok(()),
+            State::Downloading { .. } | State::Installing { .. } => true,
+            _ => false,
+        };
+        let healthy = if busy {
+            match health::wait_healthy(&mut self.health, false, self.opts.health_timeout).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, slot = %booted.bootname, "booted slot not confirmed; the update goes on");
+                    false
+                }
+            }
+        } else {
+            health::missing(&self.health.borrow(), false).is_empty()
+        };
+        if !healthy {
+            return Ok(());
+        }
+        let (slot, msg) = rauc.mark("good", "booted").await?;
+        tracing::info!(slot, msg, "confirmed the booted slot good for this boot");
+        self.boot_confirmed = true;
+        self.write_confirm_marker(&booted.bootname);
+        Ok(())
+    }
+
+    fn write_confirm_marker(&self, bootname: &str) {
+        let Some(path) = &self.opts.confirm_marker else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        let r = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, format!("slot={bootname}\n")))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the boot confirmation");
+        }
+    }
+
+    /// After a bootloader fallback: marks the slot that failed bad, so it is
+    /// not tried again before the next install.
+    async fn mark_other_bad(&self, rauc: &Rauc) {
+        match rauc.mark("bad", "other").await {
+            Ok((slot, msg)) => tracing::info!(slot, msg, "marked the slot that did not boot bad"),
+            Err(e) => tracing::warn!(error = %e, "cannot mark the slot that did not boot bad"),
         }
     }
 
@@ -589,7 +675,8 @@ impl Agent {
                 booted.bootname, booted.name
             );
             self.machine.apply(|s| s.roll_back(&reason, None))?;
-            return Ok(());
+            self.mark_other_bad(rauc).await;
+            return self.confirm_boot(rauc, booted).await;
         }
         let running = os_version(&self.cfg.os_release_path)?;
         let problem = if running != version {
@@ -612,6 +699,8 @@ impl Agent {
                 self.fail_point("before-mark-good")?;
                 let (slot, msg) = rauc.mark("good", "booted").await?;
                 tracing::info!(slot, msg, "marked the booted slot good");
+                self.boot_confirmed = true;
+                self.write_confirm_marker(&booted.bootname);
                 self.machine.apply(State::commit)?;
             }
             Some(reason) => {

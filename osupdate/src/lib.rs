@@ -76,4 +76,4 @@ pub mod health;
 pub mod rauc;
 pub mod state;
 
-pub use agent::{os_version, AgentOptions};
+pub use agent::{os_version, AgentOptions, BOOT_CONFIRMED};

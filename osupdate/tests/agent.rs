@@ -149,6 +149,7 @@ impl Harness {
             health_timeout: Duration::from_secs(2),
             recheck_interval: Duration::from_millis(200),
             download_retry_delay: Duration::from_millis(20),
+            confirm_marker: Some(self.p("run/boot-confirmed")),
             failpoints: failpoints
                 .iter()
                 .map(|f| (f.to_string(), FailAction::Stop))
@@ -276,6 +277,56 @@ async fn update_downloads_installs_reboots_verifies_and_commits() {
     a.kill().await;
 }
 
+impl Harness {
+    fn bl_log(&self) -> String {
+        std::fs::read_to_string(self.env.path().join("bl.log")).unwrap_or_default()
+    }
+
+    /// Waits up to 10 s for the boot confirmation file.
+    async fn wait_confirmed(&self) -> String {
+        for _ in 0..100 {
+            if let Ok(s) = std::fs::read_to_string(self.p("run/boot-confirmed")) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the boot was never confirmed; bootloader log:\n{}",
+            self.bl_log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_boot_is_confirmed_good_once_the_supervisor_is_healthy() {
+    let h = Harness::new(COMPATIBLE, vec![]).await;
+    h.health.send_replace(Health::default());
+    let a = h.start(&[]);
+    // Unhealthy (no engine, no loop): the slot is not confirmed, so GRUB's
+    // boot counter keeps running and resin-boot-guard would reboot.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!h.p("run/boot-confirmed").exists());
+    assert!(!h.bl_log().contains("set-state A good"), "{}", h.bl_log());
+    // Healthy without the cloud: confirmed, once.
+    h.health.send_replace(Health {
+        engine_reachable: true,
+        loop_running: true,
+        cloud_reachable: false,
+    });
+    assert_eq!(h.wait_confirmed().await, "slot=A\n");
+    for _ in 0..3 {
+        h.health.send_modify(|_| {});
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = h.bl_log();
+    assert_eq!(
+        log.lines().filter(|l| *l == "set-state A good").count(),
+        1,
+        "{log}"
+    );
+    a.kill().await;
+}
+
 #[tokio::test]
 async fn booting_back_into_the_old_slot_is_reported_rolled_back_and_not_retried_at_once() {
     let mut h = Harness::new(COMPATIBLE, vec![]).await;
@@ -290,6 +341,9 @@ async fn booting_back_into_the_old_slot_is_reported_rolled_back_and_not_retried_
     let reason = r.reason.unwrap();
     assert!(reason.contains("booted back into slot A"), "{reason}");
     assert_eq!(r.target_version.as_deref(), Some("2.0"));
+    // The slot that did not boot is marked bad, the one running is confirmed.
+    assert_eq!(h.env.bl_state("B"), "bad");
+    assert_eq!(h.wait_confirmed().await, "slot=A\n");
     // The target still says 2.0, but the failed version is held back.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(a.report.borrow().state, OsUpdateState::RolledBack);

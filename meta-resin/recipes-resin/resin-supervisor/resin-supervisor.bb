@@ -11,13 +11,17 @@ CARGO_SRC_DIR = "supervisor"
 
 inherit systemd
 
-SYSTEMD_SERVICE:${PN} = "resin-supervisor.service"
+SYSTEMD_SERVICE:${PN} = "resin-supervisor.service resin-boot-guard.service"
 
 do_install:append() {
     # The unit lives beside the code (supervisor/dist/); there is no copy of it
     # in this layer.
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/supervisor/dist/resin-supervisor.service ${D}${systemd_system_unitdir}/
+    # The boot guard reboots an unconfirmed trial boot of a new OS slot.
+    install -m 0644 ${S}/supervisor/dist/resin-boot-guard.service ${D}${systemd_system_unitdir}/
+    install -d ${D}${libexecdir}
+    install -m 0755 ${S}/supervisor/dist/resin-boot-guard ${D}${libexecdir}/
 }
 
 RDEPENDS:${PN} += "docker-moby rauc"
