@@ -12,7 +12,9 @@ use resin_imagegen::build::{build, BuildOptions};
 use resin_imagegen::configure::{self, Compression};
 use resin_imagegen::inspect::{inspect_image, inspect_image_with, InspectError};
 use resin_imagegen::layout::Layout;
-use resin_imagegen::rauc::{make_bundle, make_dev_keys, BundleFormat, BundleSpec};
+use resin_imagegen::rauc::{
+    make_bundle, make_dev_keys, BundleFormat, BundleSpec, SquashfsCompression,
+};
 use resin_imagegen::render;
 use resin_imagegen::size::Size;
 
@@ -144,6 +146,9 @@ enum Cmd {
         /// Bundle format: verity (default) or plain (for hosts without device-mapper).
         #[arg(long, value_enum, default_value_t = BundleFormat::Verity)]
         format: BundleFormat,
+        /// Compression of the bundle's squashfs: gzip (default), lz4, zstd or xz.
+        #[arg(long, value_enum, default_value_t = SquashfsCompression::Gzip)]
+        compression: SquashfsCompression,
         /// Size of the ext4 image made from a directory or tarball (e.g. 512MiB).
         #[arg(long)]
         image_size: Option<String>,
@@ -338,6 +343,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             layout,
             sets,
             format,
+            compression,
             image_size,
             output,
         } => {
@@ -365,6 +371,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 compatible,
                 version,
                 format,
+                compression,
                 image_size,
                 slot_size,
                 output: output.clone(),

@@ -143,6 +143,32 @@ pub enum BundleFormat {
     Plain,
 }
 
+/// Compression of the bundle's squashfs (mksquashfs `-comp`). The device's
+/// kernel must support it (Debian's and Yocto's defaults support all four).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SquashfsCompression {
+    /// mksquashfs' default: small bundles, slow to install on small CPUs.
+    #[default]
+    Gzip,
+    /// Larger bundles, the fastest to install.
+    Lz4,
+    /// About gzip's size, faster to install.
+    Zstd,
+    /// The smallest bundles, the slowest to install.
+    Xz,
+}
+
+impl SquashfsCompression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+            Self::Xz => "xz",
+        }
+    }
+}
+
 /// What goes into a bundle.
 #[derive(Debug, Clone)]
 pub struct BundleSpec {
@@ -155,6 +181,8 @@ pub struct BundleSpec {
     pub compatible: String,
     pub version: String,
     pub format: BundleFormat,
+    /// Compression of the bundle's squashfs.
+    pub compression: SquashfsCompression,
     /// Size of the ext4 image made from a directory/tarball (default: content + 25% + 16 MiB).
     pub image_size: Option<u64>,
     /// Largest image the slot holds.
@@ -253,6 +281,12 @@ pub fn make_bundle(spec: &BundleSpec) -> Result<(), RaucError> {
         .arg(format!("--key={}", spec.key.display()));
     if let Some(k) = &spec.keyring {
         cmd.arg(format!("--keyring={}", k.display()));
+    }
+    if spec.compression != SquashfsCompression::Gzip {
+        cmd.arg(format!(
+            "--mksquashfs-args=-comp {}",
+            spec.compression.name()
+        ));
     }
     cmd.arg(&content).arg(&tmp_out);
     run(&mut cmd, "rauc bundle")?;

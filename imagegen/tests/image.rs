@@ -429,3 +429,64 @@ fn bundles_are_accepted_by_their_keyring_and_rejected_by_another() {
         assert!(String::from_utf8_lossy(&bad.stderr).contains("signature verification failed"));
     }
 }
+
+#[test]
+fn bundle_compression_is_the_one_asked_for() {
+    for t in ["rauc", "openssl", "mksquashfs", "unsquashfs"] {
+        need(t);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let r = rootfs(d.path());
+    let k = d.path().join("k");
+    let o = run(Command::new(bin()).arg("keys").arg("--out").arg(&k));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (flag, shown) in [(None, "gzip"), (Some("lz4"), "lz4"), (Some("zstd"), "zstd")] {
+        let out = d.path().join(format!("{shown}.raucb"));
+        let mut c = Command::new(bin());
+        c.arg("bundle")
+            .arg("--layout")
+            .arg(layout())
+            .arg("--rootfs")
+            .arg(&r)
+            .arg("--cert")
+            .arg(k.join("signing.cert.pem"))
+            .arg("--key")
+            .arg(k.join("signing.key.pem"))
+            .args(["--version", "1.2.3", "--output"])
+            .arg(&out);
+        if let Some(f) = flag {
+            c.args(["--compression", f]);
+        }
+        let o = run(&mut c);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // The bundle starts with its squashfs; its superblock names the compressor.
+        let s = run(Command::new("unsquashfs").arg("-s").arg(&out));
+        let text = String::from_utf8_lossy(&s.stdout);
+        assert!(
+            text.contains(&format!("Compression {shown}")),
+            "{shown}: {text}"
+        );
+        let ok = run(Command::new("rauc")
+            .arg("info")
+            .arg(format!("--keyring={}", k.join("keyring.pem").display()))
+            .arg(&out));
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
+    let o = run(Command::new(bin())
+        .args([
+            "bundle",
+            "--compression",
+            "brotli",
+            "--version",
+            "1",
+            "--output",
+        ])
+        .arg(d.path().join("x.raucb"))
+        .args(["--rootfs", "/nonexistent", "--cert", "/c", "--key", "/k"]));
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("brotli"));
+}

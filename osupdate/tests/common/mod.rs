@@ -235,6 +235,7 @@ esac
             compatible: compatible.to_string(),
             version: version.to_string(),
             format: resin_imagegen::rauc::BundleFormat::Plain,
+            compression: Default::default(),
             image_size: None,
             slot_size: None,
             output: out.clone(),
