@@ -103,7 +103,9 @@ build_kernel() {
 }
 
 # Modules the initrd loads (their dependencies come along from modules.dep).
-INITRD_MODULES=(virtio_pci virtio_mmio virtio_blk crc32c_generic ext4 overlay)
+# virtio_rng: entropy from the host (-device virtio-rng-pci) before systemd
+# starts; without it the kernel's crng waits up to a minute after a reboot.
+INITRD_MODULES=(virtio_pci virtio_mmio virtio_blk virtio_rng crc32c_generic ext4 overlay)
 
 # Resolves module names to paths under lib/modules/<kver>, dependencies first.
 ordered_modules() {
@@ -222,7 +224,9 @@ PRUNE_MODULES=(sound drivers/gpu drivers/media drivers/net/wireless drivers/infi
 #   RESIN_QEMU_RENDERED     a `resin-imagegen render` output dir (etc/fstab, etc/rauc/system.conf)
 #   RESIN_QEMU_KEYRING      RAUC keyring (CA certificate, PEM)
 #   RESIN_QEMU_REGISTRY     the registry as the guest sees it (default 10.0.2.2:55000)
-#   RESIN_QEMU_EXTRA        a directory copied over the result last (e.g. a masked unit)
+#   RESIN_QEMU_EXTRA        a directory copied over the result last
+#   RESIN_QEMU_MASK         units to mask (space-separated), e.g. resin-supervisor.service
+#   RESIN_QEMU_GUARD_TIMEOUT  resin-boot-guard's timeout in seconds (default 600)
 build_device_rootfs() {
   local out=${1:?usage: device-rootfs OUT VERSION} version=${2:?usage: device-rootfs OUT VERSION}
   local base kdir kver initrd g reg=${RESIN_QEMU_REGISTRY:-10.0.2.2:55000} u p
@@ -281,7 +285,22 @@ JSON
   if [ -n "${RESIN_QEMU_SUPERVISOR_UNIT:-}" ]; then
     install -m 0644 "$RESIN_QEMU_SUPERVISOR_UNIT" "$u/resin-supervisor.service"
     ln -sf /etc/systemd/system/resin-supervisor.service "$u/multi-user.target.wants/resin-supervisor.service"
+    # The boot guard beside it (supervisor/dist), with a TCG-sized timeout.
+    p=$(dirname "$RESIN_QEMU_SUPERVISOR_UNIT")
+    if [ -f "$p/resin-boot-guard" ]; then
+      install -D -m 0755 "$p/resin-boot-guard" "$out/usr/libexec/resin-boot-guard"
+      install -m 0644 "$p/resin-boot-guard.service" "$u/resin-boot-guard.service"
+      ln -sf /etc/systemd/system/resin-boot-guard.service "$u/multi-user.target.wants/resin-boot-guard.service"
+      mkdir -p "$u/resin-boot-guard.service.d"
+      printf '[Service]\nEnvironment=RESIN_BOOT_GUARD_TIMEOUT=%s\n' "${RESIN_QEMU_GUARD_TIMEOUT:-600}" \
+        >"$u/resin-boot-guard.service.d/qemu.conf"
+    fi
   fi
+  # Units masked in this OS version (e.g. the supervisor, for the rollback test).
+  for p in ${RESIN_QEMU_MASK:-}; do
+    rm -f "$u/$p" "$u/multi-user.target.wants/$p"
+    ln -s /dev/null "$u/$p"
+  done
   if [ -n "${RESIN_QEMU_RENDERED:-}" ]; then
     [ -f "$RESIN_QEMU_RENDERED/etc/fstab" ] && install -m 0644 "$RESIN_QEMU_RENDERED/etc/fstab" "$out/etc/fstab"
     [ -f "$RESIN_QEMU_RENDERED/etc/rauc/system.conf" ] && install -m 0644 "$RESIN_QEMU_RENDERED/etc/rauc/system.conf" "$out/etc/rauc/system.conf"

@@ -27,15 +27,20 @@ fn docker(host: &str) -> Command {
 
 /// Builds and pushes the arm64 busybox image. `host_registry` is where the
 /// host pushes (127.0.0.1:port), `guest_registry` where the device pulls.
+/// With `filler_mib` > 0 the image also holds that much random data
+/// (`/filler.bin`), so the device needs a while to pull it; `tag` tells the
+/// variants apart.
 pub fn push_busybox(
     ws: &Workspace,
     work: &Path,
     docker_host: &str,
     host_registry: &str,
     guest_registry: &str,
+    tag: &str,
+    filler_mib: usize,
 ) -> Result<TestImage, AssetError> {
     let deb = ws.step("busybox-deb", &[], &[])?;
-    let dir = work.join("busybox-rootfs");
+    let dir = work.join(format!("busybox-rootfs-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|source| AssetError::Io {
         what: "creating busybox-rootfs".into(),
@@ -48,7 +53,16 @@ pub fn push_busybox(
     let sh = "set -e; cd \"$1\"; mkdir -p tmp data proc sys dev etc; \
               for a in sh echo sleep cat wc date ls mkdir tr seq head tail true env; do ln -sf busybox bin/$a; done; \
               tar -C \"$1\" -cf \"$2\" .";
-    let tar = work.join("busybox-rootfs.tar");
+    if filler_mib > 0 {
+        let filler: Vec<u8> = (0..filler_mib << 20)
+            .map(|_| rand::random::<u8>())
+            .collect();
+        std::fs::write(dir.join("filler.bin"), filler).map_err(|source| AssetError::Io {
+            what: "writing the image's filler".into(),
+            source,
+        })?;
+    }
+    let tar = work.join(format!("busybox-rootfs-{tag}.tar"));
     run(
         "making the busybox rootfs tar",
         Command::new("sh")
@@ -56,7 +70,7 @@ pub fn push_busybox(
             .arg(&dir)
             .arg(&tar),
     )?;
-    let tag = format!("{host_registry}/resin-qemu/busybox:arm64");
+    let tag = format!("{host_registry}/resin-qemu/busybox:{tag}");
     let mut import = docker(docker_host);
     import
         .args([
@@ -91,19 +105,20 @@ pub fn push_busybox(
 
 /// The two-service test release: `heartbeat` prints a numbered line every
 /// second (with `$GREETING`), `store` appends a line to a named volume on each
-/// start and prints how many it holds.
+/// start and prints how many it holds. Both exit on SIGTERM (a shell as PID 1
+/// ignores it otherwise, and every stop would wait out Docker's 10 s).
 pub fn composition(image: &TestImage, greeting: &str) -> Value {
     json!({
         "services": {
             "heartbeat": {
                 "image": image.guest_ref,
-                "command": ["/bin/sh", "-c", "i=0; while true; do i=$((i+1)); echo \"heartbeat $i $GREETING\"; sleep 1; done"],
+                "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); echo \"heartbeat $i $GREETING\"; sleep 1; done"],
                 "environment": {"GREETING": greeting},
                 "restart": "always"
             },
             "store": {
                 "image": image.guest_ref,
-                "command": ["/bin/sh", "-c", "echo \"start $GREETING\" >> /data/starts; echo \"store starts=$(wc -l < /data/starts) greeting=$GREETING\"; while true; do sleep 5; echo \"store alive starts=$(wc -l < /data/starts)\"; done"],
+                "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; echo \"start $GREETING\" >> /data/starts; echo \"store starts=$(wc -l < /data/starts) greeting=$GREETING\"; while true; do sleep 5; echo \"store alive starts=$(wc -l < /data/starts)\"; done"],
                 "environment": {"GREETING": greeting},
                 "volumes": ["appdata:/data"],
                 "restart": "always"

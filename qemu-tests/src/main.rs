@@ -11,7 +11,7 @@ use resin_qemu_tests::assets::{make_keys, Workspace};
 use resin_qemu_tests::device::DeviceInputs;
 use resin_qemu_tests::host::{ensure_registry, Cloud};
 use resin_qemu_tests::qemu::QemuConfig;
-use resin_qemu_tests::scenarios::{Ctx, Scenario, Timeouts};
+use resin_qemu_tests::scenarios::{Ctx, OsInputs, Scenario, Timeouts};
 
 /// The runner's one configuration (flags, or the RESIN_QEMU_* environment).
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
@@ -70,6 +70,16 @@ struct Config {
     /// Seconds to wait for app effects (containers running, log lines).
     #[arg(long, default_value_t = 420)]
     apps_timeout: u64,
+    /// Seconds an OS update may take from the target change to the new slot's
+    /// boot marker (download, install, reboot).
+    #[arg(long, default_value_t = 1200)]
+    os_update_timeout: u64,
+    /// Power cuts (SIGKILL of qemu) during the power-cut scenario's update.
+    #[arg(long, default_value_t = 5)]
+    power_cuts: u32,
+    /// Seed of the power cuts' timing. Default: the current time (printed).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Parser)]
@@ -91,7 +101,7 @@ enum Cmd {
     Assets,
     /// Run scenarios in order on one shared device and print their timings.
     Run {
-        /// Scenarios to run (default: provision deploy update-app).
+        /// Scenarios to run (default: all but boot, in device order).
         #[arg(value_enum)]
         scenarios: Vec<Scenario>,
         /// After the scenarios, keep the device, cloud and registry running and
@@ -143,7 +153,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             hold,
         } => {
             if scenarios.is_empty() {
-                scenarios = vec![Scenario::Provision, Scenario::Deploy, Scenario::UpdateApp];
+                scenarios = vec![
+                    Scenario::Provision,
+                    Scenario::Deploy,
+                    Scenario::UpdateApp,
+                    Scenario::BadBundle,
+                    Scenario::OsUpdate,
+                    Scenario::PowerCut,
+                    Scenario::Rollback,
+                ];
             }
             scenarios.sort();
             scenarios.dedup();
@@ -215,16 +233,18 @@ fn run_scenarios(
         guest_registry: guest_registry.clone(),
     };
     let keys = make_keys(&work.join("keys"))?;
+    let sup = if c.rootfs.is_none() && c.image.is_none() {
+        Some(ws.step("supervisor", &[], &[])?)
+    } else {
+        None
+    };
     let base_image = match &c.image {
         Some(i) => abs(i),
         None => {
-            let sup = if c.rootfs.is_none() {
-                Some(ws.step("supervisor", &[], &[])?)
-            } else {
-                None
-            };
-            let rootfs = inputs.rootfs(work, &c.os_version, &keys, sup.as_deref(), None)?;
-            inputs.disk(work, &rootfs, &work.join("base.img"))?
+            let rootfs = inputs.rootfs(work, &c.os_version, &keys, sup.as_deref(), None, &[])?;
+            let disk = inputs.disk(work, &rootfs, &work.join("base.img"))?;
+            let _ = std::fs::remove_dir_all(&rootfs);
+            disk
         }
     };
     let _registry = ensure_registry(c.registry_port, &work.join("registry"))?;
@@ -237,18 +257,30 @@ fn run_scenarios(
         "resin-qemu: cloud at {} (the device sees {})",
         cloud.url, cloud.public_url
     );
-    let image = match std::env::var(apps::DOCKER_HOST_VAR) {
-        Ok(h) => Some(apps::push_busybox(
-            ws,
-            work,
-            &h,
-            &format!("127.0.0.1:{}", c.registry_port),
-            &guest_registry,
-        )?),
+    let host_registry = format!("127.0.0.1:{}", c.registry_port);
+    // The first release's image, and a 48 MiB larger one for update-app, so
+    // the old service must keep running while the device pulls.
+    let images = match std::env::var(apps::DOCKER_HOST_VAR) {
+        Ok(h) => Some((
+            apps::push_busybox(ws, work, &h, &host_registry, &guest_registry, "arm64", 0)?,
+            apps::push_busybox(
+                ws,
+                work,
+                &h,
+                &host_registry,
+                &guest_registry,
+                "arm64-big",
+                48,
+            )?,
+        )),
         Err(_) if scenarios.iter().any(|s| *s >= Scenario::Deploy) => {
             bail!("{} is unset: start the private dockerd with scripts/services.sh and source /tmp/resin-run/env.sh", apps::DOCKER_HOST_VAR)
         }
         Err(_) => None,
+    };
+    let (image, big_image) = match images {
+        Some((a, b)) => (Some(a), Some(b)),
+        None => (None, None),
     };
     println!(
         "resin-qemu: setup took {:.0} s",
@@ -261,6 +293,7 @@ fn run_scenarios(
         cloud,
         api,
         image,
+        big_image,
         base_image,
         os_version: c.os_version.clone(),
         work: work.to_path_buf(),
@@ -269,11 +302,25 @@ fn run_scenarios(
             boot: Duration::from_secs(c.boot_timeout),
             online: Duration::from_secs(c.online_timeout),
             apps: Duration::from_secs(c.apps_timeout),
+            os_update: Duration::from_secs(c.os_update_timeout),
         },
         vm: None,
         fleet: None,
         device: None,
         release: None,
+        booted: None,
+        os: OsInputs {
+            inputs,
+            keys,
+            supervisor: sup,
+            power_cuts: c.power_cuts,
+            seed: c.seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+            }),
+        },
     };
     let mut results = Vec::new();
     let mut failed = false;
@@ -302,8 +349,13 @@ fn run_scenarios(
     for (n, r, secs) in &results {
         println!("{n:<12} {r:<8} {secs:>6.0} s");
     }
-    let passed = results.iter().filter(|r| r.1 == "passed").count();
-    println!("{passed} passed, {} failed", results.len() - passed);
+    let count = |what: &str| results.iter().filter(|r| r.1 == what).count();
+    println!(
+        "{} passed, {} failed, {} skipped",
+        count("passed"),
+        count("FAILED"),
+        count("skipped")
+    );
     if hold && !failed {
         hold_and_tail(&ctx)?;
     }

@@ -123,6 +123,11 @@ impl QemuConfig {
                 "file={},if=virtio,format=raw,cache=unsafe",
                 self.disk.display()
             ),
+            // Entropy from the host, as a board's hardware RNG would give.
+            "-object".into(),
+            "rng-random,filename=/dev/urandom,id=rng0".into(),
+            "-device".into(),
+            "virtio-rng-pci,rng=rng0".into(),
             "-netdev".into(),
             "user,id=n0".into(),
             "-device".into(),
@@ -207,30 +212,67 @@ impl Vm {
     /// Waits until `needle` appears on the console after the previous match;
     /// returns the line that holds it.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, QemuError> {
+        self.wait_for_any(&[needle], timeout).map(|(_, line)| line)
+    }
+
+    /// Waits until one of `needles` appears on the console after the previous
+    /// match; returns which one came first and the line that holds it.
+    pub fn wait_for_any(
+        &mut self,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> Result<(usize, String), QemuError> {
         let deadline = Instant::now() + timeout;
+        let what = needles.join(" | ");
         loop {
             let text = read_lossy(&self.cfg.console_log(), self.cursor)
                 .map_err(io("reading the console log"))?;
-            if let Some(pos) = text.find(needle) {
-                let start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
-                let end = text[pos..].find('\n').map_or(text.len(), |i| pos + i);
-                self.cursor += end as u64;
-                return Ok(strip_ansi(text[start..end].trim_end_matches('\r')));
+            let first = needles
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| text.find(n).map(|pos| (pos, i)))
+                .min();
+            // Only whole lines: the rest of a line may still be on its way.
+            if let Some((pos, i)) = first {
+                if let Some(nl) = text[pos..].find('\n') {
+                    let start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+                    let end = pos + nl;
+                    self.cursor += end as u64;
+                    return Ok((i, strip_ansi(text[start..end].trim_end_matches('\r'))));
+                }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(QemuError::Exited {
-                    what: needle.into(),
+                    what,
                     status: status.to_string(),
                 });
             }
             if Instant::now() >= deadline {
                 return Err(QemuError::Timeout {
-                    what: needle.into(),
+                    what,
                     secs: timeout.as_secs(),
                 });
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// How many times `needle` appears in the whole console log so far.
+    pub fn count(&self, needle: &str) -> usize {
+        self.console().matches(needle).count()
+    }
+
+    /// A power cut and power on: SIGKILL qemu, then start it again on the
+    /// same disk and UEFI variables (a fresh console log; the old one is
+    /// kept as `console.N.log`).
+    pub fn power_cycle(&mut self) -> Result<(), QemuError> {
+        self.kill()?;
+        let fresh = Vm::start(self.cfg.clone())?;
+        // `fresh` now owns the new qemu; swap it in and let the old (dead)
+        // one drop.
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+        Ok(())
     }
 
     /// Whether qemu is still running.

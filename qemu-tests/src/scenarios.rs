@@ -1,14 +1,16 @@
 //! The end-to-end scenarios, run in order on one shared device: provision,
-//! deploy, update-app (os-update, rollback, bad-bundle and power-cut are named
-//! but not implemented yet, see docs/qemu-tests.md).
+//! deploy, update-app, bad-bundle, os-update, power-cut, rollback.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::apps::{composition, TestImage};
+use crate::assets::Keys;
+use crate::device::DeviceInputs;
 use crate::host::{poll, Api, Cloud};
 use crate::qemu::{QemuConfig, Vm};
 
@@ -23,6 +25,14 @@ pub enum Scenario {
     Deploy,
     /// A new release with a changed env var; the volume's data survives.
     UpdateApp,
+    /// Bundles signed by a foreign key or for another `compatible` are refused.
+    BadBundle,
+    /// The fleet's target OS goes to v2: RAUC installs slot B, the device reboots into it.
+    OsUpdate,
+    /// qemu is killed at random points of an OS update; the device always boots, the update completes.
+    PowerCut,
+    /// A bundle whose supervisor cannot start: the boot counter runs out, GRUB falls back.
+    Rollback,
 }
 
 impl Scenario {
@@ -32,6 +42,10 @@ impl Scenario {
             Scenario::Provision => "provision",
             Scenario::Deploy => "deploy",
             Scenario::UpdateApp => "update-app",
+            Scenario::BadBundle => "bad-bundle",
+            Scenario::OsUpdate => "os-update",
+            Scenario::PowerCut => "power-cut",
+            Scenario::Rollback => "rollback",
         }
     }
 }
@@ -42,6 +56,20 @@ pub struct Timeouts {
     pub boot: Duration,
     pub online: Duration,
     pub apps: Duration,
+    /// An OS update from the target change to the new slot's boot marker.
+    pub os_update: Duration,
+}
+
+/// What the OS-update scenarios need to build bundles.
+pub struct OsInputs {
+    pub inputs: DeviceInputs,
+    pub keys: Keys,
+    /// The aarch64 supervisor (None with a kas `--rootfs`/`--image`).
+    pub supervisor: Option<PathBuf>,
+    /// Power cuts of the power-cut scenario.
+    pub power_cuts: u32,
+    /// Seed of the power-cut timings (printed, so a run can be repeated).
+    pub seed: u64,
 }
 
 /// What the scenarios share.
@@ -49,6 +77,8 @@ pub struct Ctx {
     pub cloud: Cloud,
     pub api: Api,
     pub image: Option<TestImage>,
+    /// The same image with 48 MiB more, for update-app.
+    pub big_image: Option<TestImage>,
     /// The unconfigured base disk image (imagegen's output).
     pub base_image: PathBuf,
     pub os_version: String,
@@ -59,6 +89,9 @@ pub struct Ctx {
     pub fleet: Option<i64>,
     pub device: Option<(i64, String)>,
     pub release: Option<i64>,
+    /// What the last boot marker said.
+    pub booted: Option<Booted>,
+    pub os: OsInputs,
 }
 
 impl Ctx {
@@ -87,6 +120,7 @@ impl Ctx {
         self.vm = Some(vm);
         let line = line?;
         println!("  booted in {up:.0} s: {line}");
+        self.booted = Booted::parse(&line);
         Ok(line)
     }
 
@@ -108,6 +142,10 @@ impl Ctx {
             Scenario::Provision => self.provision(),
             Scenario::Deploy => self.deploy(),
             Scenario::UpdateApp => self.update_app(),
+            Scenario::BadBundle => self.bad_bundle(),
+            Scenario::OsUpdate => self.os_update(),
+            Scenario::PowerCut => self.power_cut(),
+            Scenario::Rollback => self.rollback(),
         }
     }
 
@@ -185,12 +223,11 @@ impl Ctx {
         Ok(())
     }
 
-    fn release(&mut self, greeting: &str) -> anyhow::Result<i64> {
+    fn release(&mut self, greeting: &str, big: bool) -> anyhow::Result<i64> {
         let fleet = self
             .fleet
             .ok_or_else(|| anyhow!("no fleet (run provision first)"))?;
-        let image = self
-            .image
+        let image = if big { &self.big_image } else { &self.image }
             .clone()
             .ok_or_else(|| anyhow!("no test image was pushed"))?;
         let rel = self.api.post(
@@ -249,7 +286,7 @@ impl Ctx {
 
     fn deploy(&mut self) -> anyhow::Result<()> {
         self.vm()?;
-        self.release("v1")?;
+        self.release("v1", false)?;
         let hb = self.wait_log("from heartbeat", |l| {
             l["service"] == "heartbeat"
                 && l["message"]
@@ -271,7 +308,8 @@ impl Ctx {
 
     fn update_app(&mut self) -> anyhow::Result<()> {
         self.vm()?;
-        self.release("v2")?;
+        let t_set = now_ms();
+        self.release("v2", true)?;
         let hb = self.wait_log("from the recreated heartbeat", |l| {
             l["service"] == "heartbeat" && l["message"].as_str().is_some_and(|m| m.ends_with(" v2"))
         })?;
@@ -288,8 +326,605 @@ impl Ctx {
         println!("  store (volume kept): {}", st["message"]);
         let rid = self.release.ok_or_else(|| anyhow!("no release"))?;
         self.wait_running(rid, &["heartbeat", "store"])?;
+        // Download-then-kill: the old heartbeat ran on while the device
+        // pulled the new (48 MiB larger) image, and stopped only shortly
+        // before the new one started.
+        let (id, _) = self.device()?;
+        let lines = self.api.list(&format!("/v1/device({id})/logs"))?;
+        let hb = |suffix: &str| -> Vec<i64> {
+            let mut v: Vec<i64> = lines
+                .iter()
+                .filter(|l| {
+                    l["service"] == "heartbeat"
+                        && l["message"].as_str().is_some_and(|m| m.ends_with(suffix))
+                })
+                .filter_map(|l| l["timestamp"].as_i64())
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let (old, new) = (hb(" v1"), hb(" v2"));
+        let (Some(&last_old), Some(&first_new)) = (old.last(), new.first()) else {
+            bail!("no heartbeat lines of both releases in the log");
+        };
+        verify_download_then_kill(&old, t_set, last_old, first_new)?;
         Ok(())
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Judges an app update from the old service's line times (ms, the device's
+/// clock), the time the target changed (ms, the host's clock: the guest's
+/// RTC starts from it) and the new service's first line. The device polls
+/// every 5 s, so with delete-then-download the old service would stop within
+/// a few seconds of the change, before the pull. Download-then-kill keeps it
+/// printing without a hole (lines at most 3 s apart) for at least
+/// [`MIN_OLD_RUN_MS`] after the change: through the pull of the new 48 MiB
+/// image (about 25 s here).
+pub fn verify_download_then_kill(
+    old: &[i64],
+    t_set: i64,
+    last_old: i64,
+    first_new: i64,
+) -> anyhow::Result<()> {
+    let ran = last_old - t_set;
+    println!(
+        "  the old heartbeat ran {:.1} s after the target change; no heartbeat for {:.1} s; the new one started {:.1} s after the change",
+        ran as f64 / 1000.0,
+        (first_new - last_old) as f64 / 1000.0,
+        (first_new - t_set) as f64 / 1000.0
+    );
+    let during: Vec<i64> = old.iter().copied().filter(|t| *t >= t_set - 1000).collect();
+    if let Some(w) = during.windows(2).find(|w| w[1] - w[0] > 3000) {
+        bail!(
+            "the old heartbeat stopped for {:.1} s during the update (download-then-kill keeps it running)",
+            (w[1] - w[0]) as f64 / 1000.0
+        );
+    }
+    if ran < MIN_OLD_RUN_MS {
+        bail!(
+            "the old heartbeat stopped {:.1} s after the target change: it was not kept running while the new image was pulled",
+            ran as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
+/// How long the old service must run on after the target change (3 poll
+/// intervals).
+pub const MIN_OLD_RUN_MS: i64 = 15_000;
+
+/// What a boot marker says: the slot (bootname) and OS version that booted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booted {
+    pub slot: String,
+    pub version: String,
+}
+
+impl Booted {
+    /// Parses `resin-qemu: up slot=A version=1.0.0 docker=… supervisor=…`.
+    pub fn parse(line: &str) -> Option<Self> {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(str::to_string)
+        };
+        Some(Self {
+            slot: field("slot=")?,
+            version: field("version=")?,
+        })
+    }
+
+    /// The other slot's bootname.
+    pub fn other_slot(&self) -> &'static str {
+        if self.slot == "A" {
+            "B"
+        } else {
+            "A"
+        }
+    }
+}
+
+/// RAUC's slot name of a bootname in resin's layout (`rootfs.0` is A).
+pub fn rauc_slot(bootname: &str) -> &'static str {
+    if bootname == "A" {
+        "rootfs.0"
+    } else {
+        "rootfs.1"
+    }
+}
+
+/// The fields of a device resource that tell an OS update's story.
+fn os_summary(d: &Value) -> String {
+    format!(
+        "os_version={} boot_slot={} os_update_state={} progress={} reason={} online={}",
+        d["os_version"],
+        d["boot_slot"],
+        d["os_update_state"],
+        d["os_update_progress"],
+        d["os_update_reason"],
+        d["is_online"]
+    )
+}
+
+fn state_is(d: &Value, states: &[&str]) -> bool {
+    d["os_update_state"]
+        .as_str()
+        .is_some_and(|s| states.contains(&s))
+}
+
+impl Ctx {
+    fn fleet_id(&self) -> anyhow::Result<i64> {
+        self.fleet
+            .ok_or_else(|| anyhow!("no fleet (run provision first)"))
+    }
+
+    fn booted(&self) -> anyhow::Result<Booted> {
+        self.booted
+            .clone()
+            .ok_or_else(|| anyhow!("no boot marker seen yet (run provision first)"))
+    }
+
+    /// Waits for the next boot marker; remembers what booted.
+    fn wait_marker(&mut self, timeout: Duration) -> anyhow::Result<Booted> {
+        let line = self.vm()?.wait_for("resin-qemu: up", timeout)?;
+        let b = Booted::parse(&line).ok_or_else(|| anyhow!("unreadable boot marker {line:?}"))?;
+        println!("  booted: {line}");
+        self.booted = Some(b.clone());
+        Ok(b)
+    }
+
+    fn device_json(&self) -> anyhow::Result<Value> {
+        let (id, _) = self.device()?;
+        Ok(self.api.get(&format!("/v1/device({id})"))?)
+    }
+
+    /// Polls the cloud's device resource until `pred` holds.
+    fn wait_device(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let (id, _) = self.device()?;
+        let mut last = Value::Null;
+        let found = poll(timeout, Duration::from_secs(2), || {
+            let d = self.api.get(&format!("/v1/device({id})")).ok()?;
+            if pred(&d) {
+                Some(d)
+            } else {
+                last = d;
+                None
+            }
+        });
+        found.ok_or_else(|| {
+            anyhow!(
+                "the cloud did not show {what} within {timeout:?}; last seen: {}",
+                os_summary(&last)
+            )
+        })
+    }
+
+    fn no_kas_rootfs(&self) -> anyhow::Result<()> {
+        if self.os.inputs.rootfs_override.is_some() || self.os.supervisor.is_none() {
+            bail!("the OS-update scenarios build new OS versions from the Debian stand-in rootfs; they do not run with --rootfs or --image");
+        }
+        Ok(())
+    }
+
+    /// The rootfs of OS `version` (units in `mask` masked) as a RAUC bundle
+    /// signed with the device's trusted key.
+    fn build_bundle(&self, version: &str, mask: &[&str]) -> anyhow::Result<PathBuf> {
+        self.no_kas_rootfs()?;
+        let t = Instant::now();
+        let rootfs = self.os.inputs.rootfs(
+            &self.work,
+            version,
+            &self.os.keys,
+            self.os.supervisor.as_deref(),
+            None,
+            mask,
+        )?;
+        let out = self.work.join(format!("os-{version}.raucb"));
+        let k = &self.os.keys;
+        self.os
+            .inputs
+            .bundle(&rootfs, version, &k.cert, &k.key, None, &out)?;
+        let _ = std::fs::remove_dir_all(&rootfs);
+        let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "  built the {version} bundle ({} MiB) in {:.0} s",
+            size >> 20,
+            t.elapsed().as_secs_f64()
+        );
+        Ok(out)
+    }
+
+    /// A small bundle (a rootfs of one file) signed with `cert`/`key` for
+    /// `compatible` (None: the device's): for bundles that must be refused.
+    fn tiny_bundle(
+        &self,
+        version: &str,
+        cert: &Path,
+        key: &Path,
+        compatible: Option<&str>,
+    ) -> anyhow::Result<PathBuf> {
+        let dir = self.work.join(format!("tiny-{version}"));
+        std::fs::create_dir_all(dir.join("etc")).context("creating a tiny rootfs")?;
+        std::fs::write(
+            dir.join("etc/os-release"),
+            format!("NAME=resinOS\nVERSION_ID={version}\n"),
+        )
+        .context("writing the tiny rootfs")?;
+        // Incompressible filler: RAUC refuses a bundle whose squashfs is a
+        // single 4 KiB block.
+        let filler: Vec<u8> = (0..256 * 1024).map(|_| rand::random::<u8>()).collect();
+        std::fs::write(dir.join("filler.bin"), filler).context("writing the tiny rootfs")?;
+        let out = self.work.join(format!("os-{version}.raucb"));
+        self.os
+            .inputs
+            .bundle(&dir, version, cert, key, compatible, &out)?;
+        Ok(out)
+    }
+
+    /// Uploads `bundle` as OS release `version` and makes it the fleet's
+    /// target OS.
+    fn publish_os(&self, version: &str, bundle: &Path) -> anyhow::Result<()> {
+        let fleet = self.fleet_id()?;
+        let osr = self.api.post(
+            "/v1/os_release",
+            &json!({"device_type": "qemuarm64", "version": version}),
+        )?;
+        let id = osr["id"].as_i64().context("os_release id")?;
+        self.api
+            .put_file(&format!("/v1/os_release({id})/bundle"), bundle)?;
+        self.api.patch(
+            &format!("/v1/fleet({fleet})"),
+            &json!({"target_os_version": version}),
+        )?;
+        println!("  fleet {fleet}: target OS {version}");
+        Ok(())
+    }
+
+    /// sha256 of slots A and B as they are on the disk image (read on the
+    /// host while the guest runs).
+    fn slot_hashes(&self) -> anyhow::Result<(String, String)> {
+        let disk = self
+            .vm
+            .as_ref()
+            .map(|v| v.config().disk.clone())
+            .ok_or_else(|| anyhow!("no device is running"))?;
+        let parts = partitions(&disk)?;
+        let hash = |label: &str| -> anyhow::Result<String> {
+            let (start, size) = parts
+                .iter()
+                .find(|p| p.0 == label)
+                .map(|p| (p.1, p.2))
+                .ok_or_else(|| anyhow!("no partition {label} on {}", disk.display()))?;
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "dd if='{}' bs=4M iflag=skip_bytes,count_bytes skip={start} count={size} status=none | sha256sum",
+                    disk.display()
+                ))
+                .output()
+                .context("running dd | sha256sum")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.split_whitespace()
+                .next()
+                .filter(|h| h.len() == 64)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "cannot hash {label}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })
+        };
+        Ok((hash("resin-rootA")?, hash("resin-rootB")?))
+    }
+
+    fn bad_bundle(&mut self) -> anyhow::Result<()> {
+        self.vm()?;
+        let from = self.booted()?;
+        let before = self.wait_device("the booted slot", self.timeouts.online, |d| {
+            d["boot_slot"].as_str() == Some(rauc_slot(&from.slot))
+        })?;
+        let slots = self.slot_hashes()?;
+        let boots = self.vm()?.count("resin-initrd: switching");
+        let k = &self.os.keys;
+        let cases = [
+            (
+                "9.0.0-foreign",
+                k.foreign_cert.clone(),
+                k.foreign_key.clone(),
+                None,
+                "signature",
+            ),
+            (
+                "9.0.0-othercompat",
+                k.cert.clone(),
+                k.key.clone(),
+                Some("resin-some-other-board"),
+                "compatible",
+            ),
+        ];
+        for (version, cert, key, compat, word) in cases {
+            let b = self.tiny_bundle(version, &cert, &key, compat)?;
+            self.publish_os(version, &b)?;
+            let d = self.wait_device(
+                &format!("the {version} update failed naming the {word}"),
+                self.timeouts.apps,
+                |d| {
+                    state_is(d, &["failed"])
+                        && d["os_update_reason"]
+                            .as_str()
+                            .is_some_and(|r| r.to_lowercase().contains(word))
+                },
+            )?;
+            println!("  {version}: refused: {}", d["os_update_reason"]);
+        }
+        let after = self.device_json()?;
+        for f in ["os_version", "boot_slot"] {
+            if after[f] != before[f] {
+                bail!("{f} changed from {} to {}", before[f], after[f]);
+            }
+        }
+        if self.slot_hashes()? != slots {
+            bail!("a slot was written although both bundles were refused");
+        }
+        if self.vm()?.count("resin-initrd: switching") != boots {
+            bail!("the device rebooted although both bundles were refused");
+        }
+        println!(
+            "  slots A and B unchanged, no reboot, still {} on {}",
+            after["os_version"], after["boot_slot"]
+        );
+        Ok(())
+    }
+
+    fn os_update(&mut self) -> anyhow::Result<()> {
+        self.vm()?;
+        let from = self.booted()?;
+        let to = from.other_slot();
+        let version = "2.0.0";
+        let bundle = self.build_bundle(version, &[])?;
+        let t = Instant::now();
+        self.publish_os(version, &bundle)?;
+        let mut seen: Vec<String> = Vec::new();
+        let (id, _) = self.device()?;
+        // Watch the cloud until the device goes down for the reboot.
+        let _ = poll(self.timeouts.os_update, Duration::from_secs(2), || {
+            let d = self.api.get(&format!("/v1/device({id})")).ok()?;
+            let s = d["os_update_state"].as_str().unwrap_or("").to_string();
+            if seen.last() != Some(&s) {
+                println!("  {:>4.0} s: {}", t.elapsed().as_secs_f64(), os_summary(&d));
+                seen.push(s.clone());
+            }
+            (s == "rebooting").then_some(())
+        });
+        let b = self.wait_marker(self.timeouts.os_update)?;
+        if b.slot != to || b.version != version {
+            bail!("expected slot {to} with {version} after the update, booted {b:?}");
+        }
+        let d = self.wait_device(
+            &format!("{version} committed on {}", rauc_slot(to)),
+            self.timeouts.online,
+            |d| {
+                d["os_version"] == version
+                    && d["boot_slot"] == rauc_slot(to)
+                    && state_is(d, &["committed"])
+                    && d["is_online"] == true
+            },
+        )?;
+        println!(
+            "  {:.0} s after the target change: {}",
+            t.elapsed().as_secs_f64(),
+            os_summary(&d)
+        );
+        for s in ["downloading", "installing"] {
+            if !seen.iter().any(|x| x == s) {
+                println!("  (the cloud never showed {s}: it went by between two looks)");
+            }
+        }
+        if let Some(rid) = self.release {
+            self.wait_running(rid, &["heartbeat", "store"])?;
+        }
+        Ok(())
+    }
+
+    fn power_cut(&mut self) -> anyhow::Result<()> {
+        self.vm()?;
+        let from = self.booted()?;
+        let to = from.other_slot().to_string();
+        let version = "3.0.0";
+        let bundle = self.build_bundle(version, &[])?;
+        self.publish_os(version, &bundle)?;
+        let seed = self.os.seed;
+        let n = self.os.power_cuts.max(1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        println!("  {n} power cuts, seed {seed} (--seed repeats them)");
+        let good = |b: &Booted| {
+            (b.slot == from.slot && b.version == from.version)
+                || (b.slot == to && b.version == version)
+        };
+        for i in 1..=n {
+            let phase = if i < n {
+                // While the update is in flight, as the cloud shows it: odd
+                // cuts while it downloads, even ones while RAUC installs
+                // (which takes about 90 s here). The download only starts
+                // again where it stopped, so a late cut may find it
+                // installing already.
+                let (states, max_ms): (&[&str], u64) = if i % 2 == 1 {
+                    (&["downloading", "installing"], 6_000)
+                } else {
+                    (&["installing"], 45_000)
+                };
+                let d = self.wait_device(
+                    &format!("the update {}", states.join(" or ")),
+                    self.timeouts.os_update,
+                    |d| state_is(d, states),
+                )?;
+                let ms = rng.random_range(0..max_ms);
+                std::thread::sleep(Duration::from_millis(ms));
+                format!(
+                    "{} ms after the cloud showed {} {}%",
+                    ms,
+                    d["os_update_state"].as_str().unwrap_or("?"),
+                    d["os_update_progress"].as_i64().unwrap_or(0)
+                )
+            } else {
+                // The last one: while the new slot boots, before it is confirmed.
+                let needle = format!("resin-initrd: root PARTLABEL=resin-root{to}");
+                let t = self.timeouts.os_update;
+                self.vm()?.wait_for(&needle, t)?;
+                let ms = rng.random_range(0..40_000);
+                std::thread::sleep(Duration::from_millis(ms));
+                format!("{ms} ms into the first boot of slot {to}")
+            };
+            self.vm()?.power_cycle()?;
+            let b = self.wait_marker(self.timeouts.boot)?;
+            if !good(&b) {
+                bail!(
+                    "after power cut {i} the device booted {b:?}, neither the old nor the new OS"
+                );
+            }
+            println!(
+                "  power cut {i}/{n} {phase}: booted slot {} with {}",
+                b.slot, b.version
+            );
+        }
+        // The update, resumed by the supervisor, completes.
+        let cur = self.booted()?;
+        if cur.slot != to {
+            let b = self.wait_marker(self.timeouts.os_update)?;
+            if b.slot != to || b.version != version {
+                bail!("expected slot {to} with {version} once the update finished, booted {b:?}");
+            }
+        }
+        let d = self.wait_device(
+            &format!("{version} committed on {}", rauc_slot(&to)),
+            self.timeouts.os_update,
+            |d| {
+                d["os_version"] == version
+                    && d["boot_slot"] == rauc_slot(&to)
+                    && state_is(d, &["committed"])
+            },
+        )?;
+        println!("  after the cuts: {}", os_summary(&d));
+        if let Some(rid) = self.release {
+            self.wait_running(rid, &["heartbeat", "store"])?;
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> anyhow::Result<()> {
+        self.vm()?;
+        let from = self.booted()?;
+        let to = from.other_slot();
+        let version = "4.0.0";
+        let bundle = self.build_bundle(version, &["resin-supervisor.service"])?;
+        self.publish_os(version, &bundle)?;
+        let new_root = format!("resin-initrd: root PARTLABEL=resin-root{to}");
+        let mut trials = 0;
+        let mut guard_reboots = 0;
+        let mut timeout = self.timeouts.os_update;
+        loop {
+            let (i, line) = self.vm()?.wait_for_any(
+                &[&new_root, "resin-boot-guard: ", "resin-qemu: up"],
+                timeout,
+            )?;
+            timeout = self.timeouts.boot;
+            match i {
+                0 => {
+                    trials += 1;
+                    println!("  boot {trials} of slot {to} ({version}, supervisor masked)");
+                }
+                1 => {
+                    if line.contains("rebooting") {
+                        guard_reboots += 1;
+                    }
+                    println!("  {}", line.trim());
+                }
+                _ => {
+                    let b = Booted::parse(&line)
+                        .ok_or_else(|| anyhow!("unreadable boot marker {line:?}"))?;
+                    println!("  booted: {line}");
+                    self.booted = Some(b.clone());
+                    if b == from {
+                        break;
+                    }
+                    if b.slot != to {
+                        bail!("booted {b:?}: neither the old slot nor the new one");
+                    }
+                }
+            }
+        }
+        if trials == 0 || guard_reboots == 0 {
+            bail!("back on slot {} without a boot of slot {to} ({trials}) that the guard rebooted ({guard_reboots})", from.slot);
+        }
+        println!(
+            "  GRUB fell back to slot {} after {trials} boots of slot {to}",
+            from.slot
+        );
+        let d = self.wait_device(
+            "the update rolled back, with the reason",
+            self.timeouts.online,
+            |d| {
+                state_is(d, &["rolled-back"])
+                    && d["os_version"] == from.version.as_str()
+                    && d["boot_slot"] == rauc_slot(&from.slot)
+                    && d["os_update_reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("fell back"))
+            },
+        )?;
+        println!("  {}", os_summary(&d));
+        if let Some(rid) = self.release {
+            self.wait_running(rid, &["heartbeat", "store"])?;
+        }
+        Ok(())
+    }
+}
+
+/// (name, start byte, size in bytes) of each partition of a disk image, by
+/// `sfdisk --json`.
+fn partitions(disk: &Path) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    let out = std::process::Command::new("sfdisk")
+        .arg("--json")
+        .arg(disk)
+        .output()
+        .context("running sfdisk --json (apt-get install fdisk)")?;
+    if !out.status.success() {
+        bail!(
+            "sfdisk --json {}: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("sfdisk's JSON")?;
+    let t = &v["partitiontable"];
+    let sector = t["sectorsize"].as_u64().unwrap_or(512);
+    Ok(t["partitions"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| {
+                    Some((
+                        p["name"].as_str()?.to_string(),
+                        p["start"].as_u64()? * sector,
+                        p["size"].as_u64()? * sector,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// Copies a (sparse) disk image with `cp --sparse=always`.
@@ -310,6 +945,32 @@ pub fn copy_sparse(from: &std::path::Path, to: &std::path::Path) -> anyhow::Resu
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn download_then_kill_is_told_from_delete_then_download() {
+        // Old lines every second until 20 s after the change, the new one at 23 s.
+        let old: Vec<i64> = (0..=30).map(|s| s * 1000 - 10_000).collect();
+        assert!(verify_download_then_kill(&old, 0, 20_000, 23_000).is_ok());
+        // Killed at 2 s, before the pull (delete-then-download).
+        let old: Vec<i64> = (0..=12).map(|s| s * 1000 - 10_000).collect();
+        assert!(verify_download_then_kill(&old, 0, 2_000, 23_000).is_err());
+        // A hole in the old service's lines during the update.
+        let mut old: Vec<i64> = (0..=30).map(|s| s * 1000 - 10_000).collect();
+        old.retain(|t| !(5_000..12_000).contains(t));
+        assert!(verify_download_then_kill(&old, 0, 20_000, 23_000).is_err());
+    }
+
+    #[test]
+    fn boot_markers_are_parsed() {
+        let b = Booted::parse(
+            "resin-qemu: up slot=B version=2.0.0 docker=active supervisor=activating",
+        )
+        .unwrap();
+        assert_eq!((b.slot.as_str(), b.version.as_str()), ("B", "2.0.0"));
+        assert_eq!(b.other_slot(), "A");
+        assert_eq!(rauc_slot("A"), "rootfs.0");
+        assert!(Booted::parse("resin-qemu: up").is_none());
+    }
 
     #[test]
     fn scenarios_sort_in_device_order() {
