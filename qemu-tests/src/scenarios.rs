@@ -474,10 +474,40 @@ impl Ctx {
     /// Waits for the next boot marker; remembers what booted.
     fn wait_marker(&mut self, timeout: Duration) -> anyhow::Result<Booted> {
         let line = self.vm()?.wait_for("resin-qemu: up", timeout)?;
-        let b = Booted::parse(&line).ok_or_else(|| anyhow!("unreadable boot marker {line:?}"))?;
+        self.note_marker(&line)
+    }
+
+    /// Parses a boot marker line, prints it and remembers what booted.
+    fn note_marker(&mut self, line: &str) -> anyhow::Result<Booted> {
+        let b = Booted::parse(line).ok_or_else(|| anyhow!("unreadable boot marker {line:?}"))?;
         println!("  booted: {line}");
         self.booted = Some(b.clone());
         Ok(b)
+    }
+
+    /// Waits until the cloud shows OS `version` committed on slot `bootname`
+    /// of an online device.
+    fn wait_committed(
+        &self,
+        version: &str,
+        bootname: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let slot = rauc_slot(bootname);
+        self.wait_device(&format!("{version} committed on {slot}"), timeout, |d| {
+            d["os_version"] == version
+                && d["boot_slot"] == slot
+                && state_is(d, &["committed"])
+                && d["is_online"] == true
+        })
+    }
+
+    /// After an OS update or a rollback: the release's services run again.
+    fn wait_apps_back(&self) -> anyhow::Result<()> {
+        match self.release {
+            Some(rid) => self.wait_running(rid, &["heartbeat", "store"]),
+            None => Ok(()),
+        }
     }
 
     fn device_json(&self) -> anyhow::Result<Value> {
@@ -713,16 +743,7 @@ impl Ctx {
         if b.slot != to || b.version != version {
             bail!("expected slot {to} with {version} after the update, booted {b:?}");
         }
-        let d = self.wait_device(
-            &format!("{version} committed on {}", rauc_slot(to)),
-            self.timeouts.online,
-            |d| {
-                d["os_version"] == version
-                    && d["boot_slot"] == rauc_slot(to)
-                    && state_is(d, &["committed"])
-                    && d["is_online"] == true
-            },
-        )?;
+        let d = self.wait_committed(version, to, self.timeouts.online)?;
         println!(
             "  {:.0} s after the target change: {}",
             t.elapsed().as_secs_f64(),
@@ -733,10 +754,7 @@ impl Ctx {
                 println!("  (the cloud never showed {s}: it went by between two looks)");
             }
         }
-        if let Some(rid) = self.release {
-            self.wait_running(rid, &["heartbeat", "store"])?;
-        }
-        Ok(())
+        self.wait_apps_back()
     }
 
     fn power_cut(&mut self) -> anyhow::Result<()> {
@@ -808,20 +826,9 @@ impl Ctx {
                 bail!("expected slot {to} with {version} once the update finished, booted {b:?}");
             }
         }
-        let d = self.wait_device(
-            &format!("{version} committed on {}", rauc_slot(&to)),
-            self.timeouts.os_update,
-            |d| {
-                d["os_version"] == version
-                    && d["boot_slot"] == rauc_slot(&to)
-                    && state_is(d, &["committed"])
-            },
-        )?;
+        let d = self.wait_committed(version, &to, self.timeouts.os_update)?;
         println!("  after the cuts: {}", os_summary(&d));
-        if let Some(rid) = self.release {
-            self.wait_running(rid, &["heartbeat", "store"])?;
-        }
-        Ok(())
+        self.wait_apps_back()
     }
 
     fn rollback(&mut self) -> anyhow::Result<()> {
@@ -853,10 +860,7 @@ impl Ctx {
                     println!("  {}", line.trim());
                 }
                 _ => {
-                    let b = Booted::parse(&line)
-                        .ok_or_else(|| anyhow!("unreadable boot marker {line:?}"))?;
-                    println!("  booted: {line}");
-                    self.booted = Some(b.clone());
+                    let b = self.note_marker(&line)?;
                     if b == from {
                         break;
                     }
@@ -886,10 +890,7 @@ impl Ctx {
             },
         )?;
         println!("  {}", os_summary(&d));
-        if let Some(rid) = self.release {
-            self.wait_running(rid, &["heartbeat", "store"])?;
-        }
-        Ok(())
+        self.wait_apps_back()
     }
 }
 
