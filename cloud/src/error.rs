@@ -42,6 +42,24 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "Conflict", message)
     }
+    /// The server's disk (or database) is full: 507, so a client knows that
+    /// retrying later, after an operator frees space, can work.
+    pub fn storage_full(what: impl std::fmt::Display) -> Self {
+        tracing::error!("no space left while {what}");
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "InsufficientStorage",
+            format!("the server has no space left while {what}; nothing was stored"),
+        )
+    }
+    /// A failed file operation: 507 when the disk is full, else 500.
+    pub fn io(what: &str, e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            Self::storage_full(what)
+        } else {
+            Self::internal(format!("{what}: {e}"))
+        }
+    }
     pub fn internal(message: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {message}");
         Self::new(
@@ -73,6 +91,10 @@ impl From<sqlx::Error> for ApiError {
                     return Self::bad_request("a required field is missing")
                 }
                 _ => {}
+            }
+            // SQLITE_FULL (13) and PostgreSQL's disk_full (53100).
+            if matches!(db.code().as_deref(), Some("13") | Some("53100")) {
+                return Self::storage_full("writing to the database");
             }
         }
         if let sqlx::Error::RowNotFound = e {

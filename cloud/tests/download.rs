@@ -13,7 +13,10 @@ use common::{Backend, Server};
 use resin_api_types::ConfigJson;
 use serde_json::json;
 
-both!(configured_image_download);
+both!(
+    configured_image_download,
+    full_disk_upload_is_refused_and_loses_nothing
+);
 
 /// A small image with resin's layout (slots shrunk to keep it quick).
 fn base_image(dir: &Path) -> std::path::PathBuf {
@@ -92,6 +95,20 @@ fn configured_image_download(backend: Backend) {
         s.get(&format!("/v1/os_release({id})"), &alice).json()["image_size"],
         bytes.len() as i64
     );
+    // Stored sparse: the empty partition space takes no disk on the server.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let stored = s.app.config.data_dir.join(format!("os/{id}/image.img"));
+        let meta = std::fs::metadata(&stored).unwrap();
+        assert_eq!(meta.len(), bytes.len() as u64);
+        assert_eq!(std::fs::read(&stored).unwrap(), bytes, "same bytes back");
+        assert!(
+            meta.blocks() * 512 < meta.len() / 4,
+            "{} bytes allocated for a {} byte image",
+            meta.blocks() * 512,
+            meta.len()
+        );
+    }
 
     for (compression, decode) in [
         (
@@ -211,5 +228,60 @@ fn configured_image_download(backend: Backend) {
         )
         .status,
         401
+    );
+}
+
+/// The data dir on a 1 MiB tmpfs: an upload that does not fit is answered
+/// 507 with a clear message, leaves no temp file, and the bundle stored
+/// before it stays as it was. (Mounting needs root, as CI runs.)
+fn full_disk_upload_is_refused_and_loses_nothing(backend: Backend) {
+    let small = tempfile::tempdir().unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "resin-test-full"])
+        .arg(small.path())
+        .status()
+        .expect("running mount");
+    assert!(mount.success(), "mounting a tmpfs needs root");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.path());
+    let data_dir = small.path().to_owned();
+    let s = Server::start_with(backend, |c| c.data_dir = data_dir);
+    let (_, alice) = s.user("alice");
+    let osr = s.create(
+        &alice,
+        "os_release",
+        json!({"device_type": "qemuarm64", "version": "2.0"}),
+    );
+    let id = osr["id"].as_i64().unwrap();
+    let path = format!("/v1/os_release({id})/bundle");
+    let first: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8 + 1).collect();
+    let r = s.raw("PUT", &path, Some(&alice), &[], first.clone());
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // 4 MiB of non-zero bytes cannot fit in what is left.
+    let big: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8 + 1).collect();
+    let r = s.raw("PUT", &path, Some(&alice), &[], big);
+    assert_eq!(r.status, 507, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "InsufficientStorage");
+    assert!(
+        r.body.contains("no space left") && r.body.contains("nothing was stored"),
+        "{}",
+        r.body
+    );
+    let dir = small.path().join(format!("os/{id}"));
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["bundle.raucb".to_string()], "no temp file left");
+    assert_eq!(std::fs::read(dir.join("bundle.raucb")).unwrap(), first);
+    assert_eq!(
+        s.get(&format!("/v1/os_release({id})"), &alice).json()["bundle_size"],
+        first.len() as i64
     );
 }
