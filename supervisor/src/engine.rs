@@ -1,7 +1,8 @@
 //! The Docker engine through bollard: reads the managed containers, networks
 //! and volumes into a [`CurrentState`], and runs one planner [`Step`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
@@ -17,6 +18,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use resin_api_types::labels;
+use tokio::sync::watch;
 
 use crate::planner::{AppObject, Container, CurrentState, RunState, Step};
 use crate::spec::ServiceSpec;
@@ -78,6 +80,93 @@ pub struct Engine {
     /// When set, only these apps' objects are seen (several supervisors
     /// sharing one engine: tests and benchmarks). `None` on a device.
     only_apps: Option<BTreeSet<String>>,
+    /// Images being pulled, with their download progress in percent.
+    pulls: Arc<watch::Sender<BTreeMap<String, u8>>>,
+}
+
+/// Download progress of one pull, from the engine's per-layer messages.
+#[derive(Debug, Default)]
+pub struct PullProgress {
+    /// Layer id → (bytes downloaded, layer size); size 0 while unknown.
+    layers: BTreeMap<String, (u64, u64)>,
+}
+
+impl PullProgress {
+    /// Takes one message of the pull stream.
+    pub fn update(&mut self, id: Option<&str>, status: Option<&str>, current: i64, total: i64) {
+        let (Some(id), Some(status)) = (id, status) else {
+            return;
+        };
+        // Messages about the image as a whole ("Pulling from …",
+        // "Digest: …") carry the tag or no layer id.
+        if status.starts_with("Pulling from") || status.starts_with("Digest") {
+            return;
+        }
+        let layer = self.layers.entry(id.to_owned()).or_insert((0, 0));
+        match status {
+            "Downloading" => {
+                if total > 0 {
+                    layer.1 = total as u64;
+                }
+                layer.0 = current.max(0) as u64;
+            }
+            "Verifying Checksum" | "Download complete" | "Extracting" | "Pull complete"
+            | "Already exists" => {
+                if layer.1 == 0 {
+                    // Done before any size was seen: count it as done.
+                    layer.1 = 1;
+                }
+                layer.0 = layer.1;
+            }
+            _ => {}
+        }
+    }
+
+    /// Percent of the known layer bytes downloaded (99 at most: 100 is the
+    /// end of the pull).
+    pub fn percent(&self) -> u8 {
+        let (done, total) = self
+            .layers
+            .values()
+            .fold((0u64, 0u64), |(d, t), (c, s)| (d + c, t + s));
+        (done.min(total) * 100)
+            .checked_div(total)
+            .map_or(0, |pct| pct.min(99) as u8)
+    }
+}
+
+/// Removes an image from the pulls in progress when its pull ends, however
+/// it ends.
+struct PullEntry<'a> {
+    pulls: &'a watch::Sender<BTreeMap<String, u8>>,
+    image: &'a str,
+}
+
+impl<'a> PullEntry<'a> {
+    fn start(pulls: &'a watch::Sender<BTreeMap<String, u8>>, image: &'a str) -> Self {
+        pulls.send_modify(|p| {
+            p.insert(image.to_owned(), 0);
+        });
+        Self { pulls, image }
+    }
+    fn progress(&self, pct: u8) {
+        self.pulls
+            .send_if_modified(|p| match p.get_mut(self.image) {
+                Some(v) if *v != pct => {
+                    *v = pct;
+                    true
+                }
+                _ => false,
+            });
+    }
+}
+
+impl Drop for PullEntry<'_> {
+    fn drop(&mut self) {
+        self.pulls.send_modify(|p| {
+            p.remove(self.image);
+        });
+    }
 }
 
 impl Engine {
@@ -96,7 +185,13 @@ impl Engine {
         Ok(Self {
             docker,
             only_apps: None,
+            pulls: Arc::new(watch::channel(BTreeMap::new()).0),
         })
+    }
+
+    /// The images being pulled right now, with their progress in percent.
+    pub fn pulls(&self) -> watch::Receiver<BTreeMap<String, u8>> {
+        self.pulls.subscribe()
     }
 
     /// Limits what [`Engine::current`] sees to `apps`.
@@ -238,8 +333,18 @@ impl Engine {
                     .from_image(image)
                     .build();
                 let mut s = d.create_image(Some(opts), None, None);
+                let entry = PullEntry::start(&self.pulls, image);
+                let mut progress = PullProgress::default();
                 while let Some(item) = s.next().await {
-                    item.map_err(call(format!("pull {image}")))?;
+                    let info = item.map_err(call(format!("pull {image}")))?;
+                    let detail = info.progress_detail.unwrap_or_default();
+                    progress.update(
+                        info.id.as_deref(),
+                        info.status.as_deref(),
+                        detail.current.unwrap_or(0),
+                        detail.total.unwrap_or(0),
+                    );
+                    entry.progress(progress.percent());
                 }
             }
             Step::CreateNetwork {

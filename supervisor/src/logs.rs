@@ -27,6 +27,20 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// Splits a line of `docker logs --timestamps` into its time (ms since the
+/// epoch) and the message. A line without a readable stamp keeps all its
+/// text and gets `fallback_ms`.
+pub fn split_timestamp(line: &str, fallback_ms: i64) -> (i64, &str) {
+    if let Some((stamp, rest)) = line.split_once(' ') {
+        if let Ok(t) =
+            time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+        {
+            return ((t.unix_timestamp_nanos() / 1_000_000) as i64, rest);
+        }
+    }
+    (fallback_ms, line)
+}
+
 /// A bounded FIFO of log lines that drops the oldest when full.
 #[derive(Debug)]
 pub struct LogBuffer {
@@ -129,7 +143,10 @@ async fn follow(
         .stdout(true)
         .stderr(true)
         .since(since)
-        .timestamps(false)
+        // The engine's own times: lines written before the follower
+        // attached (a new container's first lines) keep when they were
+        // written, not when they were read.
+        .timestamps(true)
         .build();
     let mut stream = engine.docker().logs(&id, Some(opts));
     while let Some(item) = stream.next().await {
@@ -142,10 +159,11 @@ async fn follow(
         let text = String::from_utf8_lossy(&bytes);
         if let Ok(mut b) = buf.lock() {
             for l in text.lines() {
+                let (timestamp, message) = split_timestamp(l, now_ms());
                 b.push(LogLine {
-                    timestamp: now_ms(),
+                    timestamp,
                     service: Some(service.clone()),
-                    message: l.to_owned(),
+                    message: message.to_owned(),
                     is_stderr,
                     is_system: false,
                 });
@@ -218,6 +236,21 @@ pub async fn run(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_timestamps_become_the_line_time() {
+        assert_eq!(
+            split_timestamp("2026-11-26T08:48:02.123456789Z heartbeat 1 v2", 7),
+            (1_795_682_882_123, "heartbeat 1 v2")
+        );
+        assert_eq!(
+            split_timestamp("2026-11-26T08:48:02Z  two spaces", 7),
+            (1_795_682_882_000, " two spaces")
+        );
+        // No stamp: the text stays whole, with the fallback time.
+        assert_eq!(split_timestamp("plain line", 7), (7, "plain line"));
+        assert_eq!(split_timestamp("", 7), (7, ""));
+    }
 
     fn line(m: &str) -> LogLine {
         LogLine {

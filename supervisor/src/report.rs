@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use resin_api_types::{
-    AppReport, DeviceReport, OsUpdateReport, ServiceReport, ServiceStatus, StateReport,
+    AppReport, DeviceReport, DeviceTarget, OsUpdateReport, ServiceReport, ServiceStatus,
+    StateReport,
 };
 use tokio::sync::watch;
 
@@ -48,6 +49,44 @@ pub fn apps_report(cur: &CurrentState) -> BTreeMap<String, AppReport> {
     apps
 }
 
+/// Marks the target's services whose image is being pulled as
+/// `downloading`, with the pull's progress, in the new release. (Under
+/// download-then-kill the old container keeps running meanwhile; the
+/// report shows the service's next step, as balena's dashboard does.)
+pub fn mark_downloads(
+    apps: &mut BTreeMap<String, AppReport>,
+    target: Option<&DeviceTarget>,
+    pulls: &BTreeMap<String, u8>,
+) {
+    let Some(target) = target else { return };
+    if pulls.is_empty() {
+        return;
+    }
+    for (app_uuid, app) in &target.apps {
+        for (release_uuid, release) in &app.releases {
+            for (name, svc) in &release.services {
+                let Some(&pct) = pulls.get(&svc.image) else {
+                    continue;
+                };
+                let report = apps.entry(app_uuid.clone()).or_default();
+                report.services.insert(
+                    name.clone(),
+                    ServiceReport {
+                        status: ServiceStatus::Downloading,
+                        release_uuid: release_uuid.clone(),
+                        image: svc.image.clone(),
+                        // In steps of 10 %, so a pull adds at most ten
+                        // reports.
+                        download_progress: Some(pct / 10 * 10),
+                        container_id: None,
+                    },
+                );
+                report.release_uuid = None;
+            }
+        }
+    }
+}
+
 /// Inputs of the reporter.
 pub struct Reporter {
     pub cloud: Cloud,
@@ -58,13 +97,23 @@ pub struct Reporter {
     pub data_path: PathBuf,
     pub interval: Duration,
     pub debounce: Duration,
+    /// Images being pulled ([`crate::engine::Engine::pulls`]).
+    pub pulls: watch::Receiver<BTreeMap<String, u8>>,
+    /// The device's target, to tell which services a pull is for.
+    pub target: watch::Receiver<Option<DeviceTarget>>,
 }
 
 impl Reporter {
     /// The report without metrics: what "changed" compares.
     fn stable(&self, cur: &CurrentState, status: &str, os: &OsUpdateReport) -> DeviceReport {
+        let mut apps = apps_report(cur);
+        mark_downloads(
+            &mut apps,
+            self.target.borrow().as_ref(),
+            &self.pulls.borrow(),
+        );
         DeviceReport {
-            apps: Some(apps_report(cur)),
+            apps: Some(apps),
             status: Some(status.to_owned()),
             os_version: system::os_version(&self.os_release),
             os_update: Some(os.clone()),
@@ -76,7 +125,7 @@ impl Reporter {
 
     /// Runs until the channels close.
     pub async fn run(
-        self,
+        mut self,
         mut current: watch::Receiver<CurrentState>,
         mut status: watch::Receiver<String>,
         mut os: watch::Receiver<OsUpdateReport>,
@@ -138,10 +187,96 @@ impl Reporter {
                 r = current.changed() => if r.is_err() { return },
                 r = status.changed() => if r.is_err() { return },
                 r = os.changed() => if r.is_err() { return },
+                r = self.pulls.changed() => if r.is_err() { return },
+                r = self.target.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep(wait) => {}
             }
             // Debounce: let a burst of changes settle into one report.
             tokio::time::sleep(self.debounce).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use resin_api_types::{AppTarget, ReleaseTarget, ServiceTarget};
+
+    fn target(image: &str) -> DeviceTarget {
+        let svc = |image: &str| ServiceTarget {
+            image: image.into(),
+            ..Default::default()
+        };
+        let release = ReleaseTarget {
+            services: [
+                ("web".to_string(), svc(image)),
+                ("db".to_string(), svc("db:1")),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        DeviceTarget {
+            apps: [(
+                "app1".to_string(),
+                AppTarget {
+                    releases: [("rel2".to_string(), release)].into(),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    fn running(release: &str) -> BTreeMap<String, AppReport> {
+        let svc = |image: &str| ServiceReport {
+            status: ServiceStatus::Running,
+            release_uuid: release.into(),
+            image: image.into(),
+            download_progress: None,
+            container_id: Some("c".into()),
+        };
+        [(
+            "app1".to_string(),
+            AppReport {
+                release_uuid: Some(release.into()),
+                services: [
+                    ("web".to_string(), svc("web:1")),
+                    ("db".to_string(), svc("db:1")),
+                ]
+                .into(),
+            },
+        )]
+        .into()
+    }
+
+    #[test]
+    fn a_service_whose_new_image_is_pulled_shows_downloading_in_the_new_release() {
+        let mut apps = running("rel1");
+        let pulls = BTreeMap::from([("web:2".to_string(), 47u8)]);
+        mark_downloads(&mut apps, Some(&target("web:2")), &pulls);
+        let app = &apps["app1"];
+        let web = &app.services["web"];
+        assert_eq!(web.status, ServiceStatus::Downloading);
+        assert_eq!(web.release_uuid, "rel2");
+        assert_eq!(web.download_progress, Some(40), "in steps of 10 %");
+        assert_eq!(app.services["db"].status, ServiceStatus::Running);
+        assert_eq!(app.release_uuid, None, "the app is between releases");
+    }
+
+    #[test]
+    fn no_pull_or_no_target_changes_nothing() {
+        let before = running("rel1");
+        let mut apps = before.clone();
+        mark_downloads(&mut apps, Some(&target("web:2")), &BTreeMap::new());
+        mark_downloads(&mut apps, None, &BTreeMap::from([("web:2".into(), 5)]));
+        // A pull of an image no target service uses.
+        mark_downloads(
+            &mut apps,
+            Some(&target("web:2")),
+            &BTreeMap::from([("other:1".into(), 5)]),
+        );
+        assert_eq!(apps, before);
     }
 }

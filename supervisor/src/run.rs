@@ -271,6 +271,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         data_path: cfg.data_path.clone(),
         interval: Duration::from_secs(cfg.report_interval_secs.max(1)),
         debounce: Duration::from_millis(cfg.report_debounce_ms),
+        pulls: engine.pulls(),
+        target: target_tx.subscribe(),
     };
     tokio::spawn(reporter.run(current_rx.clone(), status_rx, os_report_rx));
 

@@ -77,15 +77,33 @@ fn provisions_applies_reports_forwards_logs_and_serves_the_local_api() {
         (r["os_version"] == "test-1" && r["supervisor_version"].is_string()).then_some(r)
     });
     let device_id = row["id"].as_i64().unwrap();
-    // Logs arrive.
-    wait_until(30, "container log line in the cloud", || {
+    // Logs arrive, stamped with the time the container wrote them (the
+    // engine's), not the time the forwarder read them.
+    let line = wait_until(30, "container log line in the cloud", || {
         let logs = cloud.get(&format!("/v1/device({device_id})/logs"));
         logs["value"]
             .as_array()?
             .iter()
-            .any(|l| l["message"] == "started hi")
-            .then_some(())
+            .find(|l| l["message"] == "started hi")
+            .cloned()
     });
+    let started = docker(&[
+        "inspect",
+        "--format",
+        "{{.State.StartedAt}}",
+        &docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=io.resin.app-uuid={app}"),
+        ]),
+    ]);
+    let started_ms = resin_supervisor::logs::split_timestamp(&format!("{started} x"), 0).0;
+    let ts = line["timestamp"].as_i64().unwrap();
+    assert!(
+        started_ms > 0 && (started_ms - 50..started_ms + 1000).contains(&ts),
+        "line at {ts}, container started at {started} ({started_ms})"
+    );
     // Polls after the first are answered 304.
     wait_until(15, "a 304", || {
         sup.log_text().contains("not modified (304)").then_some(())

@@ -107,6 +107,48 @@ async fn deploy_pulls_creates_and_starts_with_merged_env() {
     let _ = docker_ok(&["rmi", &img]);
 }
 
+/// While an image downloads, the engine publishes it with its progress (what
+/// the state report shows as `downloading`), and drops it when the pull ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_in_progress_is_published_with_its_progress() {
+    let app = app_uuid();
+    let state = tempfile::tempdir().unwrap();
+    let engine = engine().await.scoped_to([app.clone()]);
+    let mut pulls = engine.pulls();
+    let rec = Reconciler::new(engine, "testdevice", state.path()).unwrap();
+    let f = Fixture {
+        app,
+        _state: state,
+        rec,
+    };
+    let img = registry_image(&format!("progress-{}", &f.app[..8]));
+    let seen = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while pulls.changed().await.is_ok() {
+            let now = pulls.borrow_and_update().clone();
+            let done = now.is_empty() && !seen.is_empty();
+            seen.push(now);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    let t = target(&f.app, "rel1", &[("web", svc(&img))]);
+    let (out, _) = apply(&f, &t, false).await;
+    assert_eq!(out, Outcome::Converged);
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(10), seen)
+        .await
+        .expect("the pull ends")
+        .unwrap();
+    assert!(
+        seen.iter().any(|m| m.get(&img).is_some_and(|p| *p <= 99)),
+        "{seen:?}"
+    );
+    assert!(seen.last().unwrap().is_empty(), "{seen:?}");
+    let _ = docker_ok(&["rmi", &img]);
+}
+
 #[tokio::test]
 async fn download_then_kill_fetches_first_and_removes_the_unused_image() {
     let f = fixture().await;
