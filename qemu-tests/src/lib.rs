@@ -9,6 +9,7 @@
 //! - [`apps`]: the arm64 test image and the test releases.
 //! - [`scenarios`]: provision, deploy, update-app on one shared device.
 //! - [`host`]: resin-cloud and Docker Distribution on loopback, the API client.
+//! - [`workdir`]: a run's work dir, the free-space check, old runs' cleanup.
 
 pub mod apps;
 pub mod assets;
@@ -16,3 +17,4 @@ pub mod device;
 pub mod host;
 pub mod qemu;
 pub mod scenarios;
+pub mod workdir;

@@ -12,6 +12,7 @@ use resin_qemu_tests::device::DeviceInputs;
 use resin_qemu_tests::host::{ensure_registry, Cloud};
 use resin_qemu_tests::qemu::QemuConfig;
 use resin_qemu_tests::scenarios::{Ctx, OsInputs, Scenario, Timeouts};
+use resin_qemu_tests::workdir;
 
 /// The runner's one configuration (flags, or the RESIN_QEMU_* environment).
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
@@ -33,6 +34,12 @@ struct Config {
     /// Keep the work dir after a successful run too.
     #[arg(long)]
     keep: bool,
+    /// Free space (GiB) the work dir's filesystem must have before a run
+    /// starts. Ended runs' dirs beside it are removed to make room, but for
+    /// the newest two while there is enough; below this the run refuses to
+    /// start. A whole run peaks at about 5 GiB (see docs/qemu-tests.md).
+    #[arg(long, env = "RESIN_QEMU_MIN_FREE_GIB", default_value_t = 8)]
+    min_free_gib: u64,
     /// Directory with the host binaries resin-cloud and resin-imagegen.
     #[arg(long, env = "RESIN_QEMU_BIN_DIR", default_value = "target/debug")]
     bin_dir: PathBuf,
@@ -175,7 +182,20 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or(0)
                 )),
             };
-            fresh_work_dir(&work)?;
+            // Emptied first, so an earlier run's files there count as free.
+            workdir::fresh(&work)?;
+            let parent = work.parent().unwrap_or(Path::new("/"));
+            match workdir::make_room(parent, &work, c.min_free_gib << 30) {
+                Ok(removed) => {
+                    for dir in removed {
+                        println!("resin-qemu: removed {} (an earlier run's)", dir.display());
+                    }
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&work);
+                    return Err(e.into());
+                }
+            }
             println!("resin-qemu: artefacts in {}", work.display());
             let ok = run_scenarios(&c, &ws, &work, &scenarios, hold, &abs)?;
             if ok && !c.keep && !hold {
@@ -190,28 +210,6 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Marks a work dir as the runner's, so a later run may empty it.
-const WORK_MARKER: &str = ".resin-qemu-work";
-
-/// Empties `work` if an earlier run made it (it has the marker); refuses a
-/// non-empty directory without the marker; creates it and the marker.
-fn fresh_work_dir(work: &Path) -> anyhow::Result<()> {
-    if work.join(WORK_MARKER).exists() {
-        std::fs::remove_dir_all(work).with_context(|| format!("emptying {}", work.display()))?;
-    } else if std::fs::read_dir(work)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
-    {
-        bail!(
-            "{} is not empty and not an earlier resin-qemu work dir; pick another --work-dir",
-            work.display()
-        );
-    }
-    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
-    std::fs::write(work.join(WORK_MARKER), b"").context("writing the work dir marker")?;
-    Ok(())
 }
 
 fn run_scenarios(
