@@ -154,6 +154,33 @@ impl Step {
         }
     }
 
+    /// The (app uuid, service) this step acts on; `None` for steps on what
+    /// services share (images, networks, volumes).
+    pub fn service_key(&self) -> Option<(&str, &str)> {
+        match self {
+            Step::Create { spec } => Some((&spec.app_uuid, &spec.service)),
+            Step::Start {
+                app_uuid, service, ..
+            }
+            | Step::Stop {
+                app_uuid, service, ..
+            }
+            | Step::Kill {
+                app_uuid, service, ..
+            }
+            | Step::Remove {
+                app_uuid, service, ..
+            }
+            | Step::WaitForLock { app_uuid, service }
+            | Step::WaitForHandover { app_uuid, service } => Some((app_uuid, service)),
+            Step::FetchImage { .. }
+            | Step::CreateNetwork { .. }
+            | Step::CreateVolume { .. }
+            | Step::RemoveImage { .. }
+            | Step::RemoveNetwork { .. } => None,
+        }
+    }
+
     /// A short human description, for logs and systemd's STATUS=.
     pub fn describe(&self) -> String {
         match self {

@@ -1,8 +1,14 @@
 //! The executor: reads the engine, asks the planner for a round of steps,
-//! runs them phase by phase (steps of one phase concurrently), and loops
-//! until the plan is empty (converged) or only lock waits are left.
+//! runs them, and loops until the plan is empty (converged) or only lock
+//! waits are left.
+//!
+//! A round whose steps all act on single services (stop, start, create,
+//! remove a container) runs one chain per service, in phase order, the
+//! chains side by side: one service that is slow to stop does not hold back
+//! another's start. A round that also touches what services share (images,
+//! networks, volumes) runs phase by phase, the steps of a phase side by side.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -196,45 +202,89 @@ impl Reconciler {
         steps: &[Step],
         on_step: &(dyn Fn(&Step) + Sync),
     ) -> Result<(), ReconcileError> {
-        let mut phases: Vec<u8> = steps.iter().map(Step::phase).collect();
-        phases.dedup();
-        for phase in phases {
-            let batch: Vec<&Step> = steps
-                .iter()
-                .filter(|s| s.phase() == phase && !is_wait(s))
-                .collect();
-            let results: Vec<(&Step, Result<(), EngineError>)> = stream::iter(batch)
-                .map(|step| async move {
-                    on_step(step);
-                    tracing::info!(step = %step.describe(), "running step");
-                    (step, self.engine.run(step).await)
+        let todo: Vec<&Step> = steps.iter().filter(|s| !is_wait(s)).collect();
+        if todo.iter().all(|s| s.service_key().is_some()) {
+            let mut chains: BTreeMap<(&str, &str), Vec<&Step>> = BTreeMap::new();
+            for step in todo {
+                if let Some(key) = step.service_key() {
+                    chains.entry(key).or_default().push(step);
+                }
+            }
+            let results: Vec<Vec<(&Step, Result<(), EngineError>)>> = stream::iter(chains)
+                .map(|(_, mut chain)| async move {
+                    chain.sort_by_key(|s| s.phase());
+                    let mut done = Vec::new();
+                    for step in chain {
+                        let r = self.run_step(step, on_step).await;
+                        let failed = r.is_err();
+                        done.push((step, r));
+                        if failed {
+                            break; // the rest of this service's chain waits
+                        }
+                    }
+                    done
                 })
                 .buffer_unordered(PARALLEL_STEPS)
                 .collect()
                 .await;
-            let mut first_err = None;
-            for (step, r) in results {
-                match r {
-                    Ok(()) => match step {
-                        Step::FetchImage { image } => self.remember_image(image, true)?,
-                        Step::RemoveImage { image } => self.remember_image(image, false)?,
-                        _ => {}
-                    },
-                    Err(source) => {
-                        tracing::warn!(step = %step.describe(), error = %source, "step failed");
-                        if first_err.is_none() {
-                            first_err = Some(ReconcileError::Step {
-                                step: step.describe(),
-                                source,
-                            });
-                        }
+            return self.settle(results.into_iter().flatten());
+        }
+        let mut phases: Vec<u8> = todo.iter().map(|s| s.phase()).collect();
+        phases.sort_unstable();
+        phases.dedup();
+        for phase in phases {
+            let batch: Vec<&Step> = todo
+                .iter()
+                .copied()
+                .filter(|s| s.phase() == phase)
+                .collect();
+            let results: Vec<(&Step, Result<(), EngineError>)> = stream::iter(batch)
+                .map(|step| async move { (step, self.run_step(step, on_step).await) })
+                .buffer_unordered(PARALLEL_STEPS)
+                .collect()
+                .await;
+            self.settle(results)?;
+        }
+        Ok(())
+    }
+
+    async fn run_step(
+        &self,
+        step: &Step,
+        on_step: &(dyn Fn(&Step) + Sync),
+    ) -> Result<(), EngineError> {
+        on_step(step);
+        tracing::info!(step = %step.describe(), "running step");
+        self.engine.run(step).await
+    }
+
+    /// Records what finished steps changed, and returns the first failure.
+    fn settle<'a>(
+        &self,
+        results: impl IntoIterator<Item = (&'a Step, Result<(), EngineError>)>,
+    ) -> Result<(), ReconcileError> {
+        let mut first_err = None;
+        for (step, r) in results {
+            match r {
+                Ok(()) => match step {
+                    Step::FetchImage { image } => self.remember_image(image, true)?,
+                    Step::RemoveImage { image } => self.remember_image(image, false)?,
+                    _ => {}
+                },
+                Err(source) => {
+                    tracing::warn!(step = %step.describe(), error = %source, "step failed");
+                    if first_err.is_none() {
+                        first_err = Some(ReconcileError::Step {
+                            step: step.describe(),
+                            source,
+                        });
                     }
                 }
             }
-            if let Some(e) = first_err {
-                return Err(e);
-            }
         }
-        Ok(())
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

@@ -373,6 +373,70 @@ async fn env_change_restarts_only_the_changed_service() {
     let _ = docker_ok(&["rmi", &img]);
 }
 
+/// Two services updated together: `slow` ignores SIGTERM (the engine kills
+/// it after its 10 s stop timeout), `fast` exits on it. `fast` is started
+/// again as soon as its own old container has stopped, not when `slow`'s
+/// has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_slow_to_stop_does_not_delay_another_services_start() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/chains-{}", &f.app[..8]));
+    let mut slow = svc(&img);
+    slow.command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "trap '' TERM; while true; do sleep 1; done".into(),
+    ]);
+    let t1 = target(
+        &f.app,
+        "rel1",
+        &[("fast", svc(&img)), ("slow", slow.clone())],
+    );
+    apply(&f, &t1, false).await;
+    let mut fast2 = svc(&img);
+    fast2.environment.insert("V".into(), "2".into());
+    slow.environment.insert("V".into(), "2".into());
+    let t2 = target(&f.app, "rel2", &[("fast", fast2), ("slow", slow)]);
+    let times = Mutex::new(Vec::new());
+    let t0 = std::time::Instant::now();
+    let record = |s: &Step| {
+        let v = serde_json::to_value(s).unwrap();
+        times.lock().unwrap().push((
+            format!(
+                "{}:{}",
+                v["step"].as_str().unwrap(),
+                v["service"].as_str().unwrap_or("")
+            ),
+            t0.elapsed().as_secs_f64(),
+        ));
+    };
+    let out = f.rec.apply(&t2, false, &record).await.expect("apply");
+    assert_eq!(out, Outcome::Converged);
+    let times = times.into_inner().unwrap();
+    let at = |name: &str| {
+        times
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} not in {times:?}"))
+            .1
+    };
+    let fast_down = at("start:fast") - at("stop:fast");
+    let slow_down = at("start:slow") - at("stop:slow");
+    assert!(
+        slow_down >= 9.0,
+        "slow stops in its 10 s timeout: {times:?}"
+    );
+    assert!(
+        fast_down < 3.0,
+        "fast was down {fast_down:.1} s while slow stopped: {times:?}"
+    );
+    assert_eq!(
+        containers_of(&f.app),
+        ["fast running rel2", "slow running rel2"]
+    );
+    let _ = docker_ok(&["rmi", &img]);
+}
+
 #[tokio::test]
 async fn unmanaged_containers_are_left_alone() {
     let f = fixture().await;
