@@ -313,6 +313,9 @@ impl Agent {
                     ..
                 } => {
                     if *boot_id == self.boot_id()? {
+                        // Reported before the reboot is asked for: the
+                        // supervisor sends it to the cloud first.
+                        self.publish();
                         // No reboot yet: ask (once per agent start).
                         if !self.reboot_requested {
                             self.request_reboot(format!(
@@ -320,7 +323,6 @@ impl Agent {
                             ))
                             .await?;
                         }
-                        self.publish();
                         return Ok(Next::Wait);
                     }
                     if booted.bootname == *target_slot {

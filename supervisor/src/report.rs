@@ -9,7 +9,7 @@ use resin_api_types::{
     AppReport, DeviceReport, DeviceTarget, OsUpdateReport, ServiceReport, ServiceStatus,
     StateReport,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cloud::Cloud;
 use crate::planner::{CurrentState, RunState};
@@ -101,6 +101,9 @@ pub struct Reporter {
     pub pulls: watch::Receiver<BTreeMap<String, u8>>,
     /// The device's target, to tell which services a pull is for.
     pub target: watch::Receiver<Option<DeviceTarget>>,
+    /// Requests to send the current state now, without the debounce (before
+    /// a reboot); answered once it was sent or the attempt failed.
+    pub flush: mpsc::Receiver<oneshot::Sender<()>>,
 }
 
 impl Reporter {
@@ -134,10 +137,11 @@ impl Reporter {
         let mut last_at = Instant::now();
         let mut cpu_prev = system::cpu_times();
         let mut failures = 0u32;
+        let mut flushed: Option<oneshot::Sender<()>> = None;
         loop {
             let base = self.stable(&current.borrow(), &status.borrow(), &os.borrow());
             let due = last_at.elapsed() >= self.interval;
-            if last_sent.as_ref() != Some(&base) || due {
+            if last_sent.as_ref() != Some(&base) || due || flushed.is_some() {
                 let mut report = base.clone();
                 let cpu_now = system::cpu_times();
                 if let (Some((b0, t0)), Some((b1, t1))) = (cpu_prev, cpu_now) {
@@ -173,6 +177,9 @@ impl Reporter {
                     Err(e) => tracing::warn!(error = %e, "state report task failed"),
                 }
             }
+            if let Some(ack) = flushed.take() {
+                let _ = ack.send(());
+            }
             let wait = if failures > 0 {
                 crate::provision::backoff(
                     Duration::from_secs(2),
@@ -189,10 +196,18 @@ impl Reporter {
                 r = os.changed() => if r.is_err() { return },
                 r = self.pulls.changed() => if r.is_err() { return },
                 r = self.target.changed() => if r.is_err() { return },
+                Some(ack) = self.flush.recv() => {
+                    flushed = Some(ack);
+                    continue;
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
-            // Debounce: let a burst of changes settle into one report.
-            tokio::time::sleep(self.debounce).await;
+            // Debounce: let a burst of changes settle into one report (a
+            // flush ends it at once).
+            tokio::select! {
+                _ = tokio::time::sleep(self.debounce) => {}
+                Some(ack) = self.flush.recv() => flushed = Some(ack),
+            }
         }
     }
 }

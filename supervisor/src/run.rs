@@ -178,11 +178,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         rx
     };
 
-    // Reboots, through logind.
+    // Reboots, through logind, once the reporter has sent the state that
+    // led to it (an OS update's `rebooting`), or after 10 s without a cloud.
+    let (flush_tx, flush_rx) = mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
     let dbus = cfg.dbus_address.clone();
     let n = notifier.clone();
     tokio::spawn(async move {
         while let Some(reason) = reboot_rx.recv().await {
+            let (ack, sent) = tokio::sync::oneshot::channel();
+            if flush_tx.send(ack).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(10), sent).await;
+            }
             tracing::info!(%reason, "rebooting through logind");
             n.status(&format!("rebooting: {reason}"));
             if let Err(e) = system::logind("Reboot", dbus.as_deref()).await {
@@ -273,6 +279,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         debounce: Duration::from_millis(cfg.report_debounce_ms),
         pulls: engine.pulls(),
         target: target_tx.subscribe(),
+        flush: flush_rx,
     };
     tokio::spawn(reporter.run(current_rx.clone(), status_rx, os_report_rx));
 

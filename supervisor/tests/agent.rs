@@ -312,3 +312,76 @@ fn kill_9_mid_update_then_restart_converges_without_orphans() {
     cleanup(&app);
     let _ = docker_ok(&["rmi", &img]);
 }
+
+/// Before a reboot the supervisor flushes the state report: the cloud shows
+/// an OS update's `rebooting` even with a long debounce, and the flush is
+/// answered once the report is out.
+#[test]
+fn a_flush_sends_the_state_at_once_despite_the_debounce() {
+    use resin_api_types::{OsUpdateReport, OsUpdateState, RegisterRequest};
+    use resin_supervisor::report::Reporter;
+    use std::time::Duration;
+    use tokio::sync::{mpsc, oneshot, watch};
+
+    let cloud = CloudProc::start();
+    let f = cloud.create(
+        "fleet",
+        json!({"name": "flush", "device_type": "qemuarm64"}),
+    );
+    let p = cloud.create("provisioning_key", json!({"fleet": f["id"], "name": "p"}));
+    let client = resin_supervisor::cloud::Cloud::new(&cloud.url());
+    let uuid = app_uuid();
+    let reg = client
+        .register(
+            p["key"].as_str().unwrap(),
+            &RegisterRequest {
+                uuid: uuid.clone(),
+                device_type: "qemuarm64".into(),
+                name: None,
+                supervisor_version: None,
+                os_version: None,
+            },
+        )
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_current_tx, current) = watch::channel(Default::default());
+    let (_status_tx, status) = watch::channel("idle".to_string());
+    let (os_tx, os) = watch::channel(OsUpdateReport::default());
+    let (_pulls_tx, pulls) = watch::channel(Default::default());
+    let (_target_tx, target) = watch::channel(None);
+    let (flush_tx, flush) = mpsc::channel(1);
+    let reporter = Reporter {
+        cloud: client,
+        uuid: uuid.clone(),
+        key: reg.api_key.clone(),
+        version: "test".into(),
+        os_release: "/nonexistent".into(),
+        data_path: "/".into(),
+        interval: Duration::from_secs(600),
+        debounce: Duration::from_secs(60),
+        pulls,
+        target,
+        flush,
+    };
+    rt.spawn(reporter.run(current, status, os));
+    let state = || device_row(&cloud, &uuid).unwrap()["os_update_state"].clone();
+    // The first report goes out at once.
+    wait_until(20, "the first report", || (state() == "idle").then_some(()));
+
+    os_tx.send_replace(OsUpdateReport {
+        state: OsUpdateState::Rebooting,
+        target_version: Some("2.0.0".into()),
+        ..Default::default()
+    });
+    let t0 = std::time::Instant::now();
+    rt.block_on(async {
+        let (ack, sent) = oneshot::channel();
+        flush_tx.send(ack).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), sent)
+            .await
+            .expect("the flush is answered")
+            .unwrap();
+    });
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(state(), "rebooting", "sent before the flush was answered");
+}
