@@ -332,7 +332,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         if let Some(t) = &target {
             let _ = status_tx.send("applying".into());
             let n = notifier.clone();
-            let on_step = move |s: &crate::planner::Step| n.status(&s.describe());
+            // Each step goes to systemd's STATUS= and, as a system line, to
+            // the device's logs in the cloud (as balena shows service events).
+            let steps_log = log_buf.clone();
+            let on_step = move |s: &crate::planner::Step| {
+                let what = s.describe();
+                n.status(&what);
+                logs::system_line(&steps_log, what);
+            };
             match reconciler.apply(&t.apps, force_now, &on_step).await {
                 Ok(Outcome::Converged) => {
                     failures = 0;

@@ -98,6 +98,15 @@ fn provisions_applies_reports_forwards_logs_and_serves_the_local_api() {
             &format!("label=io.resin.app-uuid={app}"),
         ]),
     ]);
+    // The supervisor's steps show as system lines in the same log.
+    wait_until(30, "the step 'start web' as a system line", || {
+        let logs = cloud.get(&format!("/v1/device({device_id})/logs"));
+        logs["value"]
+            .as_array()?
+            .iter()
+            .any(|l| l["message"] == "start web" && l["isSystem"] == true)
+            .then_some(())
+    });
     let started_ms = resin_supervisor::logs::split_timestamp(&format!("{started} x"), 0).0;
     let ts = line["timestamp"].as_i64().unwrap();
     assert!(
