@@ -309,7 +309,14 @@ impl Ctx {
     fn update_app(&mut self) -> anyhow::Result<()> {
         self.vm()?;
         let t_set = now_ms();
-        self.release("v2", true)?;
+        let rid = self.release("v2", true)?;
+        let download = self.watch_download(rid, "heartbeat")?;
+        println!(
+            "  the cloud showed heartbeat downloading the new image {:.1}-{:.1} s after the target change (progress {:?} %)",
+            (download.first_seen - t_set) as f64 / 1000.0,
+            (download.last_seen - t_set) as f64 / 1000.0,
+            download.progress
+        );
         let hb = self.wait_log("from the recreated heartbeat", |l| {
             l["service"] == "heartbeat" && l["message"].as_str().is_some_and(|m| m.ends_with(" v2"))
         })?;
@@ -324,11 +331,9 @@ impl Ctx {
             },
         )?;
         println!("  store (volume kept): {}", st["message"]);
-        let rid = self.release.ok_or_else(|| anyhow!("no release"))?;
         self.wait_running(rid, &["heartbeat", "store"])?;
         // Download-then-kill: the old heartbeat ran on while the device
-        // pulled the new (48 MiB larger) image, and stopped only shortly
-        // before the new one started.
+        // pulled the new (48 MiB larger) image.
         let (id, _) = self.device()?;
         let lines = self.api.list(&format!("/v1/device({id})/logs"))?;
         let hb = |suffix: &str| -> Vec<i64> {
@@ -344,12 +349,76 @@ impl Ctx {
             v
         };
         let (old, new) = (hb(" v1"), hb(" v2"));
-        let (Some(&last_old), Some(&first_new)) = (old.last(), new.first()) else {
-            bail!("no heartbeat lines of both releases in the log");
+        let Some(&first_new) = new.first() else {
+            bail!("no heartbeat line of the new release in the log");
         };
-        verify_download_then_kill(&old, t_set, last_old, first_new)?;
+        verify_download_then_kill(&old, t_set, download.first_seen, first_new)?;
         Ok(())
     }
+
+    /// Polls the cloud's device resource (every 0.5 s) from the target change
+    /// until `service` shows `downloading` in release `rid` and then stops
+    /// showing it; returns when (host clock) and the progress values seen.
+    fn watch_download(&self, rid: i64, service: &str) -> anyhow::Result<Download> {
+        let (id, _) = self.device()?;
+        let api = self.api.clone();
+        let release = api.get(&format!("/v1/release({rid})"))?;
+        let ruuid = release["uuid"].as_str().unwrap_or_default().to_string();
+        let mut seen: Option<Download> = None;
+        let done = poll(self.timeouts.apps, Duration::from_millis(500), || {
+            let dev = api.get(&format!("/v1/device({id})")).ok()?;
+            let svc = dev["apps"]
+                .as_object()?
+                .values()
+                .map(|a| &a["services"][service])
+                .find(|s| !s.is_null())?;
+            let downloading =
+                svc["status"] == "downloading" && svc["release_uuid"] == ruuid.as_str();
+            match (&mut seen, downloading) {
+                (None, true) | (Some(_), true) => {
+                    let now = now_ms();
+                    let d = seen.get_or_insert(Download {
+                        first_seen: now,
+                        last_seen: now,
+                        progress: Vec::new(),
+                    });
+                    d.last_seen = now;
+                    if let Some(p) = svc["download_progress"].as_u64() {
+                        if d.progress.last() != Some(&p) {
+                            d.progress.push(p);
+                        }
+                    }
+                    None
+                }
+                (Some(_), false) => Some(()),
+                // Not yet downloading: fail early if the new release already
+                // runs (the download was never shown).
+                (None, false) => (svc["status"] == "running"
+                    && svc["release_uuid"] == ruuid.as_str())
+                .then_some(()),
+            }
+        });
+        match (done, seen) {
+            (Some(()), Some(d)) => Ok(d),
+            (Some(()), None) => bail!(
+                "{service} runs the new release, but the cloud never showed it downloading the new image"
+            ),
+            (None, _) => bail!(
+                "the cloud did not show {service} downloading and then done within {:?}",
+                self.timeouts.apps
+            ),
+        }
+    }
+}
+
+/// What the cloud showed of one service's image download.
+#[derive(Debug)]
+struct Download {
+    /// Host times (ms) of the first and last poll that showed it.
+    first_seen: i64,
+    last_seen: i64,
+    /// The progress values shown, in order, without repeats.
+    progress: Vec<u64>,
 }
 
 fn now_ms() -> i64 {
@@ -359,24 +428,28 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Judges an app update from the old service's line times (ms, the device's
-/// clock), the time the target changed (ms, the host's clock: the guest's
-/// RTC starts from it) and the new service's first line. The device polls
-/// every 5 s, so with delete-then-download the old service would stop within
-/// a few seconds of the change, before the pull. Download-then-kill keeps it
-/// printing without a hole (lines at most 3 s apart) for at least
-/// [`MIN_OLD_RUN_MS`] after the change: through the pull of the new 48 MiB
-/// image (about 25 s here).
+/// Judges an app update from the old service's line times (ms, the
+/// device's clock, which starts from the host's RTC), the time the target
+/// changed and the time the cloud first showed the new image downloading
+/// (both the host's clock), and the new service's first line.
+///
+/// Delete-then-download stops the old service before the pull starts, so
+/// no old line can follow the moment the cloud shows the download. With
+/// download-then-kill the old service prints on, without a hole (lines at
+/// most 3 s apart), at least until then.
 pub fn verify_download_then_kill(
     old: &[i64],
     t_set: i64,
-    last_old: i64,
+    download_seen: i64,
     first_new: i64,
 ) -> anyhow::Result<()> {
-    let ran = last_old - t_set;
+    let Some(&last_old) = old.last() else {
+        bail!("no heartbeat line of the old release in the log");
+    };
     println!(
-        "  the old heartbeat ran {:.1} s after the target change; no heartbeat for {:.1} s; the new one started {:.1} s after the change",
-        ran as f64 / 1000.0,
+        "  the old heartbeat ran {:.1} s after the target change and {:.1} s after the cloud showed the download; no heartbeat for {:.1} s; the new one started {:.1} s after the change",
+        (last_old - t_set) as f64 / 1000.0,
+        (last_old - download_seen) as f64 / 1000.0,
         (first_new - last_old) as f64 / 1000.0,
         (first_new - t_set) as f64 / 1000.0
     );
@@ -387,18 +460,14 @@ pub fn verify_download_then_kill(
             (w[1] - w[0]) as f64 / 1000.0
         );
     }
-    if ran < MIN_OLD_RUN_MS {
+    if last_old < download_seen {
         bail!(
-            "the old heartbeat stopped {:.1} s after the target change: it was not kept running while the new image was pulled",
-            ran as f64 / 1000.0
+            "the old heartbeat stopped {:.1} s before the cloud showed the new image downloading: it was not kept running while the image was pulled",
+            (download_seen - last_old) as f64 / 1000.0
         );
     }
     Ok(())
 }
-
-/// How long the old service must run on after the target change (3 poll
-/// intervals).
-pub const MIN_OLD_RUN_MS: i64 = 15_000;
 
 /// What a boot marker says: the slot (bootname) and OS version that booted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -729,8 +798,9 @@ impl Ctx {
         self.publish_os(version, &bundle)?;
         let mut seen: Vec<String> = Vec::new();
         let (id, _) = self.device()?;
-        // Watch the cloud until the device goes down for the reboot.
-        let _ = poll(self.timeouts.os_update, Duration::from_secs(2), || {
+        let boots = self.vm()?.count("resin-initrd: switching");
+        // Watch the cloud until it shows the reboot coming.
+        let rebooting = poll(self.timeouts.os_update, Duration::from_secs(1), || {
             let d = self.api.get(&format!("/v1/device({id})")).ok()?;
             let s = d["os_update_state"].as_str().unwrap_or("").to_string();
             if seen.last() != Some(&s) {
@@ -739,6 +809,16 @@ impl Ctx {
             }
             (s == "rebooting").then_some(())
         });
+        if rebooting.is_none() {
+            bail!(
+                "the cloud did not show the OS update rebooting within {:?}",
+                self.timeouts.os_update
+            );
+        }
+        // The supervisor sends `rebooting` before it reboots.
+        if self.vm()?.count("resin-initrd: switching") != boots {
+            bail!("the cloud showed rebooting only after the device had rebooted");
+        }
         let b = self.wait_marker(self.timeouts.os_update)?;
         if b.slot != to || b.version != version {
             bail!("expected slot {to} with {version} after the update, booted {b:?}");
@@ -949,16 +1029,18 @@ mod tests {
 
     #[test]
     fn download_then_kill_is_told_from_delete_then_download() {
-        // Old lines every second until 20 s after the change, the new one at 23 s.
+        // Old lines every second until 20 s after the change, the download
+        // shown from 6 s, the new one at 23 s.
         let old: Vec<i64> = (0..=30).map(|s| s * 1000 - 10_000).collect();
-        assert!(verify_download_then_kill(&old, 0, 20_000, 23_000).is_ok());
+        assert!(verify_download_then_kill(&old, 0, 6_000, 23_000).is_ok());
         // Killed at 2 s, before the pull (delete-then-download).
         let old: Vec<i64> = (0..=12).map(|s| s * 1000 - 10_000).collect();
-        assert!(verify_download_then_kill(&old, 0, 2_000, 23_000).is_err());
+        assert!(verify_download_then_kill(&old, 0, 6_000, 23_000).is_err());
         // A hole in the old service's lines during the update.
         let mut old: Vec<i64> = (0..=30).map(|s| s * 1000 - 10_000).collect();
         old.retain(|t| !(5_000..12_000).contains(t));
-        assert!(verify_download_then_kill(&old, 0, 20_000, 23_000).is_err());
+        assert!(verify_download_then_kill(&old, 0, 6_000, 23_000).is_err());
+        assert!(verify_download_then_kill(&[], 0, 6_000, 23_000).is_err());
     }
 
     #[test]
