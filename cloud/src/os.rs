@@ -319,7 +319,15 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
     let mut compression = Compression::None;
     for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
+        // %XX escapes are decoded; a '+' stays a '+' (versions such as
+        // 1.0+build), as RFC 3986 reads a query.
+        let decode = |what: &str, s: &str| {
+            resin_odata::percent_decode(what, &s.replace('+', "%2B"))
+                .map_err(|e| ApiError::bad_request(e.to_string()))
+        };
+        let (k, v) = (decode("parameter name", k)?, decode(k, v)?);
+        let v = v.as_str();
+        match k.as_str() {
             "fleet" => {
                 fleet = Some(
                     v.parse::<i64>()

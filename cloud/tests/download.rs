@@ -197,6 +197,10 @@ fn configured_image_download(backend: Backend) {
         ("version=1.0".to_string(), 400),
         ("fleet=abc".to_string(), 400),
         (format!("fleet={fleet}&colour=red"), 400),
+        (format!("fleet={fleet}&version=1.0%2"), 400),
+        // Escapes are decoded, and a '+' stays a '+'.
+        (format!("fleet={fleet}&version=1%2E0"), 200),
+        (format!("fleet={fleet}&version=9.9+x"), 404),
     ] {
         let r = s.raw(
             "GET",
@@ -206,6 +210,9 @@ fn configured_image_download(backend: Backend) {
             vec![],
         );
         assert_eq!(r.status, status, "{q}: {}", r.body);
+        if q.ends_with("9.9+x") {
+            assert!(r.body.contains("no OS release 9.9+x"), "{}", r.body);
+        }
     }
     assert_eq!(
         s.raw(
