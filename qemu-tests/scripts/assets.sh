@@ -274,6 +274,7 @@ JSON
   mkdir -p "$u/multi-user.target.wants" "$u/sockets.target.wants"
   ln -sf /lib/systemd/system/systemd-networkd.service "$u/multi-user.target.wants/systemd-networkd.service"
   ln -sf /etc/systemd/system/resin-boot-marker.service "$u/multi-user.target.wants/resin-boot-marker.service"
+  ln -sf /etc/systemd/system/resin-boot-times.service "$u/multi-user.target.wants/resin-boot-times.service"
   for p in serial-getty@ttyAMA0.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
     e2scrub_reap.service fstrim.timer dpkg-db-backup.timer systemd-networkd-wait-online.service; do
     ln -sf /dev/null "$u/$p"

@@ -7,6 +7,9 @@ use std::process::Command;
 
 use crate::assets::{run, AssetError, Keys, Workspace};
 
+/// The layout's `cmdline-extra` plus `apparmor=0`, for the QEMU disk.
+pub const QEMU_CMDLINE: &str = "bootloader.cmdline-extra=rootwait panic=30 apparmor=0";
+
 /// Where the device's parts come from.
 #[derive(Debug, Clone)]
 pub struct DeviceInputs {
@@ -111,6 +114,9 @@ impl DeviceInputs {
     }
 
     /// `resin-imagegen build`: the A/B disk image with `rootfs` in slot A.
+    /// The kernel command line adds `apparmor=0` to the layout's: under TCG
+    /// loading the profiles cost every boot seconds (apparmor.service 4 s,
+    /// and dockerd's own docker-default profile), and the issue allows it.
     pub fn disk(&self, work: &Path, rootfs: &Path, out: &Path) -> Result<PathBuf, AssetError> {
         let boot = self.boot_dir(work)?;
         let (l, r, b, o) = (
@@ -123,7 +129,18 @@ impl DeviceInputs {
         self.imagegen(
             "build",
             &[
-                "build", "--layout", &l, "--rootfs", &r, "--boot", &b, "--set", &size, "--output",
+                "build",
+                "--layout",
+                &l,
+                "--rootfs",
+                &r,
+                "--boot",
+                &b,
+                "--set",
+                &size,
+                "--set",
+                QEMU_CMDLINE,
+                "--output",
                 &o,
             ],
         )?;

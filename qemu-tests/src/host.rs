@@ -86,6 +86,29 @@ impl Drop for Service {
     }
 }
 
+/// A command for `program` that dies with the runner: util-linux's
+/// `setpriv --pdeathsig KILL` execs it with the parent-death signal set, so a
+/// runner stopped by a signal (a `kill`, not only Ctrl-C to the whole group)
+/// leaves no qemu, resin-cloud or registry behind. Spawn it from the main
+/// thread: the signal follows the spawning thread's exit.
+/// A program that is not found is left to `Command` itself, so spawning it
+/// fails with the usual "not found".
+pub fn dies_with_runner(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let program = program.as_ref();
+    let found = if Path::new(program).is_absolute() {
+        Path::new(program).is_file()
+    } else {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    };
+    if !found || !Path::new("/usr/bin/setpriv").is_file() {
+        return Command::new(program);
+    }
+    let mut cmd = Command::new("/usr/bin/setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    cmd
+}
+
 /// Waits until `url` answers (any HTTP status) or the timeout passes.
 pub fn wait_http(url: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -125,7 +148,7 @@ pub fn ensure_registry(port: u16, dir: &Path) -> Result<Option<Service>, HostErr
         ),
     )
     .map_err(io("writing the registry config"))?;
-    let mut cmd = Command::new("docker-registry");
+    let mut cmd = dies_with_runner("docker-registry");
     cmd.arg("serve").arg(&cfg);
     let svc = Service::spawn("docker-registry", cmd, dir.join("registry.log"))?;
     if !wait_http(&url, Duration::from_secs(20)) {
@@ -187,7 +210,7 @@ impl Cloud {
         })?;
         let api_key = v["api_key"].as_str().unwrap_or_default().to_string();
         let user_id = v["user_id"].as_i64().unwrap_or_default();
-        let mut serve = Command::new(bin);
+        let mut serve = dies_with_runner(bin);
         common(&mut serve);
         serve.arg("serve");
         let service = Service::spawn("resin-cloud", serve, data_dir.join("cloud.log"))?;
@@ -398,6 +421,34 @@ pub fn poll<T>(timeout: Duration, every: Duration, mut f: impl FnMut() -> Option
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_dies_when_the_thread_that_started_it_ends() {
+        // The runner's death is what matters; a thread's end sets off the
+        // same parent-death signal.
+        let mut child = std::thread::spawn(|| {
+            let c = dies_with_runner("sleep")
+                .arg("30")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            // Until setpriv has set the signal and exec'd sleep.
+            std::thread::sleep(Duration::from_millis(500));
+            c
+        })
+        .join()
+        .unwrap();
+        let t = Instant::now();
+        let status = child.wait().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10), "{status:?}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "{status:?}");
+        // A missing program fails to spawn, as with Command::new.
+        let e = dies_with_runner("resin-no-such-program")
+            .spawn()
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn free_port_is_on_loopback_and_nonzero() {

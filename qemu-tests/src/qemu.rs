@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where the AAVMF (UEFI for ARM64) firmware lives on Debian (`qemu-efi-aarch64`).
@@ -169,7 +169,7 @@ impl Vm {
                 .map_err(io("rotating the console log"))?;
         }
         File::create(&log).map_err(io(format!("creating {}", log.display())))?;
-        let child = Command::new("qemu-system-aarch64")
+        let child = crate::host::dies_with_runner("qemu-system-aarch64")
             .args(cfg.args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
