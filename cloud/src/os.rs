@@ -133,31 +133,31 @@ pub async fn upload(
 /// a 3 GiB image with 700 MiB of data takes about 700 MiB on the server.
 const HOLE_BLOCK: usize = 4096;
 
+/// The ranges of `data` to write: runs of blocks that are not all zeros
+/// (the all-zero blocks between them become holes).
+fn data_runs(data: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, block) in data.chunks(HOLE_BLOCK).enumerate() {
+        if block.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let (start, end) = (i * HOLE_BLOCK, i * HOLE_BLOCK + block.len());
+        match runs.last_mut() {
+            Some(r) if r.end == start => r.end = end,
+            _ => runs.push(start..end),
+        }
+    }
+    runs
+}
+
 /// Writes `data` at `offset` of a new file, skipping the all-zero blocks
 /// (the file is fresh, so a skipped range reads back as zeros once the
 /// caller sets the final length).
 async fn write_sparse(file: &mut tokio::fs::File, offset: u64, data: &[u8]) -> std::io::Result<()> {
-    let mut run: Option<usize> = None; // start of the current run of data blocks
-    let mut at = 0;
-    while at < data.len() {
-        let end = (at + HOLE_BLOCK).min(data.len());
-        let zero = data[at..end].iter().all(|&b| b == 0);
-        match (zero, run) {
-            (false, None) => run = Some(at),
-            (true, Some(start)) => {
-                file.seek(std::io::SeekFrom::Start(offset + start as u64))
-                    .await?;
-                file.write_all(&data[start..at]).await?;
-                run = None;
-            }
-            _ => {}
-        }
-        at = end;
-    }
-    if let Some(start) = run {
-        file.seek(std::io::SeekFrom::Start(offset + start as u64))
+    for run in data_runs(data) {
+        file.seek(std::io::SeekFrom::Start(offset + run.start as u64))
             .await?;
-        file.write_all(&data[start..]).await?;
+        file.write_all(&data[run]).await?;
     }
     Ok(())
 }
@@ -484,6 +484,21 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_blocks_are_left_out_of_the_runs_written() {
+        let mut d = vec![0u8; 5 * HOLE_BLOCK + 10];
+        d[1] = 1; // block 0
+        d[HOLE_BLOCK + 7] = 1; // block 1, joined to block 0
+        d[4 * HOLE_BLOCK] = 1; // block 4, after two zero blocks
+        assert_eq!(
+            data_runs(&d),
+            vec![0..2 * HOLE_BLOCK, 4 * HOLE_BLOCK..5 * HOLE_BLOCK]
+        );
+        d[5 * HOLE_BLOCK + 9] = 1; // the short last block
+        assert_eq!(data_runs(&d)[1], 4 * HOLE_BLOCK..5 * HOLE_BLOCK + 10);
+        assert!(data_runs(&[0u8; 100]).is_empty());
+    }
 
     #[test]
     fn ranges() {
