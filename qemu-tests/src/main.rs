@@ -276,10 +276,7 @@ fn run_scenarios(
         }
         Err(_) => None,
     };
-    let (image, big_image) = match images {
-        Some((a, b)) => (Some(a), Some(b)),
-        None => (None, None),
-    };
+    let (image, big_image) = images.unzip();
     println!(
         "resin-qemu: setup took {:.0} s",
         t_setup.elapsed().as_secs_f64()

@@ -254,13 +254,18 @@ impl Ctx {
         .ok_or_else(|| anyhow!("no log line {what} arrived within {:?}", self.timeouts.apps))
     }
 
+    /// The uuid of release `rid`, as the state report names releases.
+    fn release_uuid(&self, rid: i64) -> anyhow::Result<String> {
+        let release = self.api.get(&format!("/v1/release({rid})"))?;
+        Ok(release["uuid"].as_str().unwrap_or_default().to_string())
+    }
+
     /// Waits until the cloud's device resource shows every named service
     /// `running` in the release `rid` (from the supervisor's state report).
     fn wait_running(&self, rid: i64, names: &[&str]) -> anyhow::Result<()> {
         let (id, _) = self.device()?;
         let api = self.api.clone();
-        let release = api.get(&format!("/v1/release({rid})"))?;
-        let ruuid = release["uuid"].as_str().unwrap_or_default().to_string();
+        let ruuid = self.release_uuid(rid)?;
         poll(self.timeouts.apps, Duration::from_secs(3), || {
             let dev = api.get(&format!("/v1/device({id})")).ok()?;
             let apps = dev["apps"].as_object()?;
@@ -362,8 +367,7 @@ impl Ctx {
     fn watch_download(&self, rid: i64, service: &str) -> anyhow::Result<Download> {
         let (id, _) = self.device()?;
         let api = self.api.clone();
-        let release = api.get(&format!("/v1/release({rid})"))?;
-        let ruuid = release["uuid"].as_str().unwrap_or_default().to_string();
+        let ruuid = self.release_uuid(rid)?;
         let mut seen: Option<Download> = None;
         let done = poll(self.timeouts.apps, Duration::from_millis(500), || {
             let dev = api.get(&format!("/v1/device({id})")).ok()?;
@@ -374,28 +378,27 @@ impl Ctx {
                 .find(|s| !s.is_null())?;
             let downloading =
                 svc["status"] == "downloading" && svc["release_uuid"] == ruuid.as_str();
-            match (&mut seen, downloading) {
-                (None, true) | (Some(_), true) => {
-                    let now = now_ms();
-                    let d = seen.get_or_insert(Download {
-                        first_seen: now,
-                        last_seen: now,
-                        progress: Vec::new(),
-                    });
-                    d.last_seen = now;
-                    if let Some(p) = svc["download_progress"].as_u64() {
-                        if d.progress.last() != Some(&p) {
-                            d.progress.push(p);
-                        }
+            if downloading {
+                let now = now_ms();
+                let d = seen.get_or_insert(Download {
+                    first_seen: now,
+                    last_seen: now,
+                    progress: Vec::new(),
+                });
+                d.last_seen = now;
+                if let Some(p) = svc["download_progress"].as_u64() {
+                    if d.progress.last() != Some(&p) {
+                        d.progress.push(p);
                     }
-                    None
                 }
-                (Some(_), false) => Some(()),
+                return None;
+            }
+            match seen {
+                Some(_) => Some(()),
                 // Not yet downloading: fail early if the new release already
                 // runs (the download was never shown).
-                (None, false) => (svc["status"] == "running"
-                    && svc["release_uuid"] == ruuid.as_str())
-                .then_some(()),
+                None => (svc["status"] == "running" && svc["release_uuid"] == ruuid.as_str())
+                    .then_some(()),
             }
         });
         match (done, seen) {
@@ -500,6 +503,14 @@ impl Booted {
     }
 }
 
+/// What the initrd prints on every boot, before systemd starts.
+const BOOT_LINE: &str = "resin-initrd: switching";
+
+/// The initrd's line naming the root it mounts: slot `bootname` boots.
+fn slot_root_line(bootname: &str) -> String {
+    format!("resin-initrd: root PARTLABEL=resin-root{bootname}")
+}
+
 /// RAUC's slot name of a bootname in resin's layout (`rootfs.0` is A).
 pub fn rauc_slot(bootname: &str) -> &'static str {
     if bootname == "A" {
@@ -538,6 +549,15 @@ impl Ctx {
         self.booted
             .clone()
             .ok_or_else(|| anyhow!("no boot marker seen yet (run provision first)"))
+    }
+
+    /// Boots of the running qemu so far (in its console log).
+    fn boots(&self) -> anyhow::Result<usize> {
+        Ok(self
+            .vm
+            .as_ref()
+            .ok_or_else(|| anyhow!("no device is running (run provision first)"))?
+            .count(BOOT_LINE))
     }
 
     /// Waits for the next boot marker; remembers what booted.
@@ -736,7 +756,7 @@ impl Ctx {
             d["boot_slot"].as_str() == Some(rauc_slot(&from.slot))
         })?;
         let slots = self.slot_hashes()?;
-        let boots = self.vm()?.count("resin-initrd: switching");
+        let boots = self.boots()?;
         let k = &self.os.keys;
         let cases = [
             (
@@ -778,7 +798,7 @@ impl Ctx {
         if self.slot_hashes()? != slots {
             bail!("a slot was written although both bundles were refused");
         }
-        if self.vm()?.count("resin-initrd: switching") != boots {
+        if self.boots()? != boots {
             bail!("the device rebooted although both bundles were refused");
         }
         println!(
@@ -798,7 +818,7 @@ impl Ctx {
         self.publish_os(version, &bundle)?;
         let mut seen: Vec<String> = Vec::new();
         let (id, _) = self.device()?;
-        let boots = self.vm()?.count("resin-initrd: switching");
+        let boots = self.boots()?;
         // Watch the cloud until it shows the reboot coming.
         let rebooting = poll(self.timeouts.os_update, Duration::from_secs(1), || {
             let d = self.api.get(&format!("/v1/device({id})")).ok()?;
@@ -816,7 +836,7 @@ impl Ctx {
             );
         }
         // The supervisor sends `rebooting` before it reboots.
-        if self.vm()?.count("resin-initrd: switching") != boots {
+        if self.boots()? != boots {
             bail!("the cloud showed rebooting only after the device had rebooted");
         }
         let b = self.wait_marker(self.timeouts.os_update)?;
@@ -879,7 +899,7 @@ impl Ctx {
                 )
             } else {
                 // The last one: while the new slot boots, before it is confirmed.
-                let needle = format!("resin-initrd: root PARTLABEL=resin-root{to}");
+                let needle = slot_root_line(&to);
                 let t = self.timeouts.os_update;
                 self.vm()?.wait_for(&needle, t)?;
                 let ms = rng.random_range(0..40_000);
@@ -918,7 +938,7 @@ impl Ctx {
         let version = "4.0.0";
         let bundle = self.build_bundle(version, &["resin-supervisor.service"])?;
         self.publish_os(version, &bundle)?;
-        let new_root = format!("resin-initrd: root PARTLABEL=resin-root{to}");
+        let new_root = slot_root_line(to);
         let mut trials = 0;
         let mut guard_reboots = 0;
         let mut timeout = self.timeouts.os_update;
