@@ -13,9 +13,9 @@ QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
 t0=$(date +%s)
 stage() { log "[$(( $(date +%s) - t0 ))s] $*"; }
 
-# Disk space, for the record: a full run needs about 20 GiB on a cold
-# machine (the cargo target dir, the QEMU cache and one QEMU run's work dir,
-# which refuses to start below RESIN_QEMU_MIN_FREE_GIB).
+# Disk space, for the record: a full run from a fresh clone used about 13 GB
+# at its peak (see the README), most of it the cargo target dir and one QEMU
+# run's work dir, which refuses to start below RESIN_QEMU_MIN_FREE_GIB.
 stage "free space: $(df -h --output=avail "$RESIN_ROOT" | tail -1 | tr -d ' ') beside the clone, $(df -h --output=avail /var/tmp | tail -1 | tr -d ' ') in /var/tmp"
 
 stage "installing packages"
