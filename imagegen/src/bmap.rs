@@ -1,5 +1,8 @@
 //! Block map (`.bmap`, format 2.0 with sha256 range checksums) for a sparse image, as
-//! `bmaptool copy` reads it.
+//! `bmaptool copy` reads it. The mapped blocks are the ones whose content matters (see
+//! [`crate::sparse::needed_blocks`]), not merely the non-zero ones: a zero block that a
+//! filesystem reads (an inode table, the rest of a FAT, a file's run of zeros) is mapped, so
+//! flashing onto a medium that is not blank still gives the image.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -8,25 +11,17 @@ use std::os::unix::fs::FileExt;
 
 use sha2::{Digest, Sha256};
 
-use crate::sparse::{data_ranges, BLOCK};
+use crate::sparse::BLOCK;
 
-/// Builds the bmap XML text for the image `f`.
-pub fn bmap_for(f: &File) -> io::Result<String> {
+/// Builds the bmap XML text for the image `f`, mapping the inclusive block ranges `blocks`
+/// (sorted, not overlapping).
+pub fn bmap_for(f: &File, blocks: &[(u64, u64)]) -> io::Result<String> {
     let len = f.metadata()?.len();
-    // Data extents → block ranges (inclusive), merged when adjacent.
-    let mut blocks: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in data_ranges(f, len)? {
-        let (first, last) = (s / BLOCK, e.div_ceil(BLOCK) - 1);
-        match blocks.last_mut() {
-            Some(prev) if prev.1 + 1 >= first => prev.1 = prev.1.max(last),
-            _ => blocks.push((first, last)),
-        }
-    }
     let blocks_count = len.div_ceil(BLOCK);
     let mapped: u64 = blocks.iter().map(|(a, b)| b - a + 1).sum();
     let mut ranges = String::new();
     let mut buf = vec![0u8; 1 << 20];
-    for &(first, last) in &blocks {
+    for &(first, last) in blocks {
         let mut h = Sha256::new();
         let start = first * BLOCK;
         let end = ((last + 1) * BLOCK).min(len);

@@ -305,7 +305,7 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
     // 4. Filesystems, built in parallel, each copied sparsely to its offset.
     let total: u64 = plan.parts.iter().map(|p| p.size).sum();
     let pb = progress(total, "building partitions");
-    let results: Vec<Result<u64, BuildError>> = std::thread::scope(|s| {
+    let results: Vec<Result<Written, BuildError>> = std::thread::scope(|s| {
         let handles: Vec<_> = plan
             .parts
             .iter()
@@ -335,15 +335,25 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
     });
     pb.finish_and_clear();
     let mut bytes_written = 0;
+    let mut needed = Vec::new();
     for r in results {
-        bytes_written += r?;
+        let w = r?;
+        bytes_written += w.bytes;
+        needed.extend(w.needed);
     }
 
     // 5. The GPT, last.
     write_gpt(plan, disk, &seed)?;
+    needed.extend(gpt_ranges(disk).map_err(io_ctx("reading back the GPT"))?);
+
+    // 6. The block map: what the partition table and filesystems read. The file is made sparse
+    // in exactly the other blocks, so `bmaptool create` on it gives the same map.
+    let blocks = crate::sparse::needed_blocks(&needed, plan.disk_size);
+    crate::sparse::conform(disk, plan.disk_size, &blocks)
+        .map_err(io_ctx("matching the image's holes to its block map"))?;
     disk.sync_all().map_err(io_ctx("syncing the image"))?;
 
-    // 6. bmap and compressed copy (from the temp image), then rename everything into place.
+    // 7. bmap and compressed copy (from the temp image), then rename everything into place.
     // The compressed copy first, so a failure leaves neither it nor a stale .bmap behind.
     let compressed = if opts.compression != Compression::None {
         let cp = sibling(&opts.output, opts.compression.suffix());
@@ -354,7 +364,7 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
     };
     let bmap_path = opts.bmap.then(|| sibling(&opts.output, ".bmap"));
     if let Some(bp) = &bmap_path {
-        let text = crate::bmap::bmap_for(disk).map_err(io_ctx("computing the bmap"))?;
+        let text = crate::bmap::bmap_for(disk, &blocks).map_err(io_ctx("computing the bmap"))?;
         crate::util::write_atomic(bp, text.as_bytes())
             .map_err(io_ctx(format!("writing {}", bp.display())))?;
     }
@@ -404,6 +414,39 @@ fn compress_to(disk: &File, len: u64, c: Compression, out: &Path) -> Result<(), 
     Ok(())
 }
 
+/// What one partition's builder wrote.
+struct Written {
+    /// Bytes of data copied into the image.
+    bytes: u64,
+    /// Absolute byte ranges of the image whose content the partition's filesystem reads.
+    needed: Vec<(u64, u64)>,
+}
+
+/// Where the GPT lives (protective MBR, both headers, both entry arrays, zero entries
+/// included: the header's CRC covers the whole array), read back from the primary header.
+fn gpt_ranges(disk: &File) -> io::Result<Vec<(u64, u64)>> {
+    use std::os::unix::fs::FileExt;
+    let sector = 512u64;
+    let mut h = [0u8; 92];
+    disk.read_exact_at(&mut h, sector)?;
+    let u64_at = |b: &[u8], o: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(a)
+    };
+    let u32_at =
+        |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as u64;
+    let entries = u32_at(&h, 80) * u32_at(&h, 84);
+    let backup_lba = u64_at(&h, 32);
+    let mut out = vec![(0, 2 * sector)];
+    out.push((u64_at(&h, 72) * sector, u64_at(&h, 72) * sector + entries));
+    let mut b = [0u8; 92];
+    disk.read_exact_at(&mut b, backup_lba * sector)?;
+    out.push((backup_lba * sector, (backup_lba + 1) * sector));
+    out.push((u64_at(&b, 72) * sector, u64_at(&b, 72) * sector + entries));
+    Ok(out)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn build_partition(
     plan: &Plan,
@@ -415,7 +458,7 @@ fn build_partition(
     rendered: &[crate::render::Rendered],
     config: &[u8],
     disk: &File,
-) -> Result<u64, BuildError> {
+) -> Result<Written, BuildError> {
     let fs_img = work.join(format!("{}.fs", p.name));
     let mut extracted = None;
     let dir: Option<PathBuf> = match src {
@@ -486,10 +529,33 @@ fn build_partition(
             })?;
             fs_img.clone()
         }
-        (Fs::None, _) => return Ok(0),
+        (Fs::None, _) => {
+            return Ok(Written {
+                bytes: 0,
+                needed: Vec::new(),
+            })
+        }
     };
     let _ = plan;
     let f = File::open(&image).map_err(io_ctx(format!("opening {}", image.display())))?;
+    let needed: Vec<(u64, u64)> = match (p.fs, src) {
+        // A ready-made image: all of it, since we cannot tell which of its zeros matter.
+        (_, Source::Image(_)) => {
+            let len = f
+                .metadata()
+                .map_err(io_ctx(format!("reading {}", image.display())))?
+                .len();
+            vec![(0, len)]
+        }
+        (Fs::Ext4, _) => crate::ext4::used_ranges(&image)?,
+        (Fs::Vfat, _) => crate::fat::FatVolume::open(&f, 0, p.size)
+            .and_then(|v| v.used_ranges(&f))
+            .map_err(|e| BuildError::Io {
+                context: format!("mapping the FAT of {}", p.label),
+                source: io::Error::other(e),
+            })?,
+        (Fs::None, _) => Vec::new(),
+    };
     let n = copy_sparse(&f, disk, p.offset, &|_| {})
         .map_err(io_ctx(format!("copying {} into the image", p.label)))?;
     drop(f);
@@ -499,7 +565,13 @@ fn build_partition(
     if let Some(d) = extracted {
         let _ = std::fs::remove_dir_all(d);
     }
-    Ok(n)
+    Ok(Written {
+        bytes: n,
+        needed: needed
+            .into_iter()
+            .map(|(s, e)| (p.offset + s, p.offset + e.min(p.size)))
+            .collect(),
+    })
 }
 
 fn write_gpt(plan: &Plan, disk: &File, seed: &[u8]) -> Result<(), BuildError> {

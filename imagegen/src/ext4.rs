@@ -55,7 +55,7 @@ pub fn build_ext4(path: &Path, spec: &Ext4Spec<'_>) -> Result<(), Ext4Error> {
         .args(["-U", &spec.uuid.to_string()])
         .args([
             "-E",
-            &format!("hash_seed={},lazy_itable_init=1,nodiscard", spec.hash_seed),
+            &format!("hash_seed={},lazy_itable_init=0,nodiscard", spec.hash_seed),
         ]);
     if let Some(d) = spec.root_dir {
         cmd.arg("-d").arg(d);
@@ -161,5 +161,80 @@ fn push_mtime(script: &mut String, path: &str, mtime: i64, epoch: i64) {
     use std::fmt::Write as _;
     if mtime > epoch {
         let _ = writeln!(script, "sif \"{path}\" mtime @{epoch}");
+    }
+}
+
+/// The byte ranges (relative to the filesystem's start, sorted) that ext4 reads: every block
+/// the block bitmaps count as in use (superblocks and their backups, group descriptors, bitmaps,
+/// inode tables, the journal, directories and file data, zero or not). Free blocks are left
+/// out: e2fsck and the kernel never read them before writing them. The map comes from
+/// `dumpe2fs`, which also resolves the groups whose bitmaps are not initialised on disk.
+pub fn used_ranges(img: &Path) -> Result<Vec<(u64, u64)>, Ext4Error> {
+    let out = Command::new("dumpe2fs")
+        .arg(img)
+        .output()
+        .map_err(Ext4Error::Spawn)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let failed = |why: String| Ext4Error::Failed {
+        label: img.display().to_string(),
+        stderr: format!("dumpe2fs: {why}"),
+    };
+    if !out.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    parse_used_ranges(&text).map_err(failed)
+}
+
+/// [`used_ranges`] from dumpe2fs's text: the complement of the groups' "Free blocks" lists.
+pub fn parse_used_ranges(text: &str) -> Result<Vec<(u64, u64)>, String> {
+    let header = |key: &str| -> Result<u64, String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("no `{key}` in its output"))
+    };
+    let block = header("Block size:")?;
+    let count = header("Block count:")?;
+    let mut free = Vec::new();
+    // Only the groups' lines are indented; the header's "Free blocks:" is a count.
+    for l in text.lines().filter(|l| l.starts_with("  ")) {
+        let Some(list) = l.trim_start().strip_prefix("Free blocks:") else {
+            continue;
+        };
+        for r in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let bad = || format!("cannot read the free block range `{r}`");
+            let (a, b) = match r.split_once('-') {
+                Some((a, b)) => (a.parse::<u64>(), b.parse::<u64>()),
+                None => (r.parse::<u64>(), r.parse::<u64>()),
+            };
+            let (a, b) = (a.map_err(|_| bad())?, b.map_err(|_| bad())?);
+            free.push((a * block, (b + 1) * block));
+        }
+    }
+    free.sort_unstable();
+    Ok(crate::sparse::subtract(&[(0, count * block)], &free))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn used_ranges_are_the_blocks_not_listed_free() {
+        let text = "Block count:              100\nFree blocks:              90\n\
+                    Block size:               4096\n\
+                    Group 0: (Blocks 0-99) csum 0x1 [ITABLE_ZEROED]\n  Free blocks: 4-49, 60, 62-99\n";
+        assert_eq!(
+            parse_used_ranges(text).unwrap(),
+            vec![
+                (0, 4 * 4096),
+                (50 * 4096, 60 * 4096),
+                (61 * 4096, 62 * 4096)
+            ]
+        );
+        assert!(parse_used_ranges("Block size: 4096\n").is_err());
     }
 }

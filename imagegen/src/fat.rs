@@ -177,6 +177,50 @@ impl FatVolume {
         }
     }
 
+    /// The byte ranges (absolute, sorted) whose content the filesystem reads: the reserved
+    /// sectors, every FAT, the root directory and each allocated cluster. Free clusters and
+    /// the tail after the last cluster are left out: nothing reads them before writing them.
+    pub fn used_ranges(&self, f: &File) -> Result<Vec<(u64, u64)>, FatError> {
+        let n = self.clusters as u64 + 2;
+        let fat_len = match self.kind {
+            FatKind::Fat32 => n * 4,
+            FatKind::Fat16 => n * 2,
+            FatKind::Fat12 => (n * 3).div_ceil(2),
+        };
+        let mut fat = vec![0u8; fat_len as usize];
+        f.read_exact_at(&mut fat, self.fat_offset)?;
+        let mut out = vec![(self.base, self.data_offset)];
+        for c in 2..n as u32 {
+            let i = c as usize;
+            let used = match self.kind {
+                FatKind::Fat32 => {
+                    u32::from_le_bytes([fat[4 * i], fat[4 * i + 1], fat[4 * i + 2], fat[4 * i + 3]])
+                        & 0x0FFF_FFFF
+                        != 0
+                }
+                FatKind::Fat16 => fat[2 * i] != 0 || fat[2 * i + 1] != 0,
+                FatKind::Fat12 => {
+                    let o = i + i / 2;
+                    let w = u16::from_le_bytes([fat[o], fat[o + 1]]);
+                    let v = if c.is_multiple_of(2) {
+                        w & 0xFFF
+                    } else {
+                        w >> 4
+                    };
+                    v != 0
+                }
+            };
+            if used {
+                let s = self.cluster_offset(c);
+                match out.last_mut() {
+                    Some(last) if last.1 == s => last.1 = s + self.cluster_size,
+                    _ => out.push((s, s + self.cluster_size)),
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn cluster_offset(&self, c: u32) -> u64 {
         self.data_offset + (c as u64 - 2) * self.cluster_size
     }

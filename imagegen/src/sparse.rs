@@ -82,6 +82,87 @@ pub fn copy_sparse(
     Ok(written)
 }
 
+/// The 4 KiB blocks (inclusive ranges, sorted and merged) covering the byte ranges `[s, e)` that
+/// matter in a file of `len` bytes. A block is mapped when any byte of it matters.
+pub fn needed_blocks(ranges: &[(u64, u64)], len: u64) -> Vec<(u64, u64)> {
+    let last_block = len.div_ceil(BLOCK);
+    let mut v: Vec<(u64, u64)> = ranges
+        .iter()
+        .filter(|(s, e)| e > s && *s < len)
+        .map(|&(s, e)| (s / BLOCK, e.min(len).div_ceil(BLOCK).min(last_block)))
+        .collect();
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in v {
+        match out.last_mut() {
+            Some(l) if l.1 + 1 >= a => l.1 = l.1.max(b - 1),
+            _ => out.push((a, b - 1)),
+        }
+    }
+    out
+}
+
+/// `a` minus `b`, both sorted lists of disjoint half-open ranges.
+pub fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for &(s, e) in a {
+        let mut cur = s;
+        while j < b.len() && b[j].1 <= cur {
+            j += 1;
+        }
+        let mut k = j;
+        while cur < e && k < b.len() && b[k].0 < e {
+            if b[k].0 > cur {
+                out.push((cur, b[k].0));
+            }
+            cur = cur.max(b[k].1);
+            k += 1;
+        }
+        if cur < e {
+            out.push((cur, e));
+        }
+    }
+    out
+}
+
+/// Makes the file `f` (`len` bytes) sparse in exactly the blocks left out of `blocks`
+/// (inclusive block ranges from [`needed_blocks`]): zeros are written into holes inside mapped
+/// blocks, and data outside them is punched out, so SEEK_DATA/FIEMAP readers such as
+/// `bmaptool create` see the same map as our `.bmap`. Where the filesystem cannot punch holes
+/// the data stays (the image is then merely less sparse).
+pub fn conform(f: &File, len: u64, blocks: &[(u64, u64)]) -> io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    let mapped: Vec<(u64, u64)> = blocks
+        .iter()
+        .map(|&(a, b)| (a * BLOCK, ((b + 1) * BLOCK).min(len)))
+        .collect();
+    let data = data_ranges(f, len)?;
+    let zeros = vec![0u8; CHUNK];
+    for (s, e) in subtract(&mapped, &data) {
+        let mut pos = s;
+        while pos < e {
+            let n = ((e - pos) as usize).min(CHUNK);
+            f.write_all_at(&zeros[..n], pos)?;
+            pos += n as u64;
+        }
+    }
+    let all = [(0, len)];
+    let unmapped = subtract(&all, &mapped);
+    for (s, e) in subtract(&data, &subtract(&data, &unmapped)) {
+        let (Ok(off), Ok(n)) = (i64::try_from(s), i64::try_from(e - s)) else {
+            continue;
+        };
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(f, flags, off, n) {
+            Ok(()) => {}
+            Err(Errno::EOPNOTSUPP) => return Ok(()),
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    }
+    Ok(())
+}
+
 /// True if every byte is zero.
 pub fn is_zero(b: &[u8]) -> bool {
     let mut chunks = b.chunks_exact(16);
@@ -186,6 +267,56 @@ impl Read for OverlayReader {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn needed_blocks_round_out_and_merge() {
+        let r = needed_blocks(
+            &[(8192, 8193), (0, 10), (4095, 4097), (20000, 30000)],
+            32768,
+        );
+        assert_eq!(r, vec![(0, 2), (4, 7)]);
+        assert_eq!(needed_blocks(&[(0, 1 << 40)], 10000), vec![(0, 2)]);
+        assert!(needed_blocks(&[(5, 5)], 100).is_empty());
+    }
+
+    #[test]
+    fn subtract_leaves_the_gaps() {
+        let a = [(0, 100), (200, 300)];
+        assert_eq!(
+            subtract(&a, &[(10, 20), (50, 250)]),
+            vec![(0, 10), (20, 50), (250, 300)]
+        );
+        assert_eq!(subtract(&a, &[]), a.to_vec());
+        assert!(subtract(&a, &[(0, 300)]).is_empty());
+        assert_eq!(subtract(&[(0, 10)], &[(10, 20)]), vec![(0, 10)]);
+    }
+
+    #[test]
+    fn conform_matches_the_file_to_the_map() {
+        let d = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(d.path().join("x"))
+            .unwrap();
+        let len = 16 * BLOCK;
+        f.set_len(len).unwrap();
+        f.write_all_at(&[1u8; 4096], 0).unwrap(); // data, mapped
+        f.write_all_at(&[2u8; 4096], 8 * BLOCK).unwrap(); // data, not mapped
+        let blocks = [(0, 0), (4, 5)]; // block 4-5: a hole that must read as mapped zeros
+        conform(&f, len, &blocks).unwrap();
+        let ranges = data_ranges(&f, len).unwrap();
+        let as_blocks: Vec<_> = ranges
+            .iter()
+            .map(|&(s, e)| (s / BLOCK, e / BLOCK - 1))
+            .collect();
+        assert_eq!(as_blocks, vec![(0, 0), (4, 5)]);
+        let mut b = [9u8; 4096];
+        f.read_exact_at(&mut b, 8 * BLOCK).unwrap();
+        assert!(is_zero(&b));
+    }
 
     #[test]
     fn overlay_reader_emits_holes_data_and_patches() {

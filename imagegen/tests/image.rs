@@ -66,9 +66,10 @@ fn structure_is_valid_for_the_real_tools_and_bmap_round_trips() {
         std::fs::remove_file(&part).unwrap();
     }
 
-    // Sparse: far fewer blocks allocated than the image's size.
+    // Sparse: the free space of every filesystem is a hole (what stays is the metadata,
+    // journals and inode tables included, and the files; tests/flash.rs checks the exact map).
     let md = std::fs::metadata(&img).unwrap();
-    assert!(md.blocks() * 512 < md.len() / 10, "image is sparse");
+    assert!(md.blocks() * 512 < md.len() / 3, "image is sparse");
 
     // bmap round trip through the real bmaptool (it checks the sha256 of every range).
     let copy = d.path().join("copy.img");

@@ -144,3 +144,10 @@ pub fn differing_bytes(a: &[u8], b: &[u8]) -> Vec<u64> {
     }
     out
 }
+
+/// `disk.img` + `.bmap` → `disk.img.bmap`.
+pub fn sibling(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
