@@ -23,14 +23,6 @@ ROOTFS_PACKAGES=(
   e2fsprogs dosfstools fdisk procps
 )
 
-# The Debian mirror this machine already uses (first URIs: line of its sources).
-debian_mirror() {
-  local m
-  m=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | awk '{print $2}' || true)
-  [ -n "$m" ] || m=$(grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | head -1 | awk '{print $2}' || true)
-  echo "${m:-http://deb.debian.org/debian}"
-}
-
 hash_of() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
 
 ensure_arm64_arch() {
@@ -168,11 +160,7 @@ GRUB_MODULES=(part_gpt fat ext2 normal linux loadenv test regexp echo configfile
 # partition it was loaded from (where imagegen puts grub.cfg and grubenv).
 build_grub() {
   local key out
-  if [ ! -d /usr/lib/grub/arm64-efi ]; then
-    ensure_arm64_arch
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-      grub-efi-arm64-bin:arm64 >/dev/null
-  fi
+  preflight_grub
   key=$(hash_of "v$ASSETS_VERSION" "${GRUB_MODULES[@]}" "$(dpkg-query -W -f='${Version}' grub-efi-arm64-bin:arm64)")
   out=$CACHE/grub-$key/BOOTAA64.EFI
   if [ ! -s "$out" ]; then
@@ -183,21 +171,41 @@ build_grub() {
   echo "$out"
 }
 
+# What the steps below exec or read from the host, checked before they start
+# (and by the fresh-root check, scripts/checks/10-fresh-root.sh, in a clean
+# Debian root with only RESIN_APT_PACKAGES installed).
+preflight_grub() {
+  need grub-mkimage
+  [ -f /usr/lib/grub/arm64-efi/linux.mod ] \
+    || die "preflight: /usr/lib/grub/arm64-efi/linux.mod is missing (package grub-efi-arm64-bin:arm64)"
+}
+
+# The cross build's linker and arm64 std: a one-line program is compiled and
+# linked for aarch64 with Debian's rustc, as build_supervisor will.
+preflight_cross() {
+  local w sysroot
+  need /usr/bin/rustc /usr/bin/cargo aarch64-linux-gnu-gcc
+  sysroot=$(/usr/bin/rustc --print sysroot)
+  [ -d "$sysroot/lib/rustlib/aarch64-unknown-linux-gnu/lib" ] \
+    || die "preflight: $sysroot/lib/rustlib/aarch64-unknown-linux-gnu/lib is missing (package libstd-rust-web-dev:arm64)"
+  w=$(mktemp -d)
+  echo 'fn main() { println!("resin"); }' >"$w/m.rs"
+  if ! /usr/bin/rustc --target aarch64-unknown-linux-gnu -C linker=aarch64-linux-gnu-gcc -o "$w/m" "$w/m.rs" 2>"$w/err"; then
+    cat "$w/err" >&2; rm -rf "$w"
+    die "preflight: the aarch64 cross link failed (packages gcc-aarch64-linux-gnu, libc6-dev:arm64, libstd-rust-web-dev:arm64)"
+  fi
+  rm -rf "$w"
+}
+
 # supervisor: cross-compiles resin-supervisor for aarch64 with Debian's Rust
 # (rustc-web/cargo-web 1.96 + libstd-rust-web-dev:arm64; nothing outside the
-# package registries) into target/aarch64-debian, and prints the binary's path.
+# package registries) into /var/cache/resin-cargo/aarch64-debian-<toolchain>-<lock>
+# (outside the clone, so a fresh clone starts warm), and prints the binary's path.
 # LTO is off here: the binary is larger, the build minutes shorter.
 build_supervisor() {
-  local t=$RESIN_ROOT/target/aarch64-debian p missing=()
-  for p in rustc-web cargo-web gcc-aarch64-linux-gnu libstd-rust-web-dev:arm64 libc6-dev:arm64; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    ensure_arm64_arch
-    log "installing the aarch64 cross toolchain: ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-      "${missing[@]}" >/dev/null
-  fi
+  local t
+  preflight_cross
+  t=$(ensure_cargo_target aarch64-debian /usr/bin/rustc)
   # --locked in CI; in a shared working tree others' edits may move Cargo.lock.
   log "cross-compiling resin-supervisor for aarch64 (Debian rustc $(/usr/bin/rustc --version | cut -d' ' -f2))"
   # rustup's shims come first on PATH; keep them out so Debian's 1.96 is used.
@@ -323,5 +331,13 @@ case "${1:-}" in
   supervisor) build_supervisor ;;
   busybox-deb) arm64_deb busybox-static ;;
   device-rootfs) shift; build_device_rootfs "$@" ;;
+  preflight)
+    # What the steps exec: mmdebstrap (with arch-test and qemu-user for arm64),
+    # dpkg/depmod/cpio for the kernel and initrd, GRUB, the cross toolchain.
+    need mmdebstrap arch-test qemu-aarch64-static dpkg-deb depmod cpio gzip apt-get
+    preflight_grub
+    preflight_cross
+    log "preflight: device assets ok (mmdebstrap, kernel/initrd tools, GRUB arm64-efi, aarch64 cross build)"
+    ;;
   *) die "usage: $0 rootfs|kernel|initrd|grub|supervisor|device-rootfs OUT VERSION" ;;
 esac

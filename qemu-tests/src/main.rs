@@ -106,6 +106,16 @@ struct Cli {
 enum Cmd {
     /// Build (or find cached) every device artefact and print their paths.
     Assets,
+    /// Check, without building anything, that everything the device needs is
+    /// here: qemu-system-aarch64 starts with the device's exact machine and
+    /// device arguments and its UEFI firmware prints its banner (so the
+    /// firmware and option ROMs load), and the asset steps' tools, GRUB's
+    /// arm64 modules and the aarch64 cross toolchain are installed.
+    Preflight {
+        /// Seconds to wait for the firmware banner.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Run scenarios in order on one shared device and print their timings.
     Run {
         /// Scenarios to run (default: all but boot, in device order).
@@ -148,6 +158,25 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
     };
     match cli.command {
+        Cmd::Preflight { timeout } => {
+            let dir = tempfile::Builder::new()
+                .prefix("resin-qemu-preflight")
+                .tempdir()
+                .context("creating a temp dir for the preflight")?;
+            let took = resin_qemu_tests::qemu::preflight(
+                dir.path(),
+                &c.cpu,
+                Duration::from_secs(timeout),
+            )?;
+            println!(
+                "preflight: qemu-system-aarch64 -M virt -cpu {} with AAVMF, virtio-net and virtio-rng: firmware banner after {:.1} s",
+                c.cpu,
+                took.as_secs_f64()
+            );
+            ws.step("preflight", &[], &[])?;
+            println!("preflight: device assets' tools ok");
+            Ok(())
+        }
         Cmd::Assets => {
             for step in ["rootfs", "kernel", "initrd", "grub", "supervisor"] {
                 let p = ws.step(step, &[], &[])?;
@@ -184,6 +213,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             };
             // Emptied first, so an earlier run's files there count as free.
             workdir::fresh(&work)?;
+            // A missing firmware file or ROM fails here, named with its
+            // package, not after minutes of setup as an empty console.
+            resin_qemu_tests::qemu::preflight(
+                &work.join("preflight"),
+                &c.cpu,
+                Duration::from_secs(c.boot_timeout),
+            )
+            .context("preflight (resin-qemu preflight)")?;
+            let _ = std::fs::remove_dir_all(work.join("preflight"));
             let parent = work.parent().unwrap_or(Path::new("/"));
             match workdir::make_room(parent, &work, c.min_free_gib << 30) {
                 Ok(removed) => {
@@ -304,6 +342,7 @@ fn run_scenarios(
         device: None,
         release: None,
         booted: None,
+        boot_time: None,
         os: OsInputs {
             inputs,
             keys,

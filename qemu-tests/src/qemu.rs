@@ -25,6 +25,96 @@ pub enum QemuError {
     Timeout { what: String, secs: u64 },
     #[error("qemu exited ({status}) while waiting for {what:?} on the serial console")]
     Exited { what: String, status: String },
+    #[error("qemu-system-aarch64 cannot start the device: {file} is missing ({hint})\nqemu said: {stderr}")]
+    Missing {
+        file: String,
+        hint: String,
+        stderr: String,
+    },
+}
+
+/// The Debian package that ships a file qemu-system-aarch64 opens for the
+/// device, for the preflight's message (the check itself is qemu starting).
+/// `efi-virtio.rom` (virtio-net's option ROM) is in `ipxe-qemu`, only a
+/// Recommends of `qemu-system-arm`, so `--no-install-recommends` drops it.
+pub fn package_of(file: &str) -> &'static str {
+    match file.rsplit('/').next().unwrap_or(file) {
+        f if f.starts_with("efi-") && f.ends_with(".rom") => "package ipxe-qemu",
+        f if f.starts_with("AAVMF") => "package qemu-efi-aarch64",
+        "qemu-system-aarch64" => "package qemu-system-arm",
+        _ => "see `apt-file search` for its package",
+    }
+}
+
+/// The file named in qemu's stderr as missing, if any: a ROM
+/// (`failed to find romfile "efi-virtio.rom"`) or a drive/firmware file
+/// (`Could not open '/usr/share/AAVMF/AAVMF_CODE.fd': No such file or directory`).
+pub fn missing_file(stderr: &str) -> Option<String> {
+    if let Some(i) = stderr.find("failed to find romfile \"") {
+        let rest = &stderr[i + "failed to find romfile \"".len()..];
+        return rest.split('"').next().map(str::to_string);
+    }
+    for line in stderr.lines() {
+        if line.contains("No such file or directory") {
+            if let Some(i) = line.find("Could not open '") {
+                let rest = &line[i + "Could not open '".len()..];
+                return rest.split('\'').next().map(str::to_string);
+            }
+        }
+    }
+    None
+}
+
+/// What the firmware prints first on the serial console.
+pub const FIRMWARE_BANNER: &str = "UEFI firmware";
+
+/// Starts qemu-system-aarch64 with the device's exact machine and device
+/// arguments on a blank disk in `run_dir`, and waits for the UEFI firmware's
+/// banner on the serial console: so every binary, firmware image and ROM the
+/// device needs is there and loads. Returns the time to the banner.
+pub fn preflight(run_dir: &Path, cpu: &str, timeout: Duration) -> Result<Duration, QemuError> {
+    for f in [AAVMF_CODE, AAVMF_VARS] {
+        if !Path::new(f).exists() {
+            return Err(QemuError::Missing {
+                file: f.into(),
+                hint: package_of(f).into(),
+                stderr: String::new(),
+            });
+        }
+    }
+    std::fs::create_dir_all(run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
+    let disk = run_dir.join("blank.img");
+    File::create(&disk)
+        .and_then(|f| f.set_len(64 << 20))
+        .map_err(io(format!("creating {}", disk.display())))?;
+    let mut cfg = QemuConfig::new(disk, run_dir.to_path_buf());
+    cpu.clone_into(&mut cfg.cpu);
+    let t = Instant::now();
+    let mut vm = Vm::start(cfg).map_err(|e| match e {
+        QemuError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            QemuError::Missing {
+                file: "qemu-system-aarch64".into(),
+                hint: package_of("qemu-system-aarch64").into(),
+                stderr: String::new(),
+            }
+        }
+        e => e,
+    })?;
+    match vm.wait_for(FIRMWARE_BANNER, timeout) {
+        Ok(_) => Ok(t.elapsed()),
+        Err(e @ QemuError::Exited { .. }) => {
+            let stderr = std::fs::read_to_string(run_dir.join("qemu.stderr")).unwrap_or_default();
+            match missing_file(&stderr) {
+                Some(file) => Err(QemuError::Missing {
+                    hint: package_of(&file).into(),
+                    file,
+                    stderr: stderr.trim().to_string(),
+                }),
+                None => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> QemuError {
@@ -353,6 +443,20 @@ mod tests {
         );
         assert!(!a.contains("-no-reboot"), "guest reboots must work");
         assert!(a.contains("path=/d/run/console.log"));
+    }
+
+    #[test]
+    fn missing_files_are_named_with_their_package() {
+        let rom = "qemu-system-aarch64: -device virtio-net-pci,netdev=n0: failed to find romfile \"efi-virtio.rom\"";
+        assert_eq!(missing_file(rom).as_deref(), Some("efi-virtio.rom"));
+        assert_eq!(package_of("efi-virtio.rom"), "package ipxe-qemu");
+        let fw = "qemu-system-aarch64: -drive if=pflash,format=raw,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd: Could not open '/usr/share/AAVMF/AAVMF_CODE.fd': No such file or directory";
+        assert_eq!(missing_file(fw).as_deref(), Some(AAVMF_CODE));
+        assert_eq!(package_of(AAVMF_CODE), "package qemu-efi-aarch64");
+        assert_eq!(
+            missing_file("qemu-system-aarch64: terminating on signal 15"),
+            None
+        );
     }
 
     #[test]

@@ -21,10 +21,13 @@ RESIN_APT_PACKAGES=(
   # imagegen
   e2fsprogs dosfstools mtools gdisk fdisk bmap-tools genimage zstd xz-utils u-boot-tools grub-common
   # arm64 device, QEMU
-  qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64 mmdebstrap arch-test
-  # QEMU tests: host-side initrd/kernel handling, the aarch64 cross toolchain (Debian's Rust 1.96;
-  # the :arm64 packages are installed by qemu-tests/scripts/assets.sh after adding the arch)
+  qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64 ipxe-qemu mmdebstrap arch-test
+  # QEMU tests: host-side initrd/kernel handling, the aarch64 cross toolchain (Debian's Rust 1.96)
   kmod cpio openssl gcc-aarch64-linux-gnu rustc-web cargo-web
+  # arm64 packages (install_packages adds the arm64 architecture first): the GRUB EFI modules for
+  # grub-mkimage, and the arm64 std and libc the cross build links against
+  grub-efi-arm64-bin:arm64 libstd-rust-web-dev:arm64 libc6-dev:arm64
+  chrpath diffstat gawk texinfo file wget lz4 locales  # bitbake's host tools and en_US.UTF-8 (checks/75-bitbake.sh)
 )
 
 # install_packages [extra…]: apt-get only what is missing (fast when all are there).
@@ -36,14 +39,123 @@ install_packages() {
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if printf '%s\n' "${missing[@]}" | grep -q ':arm64$' && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+  fi
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# The Debian mirror this machine already uses (first URIs: line of its sources).
+debian_mirror() {
+  local m
+  m=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | awk '{print $2}' || true)
+  [ -n "$m" ] || m=$(grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | head -1 | awk '{print $2}' || true)
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+# need CMD…: each command is on PATH (or an absolute path that is executable);
+# otherwise fails naming it. Every start_* function below calls it for what it
+# will exec, so `preflight_services` checks exactly what the services need.
+need() {
+  local c
+  for c in "$@"; do
+    if [ "${c#/}" != "$c" ]; then [ -x "$c" ] && continue; else command -v "$c" >/dev/null && continue; fi
+    die "preflight: $c is missing (it comes from a Debian package in RESIN_APT_PACKAGES, scripts/lib/common.sh)"
+  done
+}
+
+# preflight_services: runs each start_* function in check-only mode (its
+# `need` line, then return), so a missing binary is named before anything starts.
+preflight_services() {
+  local f
+  for f in start_postgres start_dockerd start_registry start_rauc_check; do
+    RESIN_PREFLIGHT=1 "$f" || return 1
+  done
+  log "preflight: services ok (PostgreSQL, dockerd, registry, rauc)"
+}
+
+# start_rauc_check: RAUC and a D-Bus daemon, which the osupdate tests start on
+# a private bus (osupdate/tests/common); only checked here.
+start_rauc_check() {
+  need rauc dbus-daemon openssl
+  rauc --version >/dev/null || die "preflight: rauc does not run"
+}
+
+# ---- Stage times -------------------------------------------------------------
+# stage NAME: ends the current stage (if any) and starts NAME. Every stage's
+# time goes to $RESIN_STAGES (a file shared by the scripts a run calls, so
+# checks' own stages nest under the check), and `stage_table` prints them.
+# A script that exits while a stage is open records it as FAILED (EXIT trap).
+RESIN_STAGE_DEPTH=${RESIN_STAGE_DEPTH:-0}
+_STAGE_ID=""
+_STAGE_T=0
+stage() {
+  stage_end
+  _STAGE_T=$(date +%s)
+  _STAGE_ID="$$-$_STAGE_T-$RANDOM"
+  [ -n "${RESIN_STAGES:-}" ] && printf 'B\t%s\t%s\t%s\n' "$_STAGE_ID" "$RESIN_STAGE_DEPTH" "$1" >>"$RESIN_STAGES"
+  log "$1"
+  trap '_stage_exit $?; eval "${RESIN_ON_EXIT:-}"' EXIT
+}
+stage_end() {
+  local status=${1:-ok}
+  [ -n "$_STAGE_ID" ] || return 0
+  [ -n "${RESIN_STAGES:-}" ] && printf 'E\t%s\t%s\t%s\n' "$_STAGE_ID" "$(( $(date +%s) - _STAGE_T ))" "$status" >>"$RESIN_STAGES"
+  _STAGE_ID=""
+}
+_stage_exit() { if [ "$1" = 0 ]; then stage_end ok; else stage_end FAILED; fi; }
+# stage_table: the stages so far, one line each, nested by depth, with a total.
+stage_table() {
+  [ -n "${RESIN_STAGES:-}" ] && [ -f "$RESIN_STAGES" ] || return 0
+  awk -F'\t' '
+    $1 == "B" { n++; id[n] = $2; depth[n] = $3; name[n] = $4; at[$2] = n }
+    $1 == "E" { secs[at[$2]] = $3; st[at[$2]] = $4 }
+    END {
+      printf "\n%-52s %8s  %s\n", "stage", "seconds", "result"
+      for (i = 1; i <= n; i++) {
+        ind = ""; for (d = 0; d < depth[i]; d++) ind = ind "  "
+        s = (i in secs) ? secs[i] : "-"; r = (i in st) ? st[i] : "not ended"
+        if (depth[i] == 0 && s != "-") total += s
+        printf "%-52s %8s  %s\n", substr(ind name[i], 1, 52), s, r
+      }
+      printf "%-52s %8d  (%d min)\n", "total", total, int((total + 59) / 60)
+    }' "$RESIN_STAGES"
+}
+
+# ---- Caches outside the clone ------------------------------------------------
+# ensure_cargo_target [NAME] [RUSTC]: sets CARGO_TARGET_DIR (unless the caller
+# set it) to /var/cache/resin-cargo/NAME-<toolchain>-<Cargo.lock>, so a fresh
+# clone with the same toolchain and lock file starts warm. When the lock file
+# changes, the newest directory of the same toolchain is renamed to the new key
+# rather than starting cold: cargo's fingerprints include every dependency's
+# version, features and the compiler, so it rebuilds exactly what the new lock
+# changed (a stale artefact is never reused). Directories of other toolchains
+# or older locks beyond the newest two are removed.
+ensure_cargo_target() {
+  local name=${1:-target} rustc=${2:-rustc} root=${RESIN_CARGO_CACHE:-/var/cache/resin-cargo} tc lock dir prev
+  if [ -n "${CARGO_TARGET_DIR:-}" ] && [ "$name" = target ]; then return 0; fi
+  tc=$($rustc -vV | sha256sum | cut -c1-12)
+  lock=$(sha256sum <"$RESIN_ROOT/Cargo.lock" | cut -c1-12)
+  dir=$root/$name-$tc-$lock
+  mkdir -p "$root"
+  if [ ! -d "$dir" ]; then
+    prev=$(ls -dt "$root/$name-$tc-"* 2>/dev/null | head -1 || true)
+    if [ -n "$prev" ]; then
+      log "cargo cache: Cargo.lock changed; $prev becomes $dir (cargo rebuilds what changed)"
+      mv "$prev" "$dir"
+    fi
+  fi
+  mkdir -p "$dir" && touch "$dir"
+  ls -dt "$root/$name-"* 2>/dev/null | tail -n +3 | xargs -r rm -rf
+  if [ "$name" = target ]; then export CARGO_TARGET_DIR=$dir; else echo "$dir"; fi
 }
 
 # ensure_rust: cargo on PATH (the machine's rustup toolchain, or Debian's).
 ensure_rust() {
   [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
   command -v cargo >/dev/null || die "cargo not found: install Rust (rustup or Debian's cargo)"
+  ensure_cargo_target
 }
 
 # ensure_binfmt: arm64 ELF binaries run on this host through qemu-aarch64.
@@ -68,6 +180,8 @@ pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # Never touches a system daemon. Exports RESIN_TEST_DOCKER_HOST.
 start_dockerd() {
   local d=$RESIN_RUN/docker
+  need dockerd docker containerd runc
+  [ -n "${RESIN_PREFLIGHT:-}" ] && { dockerd --version >/dev/null; return; }
   export RESIN_TEST_DOCKER_HOST=unix://$d/docker.sock
   if pid_alive "$d/docker.pid" && DOCKER_HOST=$RESIN_TEST_DOCKER_HOST docker version >/dev/null 2>&1; then return 0; fi
   mkdir -p "$d/data" "$d/exec"
@@ -89,7 +203,10 @@ start_dockerd() {
 # Exports RESIN_TEST_PG_URL.
 start_postgres() {
   local d=$RESIN_RUN/pg bin
-  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+  [ -n "$bin" ] || die "preflight: no /usr/lib/postgresql/*/bin (the postgresql package is missing)"
+  need "$bin/initdb" "$bin/pg_ctl" "$bin/pg_isready" su
+  [ -n "${RESIN_PREFLIGHT:-}" ] && { "$bin/initdb" --version >/dev/null; return; }
   export RESIN_TEST_PG_URL=postgres://postgres@127.0.0.1:55432/postgres
   if pid_alive "$d/data/postmaster.pid.copy" || "$bin/pg_isready" -q -h 127.0.0.1 -p 55432; then return 0; fi
   log "starting a private PostgreSQL at $d"
@@ -104,6 +221,8 @@ start_postgres() {
 # start_registry: Docker Distribution on 127.0.0.1:55000. Exports RESIN_TEST_REGISTRY.
 start_registry() {
   local d=$RESIN_RUN/registry
+  need docker-registry curl
+  [ -n "${RESIN_PREFLIGHT:-}" ] && { docker-registry --version >/dev/null; return; }
   export RESIN_TEST_REGISTRY=127.0.0.1:55000
   if curl -fsS "http://$RESIN_TEST_REGISTRY/v2/" >/dev/null 2>&1; then return 0; fi
   mkdir -p "$d/data"
