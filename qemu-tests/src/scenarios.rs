@@ -50,7 +50,10 @@ impl Scenario {
     }
 }
 
-/// Timeouts of the waits (all generous for TCG on 2 shared cores).
+/// Timeouts of the waits. The configured ones hold only until the first boot
+/// has been timed; after it every wait is a multiple of that boot's time
+/// ([`Timeouts::scaled_to_boot`]), so a loaded machine waits longer and a
+/// quiet one does not sit out fixed minutes.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Timeouts {
     pub boot: Duration,
@@ -58,6 +61,23 @@ pub struct Timeouts {
     pub apps: Duration,
     /// An OS update from the target change to the new slot's boot marker.
     pub os_update: Duration,
+}
+
+impl Timeouts {
+    /// The waits as multiples of a measured boot (qemu start to the boot
+    /// marker): everything the device does is the same emulated CPU's work,
+    /// so it slows down and speeds up with the boot. The factors leave
+    /// several times what was seen (docs/qemu-tests.md): a boot 5×, online
+    /// after the marker 3×, app effects (pulls, restarts) 8×, a whole OS
+    /// update (download, install, reboot) 20×.
+    pub fn scaled_to_boot(boot: Duration) -> Self {
+        Self {
+            boot: boot * 5,
+            online: boot * 3,
+            apps: boot * 8,
+            os_update: boot * 20,
+        }
+    }
 }
 
 /// What the OS-update scenarios need to build bundles.
@@ -91,6 +111,8 @@ pub struct Ctx {
     pub release: Option<i64>,
     /// What the last boot marker said.
     pub booted: Option<Booted>,
+    /// The first boot's time (qemu start to the boot marker), once seen.
+    pub boot_time: Option<Duration>,
     pub os: OsInputs,
 }
 
@@ -120,6 +142,18 @@ impl Ctx {
         self.vm = Some(vm);
         let line = line?;
         println!("  booted in {up:.0} s: {line}");
+        if self.boot_time.is_none() {
+            let t = Duration::from_secs_f64(up);
+            self.boot_time = Some(t);
+            self.timeouts = Timeouts::scaled_to_boot(t);
+            println!(
+                "  waits from now on scale with this boot: boot {:.0} s, online {:.0} s, apps {:.0} s, OS update {:.0} s",
+                self.timeouts.boot.as_secs_f64(),
+                self.timeouts.online.as_secs_f64(),
+                self.timeouts.apps.as_secs_f64(),
+                self.timeouts.os_update.as_secs_f64()
+            );
+        }
         self.booted = Booted::parse(&line);
         Ok(line)
     }
@@ -505,6 +539,33 @@ impl Booted {
 
 /// What the initrd prints on every boot, before systemd starts.
 const BOOT_LINE: &str = "resin-initrd: switching";
+/// The initrd's first line: a boot (after a reboot or a power cut) has begun.
+const INITRD_START: &str = "resin-initrd: loading modules";
+/// The boot marker: a boot is over (multi-user reached).
+const BOOT_MARKER: &str = "resin-qemu: up";
+
+/// Where a power cut was aimed, and whether the state it aimed at still held.
+enum Aim {
+    /// The state held right before the cut: what it was.
+    Hit(String),
+    /// The step finished before the cut: why it was not made.
+    Missed(String),
+}
+
+/// One OS update of the power-cut scenario.
+struct CutRound {
+    from: Booted,
+    to: String,
+    version: String,
+}
+
+impl CutRound {
+    /// After a cut the device boots either the old OS or the new one.
+    fn good(&self, b: &Booted) -> bool {
+        (b.slot == self.from.slot && b.version == self.from.version)
+            || (b.slot == self.to && b.version == self.version)
+    }
+}
 
 /// The initrd's line naming the root it mounts: slot `bootname` boots.
 fn slot_root_line(bootname: &str) -> String {
@@ -857,78 +918,204 @@ impl Ctx {
         self.wait_apps_back()
     }
 
+    /// Starts an OS update round for the power-cut scenario: a new version
+    /// (3.0.0, then 3.1.0, …) built, published and made the fleet's target.
+    fn power_cut_round(&mut self, round: u32) -> anyhow::Result<CutRound> {
+        let from = self.booted()?;
+        let version = format!("3.{round}.0");
+        let bundle = self.build_bundle(&version, &[])?;
+        self.publish_os(&version, &bundle)?;
+        println!(
+            "  update round {}: {} on slot {} → {version} on slot {}",
+            round + 1,
+            from.version,
+            from.slot,
+            from.other_slot()
+        );
+        Ok(CutRound {
+            to: from.other_slot().to_string(),
+            from,
+            version,
+        })
+    }
+
+    /// Waits until the update is in one of `states` with at least
+    /// `min_progress` %, as the cloud shows it, and says so; or until it has
+    /// gone past them (a later state, or a reboot started on the console),
+    /// which is a miss: the step finished before a cut could hit it.
+    fn wait_phase(
+        &mut self,
+        states: &[&str],
+        later: &[&str],
+        min_progress: i64,
+        boots_before: usize,
+        version: &str,
+    ) -> anyhow::Result<Aim> {
+        let deadline = Instant::now() + self.timeouts.os_update;
+        let (id, _) = self.device()?;
+        loop {
+            if self.vm()?.count(INITRD_START) != boots_before {
+                return Ok(Aim::Missed("the device rebooted first".into()));
+            }
+            if let Ok(d) = self.api.get(&format!("/v1/device({id})")) {
+                let progress = d["os_update_progress"].as_i64().unwrap_or(0);
+                if state_is(&d, states) && progress >= min_progress {
+                    return Ok(Aim::Hit(format!(
+                        "while the cloud showed {} {progress}% (aimed at ≥ {min_progress}%)",
+                        d["os_update_state"].as_str().unwrap_or("?")
+                    )));
+                }
+                // `committed` of the version before is where every round starts.
+                let stale = state_is(&d, &["committed"]) && d["os_version"] != version;
+                if state_is(&d, later) && !stale {
+                    return Ok(Aim::Missed(format!(
+                        "the update was {} before {} reached {min_progress}%",
+                        d["os_update_state"].as_str().unwrap_or("?"),
+                        states.join("/")
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the cloud did not show the update {} within {:?}",
+                    states.join(" or "),
+                    self.timeouts.os_update
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Power cuts aimed at observed states of an OS update, never at guessed
+    /// times. In each update round the first cut hits the download (a
+    /// download that was cut resumes from its `.part`; a finished one is not
+    /// fetched again, so there is one download to hit per round), the next
+    /// ones RAUC's install (which starts over after every cut), and the last
+    /// one the first boot of the new slot before it is confirmed. Each cut
+    /// is made right after its state was seen to hold. A state that went by
+    /// first is counted as a miss and aimed at again: the install, if the
+    /// update is still installing, else in a new update round once this one
+    /// has completed. Progress thresholds come from the seed.
     fn power_cut(&mut self) -> anyhow::Result<()> {
         self.vm()?;
-        let from = self.booted()?;
-        let to = from.other_slot().to_string();
-        let version = "3.0.0";
-        let bundle = self.build_bundle(version, &[])?;
-        self.publish_os(version, &bundle)?;
         let seed = self.os.seed;
         let n = self.os.power_cuts.max(1);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         println!("  {n} power cuts, seed {seed} (--seed repeats them)");
-        let good = |b: &Booted| {
-            (b.slot == from.slot && b.version == from.version)
-                || (b.slot == to && b.version == version)
-        };
-        for i in 1..=n {
-            let phase = if i < n {
-                // While the update is in flight, as the cloud shows it: odd
-                // cuts while it downloads, even ones while RAUC installs
-                // (which takes about 90 s here). The download only starts
-                // again where it stopped, so a late cut may find it
-                // installing already.
-                let (states, max_ms): (&[&str], u64) = if i % 2 == 1 {
-                    (&["downloading", "installing"], 6_000)
-                } else {
-                    (&["installing"], 45_000)
-                };
-                let d = self.wait_device(
-                    &format!("the update {}", states.join(" or ")),
-                    self.timeouts.os_update,
-                    |d| state_is(d, states),
-                )?;
-                let ms = rng.random_range(0..max_ms);
-                std::thread::sleep(Duration::from_millis(ms));
-                format!(
-                    "{} ms after the cloud showed {} {}%",
-                    ms,
-                    d["os_update_state"].as_str().unwrap_or("?"),
-                    d["os_update_progress"].as_i64().unwrap_or(0)
-                )
+        let mut round = 0;
+        let mut upd = self.power_cut_round(round)?;
+        let mut download_aimed = false;
+        let (mut hits, mut misses) = (0u32, 0u32);
+        while hits < n {
+            if misses > 2 * n {
+                bail!("{misses} cuts missed the state they aimed at (hits {hits}/{n}): the device finishes each step before it is seen");
+            }
+            let boots_before = self.vm()?.count(INITRD_START);
+            let aim = if hits + 1 < n && !download_aimed {
+                download_aimed = true;
+                let p = rng.random_range(0..60);
+                self.wait_phase(
+                    &["downloading"],
+                    &["installing", "installed", "rebooting", "committed"],
+                    p,
+                    boots_before,
+                    &upd.version,
+                )?
+            } else if hits + 1 < n {
+                let p = rng.random_range(0..80);
+                self.wait_phase(
+                    &["installing"],
+                    &["installed", "rebooting", "committed"],
+                    p,
+                    boots_before,
+                    &upd.version,
+                )?
             } else {
-                // The last one: while the new slot boots, before it is confirmed.
-                let needle = slot_root_line(&to);
-                let t = self.timeouts.os_update;
-                self.vm()?.wait_for(&needle, t)?;
-                let ms = rng.random_range(0..40_000);
-                std::thread::sleep(Duration::from_millis(ms));
-                format!("{ms} ms into the first boot of slot {to}")
+                self.aim_first_boot(&upd.to, &mut rng)?
+            };
+            let phase = match aim {
+                Aim::Hit(phase) => phase,
+                Aim::Missed(why) => {
+                    misses += 1;
+                    println!("  cut {}/{n} missed: {why}; counted, aimed again", hits + 1);
+                    let d = self.device_json()?;
+                    if hits + 1 < n && state_is(&d, &["installing"]) {
+                        continue; // the install is still there to hit
+                    }
+                    // Let this update finish (its boot marker read), then
+                    // start another round so there is something to cut.
+                    self.wait_committed(&upd.version, &upd.to, self.timeouts.os_update)?;
+                    let b = self.wait_marker(self.timeouts.boot)?;
+                    if b.slot != upd.to || b.version != upd.version {
+                        bail!(
+                            "expected slot {} with {} after the update, booted {b:?}",
+                            upd.to,
+                            upd.version
+                        );
+                    }
+                    round += 1;
+                    upd = self.power_cut_round(round)?;
+                    download_aimed = false;
+                    continue;
+                }
             };
             self.vm()?.power_cycle()?;
+            hits += 1;
             let b = self.wait_marker(self.timeouts.boot)?;
-            if !good(&b) {
+            if !upd.good(&b) {
                 bail!(
-                    "after power cut {i} the device booted {b:?}, neither the old nor the new OS"
+                    "after power cut {hits} the device booted {b:?}, neither the old nor the new OS"
                 );
             }
             println!(
-                "  power cut {i}/{n} {phase}: booted slot {} with {}",
+                "  power cut {hits}/{n} {phase}: booted slot {} with {}",
                 b.slot, b.version
             );
         }
+        println!("  {hits} cuts hit the state they aimed at; {misses} missed it (the step finished first) and were aimed again; {} update round(s)", round + 1);
         // The update, resumed by the supervisor, completes.
         let cur = self.booted()?;
-        if cur.slot != to {
+        if cur.slot != upd.to {
             let b = self.wait_marker(self.timeouts.os_update)?;
-            if b.slot != to || b.version != version {
-                bail!("expected slot {to} with {version} once the update finished, booted {b:?}");
+            if b.slot != upd.to || b.version != upd.version {
+                bail!(
+                    "expected slot {} with {} once the update finished, booted {b:?}",
+                    upd.to,
+                    upd.version
+                );
             }
         }
-        let d = self.wait_committed(version, &to, self.timeouts.os_update)?;
+        let d = self.wait_committed(&upd.version, &upd.to, self.timeouts.os_update)?;
         println!("  after the cuts: {}", os_summary(&d));
         self.wait_apps_back()
+    }
+
+    /// The new slot's first boot: the initrd names its root; the cut comes a
+    /// seeded part of the measured boot time later, provided the boot marker
+    /// (the boot is over) has not come first.
+    fn aim_first_boot(&mut self, to: &str, rng: &mut rand::rngs::StdRng) -> anyhow::Result<Aim> {
+        let needle = slot_root_line(to);
+        let t = self.timeouts.os_update;
+        self.vm()?.wait_for(&needle, t)?;
+        let seen = Instant::now();
+        let boot = self.boot_time.unwrap_or(Duration::from_secs(40));
+        let delay = boot.mul_f64(rng.random_range(0.0..0.8));
+        let markers = self.vm()?.count(BOOT_MARKER);
+        loop {
+            if self.vm()?.count(BOOT_MARKER) != markers {
+                return Ok(Aim::Missed(format!(
+                    "slot {to}'s boot was over {:.1} s after its initrd, before the cut",
+                    seen.elapsed().as_secs_f64()
+                )));
+            }
+            if seen.elapsed() >= delay {
+                return Ok(Aim::Hit(format!(
+                    "{:.1} s into the first boot of slot {to} (its boot marker not yet seen)",
+                    seen.elapsed().as_secs_f64()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn rollback(&mut self) -> anyhow::Result<()> {
