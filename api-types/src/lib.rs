@@ -20,7 +20,7 @@ pub mod target;
 
 pub use config::ConfigJson;
 pub use logs::LogLine;
-pub use register::{RegisterRequest, RegisterResponse};
+pub use register::{RegisterProof, RegisterRequest, RegisterResponse};
 pub use report::{
     AppReport, DeviceReport, OsUpdateReport, OsUpdateState, ServiceReport, ServiceStatus,
     StateReport,

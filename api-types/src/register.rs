@@ -33,3 +33,24 @@ pub struct RegisterResponse {
     pub uuid: String,
     pub api_key: String,
 }
+
+/// The proof a register body may carry beside the [`RegisterRequest`]
+/// fields, in the same JSON object: `{"uuid": …, "deviceType": …, "apiKey":
+/// "resin_d_…"}`.
+///
+/// The rule (docs/architecture.md, "Registration"): a uuid that is already
+/// registered is answered again only to a caller that proves it is that
+/// device, by sending the device's current key as `apiKey`; anyone else gets
+/// 409, whichever fleet or tenant the uuid is in. A device may choose its
+/// own key on the first registration (as balena devices do): then a retry
+/// after a lost answer sends the same key and gets the same device back.
+/// Without `apiKey` the cloud makes the key, and a repeated registration of
+/// that uuid without it is refused (409): use a fresh uuid.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterProof {
+    /// The device key: chosen by the device on first registration (
+    /// `resin_d_` and 32 to 128 of `[A-Za-z0-9_-]`), and its proof after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}

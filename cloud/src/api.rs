@@ -51,24 +51,35 @@ pub async fn v1(
     body: Bytes,
 ) -> Response {
     let r = async {
-        if seg == "$metadata" && method == Method::GET {
+        if seg == "$metadata" && matches!(method, Method::GET | Method::HEAD) {
             return Ok(metadata::csdl_response());
         }
         let actor = auth::resolve(&app.db, &headers).await?;
         perms::may_use_v1(&actor)?;
         let (res, key) = parse_segment(&seg)?;
         match (method, key) {
-            (Method::GET, key) => query::get(&app, &actor, res, key, q.as_deref(), false).await,
+            // HEAD answers as GET does (the server drops the body).
+            (Method::GET | Method::HEAD, key) => {
+                query::get(&app, &actor, res, key, q.as_deref(), false).await
+            }
             (Method::POST, None) => {
                 let (status, v) = resources::create(&app, &actor, res, &body_json(&body)?).await?;
-                Ok((status, Json(v)).into_response())
+                let mut resp = (status, Json(&v)).into_response();
+                if let Some(id) = v.get("id").and_then(Value::as_i64) {
+                    let location = format!("{}/v1/{}({id})", app.config.public_url, res.name);
+                    if let Ok(h) = axum::http::HeaderValue::from_str(&location) {
+                        resp.headers_mut().insert(axum::http::header::LOCATION, h);
+                    }
+                }
+                Ok(resp)
             }
             (Method::PATCH, Some(id)) => {
                 resources::patch(&app, &actor, res, id, &body_json(&body)?).await?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             (Method::DELETE, Some(id)) => {
-                resources::delete(&app, &actor, res, id).await?;
+                let force = force_param(q.as_deref())?;
+                resources::delete(&app, &actor, res, id, force).await?;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             (m, _) => Err(ApiError::new(
@@ -80,6 +91,24 @@ pub async fn v1(
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `?force=true|false` of a DELETE (the only parameter it takes).
+fn force_param(q: Option<&str>) -> ApiResult<bool> {
+    let mut force = false;
+    for pair in q.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("force", "true")) => force = true,
+            Some(("force", "false")) => force = false,
+            _ => {
+                return Err(ApiError::bad_request_field(
+                    "force",
+                    format!("DELETE takes only force=true or force=false, not {pair:?}"),
+                ))
+            }
+        }
+    }
+    Ok(force)
 }
 
 /// Everything at `/v1/{seg}/{sub}`.
@@ -99,7 +128,7 @@ pub async fn v1_sub(
         }
         let (res, key) = parse_segment(&seg)?;
         match (method, res.name, key, sub.as_str()) {
-            (Method::GET, _, None, "$count") => {
+            (Method::GET | Method::HEAD, _, None, "$count") => {
                 query::get(&app, &actor, res, None, q.as_deref(), true).await
             }
             (Method::GET, "device", Some(id), "logs") => {
@@ -113,6 +142,57 @@ pub async fn v1_sub(
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The longest request target (path and query) served, in bytes; a longer
+/// one is answered 414 in the JSON error shape. hyper itself refuses a URI
+/// over 65,534 bytes before any handler runs, with a 414 that has no body;
+/// this limit sits just below it so nearly every over-long URI gets ours.
+pub const MAX_URI: usize = 64_000;
+
+/// Middleware: refuses over-long URIs with a JSON 414, and gives the errors
+/// axum itself answers in plain text (413 from the body limit, 405, …) the
+/// OData JSON error shape.
+pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len > MAX_URI {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "UriTooLong",
+            format!("the request target is {len} bytes, more than {MAX_URI}"),
+        )
+        .into_response();
+    }
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (code, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "PayloadTooLarge",
+            "the request body is larger than this endpoint takes",
+        ),
+        StatusCode::URI_TOO_LONG => ("UriTooLong", "the request target is too long"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "MethodNotAllowed",
+            "this method is not allowed on this path",
+        ),
+        StatusCode::NOT_FOUND => ("NotFound", "no such route"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UnsupportedMediaType", "unsupported media type"),
+        _ => return resp,
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    if let Some(allow) = resp.headers().get(axum::http::header::ALLOW) {
+        out.headers_mut()
+            .insert(axum::http::header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// `GET /v1`: the service document.

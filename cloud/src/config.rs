@@ -13,32 +13,32 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct ConfigArgs {
     /// TOML file with any of the settings below (snake_case keys).
-    #[arg(long, env = "RESIN_CLOUD_CONFIG")]
+    #[arg(long, global = true, env = "RESIN_CLOUD_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Address to listen on. Default: 127.0.0.1:8080.
-    #[arg(long, env = "RESIN_CLOUD_LISTEN")]
+    #[arg(long, global = true, env = "RESIN_CLOUD_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// `sqlite://<path>` or `postgres://…`. Default: `sqlite://<data-dir>/resin.db`.
-    #[arg(long, env = "RESIN_CLOUD_DATABASE_URL")]
+    #[arg(long, global = true, env = "RESIN_CLOUD_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Where the SQLite file, OS bundles and base images live. Default: /var/lib/resin-cloud.
-    #[arg(long, env = "RESIN_CLOUD_DATA_DIR")]
+    #[arg(long, global = true, env = "RESIN_CLOUD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Base URL devices use to reach this server. Default: `http://<listen>`.
-    #[arg(long, env = "RESIN_CLOUD_PUBLIC_URL")]
+    #[arg(long, global = true, env = "RESIN_CLOUD_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Seconds without a report after which a device counts as offline. Default: 180.
-    #[arg(long, env = "RESIN_CLOUD_OFFLINE_AFTER_SECS")]
+    #[arg(long, global = true, env = "RESIN_CLOUD_OFFLINE_AFTER_SECS")]
     pub offline_after_secs: Option<u64>,
     /// Log lines kept per device (older ones are deleted). Default: 1000.
-    #[arg(long, env = "RESIN_CLOUD_LOG_RETENTION")]
+    #[arg(long, global = true, env = "RESIN_CLOUD_LOG_RETENTION")]
     pub log_retention: Option<u64>,
     /// Poll interval written into the config.json of downloaded images, ms. Default: 60000.
-    #[arg(long, env = "RESIN_CLOUD_POLL_INTERVAL_MS")]
+    #[arg(long, global = true, env = "RESIN_CLOUD_POLL_INTERVAL_MS")]
     pub poll_interval_ms: Option<u64>,
     /// Maximum connections in the database pool. Default: 16 (SQLite: 4 writers share one file).
-    #[arg(long, env = "RESIN_CLOUD_DB_MAX_CONNECTIONS")]
+    #[arg(long, global = true, env = "RESIN_CLOUD_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
 }
 

@@ -11,8 +11,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use resin_api_types::{
-    AppTarget, BundleRef, DeviceTarget, OsTarget, RegisterRequest, RegisterResponse, ReleaseTarget,
-    StateReport, TargetState,
+    AppTarget, BundleRef, DeviceTarget, OsTarget, RegisterProof, RegisterRequest, RegisterResponse,
+    ReleaseTarget, StateReport, TargetState,
 };
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -39,6 +39,13 @@ pub async fn register(
     let req: RegisterRequest = json_body(&body)?;
     check_uuid(&req.uuid)?;
     check_slug("deviceType", &req.device_type)?;
+    check_len("name", req.name.as_deref(), caps::NAME)?;
+    check_len(
+        "supervisorVersion",
+        req.supervisor_version.as_deref(),
+        caps::VERSION,
+    )?;
+    check_len("osVersion", req.os_version.as_deref(), caps::VERSION)?;
     let fleet_type: String = sqlx::query("SELECT device_type FROM fleet WHERE id = $1")
         .bind(fleet)
         .fetch_one(&app.db.pool)
@@ -50,9 +57,18 @@ pub async fn register(
             req.device_type
         )));
     }
-    let (key, hash) = auth::new_key(KeyKind::Device);
+    let proof: RegisterProof = json_body(&body)?;
+    let proved = proof.api_key.is_some();
+    let (key, hash) = match proof.api_key {
+        Some(k) => {
+            check_device_key(&k)?;
+            let h = auth::hash_key(&k);
+            (k, h)
+        }
+        None => auth::new_key(KeyKind::Device),
+    };
     let mut tx = app.db.begin_write().await?;
-    let existing = sqlx::query("SELECT id, fleet FROM device WHERE uuid = $1")
+    let existing = sqlx::query("SELECT id, fleet, api_key_hash FROM device WHERE uuid = $1")
         .bind(&req.uuid)
         .fetch_optional(&mut *tx)
         .await?;
@@ -60,19 +76,26 @@ pub async fn register(
         Some(row) => {
             let id: i64 = row.try_get(0)?;
             let their_fleet: i64 = row.try_get(1)?;
-            if their_fleet != fleet {
-                return Err(ApiError::conflict(format!(
-                    "a device with uuid {} exists in another fleet",
-                    req.uuid
-                )));
+            let stored: Option<String> = row.try_get(2)?;
+            // A uuid already registered is answered again only to the
+            // device itself: the request carries its current key (a retry
+            // after a lost answer, with the key the device chose). Anyone
+            // else, a provisioning-key holder of any fleet included, gets
+            // the same 409 whatever fleet or tenant the uuid is in.
+            let same_key = proved
+                && stored.is_some_and(|s| auth::constant_time_eq(s.as_bytes(), hash.as_bytes()));
+            if !same_key || their_fleet != fleet {
+                tracing::warn!(uuid = %req.uuid, fleet, "re-registration without the device key refused");
+                return Err(ApiError::conflict_field(
+                    "uuid",
+                    format!(
+                        "uuid {} is already registered; registering it again needs the \
+                         device's current key as apiKey (or register with a fresh uuid)",
+                        req.uuid
+                    ),
+                ));
             }
-            // A retried registration (the device lost our answer): same
-            // device, fresh key; the old key stops working.
-            sqlx::query("UPDATE device SET api_key_hash = $1 WHERE id = $2")
-                .bind(&hash)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            // The same device, the same key: nothing changes.
             (id, StatusCode::OK)
         }
         None => {
@@ -112,11 +135,28 @@ pub async fn register(
         .into_response())
 }
 
+/// A device key a device chose itself: `resin_d_` and 32 to 128 of
+/// `[A-Za-z0-9_-]` (the cloud's own are `resin_d_` and 64 hex digits).
+fn check_device_key(k: &str) -> ApiResult<()> {
+    let rest = k.strip_prefix("resin_d_").unwrap_or_default();
+    if !(32..=128).contains(&rest.len())
+        || !rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    {
+        return Err(ApiError::bad_request_field(
+            "apiKey",
+            "apiKey must be resin_d_ followed by 32 to 128 of A-Z, a-z, 0-9, '_', '-'",
+        ));
+    }
+    Ok(())
+}
+
 /// Builds the target state of device `id`.
 pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     let row = sqlx::query(
         "SELECT d.uuid, d.name, d.device_type, d.pinned_release, d.target_os_version, \
-         f.id, f.name, f.uuid, f.target_release, f.target_os_version \
+         f.id, f.name, f.uuid, f.target_release, f.target_os_version, f.owner \
          FROM device d JOIN fleet f ON f.id = d.fleet WHERE d.id = $1",
     )
     .bind(id)
@@ -132,6 +172,7 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     let fleet_uuid: String = row.try_get(7)?;
     let fleet_release: Option<i64> = row.try_get(8)?;
     let fleet_os: Option<String> = row.try_get(9)?;
+    let owner: i64 = row.try_get(10)?;
 
     let mut app_target = AppTarget {
         id: fleet_id,
@@ -203,10 +244,13 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     let os = match dev_os.or(fleet_os) {
         None => None,
         Some(version) => {
+            // Only the fleet owner's own OS releases: another user's 3.0 is
+            // never this fleet's 3.0.
             let r = sqlx::query(
                 "SELECT id, bundle_sha256, bundle_size FROM os_release \
-                 WHERE device_type = $1 AND version = $2",
+                 WHERE owner = $1 AND device_type = $2 AND version = $3",
             )
+            .bind(owner)
             .bind(&device_type)
             .bind(&version)
             .fetch_optional(&app.db.pool)
@@ -328,6 +372,7 @@ pub async fn report_state(
     let mut updates = Vec::new();
     for (uuid, r) in &report {
         let id = perms::device_may_access(&actor, uuid)?;
+        check_report_sizes(r)?;
         let mut sets: Vec<(&str, Param)> = vec![
             ("last_seen", Param::Text(Some(db::now()))),
             ("is_online", Param::Bool(true)),
@@ -401,6 +446,82 @@ pub async fn report_state(
     }
     tx.commit().await?;
     Ok((StatusCode::OK, Json(serde_json::json!({}))).into_response())
+}
+
+/// The most a device may write into each field it reports (bytes). What a
+/// device writes, users download with every device listing, so one device
+/// cannot bloat everyone's answers.
+pub mod caps {
+    /// `status`, `os_update.reason`.
+    pub const STATUS: usize = 256;
+    pub const REASON: usize = 1024;
+    /// `os_version`, `supervisor_version`, `os_update.boot_slot`.
+    pub const VERSION: usize = 128;
+    /// The device name chosen at registration.
+    pub const NAME: usize = 128;
+    /// `ip_address`: addresses, and bytes of each.
+    pub const IP_COUNT: usize = 32;
+    pub const IP_LEN: usize = 64;
+    /// `apps` as stored JSON.
+    pub const APPS_JSON: usize = 256 * 1024;
+}
+
+fn too_long(field: &str, max: usize) -> ApiError {
+    ApiError::bad_request_field(field, format!("{field} is longer than {max} bytes"))
+}
+
+/// Checks a text field a device writes against its cap.
+pub fn check_len(field: &str, v: Option<&str>, max: usize) -> ApiResult<()> {
+    match v {
+        Some(s) if s.len() > max => Err(too_long(field, max)),
+        _ => Ok(()),
+    }
+}
+
+/// Every device-written field of a report against its cap; nothing is
+/// stored when one is over (the caller checks before it writes).
+fn check_report_sizes(r: &resin_api_types::DeviceReport) -> ApiResult<()> {
+    check_len("status", r.status.as_deref(), caps::STATUS)?;
+    check_len("os_version", r.os_version.as_deref(), caps::VERSION)?;
+    check_len(
+        "supervisor_version",
+        r.supervisor_version.as_deref(),
+        caps::VERSION,
+    )?;
+    if let Some(ips) = &r.ip_address {
+        if ips.len() > caps::IP_COUNT {
+            return Err(ApiError::bad_request_field(
+                "ip_address",
+                format!("ip_address has more than {} entries", caps::IP_COUNT),
+            ));
+        }
+        for ip in ips {
+            check_len("ip_address", Some(ip), caps::IP_LEN)?;
+        }
+    }
+    if let Some(os) = &r.os_update {
+        check_len("os_update.reason", os.reason.as_deref(), caps::REASON)?;
+        check_len(
+            "os_update.boot_slot",
+            os.boot_slot.as_deref(),
+            caps::VERSION,
+        )?;
+    }
+    if let Some(apps) = &r.apps {
+        let len = serde_json::to_string(apps).map_or(usize::MAX, |j| j.len());
+        if len > caps::APPS_JSON {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                format!(
+                    "apps is {len} bytes as JSON, more than {} bytes",
+                    caps::APPS_JSON
+                ),
+            )
+            .with_target("apps"));
+        }
+    }
+    Ok(())
 }
 
 /// Marks devices offline after the configured silence; runs forever.

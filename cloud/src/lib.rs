@@ -75,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::LOG_STREAM_ROUTE, post(logs::log_stream))
         .route("/ping", get(|| async { "OK" }))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+        .layer(axum::middleware::from_fn(api::json_errors))
         .with_state(state)
 }
 

@@ -29,6 +29,9 @@ pub struct LogEvent {
     pub line: LogLine,
 }
 
+/// The most one log line's message may be (bytes).
+const MAX_MESSAGE: usize = 64 * 1024;
+
 /// The most a decompressed log batch may be.
 const MAX_BATCH: u64 = 16 * 1024 * 1024;
 
@@ -69,6 +72,14 @@ pub async fn log_stream(
     let text = String::from_utf8(raw)
         .map_err(|e| ApiError::bad_request(format!("log batch is not UTF-8: {e}")))?;
     let lines = parse_ndjson(&text).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    for l in &lines {
+        crate::device_api::check_len("message", Some(&l.message), MAX_MESSAGE)?;
+        crate::device_api::check_len(
+            "service",
+            l.service.as_deref(),
+            crate::device_api::caps::NAME,
+        )?;
+    }
     let stored = store(&app, device, lines).await?;
     Ok((
         StatusCode::OK,

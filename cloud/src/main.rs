@@ -4,6 +4,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use resin_cloud::config::ConfigArgs;
 
+/// The settings flags are global: they go before or after the subcommand
+/// (`resin-cloud --listen … serve` or `resin-cloud serve --listen …`), and
+/// each subcommand's `--help` lists them.
 #[derive(Parser)]
 #[command(name = "resin-cloud", version, about = "resin cloud API server")]
 struct Cli {
@@ -38,6 +41,8 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a journal or a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let config = cli.config.resolve().context("reading the configuration")?;

@@ -223,11 +223,27 @@ async fn bundle_inner(app: &AppState, id: &str, headers: &HeaderMap) -> ApiResul
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::bad_request("the bundle id must be an integer"))?;
-    let row = sqlx::query("SELECT device_type, bundle_size FROM os_release WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&app.db.pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("os_release({id}) not found")))?;
+    // Only the owner's OS releases: for a user, their own; for a device,
+    // those of its fleet's owner. Anyone else's is answered as missing.
+    let owner_sql = match &actor {
+        Actor::Device { .. } => {
+            "(SELECT f.owner FROM device d JOIN fleet f ON f.id = d.fleet WHERE d.id = $2)"
+        }
+        _ => "$2",
+    };
+    let owner_id = match &actor {
+        Actor::Device { id, .. } => *id,
+        Actor::User(uid) => *uid,
+        _ => return Err(ApiError::unauthorized()),
+    };
+    let row = resources::dyn_query(format!(
+        "SELECT device_type, bundle_size FROM os_release WHERE id = $1 AND owner = {owner_sql}"
+    ))
+    .bind(id)
+    .bind(owner_id)
+    .fetch_optional(&app.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("os_release({id}) not found")))?;
     let device_type: String = row.try_get(0)?;
     let size: Option<i64> = row.try_get(1)?;
     if let Actor::Device { id: dev, .. } = actor {
@@ -361,19 +377,23 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
     if !resources::may_write(app, actor, "fleet", fleet).await? {
         return Err(ApiError::not_found(format!("fleet({fleet}) not found")));
     }
-    let row = sqlx::query("SELECT name, device_type, target_os_version FROM fleet WHERE id = $1")
-        .bind(fleet)
-        .fetch_one(&app.db.pool)
-        .await?;
+    let row =
+        sqlx::query("SELECT name, device_type, target_os_version, owner FROM fleet WHERE id = $1")
+            .bind(fleet)
+            .fetch_one(&app.db.pool)
+            .await?;
     let fleet_name: String = row.try_get(0)?;
     let device_type: String = row.try_get(1)?;
     let target: Option<String> = row.try_get(2)?;
+    let owner: i64 = row.try_get(3)?;
     let version = version.or(target).ok_or_else(|| {
         ApiError::bad_request("version=<v> is required (the fleet has no target OS version)")
     })?;
     let os = sqlx::query(
-        "SELECT id, image_size FROM os_release WHERE device_type = $1 AND version = $2",
+        "SELECT id, image_size FROM os_release \
+         WHERE owner = $1 AND device_type = $2 AND version = $3",
     )
+    .bind(owner)
     .bind(&device_type)
     .bind(&version)
     .fetch_optional(&app.db.pool)

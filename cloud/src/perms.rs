@@ -7,9 +7,11 @@
 //! - anonymous callers reach nothing but the service documents;
 //! - a user reaches their own user row, their API keys, their fleets and
 //!   everything hanging off those fleets (devices, releases, services,
-//!   images, env/config vars, tags, provisioning keys); every user may read
-//!   OS releases (they are per device type), but only their uploader may
-//!   change them;
+//!   images, env/config vars, tags, provisioning keys) and their own OS
+//!   releases. OS releases are per owner: (owner, device type, version) is
+//!   unique, and a fleet's target OS version resolves only to its owner's
+//!   releases (in the target state, `/v1/os/download` and `/os/bundle`). There is no admin role yet, so there
+//!   are no public OS releases either;
 //! - provisioning keys and device keys reach no `/v1` resource at all: a
 //!   provisioning key may only register a device into its own fleet and a
 //!   device key only its own device's device-API endpoints (enforced in
@@ -71,7 +73,6 @@ fn owner_expr(resource: &str, alias: &str) -> Option<String> {
 /// Rows of `resource` the caller may read.
 pub fn read_scope(actor: &Actor, resource: &str, alias: &str) -> Scope {
     match actor {
-        Actor::User(_) if resource == "os_release" => Scope::All,
         Actor::User(uid) => match owner_expr(resource, alias) {
             Some(e) => Scope::Sql(format!("{e} = {uid}")),
             None => Scope::Nothing,

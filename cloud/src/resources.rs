@@ -486,8 +486,58 @@ pub async fn patch(
     Ok(())
 }
 
-/// DELETE: removes a row the caller owns (children cascade).
-pub async fn delete(app: &AppState, actor: &Actor, res: &Resource, id: i64) -> ApiResult<()> {
+/// What still refers to row `id` of `res` in a way that a delete would
+/// break: a fleet's devices, and the fleets and devices that target or pin
+/// a release. Each entry is (referring field, the entities), e.g.
+/// ("device.fleet", ["device(7)", …]).
+async fn referrers(
+    app: &AppState,
+    res: &Resource,
+    id: i64,
+) -> ApiResult<Vec<(&'static str, Vec<String>)>> {
+    let checks: &[(&str, &str, &str)] = match res.name {
+        "fleet" => &[("device.fleet", "device", "fleet")],
+        "release" => &[
+            ("fleet.target_release", "fleet", "target_release"),
+            ("device.pinned_release", "device", "pinned_release"),
+        ],
+        _ => &[],
+    };
+    let mut out = Vec::new();
+    for (what, table, col) in checks {
+        let rows = dyn_query(format!(
+            "SELECT id FROM {table} WHERE {col} = $1 ORDER BY id LIMIT 6"
+        ))
+        .bind(id)
+        .fetch_all(&app.db.pool)
+        .await?;
+        if rows.is_empty() {
+            continue;
+        }
+        let mut names = Vec::new();
+        for (i, r) in rows.iter().enumerate() {
+            if i == 5 {
+                names.push("…".to_owned());
+                break;
+            }
+            names.push(format!("{table}({})", r.try_get::<i64, _>(0)?));
+        }
+        out.push((*what, names));
+    }
+    Ok(out)
+}
+
+/// DELETE: removes a row the caller owns (children cascade). A fleet with
+/// devices, or a release a fleet targets or a device pins, is answered 409
+/// naming what refers to it, unless `force` (`?force=true`); a forced
+/// delete is logged.
+pub async fn delete(
+    app: &AppState,
+    actor: &Actor,
+    res: &Resource,
+    id: i64,
+    force: bool,
+) -> ApiResult<()> {
     perms::may_use_v1(actor)?;
     if !res.writable {
         return Err(ApiError::new(
@@ -498,6 +548,30 @@ pub async fn delete(app: &AppState, actor: &Actor, res: &Resource, id: i64) -> A
     }
     if !may_write(app, actor, res.name, id).await? {
         return Err(ApiError::not_found(format!("{}({id}) not found", res.name)));
+    }
+    let refs = referrers(app, res, id).await?;
+    if !refs.is_empty() {
+        let list: Vec<String> = refs
+            .iter()
+            .map(|(what, names)| format!("{what} of {}", names.join(", ")))
+            .collect();
+        if !force {
+            return Err(ApiError::conflict_field(
+                refs[0].0,
+                format!(
+                    "{}({id}) is still referred to by {}; remove those references first, \
+                     or DELETE with ?force=true",
+                    res.name,
+                    list.join("; ")
+                ),
+            ));
+        }
+        tracing::warn!(
+            actor = ?actor,
+            "forced delete of {}({id}), still referred to by {}",
+            res.name,
+            list.join("; ")
+        );
     }
     let mut tx = app.db.begin_write().await?;
     if res.name == "release" {

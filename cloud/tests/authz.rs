@@ -178,11 +178,12 @@ fn authz_matrix(backend: Backend) {
             OWNER_ONLY_READ,
         ));
     }
+    // OS releases are per owner (issue 15).
     cases.push(case(
         "GET",
         format!("/v1/os_release({osr_id})"),
         None,
-        USERS_LIST,
+        OWNER_ONLY_READ,
     ));
     cases.push(case(
         "GET",
@@ -312,7 +313,7 @@ fn authz_matrix(backend: Backend) {
         "GET",
         format!("/os/bundle/{osr_id}"),
         None,
-        [401, 200, 200, 403, 200, 200],
+        [401, 200, 404, 403, 200, 200],
     ));
     // Service documents are public.
     cases.push(case("GET", "/v1/$metadata", None, [200; 6]));

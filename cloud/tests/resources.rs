@@ -249,7 +249,8 @@ fn crud_and_validation(backend: Backend) {
         .status,
         400
     );
-    // Devices created by users; delete cascades; release delete clears the target.
+    // Devices created by users; a forced delete cascades; a forced release
+    // delete clears the target (hardening.rs: without force, 409).
     let d = s.create(&k, "device", json!({"fleet": id, "name": "pre"}));
     assert_eq!(d["device_type"], "qemuarm64");
     assert_eq!(d["is_online"], false);
@@ -261,7 +262,7 @@ fn crud_and_validation(backend: Backend) {
     assert_eq!(
         s.req(
             "DELETE",
-            &format!("/v1/release({})", rel["id"]),
+            &format!("/v1/release({})?force=true", rel["id"]),
             Some(&k),
             None
         )
@@ -274,8 +275,13 @@ fn crud_and_validation(backend: Backend) {
     );
     assert_eq!(s.get("/v1/image/$count", &k).body, "0");
     assert_eq!(
-        s.req("DELETE", &format!("/v1/fleet({id})"), Some(&k), None)
-            .status,
+        s.req(
+            "DELETE",
+            &format!("/v1/fleet({id})?force=true"),
+            Some(&k),
+            None
+        )
+        .status,
         204
     );
     assert_eq!(s.get("/v1/device/$count", &k).body, "0");

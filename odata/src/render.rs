@@ -189,6 +189,80 @@ impl Ty {
     }
 }
 
+/// Checks an OData `DateTimeOffset` literal (RFC 3339 with `Z` or an
+/// offset, seconds and fractions optional) or a `Date` (`2026-01-31`,
+/// taken as midnight UTC) and returns it in a form both databases read as
+/// the same instant. Anything else (`'yesterday'`, `2026-13-45`, a time
+/// without an offset) is refused.
+pub(crate) fn timestamp_literal(s: &str) -> Result<String, RenderError> {
+    let bad = || {
+        RenderError::TypeMismatch(format!(
+            "'{s}' is not a timestamp: use RFC 3339 with an offset, \
+             e.g. 2026-01-31T12:00:00Z, or a date, e.g. 2026-01-31"
+        ))
+    };
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<u32> {
+        let d = b.get(from..from + len)?;
+        if !d.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(d).ok()?.parse().ok()
+    };
+    let (y, m, d) = match (num(0, 4), b.get(4), num(5, 2), b.get(7), num(8, 2)) {
+        (Some(y), Some(b'-'), Some(m), Some(b'-'), Some(d)) => (y, m, d),
+        _ => return Err(bad()),
+    };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if d == 0 || d > days {
+        return Err(bad());
+    }
+    if b.len() == 10 {
+        return Ok(format!("{s}T00:00:00Z"));
+    }
+    if !matches!(b.get(10), Some(b'T' | b't')) {
+        return Err(bad());
+    }
+    let (hh, mm) = match (num(11, 2), b.get(13), num(14, 2)) {
+        (Some(h), Some(b':'), Some(m)) if h < 24 && m < 60 => (h, m),
+        _ => return Err(bad()),
+    };
+    let _ = (hh, mm);
+    let mut i = 16;
+    if b.get(i) == Some(&b':') {
+        match num(i + 1, 2) {
+            Some(sec) if sec < 60 => i += 3,
+            _ => return Err(bad()),
+        }
+        if b.get(i) == Some(&b'.') {
+            let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 || digits > 12 {
+                return Err(bad());
+            }
+            i += 1 + digits;
+        }
+    }
+    let zone_ok = match &b[i..] {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', ..] if b.len() == i + 6 => matches!(
+            (num(i + 1, 2), b.get(i + 3), num(i + 4, 2)),
+            (Some(h), Some(b':'), Some(m)) if h < 24 && m < 60
+        ),
+        _ => false,
+    };
+    if !zone_ok {
+        return Err(bad());
+    }
+    Ok(s.to_owned())
+}
+
 /// Short OData-like text of an expression, for error messages.
 fn describe(e: &Expr) -> String {
     match e {
@@ -524,6 +598,13 @@ impl<'a> Renderer<'a> {
                 if tl == Ty::Json || tr == Ty::Json {
                     return mismatch("json fields can only be compared with null".to_string());
                 }
+                if tl == Ty::Timestamp || tr == Ty::Timestamp {
+                    for x in [&**left, &**right] {
+                        if let Expr::Literal(Value::Text(t)) = x {
+                            timestamp_literal(t)?;
+                        }
+                    }
+                }
                 if !tl.comparable(tr, *op) {
                     return mismatch(format!(
                         "cannot compare {} ({}) {} {} ({})",
@@ -555,6 +636,9 @@ impl<'a> Renderer<'a> {
                     return mismatch("'in' needs at least one value".to_string());
                 }
                 for v in list {
+                    if let (Ty::Timestamp, Value::Text(t)) = (t, v) {
+                        timestamp_literal(t)?;
+                    }
                     let tv = Ty::of_value(v);
                     if tv != Ty::Null && !t.comparable(tv, CmpOp::Eq) {
                         return mismatch(format!(
@@ -748,10 +832,49 @@ impl<'a> Renderer<'a> {
                 }
                 let tl = self.check(scope.set, left)?;
                 let tr = self.check(scope.set, right)?;
-                self.sql.push('(');
-                self.value(scope, left, Some(tr))?;
+                // OData's null semantics, not SQL's three-valued logic: a
+                // comparison is always true or false. null equals null and
+                // nothing else, so `null ne 'x'` is true, `null eq 'x'` and
+                // `null gt 1` are false, and `not (x eq 'a')` keeps the rows
+                // where x is null. Only property paths can be null here
+                // (null literals were handled above).
+                let paths: Vec<&Expr> = [&**left, &**right]
+                    .into_iter()
+                    .filter(|x| matches!(x, Expr::Path(_)))
+                    .collect();
+                // Timestamps compare as instants, not as text: `…:31Z`
+                // equals `…:31.000Z` and `…:31+00:00`.
+                let ts = tl == Ty::Timestamp || tr == Ty::Timestamp;
+                if paths.len() == 2 && matches!(op, CmpOp::Eq | CmpOp::Ne) {
+                    let (is, is_not) = match self.dialect {
+                        Dialect::Sqlite => (" IS ", " IS NOT "),
+                        Dialect::Postgres => (" IS NOT DISTINCT FROM ", " IS DISTINCT FROM "),
+                    };
+                    self.sql.push('(');
+                    self.operand(scope, left, Some(tr), ts)?;
+                    self.sql
+                        .push_str(if *op == CmpOp::Eq { is } else { is_not });
+                    self.operand(scope, right, Some(tl), ts)?;
+                    self.sql.push(')');
+                    return Ok(());
+                }
+                self.sql.push_str("((");
+                self.operand(scope, left, Some(tr), ts)?;
                 let _ = write!(self.sql, " {} ", op.sql());
-                self.value(scope, right, Some(tl))?;
+                self.operand(scope, right, Some(tl), ts)?;
+                self.sql.push(')');
+                for p in paths {
+                    // ne: true where the property is null (a path against a
+                    // literal); the others: false there.
+                    self.sql
+                        .push_str(if *op == CmpOp::Ne { " OR " } else { " AND " });
+                    self.value(scope, p, None)?;
+                    self.sql.push_str(if *op == CmpOp::Ne {
+                        " IS NULL"
+                    } else {
+                        " IS NOT NULL"
+                    });
+                }
                 self.sql.push(')');
             }
             Expr::In { target, list } => {
@@ -759,18 +882,25 @@ impl<'a> Renderer<'a> {
                 let values: Vec<&Value> = list.iter().filter(|v| **v != Value::Null).collect();
                 let has_null = values.len() < list.len();
                 self.sql.push('(');
+                let ts = t == Ty::Timestamp;
                 if !values.is_empty() {
-                    self.value(scope, target, None)?;
+                    self.operand(scope, target, None, ts)?;
                     self.sql.push_str(" IN (");
                     for (i, v) in values.into_iter().enumerate() {
                         if i > 0 {
                             self.sql.push_str(", ");
                         }
-                        self.value(scope, &Expr::Literal(v.clone()), Some(t))?;
+                        self.operand(scope, &Expr::Literal(v.clone()), Some(t), ts)?;
                     }
                     self.sql.push(')');
                     if has_null {
                         self.sql.push_str(" OR ");
+                    } else {
+                        // false, not SQL's unknown, where the property is
+                        // null, so `not (x in (…))` keeps those rows.
+                        self.sql.push_str(" AND ");
+                        self.value(scope, target, None)?;
+                        self.sql.push_str(" IS NOT NULL");
                     }
                 }
                 if has_null {
@@ -801,6 +931,42 @@ impl<'a> Renderer<'a> {
                 });
                 self.param(Value::Text(pattern));
                 self.sql.push_str(" ESCAPE '\\')");
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a comparison operand; when the comparison is between
+    /// timestamps (`ts`), as an instant: `julianday(x)` in SQLite,
+    /// `(x)::timestamptz` in PostgreSQL, a literal in its checked form.
+    fn operand(
+        &mut self,
+        scope: &Scope<'_>,
+        e: &Expr,
+        hint: Option<Ty>,
+        ts: bool,
+    ) -> Result<(), RenderError> {
+        if !ts {
+            return self.value(scope, e, hint);
+        }
+        let lit;
+        let e = match e {
+            Expr::Literal(Value::Text(t)) => {
+                lit = Expr::Literal(Value::Text(timestamp_literal(t)?));
+                &lit
+            }
+            _ => e,
+        };
+        match self.dialect {
+            Dialect::Sqlite => {
+                self.sql.push_str("julianday(");
+                self.value(scope, e, hint)?;
+                self.sql.push(')');
+            }
+            Dialect::Postgres => {
+                self.sql.push('(');
+                self.value(scope, e, hint)?;
+                self.sql.push_str(")::timestamptz");
             }
         }
         Ok(())

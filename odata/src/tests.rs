@@ -505,7 +505,7 @@ fn sql_shape_sqlite() {
         s.sql,
         "SELECT json_object('name', t0.\"name\", 'is_online', json(CASE WHEN t0.\"is_online\" IS NULL THEN 'null' WHEN t0.\"is_online\" THEN 'true' ELSE 'false' END)) AS json \
          FROM \"device\" AS t0 WHERE (t0.fleet IN (SELECT id FROM fleet WHERE owner = $1)) \
-         AND (EXISTS (SELECT 1 FROM \"fleet\" AS t1 WHERE t1.\"id\" = t0.\"fleet\" AND (t1.owner = $2) AND (t1.\"name\" = $3)) \
+         AND (EXISTS (SELECT 1 FROM \"fleet\" AS t1 WHERE t1.\"id\" = t0.\"fleet\" AND (t1.owner = $2) AND ((t1.\"name\" = $3) AND t1.\"name\" IS NOT NULL)) \
          AND (t0.\"name\" LIKE $4 ESCAPE '\\')) ORDER BY t0.\"id\" ASC LIMIT $5"
     );
     assert_eq!(
@@ -542,19 +542,27 @@ fn sql_shape_postgres() {
         Dialect::Postgres,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(s.sql.contains("(t0.\"name\" = $2::text)"), "{}", s.sql);
     assert!(
-        s.sql.contains("(t0.\"id\" > $3::double precision)"),
+        s.sql
+            .contains("((t0.\"name\" = $2::text) AND t0.\"name\" IS NOT NULL)"),
         "{}",
         s.sql
     );
     assert!(
-        s.sql.contains("(t0.\"is_online\" = $4::boolean)"),
+        s.sql
+            .contains("((t0.\"id\" > $3::double precision) AND t0.\"id\" IS NOT NULL)"),
         "{}",
         s.sql
     );
     assert!(
-        s.sql.contains("(t0.\"id\" IN ($5::bigint, $6::bigint))"),
+        s.sql
+            .contains("((t0.\"is_online\" = $4::boolean) AND t0.\"is_online\" IS NOT NULL)"),
+        "{}",
+        s.sql
+    );
+    assert!(
+        s.sql
+            .contains("(t0.\"id\" IN ($5::bigint, $6::bigint) AND t0.\"id\" IS NOT NULL)"),
         "{}",
         s.sql
     );
@@ -594,8 +602,9 @@ fn int_literal_compared_with_float_binds_a_float() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.params, vec![Value::Float(3.0)]);
     assert!(
-        s.sql
-            .contains("WHERE (1 = 1) AND (t0.\"t\" > $1::double precision)"),
+        s.sql.contains(
+            "WHERE (1 = 1) AND ((t0.\"t\" > $1::double precision) AND t0.\"t\" IS NOT NULL)"
+        ),
         "{}",
         s.sql
     );
@@ -614,7 +623,7 @@ fn no_access_renders_false_and_count_ignores_paging() {
         render_count(&SCHEMA, "device", &q, &No, Dialect::Sqlite).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         s.sql,
-        "SELECT COUNT(*) AS count FROM \"device\" AS t0 WHERE (1 = 0) AND (t0.\"id\" = $1)"
+        "SELECT COUNT(*) AS count FROM \"device\" AS t0 WHERE (1 = 0) AND ((t0.\"id\" = $1) AND t0.\"id\" IS NOT NULL)"
     );
     assert_eq!(s.params, vec![Value::Int(1)]);
 }
@@ -785,4 +794,113 @@ fn bad_row_filters_are_errors_not_panics() {
             "{rule}: {r:?}"
         );
     }
+}
+
+#[test]
+fn timestamp_literals_are_checked() {
+    use crate::render::timestamp_literal;
+    for ok in [
+        "2026-01-31T12:00:00Z",
+        "2026-01-31T12:00Z",
+        "2026-01-31T12:00:00.123456Z",
+        "2026-01-31t12:00:00+05:30",
+        "2024-02-29T00:00:00-00:00",
+    ] {
+        assert_eq!(timestamp_literal(ok).as_deref(), Ok(ok), "{ok}");
+    }
+    assert_eq!(
+        timestamp_literal("2026-01-31").as_deref(),
+        Ok("2026-01-31T00:00:00Z")
+    );
+    for bad in [
+        "yesterday",
+        "2026-13-45T00:00:00Z",
+        "2026-02-29T00:00:00Z",
+        "2026-04-31",
+        "2026-01-31T24:00:00Z",
+        "2026-01-31T12:60:00Z",
+        "2026-01-31T12:00:61Z",
+        "2026-01-31T12:00:00",
+        "2026-01-31T12:00:00.Z",
+        "2026-01-31T12:00:00+5:30",
+        "2026-01-31T12:00:00Zjunk",
+        "2026-1-31",
+        "",
+    ] {
+        let Err(e) = timestamp_literal(bad) else {
+            panic!("{bad} was taken as a timestamp")
+        };
+        assert!(e.to_string().contains("is not a timestamp"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn invalid_timestamp_literals_are_refused_when_rendering() {
+    static S: Schema = Schema {
+        sets: &[EntitySet {
+            name: "device",
+            table: "device",
+            key: "id",
+            fields: &[
+                f("id", FieldType::Int),
+                f("last_seen", FieldType::Timestamp),
+            ],
+            navigations: &[],
+        }],
+    };
+    let render = |set: &str, q: &str, d: Dialect| {
+        let q = parse_query(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+        render_select(&S, set, None, &q, &AllowAll, d)
+    };
+    let ok = render(
+        "device",
+        "$filter=last_seen ge 2024-01-01",
+        Dialect::Postgres,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        ok.sql
+            .contains("(t0.\"last_seen\")::timestamptz >= ($1::text)::timestamptz"),
+        "{}",
+        ok.sql
+    );
+    assert_eq!(ok.params, vec![Value::Text("2024-01-01T00:00:00Z".into())]);
+    let ok = render("device", "$filter=last_seen ge 2024-01-01", Dialect::Sqlite)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        ok.sql
+            .contains("julianday(t0.\"last_seen\") >= julianday($1)"),
+        "{}",
+        ok.sql
+    );
+    for q in [
+        "$filter=last_seen gt 'yesterday'",
+        "$filter=last_seen eq 2026-13-45T00:00:00Z",
+        "$filter=last_seen in ('2024-01-01', 'soon')",
+    ] {
+        let Err(e) = render("device", q, Dialect::Sqlite) else {
+            panic!("{q} rendered")
+        };
+        assert!(e.to_string().contains("is not a timestamp"), "{q}: {e}");
+    }
+}
+
+#[test]
+fn comparisons_follow_odata_null_semantics_in_sql() {
+    let s =
+        render("device", "$filter=name ne 'a'", Dialect::Sqlite).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        s.sql
+            .contains("((t0.\"name\" <> $2) OR t0.\"name\" IS NULL)"),
+        "{}",
+        s.sql
+    );
+    let s = render("device", "$filter=not (name eq 'a')", Dialect::Postgres)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        s.sql
+            .contains("(NOT ((t0.\"name\" = $2::text) AND t0.\"name\" IS NOT NULL))"),
+        "{}",
+        s.sql
+    );
 }

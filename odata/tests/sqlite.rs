@@ -74,6 +74,16 @@ fn whole_entities_with_typed_json() {
 }
 
 #[test]
+fn null_semantics() {
+    scenarios::null_semantics(&mut db());
+}
+
+#[test]
+fn timestamps_compare_as_instants() {
+    scenarios::timestamps_compare_as_instants(&mut db());
+}
+
+#[test]
 fn json_columns_are_embedded() {
     scenarios::json_columns_are_embedded(&mut db());
 }

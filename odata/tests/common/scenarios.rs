@@ -343,6 +343,70 @@ pub fn ordering_and_paging(db: &mut dyn Db) {
     );
 }
 
+/// OData's null semantics (issue 15): comparisons are true or false, never
+/// SQL's unknown, so `ne` and `not` keep the rows whose property is null.
+pub fn null_semantics(db: &mut dyn Db) {
+    let a = &AllowAll;
+    // note: 100 'x', 101 null, 102 'y', 200 'x'; cpu_temp: 100 40.5,
+    // 101 null, 102 61.0, 200 55.25; last_seen: 102 null.
+    let cases: &[(&str, &[i64])] = &[
+        ("$filter=note ne 'x'", &[101, 102]),
+        ("$filter='x' ne note", &[101, 102]),
+        ("$filter=not (note eq 'x')", &[101, 102]),
+        ("$filter=cpu_temp ne 40.5", &[101, 102, 200]),
+        ("$filter=not (cpu_temp gt 50)", &[100, 101]),
+        (
+            "$filter=not (cpu_temp lt 50) and not (cpu_temp ge 50)",
+            &[101],
+        ),
+        ("$filter=not (note in ('x'))", &[101, 102]),
+        ("$filter=not (note in ('x', null))", &[102]),
+        ("$filter=note eq note", &[100, 101, 102, 200]),
+        ("$filter=note ne name", &[100, 101, 102, 200]),
+        ("$filter=not (note ne note)", &[100, 101, 102, 200]),
+        (
+            "$filter=not (last_seen gt 2024-01-01T00:00:00Z)",
+            &[101, 102],
+        ),
+        ("$filter=note eq 'x'", &[100, 200]),
+        ("$filter=cpu_temp gt 50", &[102, 200]),
+    ];
+    for (query, want) in cases {
+        assert_eq!(ids(&get(db, "device", query, a)), *want, "{query}");
+        let n = i64::try_from(want.len()).unwrap_or_default();
+        assert_eq!(count(db, "device", query, a), n, "$count of {query}");
+    }
+}
+
+/// Timestamps compare as instants (issue 15): fractions, offsets and dates
+/// name the same instant as the stored `…Z` text.
+pub fn timestamps_compare_as_instants(db: &mut dyn Db) {
+    let a = &AllowAll;
+    // last_seen: 100 2024-03-01T10:00:00Z, 101 2023-12-31T23:59:59Z,
+    // 102 null, 200 2024-05-05T05:05:05Z.
+    let cases: &[(&str, &[i64])] = &[
+        ("$filter=last_seen eq 2024-03-01T10:00:00Z", &[100]),
+        ("$filter=last_seen eq 2024-03-01T10:00:00.000Z", &[100]),
+        ("$filter=last_seen eq 2024-03-01T12:00:00%2B02:00", &[100]),
+        ("$filter=last_seen eq '2024-03-01T05:30:00-04:30'", &[100]),
+        ("$filter=last_seen gt 2024-03-01T10:00:00.5Z", &[200]),
+        ("$filter=last_seen ge 2024-03-01T10:00:00.000Z", &[100, 200]),
+        ("$filter=last_seen lt 2024-01-01", &[101]),
+        // 2023-12-31T23:00:00Z: device 101's 23:59:59Z is after it.
+        (
+            "$filter=last_seen gt 2024-01-01T01:00:00%2B02:00",
+            &[100, 101, 200],
+        ),
+        (
+            "$filter=last_seen in (2024-03-01T10:00:00.000Z, 2023-12-31T23:59:59Z)",
+            &[100, 101],
+        ),
+    ];
+    for (query, want) in cases {
+        assert_eq!(ids(&get(db, "device", query, a)), *want, "{query}");
+    }
+}
+
 /// Every scenario, for the PostgreSQL test that runs them on one schema.
 pub fn all(db: &mut dyn Db) {
     whole_entities_with_typed_json(db);
@@ -350,6 +414,8 @@ pub fn all(db: &mut dyn Db) {
     row_filters_hide_other_owners(db);
     by_key(db);
     filters(db);
+    null_semantics(db);
+    timestamps_compare_as_instants(db);
     navigation_in_filter_respects_access(db);
     navigation_cannot_see_hidden_rows(db);
     expand_to_many_respects_access(db);
