@@ -2,7 +2,8 @@
 //! with a fixed UUID, hash seed and creation time so builds are reproducible. With
 //! SOURCE_DATE_EPOCH set, every inode's ctime and atime are then set to it and copied
 //! mtimes clamped to it (e2fsprogs 1.47.0 copies the source's ctime, which no input controls),
-//! through one batched `debugfs -w` run.
+//! through one batched `debugfs -w` run. Every e2fsprogs tool that writes runs with
+//! `E2FSPROGS_FAKE_TIME`, so no superblock time comes from the wall clock.
 
 use std::path::Path;
 use std::process::Command;
@@ -133,7 +134,10 @@ fn clamp_times(img: &Path, root: &Path, epoch: i64, label: &str) -> Result<(), E
         path: script_path.display().to_string(),
         source,
     })?;
+    // debugfs -w stamps the superblock's last-write time (and so its checksum) with the wall
+    // clock unless e2fsprogs' fake time is set.
     let out = Command::new("debugfs")
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .arg("-w")
         .arg("-f")
         .arg(&script_path)
