@@ -234,6 +234,7 @@ impl Engine {
                 Some(
                     ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::RESTARTING,
                 ) => RunState::Running,
+                Some(ContainerSummaryStateEnum::DEAD) => RunState::Dead,
                 _ => RunState::Stopped,
             };
             containers.push(Container {

@@ -1,9 +1,13 @@
-//! The pure planner: from (current engine state, target apps, context) to the
-//! next round of steps. No I/O; the executor runs a round, reads the engine
-//! again and asks for the next round until the plan is empty.
+//! The pure planner: from (current engine state, target apps, context) to a
+//! [`Plan`]: the steps left to reach the target, each with the steps it
+//! must wait for. No I/O; the executor runs the steps as far as their
+//! dependencies allow, reads the engine again and asks for the next plan
+//! until it is empty.
 //!
-//! Steps in one round never depend on each other except through their
-//! [`Step::phase`]: the executor runs phase 0 before phase 1, and so on.
+//! A service's whole chain is in one plan (fetch image → create → stop old →
+//! start new → remove old, in the order its update strategy gives), so one
+//! service never waits for another's steps, and a failed step holds back
+//! only the steps that depend on it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,8 +26,11 @@ pub type TargetApps = BTreeMap<String, AppTarget>;
 pub enum RunState {
     Created,
     Running,
-    /// Exited, dead, paused…: not running, not fresh.
+    /// Exited, paused…: not running, not fresh.
     Stopped,
+    /// The engine could not stop or remove it cleanly: never reused, always
+    /// replaced.
+    Dead,
 }
 
 /// A container on the engine.
@@ -67,6 +74,9 @@ pub struct PlanContext {
     pub device_uuid: String,
     /// (app uuid, service) pairs whose update lock file exists.
     pub locks_held: BTreeSet<(String, String)>,
+    /// Apps whose app-wide lock (`/tmp/resin/locks/<app>/updates.lock`)
+    /// exists: it holds every service of the app.
+    pub app_locks_held: BTreeSet<String>,
     /// Override the update locks.
     pub force: bool,
     /// Image references present on the engine.
@@ -139,21 +149,6 @@ pub enum Step {
 }
 
 impl Step {
-    /// Order inside a round: lower phases run first.
-    pub fn phase(&self) -> u8 {
-        match self {
-            Step::WaitForLock { .. }
-            | Step::WaitForHandover { .. }
-            | Step::Stop { .. }
-            | Step::Kill { .. } => 0,
-            Step::Remove { .. } => 1,
-            Step::RemoveImage { .. } | Step::RemoveNetwork { .. } => 2,
-            Step::FetchImage { .. } | Step::CreateNetwork { .. } | Step::CreateVolume { .. } => 3,
-            Step::Create { .. } => 4,
-            Step::Start { .. } => 5,
-        }
-    }
-
     /// The (app uuid, service) this step acts on; `None` for steps on what
     /// services share (images, networks, volumes).
     pub fn service_key(&self) -> Option<(&str, &str)> {
@@ -225,38 +220,99 @@ pub fn target_specs(device_uuid: &str, target: &TargetApps) -> Vec<ServiceSpec> 
     out
 }
 
-fn push_unique(steps: &mut Vec<Step>, step: Step) {
-    if !steps.contains(&step) {
-        steps.push(step);
+/// The steps left to reach the target, and what each waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// `after[i]`: the indices of the steps that must succeed before
+    /// `steps[i]` runs.
+    pub after: Vec<Vec<usize>>,
+}
+
+impl std::ops::Deref for Plan {
+    type Target = [Step];
+    fn deref(&self) -> &[Step] {
+        &self.steps
     }
 }
 
-fn stop_or_remove(c: &Container) -> Vec<Step> {
+impl Plan {
+    /// Adds `step` after `after`; a step already planned (a shared image
+    /// fetch or network) is planned once, after everything it was asked to
+    /// wait for.
+    pub fn add(&mut self, step: Step, after: &[usize]) -> usize {
+        if let Some(i) = self.steps.iter().position(|s| *s == step) {
+            for &a in after {
+                if a != i && !self.after[i].contains(&a) {
+                    self.after[i].push(a);
+                }
+            }
+            return i;
+        }
+        self.steps.push(step);
+        let mut deps: Vec<usize> = after.to_vec();
+        deps.sort_unstable();
+        deps.dedup();
+        self.after.push(deps);
+        self.steps.len() - 1
+    }
+
+    /// For each step, true when it cannot run because a step in `failed`
+    /// (or one it depends on, transitively) is in its way.
+    pub fn blocked_by(&self, failed: &[bool]) -> Vec<bool> {
+        let mut out: Vec<bool> = (0..self.steps.len())
+            .map(|i| failed.get(i).copied().unwrap_or(false))
+            .collect();
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for i in 0..self.steps.len() {
+                if !out[i] && self.after[i].iter().any(|&d| out.get(d) == Some(&true)) {
+                    out[i] = true;
+                    changed = true;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn stop_then_remove(p: &mut Plan, c: &Container, after: &[usize]) -> usize {
     let (id, app_uuid, service) = (c.id.clone(), c.app_uuid.clone(), c.service.clone());
-    match c.state {
-        RunState::Running => vec![
+    let mut after = after.to_vec();
+    if c.state == RunState::Running {
+        after.push(p.add(
             Step::Stop {
                 id: id.clone(),
                 app_uuid: app_uuid.clone(),
                 service: service.clone(),
             },
-            Step::Remove {
-                id,
-                app_uuid,
-                service,
-            },
-        ],
-        _ => vec![Step::Remove {
+            &after,
+        ));
+    }
+    p.add(
+        Step::Remove {
             id,
             app_uuid,
             service,
-        }],
-    }
+        },
+        &after,
+    )
 }
 
-/// Plans the next round. An empty plan means current equals target.
-pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> Vec<Step> {
-    let mut steps = Vec::new();
+fn wait_for_lock(p: &mut Plan, app: &str, svc: &str, after: &[usize]) {
+    p.add(
+        Step::WaitForLock {
+            app_uuid: app.into(),
+            service: svc.into(),
+        },
+        after,
+    );
+}
+
+/// Plans what is left. An empty plan means current equals target.
+pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> Plan {
+    let mut p = Plan::default();
     let specs = target_specs(&ctx.device_uuid, target);
     let managed: Vec<&Container> = current.containers.iter().filter(|c| c.managed).collect();
     let wanted: BTreeSet<(&str, &str)> = specs
@@ -264,7 +320,9 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> V
         .map(|s| (s.app_uuid.as_str(), s.service.as_str()))
         .collect();
     let locked = |app: &str, svc: &str| {
-        !ctx.force && ctx.locks_held.contains(&(app.to_owned(), svc.to_owned()))
+        !ctx.force
+            && (ctx.app_locks_held.contains(app)
+                || ctx.locks_held.contains(&(app.to_owned(), svc.to_owned())))
     };
     let networks: BTreeSet<&str> = current.networks.iter().map(|n| n.name.as_str()).collect();
     let volumes: BTreeSet<&str> = current.volumes.iter().map(|n| n.name.as_str()).collect();
@@ -278,10 +336,13 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> V
             .copied()
             .filter(|c| c.app_uuid == app && c.service == svc)
             .collect();
-        let is_current = |c: &Container| {
-            c.release_uuid == spec.release_uuid && c.config_hash == spec.config_hash
-        };
-        let current_c = mine.iter().copied().find(|c| is_current(c));
+        // Identity is the config hash (image and effective config), not the
+        // release: a service unchanged between releases keeps its container.
+        let current_c = mine
+            .iter()
+            .copied()
+            .filter(|c| c.config_hash == spec.config_hash && c.state != RunState::Dead)
+            .max_by_key(|c| (c.state == RunState::Running, c.created));
         let old: Vec<&Container> = mine
             .iter()
             .copied()
@@ -291,178 +352,209 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> V
         let image_ok = ctx.images_present.contains(&spec.image);
 
         // Networks and volumes the new container needs.
-        let mut prerequisites_ok = true;
+        let mut prerequisites = Vec::new();
+        let release = app_target.and_then(|a| a.releases.values().next());
         for n in &spec.networks {
             if !networks.contains(n.as_str()) {
-                prerequisites_ok = false;
-                let driver = app_target.and_then(|a| {
-                    let short = n.strip_prefix(&format!("{app}_")).unwrap_or(n);
-                    a.releases
-                        .values()
-                        .next()?
-                        .networks
-                        .get(short)?
-                        .driver
-                        .clone()
-                });
-                push_unique(
-                    &mut steps,
+                let short = n.strip_prefix(&format!("{app}_")).unwrap_or(n);
+                let driver = release.and_then(|r| r.networks.get(short)?.driver.clone());
+                prerequisites.push(p.add(
                     Step::CreateNetwork {
                         name: n.clone(),
                         app_uuid: app.into(),
                         driver,
                     },
-                );
+                    &[],
+                ));
             }
         }
         for v in &spec.volumes {
             if !volumes.contains(v.as_str()) {
-                prerequisites_ok = false;
-                let driver = app_target.and_then(|a| {
-                    let short = v.strip_prefix(&format!("{app}_")).unwrap_or(v);
-                    a.releases
-                        .values()
-                        .next()?
-                        .volumes
-                        .get(short)?
-                        .driver
-                        .clone()
-                });
-                push_unique(
-                    &mut steps,
+                let short = v.strip_prefix(&format!("{app}_")).unwrap_or(v);
+                let driver = release.and_then(|r| r.volumes.get(short)?.driver.clone());
+                prerequisites.push(p.add(
                     Step::CreateVolume {
                         name: v.clone(),
                         app_uuid: app.into(),
                         driver,
                     },
-                );
+                    &[],
+                ));
             }
         }
-        let create = || Step::Create {
-            spec: Box::new(spec.clone()),
+        let start_step = |id: &str| Step::Start {
+            id: id.into(),
+            app_uuid: app.into(),
+            service: svc.into(),
         };
 
         match current_c {
             Some(cur) => {
                 let old_running = old.iter().any(|o| o.state == RunState::Running);
-                if !old.is_empty() {
-                    if strategy == UpdateStrategy::HandOver && cur.state != RunState::Running {
-                        // Hand-over: the new one starts beside the old one.
-                    } else if strategy == UpdateStrategy::HandOver && old_running {
-                        let timeout = spec
-                            .labels
-                            .get(labels::HANDOVER_TIMEOUT)
-                            .and_then(|t| t.parse::<i64>().ok())
-                            .unwrap_or(60);
-                        let ready = ctx.handover_signalled.contains(&(app.into(), svc.into()))
-                            || ctx.now - cur.created >= timeout;
-                        if !ready {
-                            steps.push(Step::WaitForHandover {
+                let handover = strategy == UpdateStrategy::HandOver;
+                let mut start_after = Vec::new();
+                let mut may_start = true;
+                // Old containers to remove once the new one started (or
+                // right away when it needs no start).
+                let mut remove_old: Vec<(&Container, Vec<usize>)> = Vec::new();
+                if old.is_empty() || (handover && cur.state != RunState::Running) {
+                    // Nothing to replace, or hand-over: the new one starts
+                    // beside the old one.
+                } else if handover && old_running {
+                    let timeout = spec
+                        .labels
+                        .get(labels::HANDOVER_TIMEOUT)
+                        .and_then(|t| t.parse::<i64>().ok())
+                        .unwrap_or(60);
+                    let ready = ctx.handover_signalled.contains(&(app.into(), svc.into()))
+                        || ctx.now - cur.created >= timeout;
+                    if !ready {
+                        p.add(
+                            Step::WaitForHandover {
                                 app_uuid: app.into(),
                                 service: svc.into(),
-                            });
-                        } else {
-                            if locked(app, svc) {
-                                push_unique(
-                                    &mut steps,
-                                    Step::WaitForLock {
-                                        app_uuid: app.into(),
-                                        service: svc.into(),
-                                    },
-                                );
-                            } else {
-                                for o in &old {
-                                    if o.state == RunState::Running {
-                                        steps.push(Step::Kill {
-                                            id: o.id.clone(),
-                                            app_uuid: app.into(),
-                                            service: svc.into(),
-                                        });
-                                    }
-                                    steps.push(Step::Remove {
+                            },
+                            &[],
+                        );
+                    } else if locked(app, svc) {
+                        wait_for_lock(&mut p, app, svc, &[]);
+                    } else {
+                        for o in &old {
+                            let mut after = Vec::new();
+                            if o.state == RunState::Running {
+                                after.push(p.add(
+                                    Step::Kill {
                                         id: o.id.clone(),
                                         app_uuid: app.into(),
                                         service: svc.into(),
-                                    });
-                                }
+                                    },
+                                    &[],
+                                ));
                             }
-                        }
-                    } else if locked(app, svc) {
-                        push_unique(
-                            &mut steps,
-                            Step::WaitForLock {
-                                app_uuid: app.into(),
-                                service: svc.into(),
-                            },
-                        );
-                    } else if old_running {
-                        // Stop the old ones first; remove them once the new
-                        // one runs, so a failed start leaves them in place.
-                        for o in old.iter().filter(|o| o.state == RunState::Running) {
-                            steps.push(Step::Stop {
-                                id: o.id.clone(),
-                                app_uuid: app.into(),
-                                service: svc.into(),
-                            });
-                        }
-                    } else if cur.state == RunState::Running {
-                        for o in &old {
-                            steps.extend(stop_or_remove(o));
+                            p.add(
+                                Step::Remove {
+                                    id: o.id.clone(),
+                                    app_uuid: app.into(),
+                                    service: svc.into(),
+                                },
+                                &after,
+                            );
                         }
                     }
+                } else if locked(app, svc) {
+                    wait_for_lock(&mut p, app, svc, &[]);
+                    may_start = !old_running;
+                } else {
+                    // Stop the old ones first; remove them once the new one
+                    // runs, so a failed start leaves them in place.
+                    for o in &old {
+                        let mut after = Vec::new();
+                        if o.state == RunState::Running {
+                            let i = p.add(
+                                Step::Stop {
+                                    id: o.id.clone(),
+                                    app_uuid: app.into(),
+                                    service: svc.into(),
+                                },
+                                &[],
+                            );
+                            start_after.push(i);
+                            after.push(i);
+                        }
+                        remove_old.push((o, after));
+                    }
                 }
-                // Start once the old ones are stopped (this round, if the
-                // lock allows it); hand-over starts beside them.
-                let may_start =
-                    strategy == UpdateStrategy::HandOver || !old_running || !locked(app, svc);
-                if cur.state == RunState::Created && may_start {
-                    steps.push(Step::Start {
-                        id: cur.id.clone(),
-                        app_uuid: app.into(),
-                        service: svc.into(),
-                    });
-                }
-            }
-            None if old.is_empty() => {
-                if !image_ok {
-                    push_unique(
-                        &mut steps,
-                        Step::FetchImage {
-                            image: spec.image.clone(),
+                let start = (cur.state == RunState::Created && may_start)
+                    .then(|| p.add(start_step(&cur.id), &start_after));
+                for (o, mut after) in remove_old {
+                    after.extend(start);
+                    p.add(
+                        Step::Remove {
+                            id: o.id.clone(),
+                            app_uuid: app.into(),
+                            service: svc.into(),
                         },
+                        &after,
                     );
-                } else if prerequisites_ok {
-                    steps.push(create());
                 }
             }
-            None => match strategy {
-                UpdateStrategy::DownloadThenKill | UpdateStrategy::HandOver => {
-                    if !image_ok {
-                        push_unique(
-                            &mut steps,
+            None => {
+                // Dead containers go first: they never run again, and a
+                // replacement of the same config would take their name.
+                let dead: Vec<usize> = old
+                    .iter()
+                    .filter(|o| o.state == RunState::Dead)
+                    .map(|o| stop_then_remove(&mut p, o, &[]))
+                    .collect();
+                let live_old: Vec<&Container> = old
+                    .iter()
+                    .copied()
+                    .filter(|o| o.state != RunState::Dead)
+                    .collect();
+                let fetch = |p: &mut Plan, after: &[usize]| -> Vec<usize> {
+                    if image_ok {
+                        Vec::new()
+                    } else {
+                        vec![p.add(
                             Step::FetchImage {
                                 image: spec.image.clone(),
                             },
-                        );
-                    } else if prerequisites_ok {
-                        // The old ones keep running until the new one exists.
-                        steps.push(create());
+                            after,
+                        )]
                     }
-                }
-                UpdateStrategy::KillThenDownload | UpdateStrategy::DeleteThenDownload => {
-                    if locked(app, svc) {
-                        push_unique(
-                            &mut steps,
-                            Step::WaitForLock {
-                                app_uuid: app.into(),
-                                service: svc.into(),
-                            },
-                        );
-                        continue;
+                };
+                let create_step = Step::Create {
+                    spec: Box::new(spec.clone()),
+                };
+                let kill_first = matches!(
+                    strategy,
+                    UpdateStrategy::KillThenDownload | UpdateStrategy::DeleteThenDownload
+                );
+                if live_old.is_empty() || !kill_first {
+                    // download-then-kill and hand-over: the old ones keep
+                    // running until the new image is there and the new
+                    // container exists.
+                    let mut after = fetch(&mut p, &[]);
+                    after.extend(&prerequisites);
+                    after.extend(&dead);
+                    let create = p.add(create_step, &after);
+                    if live_old.is_empty() || strategy == UpdateStrategy::HandOver {
+                        p.add(start_step(&spec.name), &[create]);
+                    } else if locked(app, svc) {
+                        wait_for_lock(&mut p, app, svc, &[create]);
+                    } else {
+                        let mut start_after = vec![create];
+                        for o in live_old.iter().filter(|o| o.state == RunState::Running) {
+                            start_after.push(p.add(
+                                Step::Stop {
+                                    id: o.id.clone(),
+                                    app_uuid: app.into(),
+                                    service: svc.into(),
+                                },
+                                &[create],
+                            ));
+                        }
+                        let start = p.add(start_step(&spec.name), &start_after);
+                        for o in &live_old {
+                            p.add(
+                                Step::Remove {
+                                    id: o.id.clone(),
+                                    app_uuid: app.into(),
+                                    service: svc.into(),
+                                },
+                                &[start],
+                            );
+                        }
                     }
-                    for o in &old {
-                        steps.extend(stop_or_remove(o));
+                } else if locked(app, svc) {
+                    wait_for_lock(&mut p, app, svc, &[]);
+                } else {
+                    // kill-then-download, delete-then-download.
+                    let mut removed: Vec<usize> = dead.clone();
+                    for o in &live_old {
+                        removed.push(stop_then_remove(&mut p, o, &[]));
                     }
+                    let mut before_fetch = removed.clone();
                     if strategy == UpdateStrategy::DeleteThenDownload {
                         for o in &old {
                             let used_elsewhere = managed
@@ -473,17 +565,22 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> V
                                 && !target_images.contains(o.image.as_str())
                                 && ctx.images_present.contains(&o.image)
                             {
-                                push_unique(
-                                    &mut steps,
+                                before_fetch.push(p.add(
                                     Step::RemoveImage {
                                         image: o.image.clone(),
                                     },
-                                );
+                                    &removed,
+                                ));
                             }
                         }
                     }
+                    let mut after = fetch(&mut p, &before_fetch);
+                    after.extend(&prerequisites);
+                    after.extend(&before_fetch);
+                    let create = p.add(create_step, &after);
+                    p.add(start_step(&spec.name), &[create]);
                 }
-            },
+            }
         }
     }
 
@@ -493,15 +590,9 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> V
             continue;
         }
         if locked(&c.app_uuid, &c.service) {
-            push_unique(
-                &mut steps,
-                Step::WaitForLock {
-                    app_uuid: c.app_uuid.clone(),
-                    service: c.service.clone(),
-                },
-            );
+            wait_for_lock(&mut p, &c.app_uuid, &c.service, &[]);
         } else {
-            steps.extend(stop_or_remove(c));
+            stop_then_remove(&mut p, c, &[]);
         }
     }
 
@@ -510,26 +601,46 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> V
         let app_wanted = specs.iter().any(|s| s.app_uuid == n.app_uuid);
         let app_has_containers = managed.iter().any(|c| c.app_uuid == n.app_uuid);
         if !app_wanted && !app_has_containers {
-            steps.push(Step::RemoveNetwork {
-                name: n.name.clone(),
-            });
+            p.add(
+                Step::RemoveNetwork {
+                    name: n.name.clone(),
+                },
+                &[],
+            );
         }
     }
 
     // Unused images, only once everything else is done.
-    if steps.is_empty() {
+    if p.steps.is_empty() {
         for image in &ctx.managed_images {
             let in_use =
                 target_images.contains(image.as_str()) || managed.iter().any(|c| &c.image == image);
             if !in_use && ctx.images_present.contains(image) {
-                steps.push(Step::RemoveImage {
-                    image: image.clone(),
-                });
+                p.add(
+                    Step::RemoveImage {
+                        image: image.clone(),
+                    },
+                    &[],
+                );
             }
         }
     }
-    steps.sort_by_key(Step::phase);
-    steps
+    p
+}
+
+/// A service's containers as the target's release sees them: a container
+/// whose config hash equals the target spec's is that release's container,
+/// whatever release it was created in (the engine cannot relabel a
+/// container, so its `io.resin.release-uuid` label keeps the release it was
+/// created for; the supervisor's view and its state report use the target's).
+pub fn adopt_releases(current: &mut CurrentState, specs: &[ServiceSpec]) {
+    for c in current.containers.iter_mut().filter(|c| c.managed) {
+        if let Some(s) = specs.iter().find(|s| {
+            s.app_uuid == c.app_uuid && s.service == c.service && s.config_hash == c.config_hash
+        }) {
+            c.release_uuid = s.release_uuid.clone();
+        }
+    }
 }
 
 /// True when a step only waits (for a lock or a hand-over).

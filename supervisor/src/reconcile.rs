@@ -1,29 +1,30 @@
-//! The executor: reads the engine, asks the planner for a round of steps,
-//! runs them, and loops until the plan is empty (converged) or only lock
-//! waits are left.
+//! The executor: reads the engine, asks the planner for a [`Plan`], runs
+//! its steps as far as their dependencies allow (up to [`PARALLEL_STEPS`]
+//! at a time, each as soon as the steps it waits for have succeeded), and
+//! loops until the plan is empty (converged) or only waits are left.
 //!
-//! A round whose steps all act on single services (stop, start, create,
-//! remove a container) runs one chain per service, in phase order, the
-//! chains side by side: one service that is slow to stop does not hold back
-//! another's start. A round that also touches what services share (images,
-//! networks, volumes) runs phase by phase, the steps of a phase side by side.
+//! A failed step fails only the steps that depend on it; every other
+//! service's chain runs to its end. A step that failed is not tried again
+//! in the same `apply`: the apply goes on with the rest, then ends with the
+//! failure, and the main loop retries later.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use resin_api_types::labels;
 
 use crate::engine::{Engine, EngineError};
 use crate::planner::{
-    is_wait, only_waiting, plan, target_specs, CurrentState, PlanContext, Step, TargetApps,
+    adopt_releases, is_wait, only_waiting, plan, target_specs, CurrentState, Plan, PlanContext,
+    Step, TargetApps,
 };
 use crate::store;
 
 /// Rounds one `apply` may take before it gives up as "not converging".
 pub const MAX_ROUNDS: usize = 64;
-/// Steps of one phase run this many at a time.
+/// Steps run this many at a time.
 pub const PARALLEL_STEPS: usize = 8;
 /// File in a service's lock directory that ends a hand-over early.
 pub const HANDOVER_SIGNAL: &str = "handover-complete";
@@ -32,11 +33,13 @@ pub const HANDOVER_SIGNAL: &str = "handover-complete";
 pub enum ReconcileError {
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("step {step:?} failed: {source}")]
+    #[error("step {step:?} failed: {source}{}", more_failures(*.more))]
     Step {
         step: String,
         #[source]
         source: EngineError,
+        /// Other steps that failed in the same apply.
+        more: usize,
     },
     #[error("still not converged after {0} rounds")]
     NotConverging(usize),
@@ -59,6 +62,23 @@ pub struct Reconciler {
     device_uuid: String,
     images_file: PathBuf,
     managed_images: Mutex<BTreeSet<String>>,
+}
+
+fn more_failures(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(" (and {n} more failed steps)"),
+    }
+}
+
+/// The app-wide update lock: while it exists, no service of the app is
+/// stopped, killed or removed (besides each service's own lock).
+pub fn app_lock_path(app: &str) -> PathBuf {
+    Path::new(&labels::update_lock_path(app, "x"))
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("updates.lock"))
+        .unwrap_or_default()
 }
 
 fn lock_dir(app: &str, service: &str) -> PathBuf {
@@ -135,13 +155,31 @@ impl Reconciler {
                 .map(|c| (c.app_uuid.clone(), c.service.clone())),
         );
         let mut locks_held = BTreeSet::new();
+        let mut app_locks_held = BTreeSet::new();
         let mut handover_signalled = BTreeSet::new();
         for (app, svc) in pairs {
             if Path::new(&labels::update_lock_path(&app, &svc)).exists() {
                 locks_held.insert((app.clone(), svc.clone()));
             }
-            if lock_dir(&app, &svc).join(HANDOVER_SIGNAL).exists() {
-                handover_signalled.insert((app, svc));
+            if !app_locks_held.contains(&app) && app_lock_path(&app).exists() {
+                app_locks_held.insert(app.clone());
+            }
+            let signal = lock_dir(&app, &svc).join(HANDOVER_SIGNAL);
+            if signal.exists() {
+                let containers = current
+                    .containers
+                    .iter()
+                    .filter(|c| c.managed && c.app_uuid == app && c.service == svc)
+                    .count();
+                if containers > 1 {
+                    handover_signalled.insert((app, svc));
+                } else {
+                    // Used (the hand-over it ended is over) or stale: it
+                    // must not end the service's next hand-over early.
+                    if let Err(e) = std::fs::remove_file(&signal) {
+                        tracing::warn!(path = %signal.display(), error = %e, "cannot remove hand-over signal");
+                    }
+                }
             }
         }
         let managed_images = self.managed_images();
@@ -156,6 +194,7 @@ impl Reconciler {
         Ok(PlanContext {
             device_uuid: self.device_uuid.clone(),
             locks_held,
+            app_locks_held,
             force,
             images_present,
             managed_images,
@@ -164,88 +203,164 @@ impl Reconciler {
         })
     }
 
+    /// The engine's state as the supervisor sees it: a container whose
+    /// config is unchanged in the target's release counts as that
+    /// release's ([`adopt_releases`]).
+    pub async fn current(&self, target: Option<&TargetApps>) -> Result<CurrentState, EngineError> {
+        let mut cur = self.engine.current().await?;
+        if let Some(t) = target {
+            adopt_releases(&mut cur, &target_specs(&self.device_uuid, t));
+        }
+        Ok(cur)
+    }
+
     /// The plan of the next round, without running it.
     pub async fn next_steps(
         &self,
         target: &TargetApps,
         force: bool,
-    ) -> Result<Vec<Step>, ReconcileError> {
+    ) -> Result<Plan, ReconcileError> {
         let current = self.engine.current().await?;
         let ctx = self.context(&current, target, force).await?;
         Ok(plan(&current, target, &ctx))
     }
 
-    /// Loops rounds until converged or blocked by locks. `on_step` sees each
-    /// step before it runs (for logs and systemd's STATUS=). The first
-    /// failed step ends the call with its error; the caller retries later.
+    /// Plans and runs until converged or blocked by locks. `on_step` sees
+    /// each step before it runs (for logs and systemd's STATUS=). A failed
+    /// step holds back only what depends on it; once nothing else can run,
+    /// the call ends with the first failure and the caller retries later.
     pub async fn apply(
         &self,
         target: &TargetApps,
         force: bool,
         on_step: &(dyn Fn(&Step) + Sync),
     ) -> Result<Outcome, ReconcileError> {
+        let mut failed: Vec<(Step, EngineError)> = Vec::new();
         for _ in 0..MAX_ROUNDS {
-            let steps = self.next_steps(target, force).await?;
-            if steps.is_empty() {
-                return Ok(Outcome::Converged);
+            let plan = self.next_steps(target, force).await?;
+            let failed_before: Vec<bool> = plan
+                .steps
+                .iter()
+                .map(|s| failed.iter().any(|(f, _)| f == s))
+                .collect();
+            let blocked = plan.blocked_by(&failed_before);
+            let runnable = plan
+                .steps
+                .iter()
+                .zip(&blocked)
+                .any(|(s, b)| !b && !is_wait(s));
+            if !runnable {
+                if !failed.is_empty() {
+                    let more = failed.len() - 1;
+                    let (step, source) = failed.swap_remove(0);
+                    return Err(ReconcileError::Step {
+                        step: step.describe(),
+                        source,
+                        more,
+                    });
+                }
+                if plan.steps.is_empty() {
+                    return Ok(Outcome::Converged);
+                }
+                if only_waiting(&plan.steps) {
+                    return Ok(Outcome::Blocked(plan.steps));
+                }
             }
-            if only_waiting(&steps) {
-                return Ok(Outcome::Blocked(steps));
-            }
-            self.run_round(&steps, on_step).await?;
+            failed.extend(self.run_plan(&plan, &blocked, on_step).await?);
         }
         Err(ReconcileError::NotConverging(MAX_ROUNDS))
     }
 
-    async fn run_round(
+    /// Runs the steps of `plan` not `skip`ped, each once every step it
+    /// waits for has succeeded, and returns the steps that failed.
+    async fn run_plan(
         &self,
-        steps: &[Step],
+        plan: &Plan,
+        skip: &[bool],
         on_step: &(dyn Fn(&Step) + Sync),
-    ) -> Result<(), ReconcileError> {
-        let todo: Vec<&Step> = steps.iter().filter(|s| !is_wait(s)).collect();
-        if todo.iter().all(|s| s.service_key().is_some()) {
-            let mut chains: BTreeMap<(&str, &str), Vec<&Step>> = BTreeMap::new();
-            for step in todo {
-                if let Some(key) = step.service_key() {
-                    chains.entry(key).or_default().push(step);
+    ) -> Result<Vec<(Step, EngineError)>, ReconcileError> {
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum State {
+            Pending,
+            Running,
+            Done,
+            Failed,
+        }
+        let n = plan.steps.len();
+        let mut state: Vec<State> = (0..n)
+            .map(|i| {
+                if skip.get(i).copied().unwrap_or(false) {
+                    State::Failed
+                } else if is_wait(&plan.steps[i]) {
+                    // Waits do nothing; nothing in a plan waits on them.
+                    State::Done
+                } else {
+                    State::Pending
+                }
+            })
+            .collect();
+        let mut running = FuturesUnordered::new();
+        let mut failures = Vec::new();
+        let mut store_err = None;
+        loop {
+            // What a failure holds back fails with it.
+            let mut changed = true;
+            while changed {
+                changed = false;
+                for i in 0..n {
+                    if state[i] == State::Pending
+                        && plan.after[i]
+                            .iter()
+                            .any(|&d| state.get(d) == Some(&State::Failed))
+                    {
+                        state[i] = State::Failed;
+                        changed = true;
+                    }
                 }
             }
-            let results: Vec<Vec<(&Step, Result<(), EngineError>)>> = stream::iter(chains)
-                .map(|(_, mut chain)| async move {
-                    chain.sort_by_key(|s| s.phase());
-                    let mut done = Vec::new();
-                    for step in chain {
-                        let r = self.run_step(step, on_step).await;
-                        let failed = r.is_err();
-                        done.push((step, r));
-                        if failed {
-                            break; // the rest of this service's chain waits
-                        }
+            for i in 0..n {
+                if running.len() >= PARALLEL_STEPS {
+                    break;
+                }
+                let ready = state[i] == State::Pending
+                    && plan.after[i]
+                        .iter()
+                        .all(|&d| state.get(d) == Some(&State::Done));
+                if ready {
+                    state[i] = State::Running;
+                    let step = &plan.steps[i];
+                    running.push(async move { (i, self.run_step(step, on_step).await) });
+                }
+            }
+            // Nothing running: done (steps still pending wait on a cycle and
+            // are planned again next round).
+            let Some((i, r)) = running.next().await else {
+                break;
+            };
+            let step = &plan.steps[i];
+            match r {
+                Ok(()) => {
+                    state[i] = State::Done;
+                    let remembered = match step {
+                        Step::FetchImage { image } => self.remember_image(image, true),
+                        Step::RemoveImage { image } => self.remember_image(image, false),
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = remembered {
+                        store_err.get_or_insert(e);
                     }
-                    done
-                })
-                .buffer_unordered(PARALLEL_STEPS)
-                .collect()
-                .await;
-            return self.settle(results.into_iter().flatten());
+                }
+                Err(e) => {
+                    tracing::warn!(step = %step.describe(), error = %e, "step failed");
+                    state[i] = State::Failed;
+                    failures.push((step.clone(), e));
+                }
+            }
         }
-        let mut phases: Vec<u8> = todo.iter().map(|s| s.phase()).collect();
-        phases.sort_unstable();
-        phases.dedup();
-        for phase in phases {
-            let batch: Vec<&Step> = todo
-                .iter()
-                .copied()
-                .filter(|s| s.phase() == phase)
-                .collect();
-            let results: Vec<(&Step, Result<(), EngineError>)> = stream::iter(batch)
-                .map(|step| async move { (step, self.run_step(step, on_step).await) })
-                .buffer_unordered(PARALLEL_STEPS)
-                .collect()
-                .await;
-            self.settle(results)?;
+        match store_err {
+            Some(e) => Err(e),
+            None => Ok(failures),
         }
-        Ok(())
     }
 
     async fn run_step(
@@ -256,35 +371,5 @@ impl Reconciler {
         on_step(step);
         tracing::info!(step = %step.describe(), "running step");
         self.engine.run(step).await
-    }
-
-    /// Records what finished steps changed, and returns the first failure.
-    fn settle<'a>(
-        &self,
-        results: impl IntoIterator<Item = (&'a Step, Result<(), EngineError>)>,
-    ) -> Result<(), ReconcileError> {
-        let mut first_err = None;
-        for (step, r) in results {
-            match r {
-                Ok(()) => match step {
-                    Step::FetchImage { image } => self.remember_image(image, true)?,
-                    Step::RemoveImage { image } => self.remember_image(image, false)?,
-                    _ => {}
-                },
-                Err(source) => {
-                    tracing::warn!(step = %step.describe(), error = %source, "step failed");
-                    if first_err.is_none() {
-                        first_err = Some(ReconcileError::Step {
-                            step: step.describe(),
-                            source,
-                        });
-                    }
-                }
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
     }
 }

@@ -26,6 +26,7 @@ pub fn apps_report(cur: &CurrentState) -> BTreeMap<String, AppReport> {
             RunState::Created => ServiceStatus::Installed,
             RunState::Running => ServiceStatus::Running,
             RunState::Stopped => ServiceStatus::Exited,
+            RunState::Dead => ServiceStatus::Dead,
         };
         let app = apps.entry(c.app_uuid.clone()).or_default();
         app.services.insert(

@@ -141,8 +141,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|p| p.target.get(&uuid).cloned());
     let etag = persisted.and_then(|p| p.etag);
+    let initial_apps = initial.as_ref().map(|t| t.apps.clone());
     let (target_tx, mut target_rx) = watch::channel(initial);
-    let (current_tx, current_rx) = watch::channel(engine.current().await.unwrap_or_default());
+    let (current_tx, current_rx) = watch::channel(
+        reconciler
+            .current(initial_apps.as_ref())
+            .await
+            .unwrap_or_default(),
+    );
     let (status_tx, status_rx) = watch::channel("starting".to_owned());
     let update = Arc::new(Notify::new());
     let refresh = Arc::new(Notify::new());
@@ -375,7 +381,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         } else {
             notifier.status("no target state yet");
         }
-        match engine.current().await {
+        match reconciler.current(target.as_ref().map(|t| &t.apps)).await {
             Ok(cur) => {
                 current_tx.send_if_modified(|c| {
                     let changed = *c != cur;

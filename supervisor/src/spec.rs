@@ -113,17 +113,33 @@ impl ServiceSpec {
         let lock = labels::update_lock_path(app_uuid, service);
         let lock_dir = lock.trim_end_matches("/updates.lock");
         binds.push(format!("{lock_dir}:{LOCK_MOUNT}"));
+        // Docker ignores the order of these lists: sorted, so a release that
+        // only reorders them has the same config hash.
+        binds.sort();
+        volumes.sort();
+        volumes.dedup();
+        let mut ports = target.ports.clone();
+        ports.sort();
+        let mut devices = target.devices.clone();
+        devices.sort();
+        let mut cap_add = target.cap_add.clone();
+        cap_add.sort();
+        let mut cap_drop = target.cap_drop.clone();
+        cap_drop.sort();
 
         let networks = if target.network_mode.is_some() {
             Vec::new()
         } else if target.networks.is_empty() {
             vec![scoped(app_uuid, "default")]
         } else {
-            target
+            let mut n: Vec<String> = target
                 .networks
                 .iter()
                 .map(|n| scoped(app_uuid, n))
-                .collect()
+                .collect();
+            n.sort();
+            n.dedup();
+            n
         };
 
         let mut labels = target.labels.clone();
@@ -136,16 +152,16 @@ impl ServiceSpec {
                 image: &target.image,
                 env: &env,
                 labels: &labels,
-                ports: &target.ports,
+                ports: &ports,
                 binds: &binds,
                 networks: &networks,
                 restart: &target.restart,
                 command: &target.command,
                 entrypoint: &target.entrypoint,
                 privileged: target.privileged,
-                devices: &target.devices,
-                cap_add: &target.cap_add,
-                cap_drop: &target.cap_drop,
+                devices: &devices,
+                cap_add: &cap_add,
+                cap_drop: &cap_drop,
                 network_mode: &target.network_mode,
             };
             // Serialising maps, strings and bools cannot fail.
@@ -166,7 +182,7 @@ impl ServiceSpec {
             image: target.image.clone(),
             env,
             labels,
-            ports: target.ports.clone(),
+            ports,
             binds,
             networks,
             volumes,
@@ -174,9 +190,9 @@ impl ServiceSpec {
             command: target.command.clone(),
             entrypoint: target.entrypoint.clone(),
             privileged: target.privileged,
-            devices: target.devices.clone(),
-            cap_add: target.cap_add.clone(),
-            cap_drop: target.cap_drop.clone(),
+            devices,
+            cap_add,
+            cap_drop,
             network_mode: target.network_mode.clone(),
         }
     }

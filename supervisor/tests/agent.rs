@@ -275,7 +275,11 @@ fn kill_9_mid_update_then_restart_converges_without_orphans() {
     let write_target = |release: &str, n: usize| {
         let mut services = serde_json::Map::new();
         for i in 0..n {
-            services.insert(format!("s{i}"), serde_json::to_value(svc(&img)).unwrap());
+            // Each release changes the services' config: a release that
+            // changes nothing keeps the containers.
+            let mut s = svc(&img);
+            s.environment.insert("RELEASE".into(), release.into());
+            services.insert(format!("s{i}"), serde_json::to_value(s).unwrap());
         }
         let t = json!({"etag": null, "target": {uuid.clone(): {"name": "d", "apps": {app.clone(): {"name": "a",
             "releases": {release: {"services": services}}}}}}});

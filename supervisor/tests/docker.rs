@@ -258,6 +258,8 @@ async fn hand_over_runs_both_until_the_new_one_signals() {
         "label=io.resin.release-uuid=rel2",
     ]);
     docker(&["exec", &new_id, "touch", "/tmp/resin/handover-complete"]);
+    let signal = format!("/tmp/resin/locks/{}/web/handover-complete", f.app);
+    assert!(std::path::Path::new(&signal).exists());
     let (out, steps) = apply(&f, &t2, false).await;
     assert_eq!(out, Outcome::Converged);
     assert!(
@@ -265,6 +267,11 @@ async fn hand_over_runs_both_until_the_new_one_signals() {
         "{steps:?}"
     );
     assert_eq!(containers_of(&f.app), ["web running rel2"]);
+    // The signal was used: it is gone, so it cannot end the service's next
+    // hand-over as soon as that one's new container runs.
+    let (out, _) = apply(&f, &t2, false).await;
+    assert_eq!(out, Outcome::Converged);
+    assert!(!std::path::Path::new(&signal).exists());
     let _ = docker_ok(&["rmi", &img]);
 }
 
@@ -283,7 +290,9 @@ async fn update_lock_holds_the_old_container_until_forced() {
     docker(&["exec", &id, "touch", "/tmp/resin/updates.lock"]);
     assert!(std::path::Path::new(&labels::update_lock_path(&f.app, "web")).exists());
 
-    let t2 = target(&f.app, "rel2", &[("web", svc(&img))]);
+    let mut web2 = svc(&img);
+    web2.environment.insert("V".into(), "2".into());
+    let t2 = target(&f.app, "rel2", &[("web", web2)]);
     let (out, _) = apply(&f, &t2, false).await;
     assert!(matches!(out, Outcome::Blocked(_)), "{out:?}");
     let now = containers_of(&f.app);
@@ -463,5 +472,220 @@ async fn unmanaged_containers_are_left_alone() {
     let state = docker(&["inspect", "--format", "{{.State.Running}}", &theirs]);
     assert_eq!(state, "true");
     docker(&["rm", "-f", &theirs]);
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+/// Like [`apply`], but returns the error instead of panicking on it.
+async fn try_apply(
+    f: &Fixture,
+    t: &resin_supervisor::planner::TargetApps,
+) -> (Result<Outcome, String>, Vec<(String, f64)>) {
+    let log = Mutex::new(Vec::new());
+    let t0 = std::time::Instant::now();
+    let record = |s: &Step| {
+        let v = serde_json::to_value(s).unwrap();
+        log.lock().unwrap().push((
+            format!(
+                "{}:{}",
+                v["step"].as_str().unwrap(),
+                v["service"].as_str().or(v["image"].as_str()).unwrap_or("")
+            ),
+            t0.elapsed().as_secs_f64(),
+        ));
+    };
+    let out = f
+        .rec
+        .apply(t, false, &record)
+        .await
+        .map_err(|e| e.to_string());
+    (out, log.into_inner().unwrap())
+}
+
+/// An image reference the test registry answers 404 for.
+fn missing_image(app: &str) -> String {
+    format!("{}/sv-test/missing-{}:latest", registry(), &app[..8])
+}
+
+/// `a` (download-then-kill, its new image present) and its sibling `b`,
+/// whose new image the registry does not have (404): `a` runs the new
+/// release when the apply ends, and stays so when the apply is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_siblings_failed_pull_does_not_keep_a_service_down() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/sibling-{}", &f.app[..8]));
+    let t1 = target(&f.app, "rel1", &[("a", svc(&img)), ("b", svc(&img))]);
+    apply(&f, &t1, false).await;
+    let mut a2 = svc(&img);
+    a2.environment.insert("V".into(), "2".into());
+    let t2 = target(
+        &f.app,
+        "rel2",
+        &[("a", a2), ("b", svc(&missing_image(&f.app)))],
+    );
+    let started = std::time::Instant::now();
+    let (out, steps) = try_apply(&f, &t2).await;
+    let err = out.expect_err("b's pull fails");
+    assert!(err.contains("missing-"), "{err}");
+    assert!(started.elapsed().as_secs() < 20, "{steps:?}");
+    assert_eq!(
+        containers_of(&f.app),
+        ["a running rel2", "b running rel1"],
+        "{steps:?}"
+    );
+    // The retry fails on b again and leaves a alone.
+    let (out, steps) = try_apply(&f, &t2).await;
+    assert!(out.is_err());
+    assert!(!steps.iter().any(|(s, _)| s.ends_with(":a")), "{steps:?}");
+    assert_eq!(containers_of(&f.app), ["a running rel2", "b running rel1"]);
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+/// The same across apps: one app's unpullable image does not hold back
+/// another app's update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_apps_failed_pull_does_not_hold_back_another_app() {
+    let app1 = app_uuid();
+    let app2 = app_uuid();
+    let state = tempfile::tempdir().unwrap();
+    let engine = engine().await.scoped_to([app1.clone(), app2.clone()]);
+    let rec = Reconciler::new(engine, "testdevice", state.path()).unwrap();
+    let f = Fixture {
+        app: app1.clone(),
+        _state: state,
+        rec,
+    };
+    struct Other(String);
+    impl Drop for Other {
+        fn drop(&mut self) {
+            cleanup(&self.0);
+        }
+    }
+    let _other = Other(app2.clone());
+    let img = local_image(&format!("sv-test/apps-{}", &app1[..8]));
+    let mut t1 = target(&app1, "rel1", &[("a", svc(&img))]);
+    t1.extend(target(&app2, "rel1", &[("b", svc(&img))]));
+    apply(&f, &t1, false).await;
+    let mut a2 = svc(&img);
+    a2.environment.insert("V".into(), "2".into());
+    let mut t2 = target(&app1, "rel2", &[("a", a2)]);
+    t2.extend(target(&app2, "rel2", &[("b", svc(&missing_image(&app2)))]));
+    let (out, steps) = try_apply(&f, &t2).await;
+    assert!(out.is_err(), "{steps:?}");
+    assert_eq!(containers_of(&app1), ["a running rel2"], "{steps:?}");
+    assert_eq!(containers_of(&app2), ["b running rel1"], "{steps:?}");
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+/// Under kill-then-download a service is down for its own stop, download,
+/// create and start, not for a sibling's slow stop (`slow` ignores SIGTERM
+/// and is killed after its 10 s timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_then_download_outage_is_only_the_services_own_steps() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/ktdown-{}", &f.app[..8]));
+    let v2 = registry_image(&format!("ktdown2-{}", &f.app[..8]));
+    let mut slow = svc(&img);
+    slow.command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "trap '' TERM; while true; do sleep 1; done".into(),
+    ]);
+    let t1 = target(&f.app, "rel1", &[("a", svc(&img)), ("slow", slow.clone())]);
+    apply(&f, &t1, false).await;
+    let mut a2 = svc(&v2);
+    a2.labels
+        .insert(labels::UPDATE_STRATEGY.into(), "kill-then-download".into());
+    slow.environment.insert("V".into(), "2".into());
+    let t2 = target(&f.app, "rel2", &[("a", a2), ("slow", slow)]);
+    let (out, times) = try_apply(&f, &t2).await;
+    assert_eq!(out, Ok(Outcome::Converged), "{times:?}");
+    let at = |name: &str| {
+        times
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} not in {times:?}"))
+            .1
+    };
+    let a_down = at("start:a") - at("stop:a");
+    assert!(
+        a_down < 5.0,
+        "a was down {a_down:.1} s (its own steps take ~1 s): {times:?}"
+    );
+    assert_eq!(
+        containers_of(&f.app),
+        ["a running rel2", "slow running rel2"]
+    );
+    let _ = docker_ok(&["rmi", &img]);
+    let _ = docker_ok(&["rmi", &v2]);
+}
+
+/// A release that changes neither a service's image nor its config keeps
+/// that service's container (same id); the supervisor's state report shows
+/// it in the new release.
+#[tokio::test]
+async fn a_service_unchanged_between_releases_keeps_its_container() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/keep-{}", &f.app[..8]));
+    let mut web = svc(&img);
+    web.ports = vec![
+        format!("127.0.0.1:{}:80", free_port()),
+        format!("127.0.0.1:{}:81", free_port()),
+    ];
+    let t1 = target(&f.app, "rel1", &[("web", web.clone()), ("db", svc(&img))]);
+    apply(&f, &t1, false).await;
+    let id_of = |service: &str| {
+        docker(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=io.resin.app-uuid={}", f.app),
+            "--filter",
+            &format!("label=io.resin.service-name={service}"),
+        ])
+    };
+    let (web0, db0) = (id_of("web"), id_of("db"));
+    // rel2: web only lists its ports in another order; db changes.
+    web.ports.reverse();
+    let mut db = svc(&img);
+    db.environment.insert("V".into(), "2".into());
+    let t2 = target(&f.app, "rel2", &[("web", web), ("db", db)]);
+    let (out, steps) = apply(&f, &t2, false).await;
+    assert_eq!(out, Outcome::Converged);
+    assert!(!steps.iter().any(|s| s.ends_with(":web")), "{steps:?}");
+    assert_eq!(id_of("web"), web0);
+    assert_ne!(id_of("db"), db0);
+    let cur = f.rec.current(Some(&t2)).await.unwrap();
+    let report = resin_supervisor::report::apps_report(&cur);
+    let app = &report[&f.app];
+    assert_eq!(app.services["web"].release_uuid, "rel2");
+    assert_eq!(
+        app.services["web"].container_id.as_deref(),
+        Some(web0.as_str())
+    );
+    assert_eq!(app.services["db"].release_uuid, "rel2");
+    assert_eq!(app.release_uuid.as_deref(), Some("rel2"));
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+/// A `dead` container (the engine failed to remove it) is replaced, not
+/// taken for a stopped one.
+#[tokio::test]
+async fn a_dead_container_is_replaced() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/dead-{}", &f.app[..8]));
+    let t = target(&f.app, "rel1", &[("web", svc(&img))]);
+    let (out, _) = apply(&f, &t, false).await;
+    assert_eq!(out, Outcome::Converged);
+    // The engine marks a container dead when it cannot remove it; the
+    // planner sees the engine's state, so feed it one.
+    let mut cur = f.rec.engine().current().await.unwrap();
+    cur.containers[0].state = resin_supervisor::planner::RunState::Dead;
+    let ctx = f.rec.context(&cur, &t, false).await.unwrap();
+    let plan = resin_supervisor::planner::plan(&cur, &t, &ctx);
+    let kinds: Vec<String> = plan.steps.iter().map(Step::describe).collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert!(kinds[0].starts_with("remove web"), "{kinds:?}");
+    assert!(kinds[2].starts_with("start web"), "{kinds:?}");
     let _ = docker_ok(&["rmi", &img]);
 }

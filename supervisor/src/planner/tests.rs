@@ -91,6 +91,25 @@ fn kinds(steps: &[Step]) -> Vec<String> {
         .collect()
 }
 
+/// The kinds of the steps `steps[i]` waits for.
+fn deps(p: &Plan, i: usize) -> Vec<String> {
+    let mut d = kinds(
+        &p.after[i]
+            .iter()
+            .map(|&d| p.steps[d].clone())
+            .collect::<Vec<_>>(),
+    );
+    d.sort();
+    d
+}
+
+fn index(p: &Plan, kind: &str) -> usize {
+    kinds(p)
+        .iter()
+        .position(|k| k == kind)
+        .unwrap_or_else(|| panic!("{kind} not in {:?}", kinds(p)))
+}
+
 #[test]
 fn fresh_device_fetches_image_then_creates_network_then_container_then_starts() {
     let t = target("r1", &[("web", svc("img:1"))]);
@@ -101,7 +120,17 @@ fn fresh_device_fetches_image_then_creates_network_then_container_then_starts() 
     assert!(steps
         .iter()
         .any(|s| matches!(s, Step::CreateNetwork { name, .. } if name == "app1_default")));
-    assert!(!steps.iter().any(|s| matches!(s, Step::Create { .. })));
+    // The whole chain in one plan: create waits for the image and the
+    // network, start for create.
+    assert_eq!(
+        kinds(&steps),
+        ["create-network:", "fetch-image:", "create:", "start:web"]
+    );
+    assert_eq!(
+        deps(&steps, index(&steps, "create:")),
+        ["create-network:", "fetch-image:"]
+    );
+    assert_eq!(deps(&steps, index(&steps, "start:web")), ["create:"]);
 
     let mut cur = CurrentState::default();
     cur.networks.push(AppObject {
@@ -109,7 +138,7 @@ fn fresh_device_fetches_image_then_creates_network_then_container_then_starts() 
         app_uuid: APP.into(),
     });
     let steps = plan(&cur, &t, &ctx_with_images(&["img:1"]));
-    assert_eq!(kinds(&steps), ["create:"]);
+    assert_eq!(kinds(&steps), ["create:", "start:web"]);
 
     let mut cur = converged(&t);
     cur.containers[0].state = RunState::Created;
@@ -145,8 +174,9 @@ fn named_volume_is_created_and_survives_a_release_change() {
 
     // New release: the volume is kept and the new container mounts it.
     let cur = converged(&t);
+    s.image = "img:2".into();
     let t2 = target("r2", &[("web", s)]);
-    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1"]));
+    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1", "img:2"]));
     assert!(!steps.iter().any(|s| matches!(s, Step::CreateVolume { .. })));
     let Some(Step::Create { spec }) = steps.iter().find(|s| matches!(s, Step::Create { .. }))
     else {
@@ -160,24 +190,37 @@ fn download_then_kill_keeps_old_running_until_new_exists() {
     let t1 = target("r1", &[("web", svc("img:1"))]);
     let t2 = target("r2", &[("web", svc("img:2"))]);
     let mut cur = converged(&t1);
-    // Image missing: fetch only, the old one keeps running.
+    // Image missing: the old one is stopped only once the image is there
+    // and the new container exists; removed once the new one started.
     let steps = plan(&cur, &t2, &ctx_with_images(&["img:1"]));
     assert_eq!(
-        steps,
-        vec![Step::FetchImage {
-            image: "img:2".into()
-        }]
+        kinds(&steps),
+        [
+            "fetch-image:",
+            "create:",
+            "stop:web",
+            "start:web",
+            "remove:web"
+        ]
     );
-    // Image there: create the new one beside the old.
+    assert_eq!(deps(&steps, 1), ["fetch-image:"]);
+    assert_eq!(deps(&steps, 2), ["create:"]);
+    assert_eq!(deps(&steps, 3), ["create:", "stop:web"]);
+    assert_eq!(deps(&steps, 4), ["start:web"]);
+    // Image there: no fetch.
     let steps = plan(&cur, &t2, &ctx_with_images(&["img:1", "img:2"]));
-    assert_eq!(kinds(&steps), ["create:"]);
-    // New one created: stop the old one, then start the new one (same round).
+    assert_eq!(
+        kinds(&steps),
+        ["create:", "stop:web", "start:web", "remove:web"]
+    );
+    // New one created: stop the old one, then start the new one.
     let mut new = converged(&t2).containers.remove(0);
     new.id = "new".into();
     new.state = RunState::Created;
     cur.containers.push(new.clone());
     let steps = plan(&cur, &t2, &ctx_with_images(&["img:1", "img:2"]));
-    assert_eq!(kinds(&steps), ["stop:web", "start:web"]);
+    assert_eq!(kinds(&steps), ["stop:web", "start:web", "remove:web"]);
+    assert_eq!(deps(&steps, 1), ["stop:web"]);
     // New one running, old stopped: remove the old one.
     cur.containers[0].state = RunState::Stopped;
     cur.containers[1].state = RunState::Running;
@@ -194,16 +237,21 @@ fn kill_then_download_stops_and_removes_before_fetching() {
     let t2 = target("r2", &[("web", s2)]);
     let cur = converged(&t1);
     let steps = plan(&cur, &t2, &ctx_with_images(&["img:1"]));
-    assert_eq!(kinds(&steps), ["stop:web", "remove:web"]);
+    assert_eq!(
+        kinds(&steps),
+        [
+            "stop:web",
+            "remove:web",
+            "fetch-image:",
+            "create:",
+            "start:web"
+        ]
+    );
+    assert_eq!(deps(&steps, 2), ["remove:web"]);
     let mut gone = cur.clone();
     gone.containers.clear();
     let steps = plan(&gone, &t2, &ctx_with_images(&["img:1"]));
-    assert_eq!(
-        steps,
-        vec![Step::FetchImage {
-            image: "img:2".into()
-        }]
-    );
+    assert_eq!(kinds(&steps), ["fetch-image:", "create:", "start:web"]);
 }
 
 #[test]
@@ -216,7 +264,18 @@ fn delete_then_download_removes_the_old_image_too() {
     let t1 = target("r1", &[("web", svc("img:1"))]);
     let t2 = target("r2", &[("web", s2)]);
     let steps = plan(&converged(&t1), &t2, &ctx_with_images(&["img:1"]));
-    assert_eq!(kinds(&steps), ["stop:web", "remove:web", "remove-image:"]);
+    assert_eq!(
+        kinds(&steps),
+        [
+            "stop:web",
+            "remove:web",
+            "remove-image:",
+            "fetch-image:",
+            "create:",
+            "start:web"
+        ]
+    );
+    assert_eq!(deps(&steps, 3), ["remove-image:", "remove:web"]);
     assert!(steps.contains(&Step::RemoveImage {
         image: "img:1".into()
     }));
@@ -233,7 +292,7 @@ fn hand_over_starts_new_beside_old_and_kills_old_after_signal_or_timeout() {
     let t2 = target("r2", &[("web", s2)]);
     let mut cur = converged(&t1);
     let ctx = ctx_with_images(&["img:1", "img:2"]);
-    assert_eq!(kinds(&plan(&cur, &t2, &ctx)), ["create:"]);
+    assert_eq!(kinds(&plan(&cur, &t2, &ctx)), ["create:", "start:web"]);
     let mut new = converged(&t2).containers.remove(0);
     new.id = "new".into();
     new.state = RunState::Created;
@@ -272,7 +331,7 @@ fn update_lock_blocks_stop_and_force_overrides_it() {
     ctx.locks_held.insert((APP.into(), "web".into()));
     let steps = plan(&cur, &t2, &ctx);
     assert_eq!(
-        steps,
+        steps.steps,
         vec![Step::WaitForLock {
             app_uuid: APP.into(),
             service: "web".into()
@@ -280,7 +339,10 @@ fn update_lock_blocks_stop_and_force_overrides_it() {
     );
     assert!(only_waiting(&steps));
     ctx.force = true;
-    assert_eq!(kinds(&plan(&cur, &t2, &ctx)), ["stop:web", "start:web"]);
+    assert_eq!(
+        kinds(&plan(&cur, &t2, &ctx)),
+        ["stop:web", "start:web", "remove:web"]
+    );
 }
 
 #[test]
@@ -328,7 +390,10 @@ fn env_change_of_one_service_restarts_only_that_service() {
         panic!("{steps:?}")
     };
     assert_eq!(spec.service, "web");
-    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert_eq!(
+        kinds(&steps),
+        ["create:", "stop:web", "start:web", "remove:web"]
+    );
 }
 
 #[test]
@@ -341,7 +406,7 @@ fn fleet_env_change_restarts_every_service() {
         .fleet
         .insert("X".into(), "1".into());
     let steps = plan(&converged(&t1), &t2, &ctx_with_images(&["img:1", "img:2"]));
-    assert_eq!(kinds(&steps), ["create:", "create:"]);
+    assert_eq!(kinds(&steps).iter().filter(|k| *k == "create:").count(), 2);
 }
 
 #[test]
@@ -374,7 +439,7 @@ fn removed_app_loses_containers_then_network() {
     let mut gone = cur.clone();
     gone.containers.clear();
     assert_eq!(
-        plan(&gone, &empty, &ctx_with_images(&["img:1"])),
+        plan(&gone, &empty, &ctx_with_images(&["img:1"])).steps,
         vec![Step::RemoveNetwork {
             name: "app1_default".into()
         }]
@@ -387,7 +452,7 @@ fn unused_managed_image_is_removed_only_when_all_else_is_done() {
     let mut ctx = ctx_with_images(&["img:1", "img:2", "user-image:1"]);
     ctx.managed_images = ["img:1".to_owned(), "img:2".to_owned()].into();
     assert_eq!(
-        plan(&converged(&t), &t, &ctx),
+        plan(&converged(&t), &t, &ctx).steps,
         vec![Step::RemoveImage {
             image: "img:1".into()
         }]
@@ -419,4 +484,102 @@ fn crash_leftovers_converge_to_one_container() {
     cur.containers.push(new);
     let steps = plan(&cur, &t2, &ctx_with_images(&["img:1", "img:2"]));
     assert_eq!(kinds(&steps), ["remove:web"]);
+}
+
+#[test]
+fn a_siblings_missing_image_holds_back_only_its_own_chain() {
+    let t1 = target("r1", &[("a", svc("img:1")), ("b", svc("img:1"))]);
+    let mut a2 = svc("img:1");
+    a2.environment.insert("V".into(), "2".into());
+    let t2 = target("r2", &[("a", a2), ("b", svc("img:404"))]);
+    let steps = plan(&converged(&t1), &t2, &ctx_with_images(&["img:1"]));
+    let fetch = index(&steps, "fetch-image:");
+    let mut failed = vec![false; steps.len()];
+    failed[fetch] = true;
+    let blocked = steps.blocked_by(&failed);
+    let held: Vec<String> = kinds(&steps)
+        .into_iter()
+        .zip(blocked)
+        .filter_map(|(k, b)| b.then_some(k))
+        .collect();
+    // b's chain waits for the image; a's runs to its end.
+    assert_eq!(
+        held,
+        ["fetch-image:", "create:", "stop:b", "start:b", "remove:b"]
+    );
+}
+
+#[test]
+fn a_release_that_does_not_change_a_service_keeps_its_container() {
+    let t1 = target("r1", &[("web", svc("img:1")), ("db", svc("img:2"))]);
+    let t2 = target("r2", &[("web", svc("img:1")), ("db", svc("img:3"))]);
+    let mut cur = converged(&t1);
+    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1", "img:2", "img:3"]));
+    assert!(
+        steps.iter().all(|s| s.service_key() != Some((APP, "web"))),
+        "{:?}",
+        kinds(&steps)
+    );
+    // The supervisor's view puts the kept container in the new release.
+    adopt_releases(&mut cur, &target_specs("dev", &t2));
+    let web = cur.containers.iter().find(|c| c.service == "web").unwrap();
+    let db = cur.containers.iter().find(|c| c.service == "db").unwrap();
+    assert_eq!(
+        (web.release_uuid.as_str(), db.release_uuid.as_str()),
+        ("r2", "r1")
+    );
+}
+
+#[test]
+fn reordered_ports_volumes_and_devices_keep_the_config_hash() {
+    let mut a = svc("img:1");
+    a.ports = vec!["80:80".into(), "443:443".into()];
+    a.volumes = vec!["data:/data".into(), "/host:/host".into()];
+    a.cap_add = vec!["NET_ADMIN".into(), "SYS_TIME".into()];
+    a.networks = vec!["front".into(), "back".into()];
+    let mut b = a.clone();
+    b.ports.reverse();
+    b.volumes.reverse();
+    b.cap_add.reverse();
+    b.networks.reverse();
+    let ha = &target_specs("dev", &target("r1", &[("web", a.clone())]))[0];
+    let hb = &target_specs("dev", &target("r1", &[("web", b)]))[0];
+    assert_eq!(ha.config_hash, hb.config_hash);
+    // A real change still changes it.
+    a.ports.push("8080:8080".into());
+    let hc = &target_specs("dev", &target("r1", &[("web", a)]))[0];
+    assert_ne!(ha.config_hash, hc.config_hash);
+}
+
+#[test]
+fn a_dead_container_is_replaced() {
+    let t = target("r1", &[("web", svc("img:1"))]);
+    let mut cur = converged(&t);
+    cur.containers[0].state = RunState::Dead;
+    let steps = plan(&cur, &t, &ctx_with_images(&["img:1"]));
+    // Removed first: the replacement takes its name.
+    assert_eq!(kinds(&steps), ["remove:web", "create:", "start:web"]);
+    assert_eq!(deps(&steps, 1), ["remove:web"]);
+}
+
+#[test]
+fn an_app_lock_holds_every_service_of_the_app() {
+    let t1 = target("r1", &[("web", svc("img:1")), ("db", svc("img:1"))]);
+    let t2 = target("r2", &[("web", svc("img:2")), ("db", svc("img:2"))]);
+    let mut ctx = ctx_with_images(&["img:1", "img:2"]);
+    ctx.app_locks_held.insert(APP.into());
+    let steps = plan(&converged(&t1), &t2, &ctx);
+    // The new containers are made, nothing old is stopped.
+    assert_eq!(
+        kinds(&steps),
+        [
+            "create:",
+            "wait-for-lock:db",
+            "create:",
+            "wait-for-lock:web"
+        ]
+    );
+    ctx.force = true;
+    let steps = plan(&converged(&t1), &t2, &ctx);
+    assert!(kinds(&steps).contains(&"stop:web".to_owned()));
 }

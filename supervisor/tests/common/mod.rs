@@ -50,8 +50,14 @@ pub fn docker_ok(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// A tar of a busybox-static rootfs (Debian's busybox-static), made once.
+/// A tar of a busybox-static rootfs (Debian's busybox-static), made once
+/// (tests of one binary ask for it side by side: the first one makes it).
 fn busybox_tar() -> PathBuf {
+    static TAR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TAR.get_or_init(make_busybox_tar).clone()
+}
+
+fn make_busybox_tar() -> PathBuf {
     let dir = PathBuf::from("/tmp/resin-run/supervisor-test");
     let tar = dir.join("busybox-rootfs.tar");
     if tar.exists() {
