@@ -17,6 +17,7 @@ pub mod fat;
 pub mod gptread;
 pub mod inspect;
 pub mod layout;
+pub mod preflight;
 pub mod rauc;
 pub mod render;
 pub mod size;

@@ -156,6 +156,9 @@ enum Cmd {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Check that every external tool resin-imagegen runs is installed and
+    /// starts; a missing one is named with its Debian package.
+    Preflight,
     /// Write config.json into an image in place, or stream a configured copy with --output.
     Configure {
         /// The image (built by resin-imagegen: it has the config.json reservation).
@@ -322,6 +325,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        Cmd::Preflight => {
+            let ok = resin_imagegen::preflight::check()?;
+            println!("preflight: imagegen's tools ok ({})", ok.join(", "));
         }
         Cmd::Keys { out, name } => {
             let k = make_dev_keys(&out, &name)?;
