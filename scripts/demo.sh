@@ -4,8 +4,9 @@
 # cloud hands out, deploys a sample release (two services), prints where the
 # cloud is and the device's uuid, then follows the device's logs until Ctrl-C.
 #
-#   scripts/demo.sh               # the device demo (first run builds the arm64 rootfs,
-#                                 # kernel and supervisor: 15-30 min; later runs reuse them)
+#   scripts/demo.sh               # the device demo (the first run installs packages and
+#                                 # builds the arm64 rootfs, kernel and supervisor; it prints
+#                                 # each setup stage's time; later runs reuse the caches)
 #   scripts/demo.sh --cloud-only  # fallback: only the cloud on http://127.0.0.1:8080,
 #                                 # SQLite under /tmp/resin-demo
 #
@@ -19,19 +20,38 @@ DEMO_DIR=${RESIN_DEMO_DIR:-/tmp/resin-demo}
 LISTEN=${RESIN_DEMO_LISTEN:-127.0.0.1:8080}
 URL="http://$LISTEN"
 
+mkdir -p "$RESIN_RUN"
+export RESIN_STAGES=$RESIN_RUN/demo-stages.tsv
+: >"$RESIN_STAGES"
+
+stage "apt: Debian packages"
 install_packages
 ensure_rust
 
 if [ "${1:-}" != "--cloud-only" ]; then
   # The device path: qemu-tests' runner does the whole flow (docs/qemu-tests.md).
+  stage "services: binfmt, dockerd, registry"
   ensure_binfmt
   start_dockerd
   start_registry
   write_env
-  log "building resin-qemu, resin-cloud and resin-imagegen"
+  stage "cargo build: resin-qemu, resin-cloud, resin-imagegen"
   cargo build --quiet -p resin-qemu-tests -p resin-cloud -p resin-imagegen
+  export RESIN_QEMU_BIN_DIR=$CARGO_TARGET_DIR/debug
+  Q=$RESIN_QEMU_BIN_DIR/resin-qemu
+  stage "preflight: qemu to the UEFI banner, asset tools"
+  RUST_LOG=warn "$Q" preflight
+  # The cached device artefacts (no-ops on later runs), each timed.
+  A=qemu-tests/scripts/assets.sh
+  stage "arm64 rootfs (mmdebstrap)";     bash "$A" rootfs >/dev/null
+  stage "kernel and initrd";             bash "$A" initrd >/dev/null
+  stage "GRUB EFI";                      bash "$A" grub >/dev/null
+  stage "cross-compile the supervisor";  bash "$A" supervisor >/dev/null
+  stage_end
+  log "setup stages (the runner then builds the disk image: its 'setup took' line):"
+  stage_table >&2
   mkdir -p "$DEMO_DIR"
-  if ! target/debug/resin-qemu --work-dir "$DEMO_DIR/device" --keep run provision deploy --hold; then
+  if ! "$Q" --work-dir "$DEMO_DIR/device" --keep run provision deploy --hold; then
     die "the device demo failed (artefacts in $DEMO_DIR/device); scripts/demo.sh --cloud-only runs the cloud alone"
   fi
   exit 0
@@ -39,7 +59,8 @@ fi
 
 log "building resin-cloud (release)"
 cargo build --release -p resin-cloud
-CLOUD="$RESIN_ROOT/target/release/resin-cloud"
+stage_end
+CLOUD="$CARGO_TARGET_DIR/release/resin-cloud"
 
 mkdir -p "$DEMO_DIR"
 # One config for bootstrap and serve.

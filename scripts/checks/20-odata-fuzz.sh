@@ -45,6 +45,9 @@ case "$MODE" in
       i=$((i + 1))
     done < seeds.txt
     log "odata fuzz: libFuzzer for ${SECS}s"
+    # Its own cache dir: nightly and sanitizer flags share nothing with the workspace's.
+    CARGO_TARGET_DIR=$(ensure_cargo_target fuzz "rustup run nightly rustc")
+    export CARGO_TARGET_DIR
     (cd .. && cargo +nightly fuzz build parse_query)
     (cd .. && timeout $((SECS + 60)) cargo +nightly fuzz run parse_query "fuzz/$corpus" -- \
       -max_total_time="$SECS" -max_len=4096 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
@@ -52,7 +55,7 @@ case "$MODE" in
   stable)
     log "odata fuzz: stable mutation loop for ${SECS}s"
     cargo build --release --no-default-features --bin stable_loop
-    timeout $((SECS + 30)) ./target/release/stable_loop "$SECS"
+    timeout $((SECS + 30)) "$CARGO_TARGET_DIR/release/stable_loop" "$SECS"
     ;;
   *) die "ODATA_FUZZ_MODE must be auto, libfuzzer or stable" ;;
 esac

@@ -5,9 +5,9 @@
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 cd "$RESIN_ROOT"
-
+ensure_rust
 cargo build -q -p resin-cloud
-BIN="$RESIN_ROOT/target/debug/resin-cloud"
+BIN="$CARGO_TARGET_DIR/debug/resin-cloud"
 WORK=$(mktemp -d)
 PORT=$((20000 + RANDOM % 20000))
 URL="http://127.0.0.1:$PORT"
