@@ -53,13 +53,13 @@ pub async fn upload(
         resources::new_uuid()
     ));
     let what = format!("storing the {kind} of os_release({id})");
+    let mut stream = body.into_data_stream();
     let result = async {
         let mut file = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| ApiError::io(&what, e))?;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
-        let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk =
                 chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
@@ -97,6 +97,7 @@ pub async fn upload(
         Ok(v) => v,
         Err(e) => {
             let _ = tokio::fs::remove_file(&tmp).await;
+            drain(&mut stream).await;
             return Err(e);
         }
     };
@@ -126,6 +127,22 @@ pub async fn upload(
         axum::Json(serde_json::json!({"sha256": sha, "size": size})),
     )
         .into_response())
+}
+
+/// Reads and drops what is left of a refused upload (up to 256 MiB, for
+/// up to 30 s), so the client gets the error answer instead of a broken
+/// pipe: a connection closed while the client still sends loses our answer.
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    let mut left: usize = 256 << 20;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// Sparse-write granularity: a block of zeros this size (at any offset) is
