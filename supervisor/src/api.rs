@@ -111,23 +111,40 @@ struct ForceBody {
     force: bool,
 }
 
+/// The update lock that holds `service` of `app`: its own, or the app's.
+fn lock_of(app: &str, service: &str) -> Option<String> {
+    let own = labels::update_lock_path(app, service);
+    if std::path::Path::new(&own).exists() {
+        return Some(own);
+    }
+    let whole = crate::reconcile::app_lock_path(app);
+    whole.exists().then(|| whole.display().to_string())
+}
+
 fn locks_held(cur: &CurrentState) -> Vec<String> {
-    cur.containers
+    let mut held: Vec<String> = cur
+        .containers
         .iter()
         .filter(|c| c.managed)
-        .map(|c| labels::update_lock_path(&c.app_uuid, &c.service))
-        .filter(|p| std::path::Path::new(p).exists())
-        .collect()
+        .filter_map(|c| lock_of(&c.app_uuid, &c.service))
+        .collect();
+    held.sort();
+    held.dedup();
+    held
+}
+
+fn locked(held: &[String]) -> Response {
+    err(
+        StatusCode::LOCKED,
+        format!("update locks held: {}", held.join(", ")),
+    )
 }
 
 async fn reboot(State(s): State<Shared>, body: Option<Json<ForceBody>>) -> Response {
     let force = body.map(|b| b.0.force).unwrap_or_default();
     let held = locks_held(&s.current.borrow());
     if !force && !held.is_empty() {
-        return err(
-            StatusCode::LOCKED,
-            format!("update locks held: {}", held.join(", ")),
-        );
+        return locked(&held);
     }
     match s.reboot.try_send("local API".into()) {
         Ok(()) => (
@@ -151,6 +168,9 @@ async fn update(State(s): State<Shared>, body: Option<Json<ForceBody>>) -> Respo
 #[serde(rename_all = "camelCase")]
 struct AppBody {
     app_uuid: String,
+    /// Act even while an update lock is held (as balena's `force`).
+    #[serde(default)]
+    force: bool,
 }
 
 async fn restart_app(
@@ -160,16 +180,25 @@ async fn restart_app(
     let Ok(Json(body)) = body else {
         return err(StatusCode::BAD_REQUEST, "body must be {\"appUuid\": \"…\"}");
     };
-    let ids: Vec<String> = s
-        .current
-        .borrow()
-        .containers
-        .iter()
-        .filter(|c| c.managed && c.app_uuid == body.app_uuid)
-        .map(|c| c.id.clone())
-        .collect();
+    let (ids, mut held): (Vec<String>, Vec<String>) = {
+        let cur = s.current.borrow();
+        let mine = cur
+            .containers
+            .iter()
+            .filter(|c| c.managed && c.app_uuid == body.app_uuid);
+        (
+            mine.clone().map(|c| c.id.clone()).collect(),
+            mine.filter_map(|c| lock_of(&c.app_uuid, &c.service))
+                .collect(),
+        )
+    };
     if ids.is_empty() {
         return err(StatusCode::NOT_FOUND, format!("no app {}", body.app_uuid));
+    }
+    held.sort();
+    held.dedup();
+    if !body.force && !held.is_empty() {
+        return locked(&held);
     }
     for id in ids {
         if let Err(e) = s.engine.restart(&id).await {
@@ -188,6 +217,9 @@ async fn apps_state(State(s): State<Shared>) -> Json<BTreeMap<String, AppReport>
 #[serde(rename_all = "camelCase")]
 struct ServiceBody {
     service_name: String,
+    /// Act even while an update lock is held (as balena's `force`).
+    #[serde(default)]
+    force: bool,
 }
 
 async fn service_action(
@@ -219,6 +251,15 @@ async fn service_action(
             format!("no service {} in app {app}", body.service_name),
         );
     };
+    if !matches!(
+        action.as_str(),
+        "restart-service" | "stop-service" | "start-service"
+    ) {
+        return err(StatusCode::NOT_FOUND, format!("no action {action}"));
+    }
+    if let Some(lock) = lock_of(&app, &body.service_name).filter(|_| !body.force) {
+        return locked(&[lock]);
+    }
     let r = match action.as_str() {
         "restart-service" => s.engine.restart(&c.id).await,
         "stop-service" => s.engine.stop(&c.id).await,

@@ -158,6 +158,33 @@ fn provisions_applies_reports_forwards_logs_and_serves_the_local_api() {
     wait_until(30, "web running again", || {
         (containers_of(&app) == [format!("web running {rel}")]).then_some(())
     });
+    // While an update lock is held (the service's or the app's), restart,
+    // stop and start answer 423 and do nothing, unless forced.
+    let lock_dir = format!("/tmp/resin/locks/{app}/web");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    std::fs::write(format!("{lock_dir}/updates.lock"), "").unwrap();
+    for a in ["stop-service", "restart-service", "start-service"] {
+        let (s, b) = action(a);
+        assert_eq!(s, 423, "{a}: {b}");
+        assert!(b.contains("updates.lock"), "{b}");
+    }
+    assert_eq!(containers_of(&app), [format!("web running {rel}")]);
+    std::fs::remove_file(format!("{lock_dir}/updates.lock")).unwrap();
+    let app_lock = format!("/tmp/resin/locks/{app}/updates.lock");
+    std::fs::write(&app_lock, "").unwrap();
+    assert_eq!(action("stop-service").0, 423);
+    let (s, b) = sup.api("POST", "/v1/restart", Some(json!({"appUuid": app})));
+    assert_eq!(s, 423, "{b}");
+    let (s, b) = sup.api(
+        "POST",
+        &format!("/v2/applications/{app}/restart-service"),
+        Some(json!({"serviceName": "web", "force": true})),
+    );
+    assert_eq!(s, 200, "{b}");
+    std::fs::remove_file(&app_lock).unwrap();
+    wait_until(30, "web running after the forced restart", || {
+        (containers_of(&app) == [format!("web running {rel}")]).then_some(())
+    });
     assert_eq!(action("no-such-action").0, 404);
     let (s, _) = sup.api(
         "POST",

@@ -689,3 +689,34 @@ async fn a_dead_container_is_replaced() {
     assert!(kinds[2].starts_with("start web"), "{kinds:?}");
     let _ = docker_ok(&["rmi", &img]);
 }
+
+/// The app-wide lock (`/tmp/resin/locks/<app>/updates.lock`) holds every
+/// service of the app, so the app never runs two releases side by side.
+#[tokio::test]
+async fn an_app_lock_holds_every_service_until_forced() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/applock-{}", &f.app[..8]));
+    let t1 = target(&f.app, "rel1", &[("web", svc(&img)), ("db", svc(&img))]);
+    apply(&f, &t1, false).await;
+    let lock = resin_supervisor::reconcile::app_lock_path(&f.app);
+    std::fs::write(&lock, "").unwrap();
+    let mut web = svc(&img);
+    web.environment.insert("V".into(), "2".into());
+    let mut db = svc(&img);
+    db.environment.insert("V".into(), "2".into());
+    let t2 = target(&f.app, "rel2", &[("web", web), ("db", db)]);
+    let (out, steps) = apply(&f, &t2, false).await;
+    assert!(matches!(out, Outcome::Blocked(_)), "{out:?}");
+    assert!(!steps.iter().any(|s| s.starts_with("stop:")), "{steps:?}");
+    let now = containers_of(&f.app);
+    assert!(now.contains(&"web running rel1".to_owned()), "{now:?}");
+    assert!(now.contains(&"db running rel1".to_owned()), "{now:?}");
+    assert!(!now.iter().any(|c| c.contains("running rel2")), "{now:?}");
+    let (out, _) = apply(&f, &t2, true).await;
+    assert_eq!(out, Outcome::Converged);
+    assert_eq!(
+        containers_of(&f.app),
+        ["db running rel2", "web running rel2"]
+    );
+    let _ = docker_ok(&["rmi", &img]);
+}
