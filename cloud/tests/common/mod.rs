@@ -271,6 +271,56 @@ impl Drop for Server {
     }
 }
 
+/// An empty database with no migrations applied: a SQLite file in `dir`, or
+/// a fresh PostgreSQL database (dropped with the returned guard).
+pub struct EmptyDb {
+    pub url: String,
+    pg: Option<(String, String)>,
+}
+
+impl EmptyDb {
+    pub fn new(backend: Backend, dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Self {
+        match backend {
+            Backend::Sqlite => EmptyDb {
+                url: format!("sqlite://{}/empty.db?mode=rwc", dir.display()),
+                pg: None,
+            },
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let name = format!("resin_test_{}", uuid::Uuid::new_v4().simple());
+                rt.block_on(async {
+                    sqlx::any::install_default_drivers();
+                    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
+                    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                        .await
+                        .unwrap();
+                    pool.close().await;
+                });
+                EmptyDb {
+                    url: with_db(&admin, &name),
+                    pg: Some((admin, name)),
+                }
+            }
+        }
+    }
+
+    /// Drops the PostgreSQL database (call with every pool on it closed).
+    pub fn drop_with(self, rt: &tokio::runtime::Runtime) {
+        if let Some((admin, name)) = self.pg {
+            rt.block_on(async {
+                if let Ok(p) = sqlx::AnyPool::connect(&admin).await {
+                    let _ = p
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                    p.close().await;
+                }
+            });
+        }
+    }
+}
+
 /// Generates one `#[test]` per backend for `fn name(backend: Backend)`.
 #[macro_export]
 macro_rules! both {
