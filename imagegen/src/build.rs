@@ -38,6 +38,8 @@ pub enum BuildError {
     Tar { path: PathBuf, msg: String },
     #[error("writing the GPT: {0}")]
     Gpt(String),
+    #[error("--output: the directory {0} does not exist (it is not created)")]
+    OutputDir(PathBuf),
 }
 
 fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
@@ -266,6 +268,14 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
         }
     }
 
+    let out_dir = match opts.output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !out_dir.is_dir() {
+        return Err(BuildError::OutputDir(out_dir));
+    }
+
     // 2. Reproducible identity.
     let epoch = source_date_epoch().unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -284,11 +294,6 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
     };
 
     // 3. Work in temp space beside the output.
-    let out_dir = match opts.output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&out_dir).map_err(io_ctx(format!("creating {}", out_dir.display())))?;
     let work = tempfile::Builder::new()
         .prefix(".resin-imagegen-work-")
         .tempdir_in(&out_dir)

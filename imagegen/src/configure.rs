@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::fat::{FatError, FatFile, FatVolume};
-use crate::gptread::read_gpt;
+use crate::gptread::{check_partitions, read_gpt};
 use crate::layout::ESP_TYPE;
 use crate::sparse::{OverlayReader, Patch};
 
@@ -27,8 +27,10 @@ pub const BOOT_LABEL: &str = "resin-boot";
 pub enum ConfigureError {
     #[error("I/O error on the image: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the image has {0}")]
-    Gpt(String),
+    /// The image's partition table is missing or disagrees with the file or its filesystems
+    /// (a sentence: "it is truncated: …").
+    #[error("the image is unusable: {0}")]
+    Image(String),
     #[error("the image has no boot partition (GPT label `resin-boot` or an EFI system partition)")]
     NoBootPartition,
     #[error(transparent)]
@@ -52,7 +54,8 @@ pub struct ConfigSlot {
 
 /// Finds the boot partition and its `/config.json` reservation.
 pub fn locate(f: &File) -> Result<ConfigSlot, ConfigureError> {
-    let gpt = read_gpt(f).map_err(ConfigureError::Gpt)?;
+    let gpt = read_gpt(f).map_err(ConfigureError::Image)?;
+    check_partitions(f, &gpt).map_err(ConfigureError::Image)?;
     let boot = gpt
         .parts
         .iter()

@@ -10,7 +10,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::configure::{locate, ConfigureError};
-use crate::gptread::read_gpt;
+use crate::gptread::{check_partitions, read_gpt};
 use crate::layout::{default_layout, Fs, Plan};
 
 /// Why an image could not be inspected, or what is damaged in it.
@@ -96,37 +96,10 @@ pub fn inspect_image_with(path: &Path, plan: &Plan) -> Result<Report, InspectErr
     };
     let f = File::open(path).map_err(io)?;
     let size = f.metadata().map_err(io)?.len();
-    if size < 34 * 512 {
-        return Err(damaged(format!(
-            "it is only {size} bytes, too small for a GPT"
-        )));
-    }
-    let gpt = read_gpt(&f).map_err(|m| damaged(format!("the partition table: {m}")))?;
-    if !gpt.backup_ok {
-        return Err(damaged(
-            "the backup GPT header at the end of the disk is missing or corrupt (truncated image?)"
-                .into(),
-        ));
-    }
+    let gpt = read_gpt(&f).map_err(damaged)?;
+    check_partitions(&f, &gpt).map_err(damaged)?;
     let mut parts = Vec::new();
-    let mut sorted = gpt.parts.clone();
-    sorted.sort_by_key(|p| p.offset);
-    for w in sorted.windows(2) {
-        if w[0].offset + w[0].size > w[1].offset {
-            return Err(damaged(format!(
-                "partitions {} and {} overlap",
-                w[0].label, w[1].label
-            )));
-        }
-    }
     for p in &gpt.parts {
-        if p.offset + p.size > size {
-            return Err(damaged(format!(
-                "partition {} ends at {} but the image is {size} bytes",
-                p.label,
-                p.offset + p.size
-            )));
-        }
         if p.offset % plan.alignment != 0 {
             return Err(damaged(format!(
                 "partition {} starts at {}, not aligned to {} bytes",

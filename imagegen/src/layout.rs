@@ -48,11 +48,13 @@ fn field_err(field: impl Into<String>, msg: impl Into<String>) -> LayoutError {
 pub struct Layout {
     /// Device type slug; RAUC's `compatible` is `resin-<device-type>`.
     pub device_type: String,
-    /// Directory of the minijinja templates, relative to the layout file.
-    #[serde(default = "default_templates")]
-    pub templates: PathBuf,
+    /// Directory of custom minijinja templates, relative to the layout file. Absent: the
+    /// templates built into the binary (imagegen/templates, embedded at compile time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<PathBuf>,
+    #[serde(default)]
     pub disk: DiskSpec,
-    #[serde(rename = "bootloader")]
+    #[serde(rename = "bootloader", default)]
     pub boot: BootSpec,
     #[serde(rename = "partition")]
     pub partitions: Vec<PartitionSpec>,
@@ -63,10 +65,6 @@ pub struct Layout {
     pub base_dir: PathBuf,
 }
 
-fn default_templates() -> PathBuf {
-    PathBuf::from("../templates")
-}
-
 /// `[disk]`: the partition table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -74,7 +72,8 @@ pub struct DiskSpec {
     /// Partition table type; only `gpt` is supported.
     #[serde(default = "default_table")]
     pub table: String,
-    /// Alignment of every partition start and size, e.g. `4MiB`.
+    /// Alignment of every partition start and size (default `4MiB`).
+    #[serde(default = "default_alignment")]
     pub alignment: String,
     /// Logical sector size (512).
     #[serde(default = "default_sector")]
@@ -84,6 +83,20 @@ pub struct DiskSpec {
     pub size: String,
 }
 
+impl Default for DiskSpec {
+    fn default() -> Self {
+        Self {
+            table: default_table(),
+            alignment: default_alignment(),
+            sector_size: default_sector(),
+            size: default_auto(),
+        }
+    }
+}
+
+fn default_alignment() -> String {
+    "4MiB".into()
+}
 fn default_table() -> String {
     "gpt".into()
 }
@@ -94,9 +107,10 @@ fn default_auto() -> String {
     "auto".into()
 }
 
-/// `[bootloader]`: the A/B boot contract the templates render.
+/// `[bootloader]`: the A/B boot contract the templates render. Every key has a default (the
+/// values of the shipped resin-ab.toml; docs/imagegen.md lists them).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct BootSpec {
     /// RAUC bootloader backend: `grub` or `uboot`.
     pub loader: String,
@@ -109,15 +123,29 @@ pub struct BootSpec {
     /// Initrd path inside a root slot.
     pub initrd: String,
     /// Extra kernel command line arguments.
-    #[serde(default)]
     pub cmdline_extra: String,
     /// Path of RAUC's keyring on the device.
     pub keyring: String,
     /// Space reserved for `config.json` in the boot partition (contiguous clusters).
     pub config_reserve: String,
     /// U-Boot: the `ext4load` device (`mmc 0`, `virtio 0`).
-    #[serde(default = "default_uboot_dev")]
     pub uboot_device: String,
+}
+
+impl Default for BootSpec {
+    fn default() -> Self {
+        Self {
+            loader: "grub".into(),
+            attempts: 3,
+            console: "ttyAMA0".into(),
+            kernel: "/boot/vmlinuz".into(),
+            initrd: "/boot/initrd.img".into(),
+            cmdline_extra: "rootwait panic=30".into(),
+            keyring: "/etc/rauc/keyring.pem".into(),
+            config_reserve: "64KiB".into(),
+            uboot_device: default_uboot_dev(),
+        }
+    }
 }
 
 fn default_uboot_dev() -> String {
@@ -264,23 +292,37 @@ impl Layout {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
+        let parse = |v: &toml::Table| -> Result<Layout, String> {
+            toml::Value::Table(v.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| e.to_string())
+        };
+        // A key or value that only an override brings in is that override's fault, not the
+        // file's: each `--set` is checked on its own once the file itself reads.
+        let mut good = parse(&value).is_ok();
         for arg in sets {
             apply_set(&mut value, arg)?;
+            match parse(&value) {
+                Err(msg) if good => {
+                    return Err(LayoutError::Set {
+                        arg: arg.clone(),
+                        msg: msg.trim().replace('\n', " "),
+                    })
+                }
+                r => good = r.is_ok(),
+            }
         }
-        let mut layout: Layout =
-            toml::Value::Table(value)
-                .try_into()
-                .map_err(|e: toml::de::Error| LayoutError::Parse {
-                    path: path.to_path_buf(),
-                    msg: e.to_string(),
-                })?;
+        let mut layout = parse(&value).map_err(|msg| LayoutError::Parse {
+            path: path.to_path_buf(),
+            msg,
+        })?;
         layout.base_dir = base.to_path_buf();
         Ok(layout)
     }
 
-    /// Directory holding the templates.
-    pub fn templates_dir(&self) -> PathBuf {
-        self.base_dir.join(&self.templates)
+    /// Directory holding custom templates, if the layout names one.
+    pub fn templates_dir(&self) -> Option<PathBuf> {
+        self.templates.as_ref().map(|t| self.resolve(t))
     }
 
     /// Resolves a path from the layout relative to the layout file.
@@ -720,12 +762,26 @@ pub const DEFAULT_LAYOUT: &str = include_str!("../layouts/resin-ab.toml");
 
 /// The shipped A/B layout, parsed.
 pub fn default_layout() -> Result<Layout, LayoutError> {
+    default_layout_with(&[])
+}
+
+/// The shipped layout with `--set` overrides; relative paths in it resolve against the
+/// current directory.
+pub fn default_layout_with(sets: &[String]) -> Result<Layout, LayoutError> {
     Layout::from_str_with(
         DEFAULT_LAYOUT,
         Path::new("<built-in resin-ab.toml>"),
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/layouts")),
-        &[],
+        Path::new("."),
+        sets,
     )
+}
+
+/// The layout at `path`, or the shipped one when no path is given.
+pub fn load_or_default(path: Option<&Path>, sets: &[String]) -> Result<Layout, LayoutError> {
+    match path {
+        Some(p) => Layout::load(p, sets),
+        None => default_layout_with(sets),
+    }
 }
 
 #[cfg(test)]

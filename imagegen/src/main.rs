@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use resin_imagegen::build::{build, BuildOptions};
 use resin_imagegen::configure::{self, Compression};
 use resin_imagegen::inspect::{inspect_image, inspect_image_with, InspectError};
-use resin_imagegen::layout::Layout;
+use resin_imagegen::layout::{load_or_default, Layout};
 use resin_imagegen::rauc::{
     make_bundle, make_dev_keys, BundleFormat, BundleSpec, SquashfsCompression,
 };
@@ -37,9 +37,9 @@ struct Cli {
 /// Layout selection shared by `build` and `render`.
 #[derive(Debug, clap::Args)]
 struct LayoutArgs {
-    /// The layout file (e.g. imagegen/layouts/resin-ab.toml).
+    /// The layout file (default: the shipped resin-ab.toml, built into the binary).
     #[arg(long)]
-    layout: PathBuf,
+    layout: Option<PathBuf>,
     /// Override a layout field: `PART.FIELD=VALUE` (rootA.size=2GiB), `disk.size=8GiB`,
     /// `bootloader.attempts=5`, `device-type=raspberrypi4-64`. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -48,7 +48,7 @@ struct LayoutArgs {
 
 impl LayoutArgs {
     fn load(&self) -> Result<Layout> {
-        Ok(Layout::load(&self.layout, &self.sets)?)
+        Ok(load_or_default(self.layout.as_deref(), &self.sets)?)
     }
 }
 
@@ -188,7 +188,8 @@ fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("resin-imagegen: error: {e:#}");
+            let line = resin_imagegen::util::error_line(e.chain().map(|c| c.to_string()));
+            eprintln!("resin-imagegen: error: {line}");
             std::process::ExitCode::from(1)
         }
     }
@@ -280,6 +281,14 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     println!("configured {}", image.display());
                 }
                 Some(out) => {
+                    if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        if !d.is_dir() {
+                            bail!(
+                                "--output: the directory {} does not exist (it is not created)",
+                                d.display()
+                            );
+                        }
+                    }
                     let base = File::open(&image)
                         .with_context(|| format!("opening {}", image.display()))?;
                     let mut r = configure::configured_reader_compressed(base, &cfg, compress)
@@ -307,9 +316,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             sets,
             json,
         } => {
-            let r = match layout {
-                Some(l) => inspect_image_with(&image, &Layout::load(&l, &sets)?.plan()?),
-                None => inspect_image(&image),
+            let r = if layout.is_none() && sets.is_empty() {
+                inspect_image(&image)
+            } else {
+                inspect_image_with(&image, &load_or_default(layout.as_deref(), &sets)?.plan()?)
             };
             match r {
                 Ok(report) => {

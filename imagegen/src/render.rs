@@ -1,5 +1,6 @@
 //! Renders the files that must agree with the layout (grub.cfg, grubenv, U-Boot boot script,
-//! fstab, RAUC system.conf) from the minijinja templates shipped beside the layout.
+//! fstab, RAUC system.conf) from minijinja templates: the ones built into the binary, or a
+//! layout's own `templates` directory.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,8 @@ pub enum RenderError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("no template `{0}`: the layout names no `templates` directory and none is built in (built in: boot.cmd.j2, fstab.j2, grub.cfg.j2, grubenv.j2, system.conf.j2, uboot-env.txt.j2)")]
+    NoTemplate(String),
     #[error("template {name}: {source}")]
     Template {
         name: String,
@@ -156,11 +159,16 @@ pub fn render_all(plan: &Plan) -> Result<Vec<Rendered>, RenderError> {
                 continue;
             }
         }
-        let path = dir.join(&r.template);
-        let src = std::fs::read_to_string(&path).map_err(|source| RenderError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let src = match &dir {
+            Some(dir) => {
+                let path = dir.join(&r.template);
+                std::fs::read_to_string(&path)
+                    .map_err(|source| RenderError::Read { path, source })?
+            }
+            None => builtin_template(&r.template)
+                .ok_or_else(|| RenderError::NoTemplate(r.template.clone()))?
+                .to_string(),
+        };
         let terr = |source| RenderError::Template {
             name: r.template.clone(),
             source,
@@ -185,6 +193,31 @@ pub fn render_all(plan: &Plan) -> Result<Vec<Rendered>, RenderError> {
         });
     }
     Ok(out)
+}
+
+/// The templates shipped in imagegen/templates, compiled into the binary so it renders from any
+/// directory; a layout's `templates = DIR` replaces them.
+pub const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
+    ("boot.cmd.j2", include_str!("../templates/boot.cmd.j2")),
+    ("fstab.j2", include_str!("../templates/fstab.j2")),
+    ("grub.cfg.j2", include_str!("../templates/grub.cfg.j2")),
+    ("grubenv.j2", include_str!("../templates/grubenv.j2")),
+    (
+        "system.conf.j2",
+        include_str!("../templates/system.conf.j2"),
+    ),
+    (
+        "uboot-env.txt.j2",
+        include_str!("../templates/uboot-env.txt.j2"),
+    ),
+];
+
+/// A built-in template by file name.
+pub fn builtin_template(name: &str) -> Option<&'static str> {
+    BUILTIN_TEMPLATES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
 }
 
 /// Pads environment text to a GRUB environment block (1024 bytes, `#`-filled).

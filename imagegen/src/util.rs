@@ -64,3 +64,40 @@ pub fn make_readable(f: &std::fs::File) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(std::fs::Permissions::from_mode(0o644))
 }
+
+/// An error and its sources (outermost first) as one line, "a: b: c", leaving out a source
+/// whose text the line already holds: many errors print their source in their own message,
+/// and it should be said once.
+pub fn error_line(messages: impl IntoIterator<Item = String>) -> String {
+    let mut line = String::new();
+    for m in messages {
+        let m = m.trim();
+        if m.is_empty() || line.contains(m) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(m);
+    }
+    line
+}
+
+#[cfg(test)]
+mod error_line_tests {
+    use super::error_line;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let chain = [
+            "configuring disk.img".to_string(),
+            "I/O error on the image: failed to fill whole buffer".to_string(),
+            "failed to fill whole buffer".to_string(),
+        ];
+        assert_eq!(
+            error_line(chain),
+            "configuring disk.img: I/O error on the image: failed to fill whole buffer"
+        );
+        assert_eq!(error_line(["a".to_string(), "b".to_string()]), "a: b");
+    }
+}
