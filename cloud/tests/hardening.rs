@@ -113,6 +113,9 @@ fn timestamps_filter_as_instants(backend: Backend) {
         count("created_at lt 2020-01-01T00:00:00%2B14:00"),
         (200, "0".into())
     );
+    // A string property is no timestamp (PostgreSQL would fail the cast).
+    let (status, body) = count("created_at eq name");
+    assert_eq!(status, 400, "{body}");
     for bad in [
         "created_at gt 'yesterday'",
         "created_at gt 2026-13-45T00:00:00Z",

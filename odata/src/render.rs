@@ -599,9 +599,22 @@ impl<'a> Renderer<'a> {
                     return mismatch("json fields can only be compared with null".to_string());
                 }
                 if tl == Ty::Timestamp || tr == Ty::Timestamp {
-                    for x in [&**left, &**right] {
-                        if let Expr::Literal(Value::Text(t)) = x {
-                            timestamp_literal(t)?;
+                    for (x, t) in [(&**left, tl), (&**right, tr)] {
+                        match x {
+                            Expr::Literal(Value::Text(t)) => {
+                                timestamp_literal(t)?;
+                            }
+                            // A string property may hold anything: it is
+                            // no instant to compare with.
+                            _ if t != Ty::Timestamp => {
+                                return mismatch(format!(
+                                    "a timestamp compares only with a timestamp or a \
+                                     timestamp literal, not {} ({})",
+                                    describe(x),
+                                    t.name()
+                                ));
+                            }
+                            _ => {}
                         }
                     }
                 }

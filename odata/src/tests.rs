@@ -843,6 +843,7 @@ fn invalid_timestamp_literals_are_refused_when_rendering() {
             key: "id",
             fields: &[
                 f("id", FieldType::Int),
+                f("name", FieldType::Text),
                 f("last_seen", FieldType::Timestamp),
             ],
             navigations: &[],
@@ -872,6 +873,13 @@ fn invalid_timestamp_literals_are_refused_when_rendering() {
             .contains("julianday(t0.\"last_seen\") >= julianday($1)"),
         "{}",
         ok.sql
+    );
+    let Err(e) = render("device", "$filter=last_seen eq name", Dialect::Postgres) else {
+        panic!("a timestamp compared with a string property rendered")
+    };
+    assert!(
+        e.to_string().contains("compares only with a timestamp"),
+        "{e}"
     );
     for q in [
         "$filter=last_seen gt 'yesterday'",
