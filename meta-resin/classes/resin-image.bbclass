@@ -12,7 +12,7 @@
 # size), RESIN_STATE_SIZE (64MiB), RESIN_DATA_MIN_SIZE (64MiB),
 # RESIN_DEVELOPMENT ("0"); here: RESIN_BOOT_FILES, RESIN_BOOT_DEPENDS.
 
-inherit resin-imagegen
+inherit resin-imagegen resin-keys
 
 # Files of DEPLOY_DIR_IMAGE copied into resin-boot, as "SOURCE;DEST" (DEST
 # relative to the partition's root; default: the source's name).
@@ -20,14 +20,22 @@ RESIN_BOOT_FILES ??= ""
 RESIN_BOOT_FILES:qemuarm64 ??= "grub-efi-bootaa64.efi;EFI/BOOT/BOOTAA64.EFI"
 # meta-raspberrypi's list (firmware, config.txt, device trees, u-boot.bin as
 # the kernel the firmware starts, boot.scr from resin-bootfiles).
-RESIN_BOOT_FILES:rpi ??= "${IMAGE_BOOT_FILES}"
+# Plus the two copies of the U-Boot environment (CONFIG_ENV_REDUNDANT), from
+# resin-bootfiles, so fw_setenv finds both from the first boot on.
+RESIN_BOOT_FILES:rpi ??= "${IMAGE_BOOT_FILES} uboot.env uboot-redund.env"
 # Recipe tasks that deploy RESIN_BOOT_FILES.
 RESIN_BOOT_DEPENDS ??= ""
 RESIN_BOOT_DEPENDS:qemuarm64 ??= "grub-efi:do_deploy resin-bootfiles:do_deploy"
 RESIN_BOOT_DEPENDS:rpi ??= "rpi-bootfiles:do_deploy u-boot:do_deploy resin-bootfiles:do_deploy virtual/kernel:do_deploy"
 
-# The rootfs slot is the ext4 image; the bundle (resin-bundle) ships the same file.
-IMAGE_FSTYPES:append = " ext4 resinimg"
+# Only the machines resin-machines.inc configures: any other MACHINE is refused
+# at parse time ("incompatible with machine") instead of building a disk with
+# no bootloader.
+COMPATIBLE_MACHINE = "^(${@'|'.join(d.getVar('RESIN_SUPPORTED_MACHINES').split())})$"
+
+# Explicit, not appended to the machine's list: the rootfs slot (ext4, which the
+# bundle ships), the rootfs as a tarball (qemu-tests --rootfs) and the disk.
+IMAGE_FSTYPES = "ext4 tar.zst resinimg"
 IMAGE_TYPEDEP:resinimg = "ext4"
 do_image_resinimg[depends] += "resin-imagegen-native:do_populate_sysroot ${RESIN_BOOT_DEPENDS}"
 
@@ -40,6 +48,11 @@ def resin_size_kib(size):
         if size.endswith(unit):
             return str(int(size[:-len(unit)]) * units[unit])
     bb.fatal("RESIN_ROOTFS_SIZE=%s: use KiB, MiB or GiB" % size)
+
+# meta-rauc's rauc-mark-good marks every boot good before the supervisor's
+# health check: never install it (see recipes-core/rauc/rauc_%.bbappend).
+PACKAGE_EXCLUDE:append = " rauc-mark-good"
+BAD_RECOMMENDATIONS:append = " rauc-mark-good"
 
 # A read-only root; the persistent bits live on resin-state (resin-persist).
 IMAGE_FEATURES:append = " read-only-rootfs"
@@ -61,17 +74,12 @@ resin_boot_links() {
     fi
 }
 
-python resin_warn_dev_keys() {
-    for var in ('RESIN_RAUC_KEYRING_FILE', 'RESIN_RAUC_CERT_FILE', 'RESIN_RAUC_KEY_FILE'):
-        if '/dev-keys/' in (d.getVar(var) or ''):
-            bb.warn("%s uses meta-resin's public DEVELOPMENT key %s: never ship this image" % (var, d.getVar(var)))
-}
-do_image_resinimg[prefuncs] += "resin_warn_dev_keys"
-resin_warn_dev_keys[doc] = "Warns when the RAUC keys are the public development keys"
+do_image_resinimg[prefuncs] += "resin_check_rauc_keys"
 
-IMAGE_CMD:resinimg[doc] = "Assembles the A/B disk image and its bmap with resin-imagegen"
-IMAGE_CMD:resinimg() {
-    bootdir=${WORKDIR}/resin-boot
+# resin_copy_boot_files DIR: copies RESIN_BOOT_FILES from DEPLOY_DIR_IMAGE into DIR.
+resin_copy_boot_files[doc] = "Copies RESIN_BOOT_FILES (SOURCE;DEST) from DEPLOY_DIR_IMAGE into a directory"
+resin_copy_boot_files() {
+    bootdir=$1
     rm -rf $bootdir
     mkdir -p $bootdir
     # Quoted first: the entries hold ';', which the shell must not see as a separator.
@@ -92,6 +100,30 @@ IMAGE_CMD:resinimg() {
         done
         [ $found = 1 ] || bbfatal "RESIN_BOOT_FILES: nothing in ${DEPLOY_DIR_IMAGE} matches $src"
     done
+}
+
+# The boot partition's files also go into the rootfs, under
+# /usr/lib/resin-boot/, with the rendered grub.cfg (GRUB machines): an OS update
+# installs them into resin-boot (the bundle's hook, resin-bundle-hook). The
+# bootloader's state (grubenv, the U-Boot environments) is left out: it belongs
+# to the device, not to the OS version.
+ROOTFS_POSTPROCESS_COMMAND:append = " resin_boot_payload"
+do_rootfs[depends] += "resin-imagegen-native:do_populate_sysroot ${RESIN_BOOT_DEPENDS}"
+resin_boot_payload[doc] = "Installs the boot partition's files into /usr/lib/resin-boot for OS updates"
+resin_boot_payload() {
+    payload=${IMAGE_ROOTFS}${nonarch_libdir}/resin-boot
+    resin_copy_boot_files $payload
+    rm -f $payload/uboot.env $payload/uboot-redund.env
+    if [ "${RESIN_BOOTLOADER}" = "grub" ]; then
+        resin_imagegen_render ${WORKDIR}/resin-boot-rendered
+        install -D -m 0644 ${WORKDIR}/resin-boot-rendered/EFI/BOOT/grub.cfg $payload/EFI/BOOT/grub.cfg
+    fi
+}
+
+IMAGE_CMD:resinimg[doc] = "Assembles the A/B disk image and its bmap with resin-imagegen"
+IMAGE_CMD:resinimg() {
+    bootdir=${WORKDIR}/resin-boot
+    resin_copy_boot_files $bootdir
 
     out=${IMGDEPLOYDIR}/${IMAGE_NAME}.resinimg
     resin-imagegen build --layout ${RESIN_LAYOUT} ${RESIN_IMAGEGEN_SET} \

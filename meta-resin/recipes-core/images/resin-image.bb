@@ -15,6 +15,7 @@ IMAGE_INSTALL = "\
     rauc \
     resin-supervisor \
     resin-persist \
+    resin-watchdog \
     ca-certificates \
     e2fsprogs-e2fsck \
     e2fsprogs-resize2fs \

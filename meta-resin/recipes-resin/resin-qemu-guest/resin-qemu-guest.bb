@@ -1,5 +1,6 @@
 SUMMARY = "resin QEMU test hooks: the boot marker the qemu-tests harness waits for"
-DESCRIPTION = "Installs qemu-tests/guest/rootfs of the resin repository (no copy \
+DESCRIPTION = "Installs qemu-tests/guest/rootfs of the resin repository at \
+               RESIN_SRCREV (no copy \
                in this layer): resin-boot-marker.service prints 'resin-qemu: up \
                slot=... version=...' on the serial console, and a DHCP .network \
                for QEMU's user-mode network. resin-image adds it on qemuarm64."
@@ -8,9 +9,14 @@ SECTION = "base"
 LICENSE = "Apache-2.0"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
 
-inherit externalsrc systemd allarch
+inherit systemd allarch
 
-EXTERNALSRC = "${RESIN_SRC_DIR}/qemu-tests/guest/rootfs"
+require recipes-resin/resin-srcrev.inc
+
+PV = "0.1.0+git"
+SRC_URI = "${RESIN_GIT_URI};destsuffix=resin"
+SRCREV = "${RESIN_SRCREV}"
+S = "${UNPACKDIR}/resin/qemu-tests/guest/rootfs"
 
 SYSTEMD_SERVICE:${PN} = "resin-boot-marker.service"
 
