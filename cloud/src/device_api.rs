@@ -391,6 +391,7 @@ pub async fn report_state(
         if let Some(apps) = &r.apps {
             // AppReport holds only strings, enums and maps: this cannot fail.
             let json = serde_json::to_string(apps).unwrap_or_else(|_| "{}".to_owned());
+            check_apps_len(json.len())?;
             sets.push(("apps", Param::Text(Some(json))));
         }
         if let Some(ips) = &r.ip_address {
@@ -478,8 +479,9 @@ pub fn check_len(field: &str, v: Option<&str>, max: usize) -> ApiResult<()> {
     }
 }
 
-/// Every device-written field of a report against its cap; nothing is
-/// stored when one is over (the caller checks before it writes).
+/// Every device-written text field of a report against its cap (the apps
+/// JSON is checked where it is serialised, [`check_apps_len`]); nothing is
+/// stored when one is over: the caller checks before it writes.
 fn check_report_sizes(r: &resin_api_types::DeviceReport) -> ApiResult<()> {
     check_len("status", r.status.as_deref(), caps::STATUS)?;
     check_len("os_version", r.os_version.as_deref(), caps::VERSION)?;
@@ -507,19 +509,21 @@ fn check_report_sizes(r: &resin_api_types::DeviceReport) -> ApiResult<()> {
             caps::VERSION,
         )?;
     }
-    if let Some(apps) = &r.apps {
-        let len = serde_json::to_string(apps).map_or(usize::MAX, |j| j.len());
-        if len > caps::APPS_JSON {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PayloadTooLarge",
-                format!(
-                    "apps is {len} bytes as JSON, more than {} bytes",
-                    caps::APPS_JSON
-                ),
-            )
-            .with_target("apps"));
-        }
+    Ok(())
+}
+
+/// The apps report as stored JSON (`len` bytes) against its cap: 413.
+fn check_apps_len(len: usize) -> ApiResult<()> {
+    if len > caps::APPS_JSON {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!(
+                "apps is {len} bytes as JSON, more than {} bytes",
+                caps::APPS_JSON
+            ),
+        )
+        .with_target("apps"));
     }
     Ok(())
 }
