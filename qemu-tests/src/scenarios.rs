@@ -950,16 +950,37 @@ impl Ctx {
         min_progress: i64,
         boots_before: usize,
         version: &str,
+        before_cut: &mut Option<(Value, Value)>,
     ) -> anyhow::Result<Aim> {
         let deadline = Instant::now() + self.timeouts.os_update;
         let (id, _) = self.device()?;
         loop {
+            if Instant::now() >= deadline {
+                bail!(
+                    "the cloud did not show the update {} within {:?}",
+                    states.join(" or "),
+                    self.timeouts.os_update
+                );
+            }
             if self.vm()?.count(INITRD_START) != boots_before {
                 return Ok(Aim::Missed("the device rebooted first".into()));
             }
             if let Ok(d) = self.api.get(&format!("/v1/device({id})")) {
+                // Right after a cut the cloud still shows what the device
+                // reported before it: only a report that differs from that
+                // one is news from the rebooted device.
+                let now = (
+                    d["os_update_state"].clone(),
+                    d["os_update_progress"].clone(),
+                );
+                if before_cut.as_ref().is_some_and(|b| *b == now) {
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+                *before_cut = None;
                 let progress = d["os_update_progress"].as_i64().unwrap_or(0);
                 if state_is(&d, states) && progress >= min_progress {
+                    *before_cut = Some(now);
                     return Ok(Aim::Hit(format!(
                         "while the cloud showed {} {progress}% (aimed at ≥ {min_progress}%)",
                         d["os_update_state"].as_str().unwrap_or("?")
@@ -974,13 +995,6 @@ impl Ctx {
                         states.join("/")
                     )));
                 }
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the cloud did not show the update {} within {:?}",
-                    states.join(" or "),
-                    self.timeouts.os_update
-                );
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -1006,6 +1020,9 @@ impl Ctx {
         let mut upd = self.power_cut_round(round)?;
         let mut download_aimed = false;
         let (mut hits, mut misses) = (0u32, 0u32);
+        // What the cloud showed when the last cut was made (stale until the
+        // rebooted device reports again).
+        let mut before_cut: Option<(Value, Value)> = None;
         while hits < n {
             if misses > 2 * n {
                 bail!("{misses} cuts missed the state they aimed at (hits {hits}/{n}): the device finishes each step before it is seen");
@@ -1020,6 +1037,7 @@ impl Ctx {
                     p,
                     boots_before,
                     &upd.version,
+                    &mut before_cut,
                 )?
             } else if hits + 1 < n {
                 let p = rng.random_range(0..80);
@@ -1029,6 +1047,7 @@ impl Ctx {
                     p,
                     boots_before,
                     &upd.version,
+                    &mut before_cut,
                 )?
             } else {
                 self.aim_first_boot(&upd.to, &mut rng)?
