@@ -544,13 +544,23 @@ fn build_partition(
     let _ = plan;
     let f = File::open(&image).map_err(io_ctx(format!("opening {}", image.display())))?;
     let needed: Vec<(u64, u64)> = match (p.fs, src) {
-        // A ready-made image: all of it, since we cannot tell which of its zeros matter.
-        (_, Source::Image(_)) => {
+        // A ready-made image: what its filesystem uses when it is the partition's ext4 or
+        // FAT, else all of it (we cannot tell which of its zeros matter).
+        (fs, Source::Image(_)) => {
             let len = f
                 .metadata()
                 .map_err(io_ctx(format!("reading {}", image.display())))?
                 .len();
-            vec![(0, len)]
+            let used = match fs {
+                Fs::Ext4 if matches!(crate::gptread::ext4_size(&f, 0), Ok(Some(n)) if n <= len) => {
+                    crate::ext4::used_ranges(&image).ok()
+                }
+                Fs::Vfat => crate::fat::FatVolume::open(&f, 0, len)
+                    .and_then(|v| v.used_ranges(&f))
+                    .ok(),
+                _ => None,
+            };
+            used.unwrap_or_else(|| vec![(0, len)])
         }
         (Fs::Ext4, _) => crate::ext4::used_ranges(&image)?,
         (Fs::Vfat, _) => crate::fat::FatVolume::open(&f, 0, p.size)

@@ -47,8 +47,25 @@ fn inputs(dir: &Path) -> (PathBuf, PathBuf) {
     (r, b)
 }
 
-fn build(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+/// With `ext4_image`, the rootfs goes in as a ready-made ext4 image (`mkfs.ext4 -d`, its
+/// inode tables left for lazy init), as a Yocto build hands it over.
+fn build_from(dir: &Path, name: &str, extra: &[&str], ext4_image: bool) -> PathBuf {
     let (r, b) = inputs(dir);
+    let r = if ext4_image {
+        let img = dir.join("rootfs.ext4");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let o = run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-E", "lazy_itable_init=1", "-d"])
+            .arg(&r)
+            .arg(&img));
+        check_output(&o, "mkfs.ext4 -d");
+        img
+    } else {
+        r
+    };
     let out = dir.join(name);
     let mut c = Command::new(bin());
     c.env("SOURCE_DATE_EPOCH", EPOCH)
@@ -256,6 +273,10 @@ fn ranges(bmap: &str) -> Vec<(u64, u64)> {
 }
 
 fn flash_layout(extra: &[&str], what: &str) {
+    flash_layout_from(extra, what, false)
+}
+
+fn flash_layout_from(extra: &[&str], what: &str, ext4_image: bool) {
     for t in [
         "bmaptool",
         "losetup",
@@ -268,7 +289,7 @@ fn flash_layout(extra: &[&str], what: &str) {
         need(t);
     }
     let d = tempfile::tempdir_in("/var/tmp").unwrap();
-    let img = build(d.path(), "disk.img", extra);
+    let img = build_from(d.path(), "disk.img", extra, ext4_image);
     let (rootfs, boot) = (d.path().join("rootfs"), d.path().join("bootin"));
 
     // Our image is sparse exactly where our bmap leaves blocks out: `bmaptool create` agrees.
@@ -308,4 +329,9 @@ fn bmap_flash_onto_a_used_medium_gives_clean_filesystems_and_the_same_files() {
 #[test]
 fn bmap_flash_of_the_uboot_layout_onto_a_used_medium() {
     flash_layout(&["bootloader.loader=uboot"], "uboot layout");
+}
+
+#[test]
+fn bmap_flash_with_a_ready_made_ext4_rootfs_image() {
+    flash_layout_from(&[], "ext4 image input", true);
 }
