@@ -116,6 +116,13 @@ pub fn composition(image: &TestImage, greeting: &str) -> Value {
                 "environment": {"GREETING": greeting},
                 "restart": "always"
             },
+            // The same in every release: a release that does not change a
+            // service must not restart it (same container, counter goes on).
+            "ticker": {
+                "image": image.guest_ref,
+                "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); echo \"ticker $i\"; sleep 2; done"],
+                "restart": "always"
+            },
             "store": {
                 "image": image.guest_ref,
                 "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; echo \"start $GREETING\" >> /data/starts; echo \"store starts=$(wc -l < /data/starts) greeting=$GREETING\"; while true; do sleep 5; echo \"store alive starts=$(wc -l < /data/starts)\"; done"],
@@ -134,14 +141,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn composition_has_two_services_and_a_named_volume() {
+    fn composition_has_three_services_and_a_named_volume() {
         let c = composition(
             &TestImage {
                 guest_ref: "r@sha256:00".into(),
             },
             "hi",
         );
-        assert_eq!(c["services"].as_object().unwrap().len(), 2);
+        assert_eq!(c["services"].as_object().unwrap().len(), 3);
+        let other = composition(
+            &TestImage {
+                guest_ref: "r@sha256:00".into(),
+            },
+            "v2",
+        );
+        assert_eq!(
+            c["services"]["ticker"], other["services"]["ticker"],
+            "ticker is the same in every release"
+        );
         assert_eq!(c["services"]["store"]["volumes"][0], "appdata:/data");
         assert!(c["volumes"]["appdata"].is_object());
         assert_eq!(c["services"]["heartbeat"]["environment"]["GREETING"], "hi");

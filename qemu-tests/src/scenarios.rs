@@ -341,12 +341,13 @@ impl Ctx {
         })?;
         println!("  store: {}", st["message"]);
         let rid = self.release.ok_or_else(|| anyhow!("no release"))?;
-        self.wait_running(rid, &["heartbeat", "store"])?;
+        self.wait_running(rid, SERVICES)?;
         Ok(())
     }
 
     fn update_app(&mut self) -> anyhow::Result<()> {
         self.vm()?;
+        let ticker_before = self.service_report("ticker")?;
         let t_set = now_ms();
         let rid = self.release("v2", true)?;
         let download = self.watch_download(rid, "heartbeat")?;
@@ -370,7 +371,7 @@ impl Ctx {
             },
         )?;
         println!("  store (volume kept): {}", st["message"]);
-        self.wait_running(rid, &["heartbeat", "store"])?;
+        self.wait_running(rid, SERVICES)?;
         // Download-then-kill: the old heartbeat ran on while the device
         // pulled the new (48 MiB larger) image.
         let (id, _) = self.device()?;
@@ -392,7 +393,58 @@ impl Ctx {
             bail!("no heartbeat line of the new release in the log");
         };
         verify_download_then_kill(&old, t_set, download.first_seen, first_new)?;
+        // ticker is the same in both releases: it keeps its container, the
+        // cloud shows it in the new release, and its counter never restarts.
+        let ticker_after = self.service_report("ticker")?;
+        let (before_id, after_id) = (
+            &ticker_before["container_id"],
+            &ticker_after["container_id"],
+        );
+        if before_id.is_null() || before_id != after_id {
+            bail!("ticker, unchanged between the releases, was recreated: container {before_id} became {after_id}");
+        }
+        let counts: Vec<(i64, u64)> = {
+            let mut v: Vec<(i64, u64)> = lines
+                .iter()
+                .filter(|l| l["service"] == "ticker")
+                .filter_map(|l| {
+                    let n = l["message"]
+                        .as_str()?
+                        .strip_prefix("ticker ")?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                    Some((l["timestamp"].as_i64()?, n))
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        verify_never_restarted(&counts, t_set)?;
+        println!(
+            "  ticker (unchanged) kept container {} and counted on from {} to {} across the update",
+            after_id
+                .as_str()
+                .unwrap_or("?")
+                .chars()
+                .take(12)
+                .collect::<String>(),
+            counts.first().map_or(0, |c| c.1),
+            counts.last().map_or(0, |c| c.1)
+        );
         Ok(())
+    }
+
+    /// The state report's entry of the current release's `service`.
+    fn service_report(&self, service: &str) -> anyhow::Result<Value> {
+        let d = self.device_json()?;
+        d["apps"]
+            .as_object()
+            .and_then(|apps| {
+                apps.values()
+                    .find_map(|a| a["services"].get(service).cloned())
+            })
+            .ok_or_else(|| anyhow!("the cloud shows no {service} in the device's apps"))
     }
 
     /// Polls the cloud's device resource (every 0.5 s) from the target change
@@ -506,6 +558,29 @@ pub fn verify_download_then_kill(
     Ok(())
 }
 
+/// A service that was never restarted: its counter lines (time, count) run
+/// on without going back, and some of them were written after `t_change`
+/// (the target change), so the check spans the update.
+pub fn verify_never_restarted(counts: &[(i64, u64)], t_change: i64) -> anyhow::Result<()> {
+    if !counts.iter().any(|c| c.0 < t_change) || !counts.iter().any(|c| c.0 > t_change) {
+        bail!(
+            "ticker's lines do not span the target change ({} lines)",
+            counts.len()
+        );
+    }
+    for w in counts.windows(2) {
+        if w[1].1 <= w[0].1 {
+            bail!(
+                "ticker's counter went from {} back to {} at {}: it was restarted",
+                w[0].1,
+                w[1].1,
+                w[1].0
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What a boot marker says: the slot (bootname) and OS version that booted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Booted {
@@ -536,6 +611,9 @@ impl Booted {
         }
     }
 }
+
+/// The test release's services (qemu-tests/src/apps.rs).
+const SERVICES: &[&str] = &["heartbeat", "store", "ticker"];
 
 /// What the initrd prints on every boot, before systemd starts.
 const BOOT_LINE: &str = "resin-initrd: switching";
@@ -655,7 +733,7 @@ impl Ctx {
     /// After an OS update or a rollback: the release's services run again.
     fn wait_apps_back(&self) -> anyhow::Result<()> {
         match self.release {
-            Some(rid) => self.wait_running(rid, &["heartbeat", "store"]),
+            Some(rid) => self.wait_running(rid, SERVICES),
             None => Ok(()),
         }
     }
@@ -1252,6 +1330,18 @@ pub fn copy_sparse(from: &std::path::Path, to: &std::path::Path) -> anyhow::Resu
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restarted_counter_is_caught() {
+        let ok = [(1, 1), (3, 2), (5, 3), (7, 4)];
+        assert!(verify_never_restarted(&ok, 4).is_ok());
+        let restarted = [(1, 1), (3, 2), (5, 1), (7, 2)];
+        assert!(verify_never_restarted(&restarted, 4).is_err());
+        assert!(
+            verify_never_restarted(&ok, 10).is_err(),
+            "must span the change"
+        );
+    }
 
     #[test]
     fn download_then_kill_is_told_from_delete_then_download() {
