@@ -492,6 +492,7 @@ fn build_partition(
                     epoch,
                     root_dir: dir.as_deref(),
                     clamp: source_date_epoch(),
+                    extra_args: &p.mkfs_options,
                 },
             )?;
             fs_img.clone()
@@ -522,6 +523,7 @@ fn build_partition(
                     dir: dir.as_deref(),
                     files: &files,
                     work: &scratch,
+                    extra_args: &p.mkfs_options,
                 },
             )
             .map_err(|e| match &e {
@@ -613,10 +615,12 @@ fn write_gpt(plan: &Plan, disk: &File, seed: &[u8]) -> Result<(), BuildError> {
                     guid: p.type_guid,
                     os: gpt::partition_types::OperatingSystem::None,
                 },
-                part_guid: derived_uuid(seed, &format!("partition {}", p.label)),
+                part_guid: p
+                    .uuid
+                    .unwrap_or_else(|| derived_uuid(seed, &format!("partition {}", p.label))),
                 first_lba: p.offset / sector,
                 last_lba: (p.offset + p.size) / sector - 1,
-                flags: 0,
+                flags: p.attributes,
                 name: p.label.clone(),
             },
         );

@@ -32,6 +32,8 @@ pub struct Ext4Spec<'a> {
     pub root_dir: Option<&'a Path>,
     /// Clamp the copied files' timestamps to this time (SOURCE_DATE_EPOCH).
     pub clamp: Option<i64>,
+    /// The layout's `mkfs-options`, after resin's own (a later option wins in mke2fs).
+    pub extra_args: &'a [String],
 }
 
 /// Creates `path` (`spec.size` bytes, sparse) and formats it.
@@ -58,6 +60,7 @@ pub fn build_ext4(path: &Path, spec: &Ext4Spec<'_>) -> Result<(), Ext4Error> {
             "-E",
             &format!("hash_seed={},lazy_itable_init=0,nodiscard", spec.hash_seed),
         ]);
+    cmd.args(spec.extra_args);
     if let Some(d) = spec.root_dir {
         cmd.arg("-d").arg(d);
     }

@@ -205,6 +205,17 @@ pub struct PartitionSpec {
     /// What goes in; absent means an empty filesystem.
     #[serde(default)]
     pub contents: Option<Contents>,
+    /// Explicit GPT partition GUID (default: derived from the seed and the label).
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// GPT attribute flags: `required` (bit 0), `no-block-io` (1), `legacy-bios-bootable` (2),
+    /// or a bit number 0..=63 (48..=63 are type-specific, e.g. ChromeOS/systemd flags).
+    #[serde(default)]
+    pub attributes: Vec<toml::Value>,
+    /// Extra arguments for mkfs.ext4 / mkfs.vfat, after resin's own (e.g. `["-O",
+    /// "^has_journal"]`, `["-i", "8192"]`, `["-S", "4096"]`).
+    #[serde(default)]
+    pub mkfs_options: Vec<String>,
 }
 
 /// One `[[render]]`: a template rendered from the layout.
@@ -253,6 +264,11 @@ pub struct PlannedPart {
     pub grow: bool,
     #[serde(skip)]
     pub contents: Option<Contents>,
+    /// Explicit partition GUID, if the layout gives one.
+    pub uuid: Option<Uuid>,
+    /// GPT attribute bits.
+    pub attributes: u64,
+    pub mkfs_options: Vec<String>,
 }
 
 /// A validated layout with every partition placed.
@@ -553,6 +569,15 @@ impl Layout {
                 slot: p.slot.clone(),
                 grow: p.grow,
                 contents: p.contents.clone(),
+
+                uuid: match &p.uuid {
+                    None => None,
+                    Some(u) => Some(Uuid::parse_str(u).map_err(|e| {
+                        field_err(format!("partition[{}].uuid", p.name), format!("`{u}`: {e}"))
+                    })?),
+                },
+                attributes: parse_attributes(&p.name, &p.attributes)?,
+                mkfs_options: p.mkfs_options.clone(),
             });
             cursor = offset + size;
             prev_name = Some(&p.name);
@@ -638,6 +663,16 @@ impl Layout {
             ));
         }
 
+        for (i, a) in parts.iter().enumerate() {
+            if let Some(u) = a.uuid {
+                if let Some(b) = parts[..i].iter().find(|b| b.uuid == Some(u)) {
+                    return Err(field_err(
+                        format!("partition[{}].uuid", a.name),
+                        format!("{u} is also partition[{}]'s", b.name),
+                    ));
+                }
+            }
+        }
         Ok(Plan {
             layout: self.clone(),
             sector,
@@ -685,6 +720,37 @@ pub fn round_up(v: u64, a: u64) -> u64 {
 /// ext4 labels hold 16 bytes; vfat labels 11. Derive a label from the partition label.
 fn fs_label_for(label: &str) -> String {
     label.chars().take(16).collect()
+}
+
+/// GPT attribute names and bit numbers → the attribute word.
+fn parse_attributes(part: &str, attrs: &[toml::Value]) -> Result<u64, LayoutError> {
+    let mut bits = 0u64;
+    for a in attrs {
+        let bit = match a {
+            toml::Value::String(s) => match s.as_str() {
+                "required" => 0,
+                "no-block-io" => 1,
+                "legacy-bios-bootable" => 2,
+                other => {
+                    return Err(field_err(
+                        format!("partition[{part}].attributes"),
+                        format!(
+                            "`{other}` is not required, no-block-io, legacy-bios-bootable or a bit number 0..=63"
+                        ),
+                    ))
+                }
+            },
+            toml::Value::Integer(n) if (0..=63).contains(n) => *n as u32,
+            other => {
+                return Err(field_err(
+                    format!("partition[{part}].attributes"),
+                    format!("`{other}` is not an attribute name or a bit number 0..=63"),
+                ))
+            }
+        };
+        bits |= 1u64 << bit;
+    }
+    Ok(bits)
 }
 
 fn apply_set(root: &mut toml::Table, arg: &str) -> Result<(), LayoutError> {

@@ -251,6 +251,7 @@ pub fn make_bundle(spec: &BundleSpec) -> Result<(), RaucError> {
                 epoch,
                 root_dir: Some(&dir),
                 clamp: source_date_epoch(),
+                extra_args: &[],
             },
         )?;
     }

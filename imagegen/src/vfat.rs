@@ -39,6 +39,8 @@ pub struct VfatSpec<'a> {
     pub files: &'a [(String, Vec<u8>)],
     /// Scratch directory.
     pub work: &'a Path,
+    /// The layout's `mkfs-options` for mkfs.vfat, after resin's own.
+    pub extra_args: &'a [String],
 }
 
 fn run(mut cmd: Command, tool: &'static str, epoch: i64) -> Result<(), VfatError> {
@@ -72,6 +74,7 @@ pub fn build_vfat(path: &Path, spec: &VfatSpec<'_>) -> Result<(), VfatError> {
     if spec.size >= 36 << 20 {
         mkfs.args(["-F", "32"]);
     }
+    mkfs.args(spec.extra_args);
     mkfs.arg(path);
     run(mkfs, "mkfs.vfat", spec.epoch)?;
 
