@@ -754,7 +754,7 @@ impl<'a> Renderer<'a> {
             joined.push((target, a.clone(), local_column));
             scope.navs.push((nav.name, a));
         }
-        self.sql.push_str("EXISTS (SELECT 1 FROM ");
+        self.sql.push_str("(EXISTS (SELECT 1 FROM ");
         for (i, (target, a, _)) in joined.iter().enumerate() {
             if i > 0 {
                 self.sql.push_str(", ");
@@ -773,6 +773,19 @@ impl<'a> Renderer<'a> {
             self.sql.push_str(" AND ");
         }
         self.value(&scope, e, None)?;
+        self.sql.push(')');
+        // One hop whose link is null: OData reads the path as null, so the
+        // condition is judged with null there (`pinned_release/status ne
+        // 'x'` holds for a device that pins nothing). A link to a row the
+        // caller may not read stays unmatched: that is the EXISTS above.
+        if let [(_, _, local)] = joined.as_slice() {
+            let _ = write!(self.sql, " OR ({alias}.{} IS NULL AND ", ident(local));
+            for n in &mut scope.navs {
+                n.1 = String::new();
+            }
+            self.value(&scope, e, None)?;
+            self.sql.push(')');
+        }
         self.sql.push(')');
         Ok(())
     }
@@ -804,7 +817,12 @@ impl<'a> Renderer<'a> {
                             .ok_or_else(|| {
                                 RenderError::Unsupported(format!("navigation '{}' here", n.name))
                             })?;
-                        let _ = write!(self.sql, "{a}.{}", ident(f.column));
+                        if a.is_empty() {
+                            // The link is null (see `atom`).
+                            self.sql.push_str("NULL");
+                        } else {
+                            let _ = write!(self.sql, "{a}.{}", ident(f.column));
+                        }
                     }
                 }
             }

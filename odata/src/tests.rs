@@ -505,14 +505,16 @@ fn sql_shape_sqlite() {
         s.sql,
         "SELECT json_object('name', t0.\"name\", 'is_online', json(CASE WHEN t0.\"is_online\" IS NULL THEN 'null' WHEN t0.\"is_online\" THEN 'true' ELSE 'false' END)) AS json \
          FROM \"device\" AS t0 WHERE (t0.fleet IN (SELECT id FROM fleet WHERE owner = $1)) \
-         AND (EXISTS (SELECT 1 FROM \"fleet\" AS t1 WHERE t1.\"id\" = t0.\"fleet\" AND (t1.owner = $2) AND ((t1.\"name\" = $3) AND t1.\"name\" IS NOT NULL)) \
-         AND (t0.\"name\" LIKE $4 ESCAPE '\\')) ORDER BY t0.\"id\" ASC LIMIT $5"
+         AND ((EXISTS (SELECT 1 FROM \"fleet\" AS t1 WHERE t1.\"id\" = t0.\"fleet\" AND (t1.owner = $2) AND ((t1.\"name\" = $3) AND t1.\"name\" IS NOT NULL)) \
+         OR (t0.\"fleet\" IS NULL AND ((NULL = $4) AND NULL IS NOT NULL))) \
+         AND (t0.\"name\" LIKE $5 ESCAPE '\\')) ORDER BY t0.\"id\" ASC LIMIT $6"
     );
     assert_eq!(
         s.params,
         vec![
             Value::Int(7),
             Value::Int(7),
+            Value::Text("x".into()),
             Value::Text("x".into()),
             Value::Text("%a\\_b%".into()),
             Value::Int(5)
