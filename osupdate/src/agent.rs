@@ -44,9 +44,17 @@ pub struct AgentOptions {
     pub download_attempts: u32,
     /// Pause between download attempts (default 2 s).
     pub download_retry_delay: Duration,
+    /// Longest wait for the next bytes of a bundle download before the
+    /// stream counts as stalled and is resumed (default 60 s).
+    pub download_read_timeout: Duration,
     /// Agent starts in `verifying` before the update is given up
     /// (default 3).
     pub max_verify_attempts: u32,
+    /// Install OS versions older than the running one (a downgrade). Read
+    /// at every look at the target, so the supervisor can set it from the
+    /// device's config (`RESIN_SUPERVISOR_OS_ALLOW_DOWNGRADE`) as it
+    /// publishes each target. Default: off, an older version is refused.
+    pub allow_downgrade: Arc<AtomicBool>,
     /// Failpoints armed for this agent (only with the `failpoints` feature).
     pub failpoints: Vec<(String, FailAction)>,
     /// Written once the booted slot is confirmed good in this boot (default
@@ -68,7 +76,9 @@ impl Default for AgentOptions {
             free_space_margin: 16 * 1024 * 1024,
             download_attempts: 5,
             download_retry_delay: Duration::from_secs(2),
+            download_read_timeout: Duration::from_secs(60),
             max_verify_attempts: 3,
+            allow_downgrade: Arc::new(AtomicBool::new(false)),
             failpoints: Vec::new(),
             confirm_marker: Some(PathBuf::from(BOOT_CONFIRMED)),
         }
@@ -78,6 +88,40 @@ impl Default for AgentOptions {
 /// Where the agent records that this boot was confirmed (see
 /// [`AgentOptions::confirm_marker`]).
 pub const BOOT_CONFIRMED: &str = "/run/resin/boot-confirmed";
+
+/// Tries of `Mark("bad","booted")` before the agent reboots without it.
+const MARK_BAD_ATTEMPTS: u32 = 3;
+/// Pause between those tries.
+const MARK_BAD_RETRY: Duration = Duration::from_secs(1);
+
+/// The leading numeric part of a version (`2.10.1` of `2.10.1-rc1+b3`),
+/// or `None` when it does not start with a number.
+fn numeric_core(v: &str) -> Option<Vec<u64>> {
+    let core: String = v
+        .trim_start_matches(['v', 'V'])
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let parts: Vec<u64> = core
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    (!parts.is_empty()).then_some(parts)
+}
+
+/// True when `target` is an older version than `running`, judged by their
+/// numeric cores (`1.9` < `1.10` < `2`; `2.0` = `2.0.0`). Versions without a
+/// numeric core, or with the same core, are never a downgrade.
+pub fn is_downgrade(running: &str, target: &str) -> bool {
+    let (Some(mut r), Some(mut t)) = (numeric_core(running), numeric_core(target)) else {
+        return false;
+    };
+    let n = r.len().max(t.len());
+    r.resize(n, 0);
+    t.resize(n, 0);
+    t < r
+}
 
 /// Why one step of the agent stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +327,7 @@ impl Agent {
                         Some(OsTarget {
                             version: ref tv,
                             bundle: Some(ref tb),
-                        }) if *tv != running => {
+                        }) if *tv != running && !self.refuses_downgrade(&running, tv) => {
                             let cloud = self.health.borrow().cloud_reachable;
                             self.machine.apply(|s| s.start_download(tv, tb, cloud))?;
                         }
@@ -343,7 +387,16 @@ impl Agent {
                     ..
                 } => {
                     if booted.bootname == *bad {
-                        // Still in the slot marked bad: wait for the reboot.
+                        // Still in the slot marked bad: wait for the
+                        // reboot, asking for it if nobody did yet.
+                        if !self.reboot_requested {
+                            let version = self.machine.state().version().unwrap_or("").to_string();
+                            self.leave_bad_slot(
+                                &rauc,
+                                format!("OS update to {version} failed: falling back"),
+                            )
+                            .await?;
+                        }
                         self.publish();
                         return Ok(Next::Wait);
                     }
@@ -444,12 +497,24 @@ impl Agent {
                 ..
             } if booted.bootname == bad => {
                 // We marked it bad but the reboot did not happen: again.
-                let (slot, msg) = rauc.mark("bad", "booted").await?;
-                tracing::info!(slot, msg, "marked the booted slot bad again");
-                self.request_reboot(format!(
-                    "OS update to {version} failed its health check: falling back"
-                ))
+                self.leave_bad_slot(
+                    rauc,
+                    format!("OS update to {version} failed its health check: falling back"),
+                )
                 .await?;
+            }
+            State::Committed { version, slot } if booted.bootname != slot => {
+                // Committed, and now another slot boots with another OS:
+                // the new slot stopped booting and the bootloader fell back.
+                let running = os_version(&self.cfg.os_release_path)?;
+                if running != version {
+                    let reason = format!(
+                        "booted back into slot {} ({}) running {running}, {version} in slot {slot} stopped booting after it was committed: the bootloader fell back",
+                        booted.bootname, booted.name
+                    );
+                    self.machine.apply(|s| s.fell_back_after_commit(&reason))?;
+                    self.mark_other_bad(rauc).await;
+                }
             }
             _ => {}
         }
@@ -481,7 +546,18 @@ impl Agent {
             ));
             return Ok(false);
         };
+        if self.refuses_downgrade(&running, &target.version) {
+            self.note = Some(format!(
+                "OS version {} is older than the running {running}: not installed (downgrades need RESIN_SUPERVISOR_OS_ALLOW_DOWNGRADE=1)",
+                target.version
+            ));
+            return Ok(false);
+        }
         if let Some(f) = self.machine.failed().get(&target.version) {
+            if f.sha256 == bundle.sha256 && f.after_commit {
+                tracing::debug!(version = %target.version, "OS version fell back after its commit; not installed again");
+                return Ok(false);
+            }
             if f.sha256 == bundle.sha256 {
                 let at = f.retry_at(
                     self.opts.retry_base.as_secs(),
@@ -519,6 +595,7 @@ impl Agent {
             free_space_margin: self.opts.free_space_margin,
             attempts: self.opts.download_attempts,
             retry_delay: self.opts.download_retry_delay,
+            read_timeout: self.opts.download_read_timeout,
         };
         let cancel = Arc::new(AtomicBool::new(false));
         let report = self.report.clone();
@@ -713,15 +790,41 @@ impl Agent {
                 );
                 self.machine
                     .apply(|s| s.roll_back(&reason, Some(&target_slot)))?;
-                let (slot, msg) = rauc.mark("bad", "booted").await?;
-                tracing::info!(slot, msg, "marked the booted slot bad");
-                self.request_reboot(format!(
-                    "OS update to {version} failed verification: falling back"
-                ))
+                self.leave_bad_slot(
+                    rauc,
+                    format!("OS update to {version} failed verification: falling back"),
+                )
                 .await?;
             }
         }
         Ok(())
+    }
+
+    fn refuses_downgrade(&self, running: &str, target: &str) -> bool {
+        !self.opts.allow_downgrade.load(Ordering::Relaxed) && is_downgrade(running, target)
+    }
+
+    /// Marks the booted (new) slot bad, trying [`MARK_BAD_ATTEMPTS`] times,
+    /// then asks for the reboot back to the old slot whether the mark took
+    /// or not: this boot is never confirmed, so even without the mark the
+    /// bootloader's boot counter runs out and falls back.
+    async fn leave_bad_slot(&mut self, rauc: &Rauc, reason: String) -> Result<(), AgentError> {
+        for attempt in 1..=MARK_BAD_ATTEMPTS {
+            match rauc.mark("bad", "booted").await {
+                Ok((slot, msg)) => {
+                    tracing::info!(slot, msg, "marked the booted slot bad");
+                    break;
+                }
+                Err(e) if attempt < MARK_BAD_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %e, "cannot mark the booted slot bad; trying again");
+                    tokio::time::sleep(MARK_BAD_RETRY).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot mark the booted slot bad; rebooting anyway (the unconfirmed boot counts down to the old slot)");
+                }
+            }
+        }
+        self.request_reboot(reason).await
     }
 
     async fn request_reboot(&mut self, reason: String) -> Result<(), AgentError> {
@@ -773,5 +876,24 @@ fn load_or_set_aside(state_dir: &Path) -> Machine {
                 Err(_) => Machine::idle_at(state_dir),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::is_downgrade;
+
+    #[test]
+    fn downgrades_are_told_by_the_numeric_core() {
+        assert!(is_downgrade("2.0", "1.9"));
+        assert!(is_downgrade("1.10.0", "1.9.5"));
+        assert!(is_downgrade("v3.1.0+build7", "3.0.9-rc1"));
+        assert!(!is_downgrade("1.9", "1.10"));
+        assert!(!is_downgrade("2.0", "2.0.0"));
+        assert!(!is_downgrade("2.0.0-rc1", "2.0.0"));
+        assert!(!is_downgrade("1.0", "9.0.0-foreign"));
+        // Without a numeric core there is no order: not refused.
+        assert!(!is_downgrade("test-1", "1.0"));
+        assert!(!is_downgrade("2.0", "nightly"));
     }
 }

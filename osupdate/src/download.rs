@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 /// Read/write buffer: large enough for few syscalls, small enough to check
 /// for cancellation often.
 const BUFFER_SIZE: usize = 64 * 1024;
+/// How often the cancel flag is looked at while the body is waited for.
+const CANCEL_CHECK: Duration = Duration::from_millis(200);
 
 /// What to fetch and where.
 #[derive(Debug, Clone)]
@@ -30,6 +32,9 @@ pub struct DownloadRequest {
     pub attempts: u32,
     /// Pause between attempts.
     pub retry_delay: Duration,
+    /// Longest wait for the next bytes of the body: a stream stalled this
+    /// long counts as interrupted (and is resumed by the next attempt).
+    pub read_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +201,7 @@ pub fn download(
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(req.read_timeout))
         .build()
         .into();
     let mut attempt = 0;
@@ -292,18 +298,42 @@ fn fetch_once(
     }
     file.seek(SeekFrom::Start(have)).map_err(io_err)?;
     progress(have);
+    // The body is read on its own thread and handed over in chunks, so a
+    // read blocked on a stalled stream never holds back the cancel flag;
+    // the stall itself ends in `read_timeout` (ureq's per-read timeout),
+    // and then the reader thread ends too.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
     let mut body = resp.into_body().into_reader();
-    let mut buf = vec![0u8; BUFFER_SIZE];
+    std::thread::Builder::new()
+        .name("bundle-body".into())
+        .spawn(move || loop {
+            let mut buf = vec![0u8; BUFFER_SIZE];
+            let r = match body.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = r.is_err();
+            if tx.send(r).is_err() || failed {
+                break;
+            }
+        })
+        .map_err(io_err)?;
     loop {
         if cancel.load(Ordering::Relaxed) {
             file.sync_all().map_err(io_err)?;
             return Err(DownloadError::Cancelled);
         }
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
+        let chunk = match rx.recv_timeout(CANCEL_CHECK) {
+            Ok(Ok(chunk)) => chunk,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            // The reader ended: the body is complete (or short, below).
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Err(source)) => {
                 // Keep what arrived: the next attempt resumes after it.
                 file.sync_all().map_err(io_err)?;
                 return Err(DownloadError::Interrupted {
@@ -314,6 +344,7 @@ fn fetch_once(
                 });
             }
         };
+        let n = chunk.len();
         if have + n as u64 > req.size {
             drop(file);
             fs::remove_file(part).map_err(io_err)?;
@@ -322,7 +353,7 @@ fn fetch_once(
                 size: req.size,
             });
         }
-        file.write_all(&buf[..n]).map_err(io_err)?;
+        file.write_all(&chunk).map_err(io_err)?;
         have += n as u64;
         progress(have);
     }

@@ -341,6 +341,20 @@ impl State {
         }
     }
 
+    /// Committed → rolled-back: the device booted the other slot again
+    /// after the update was committed (the new slot stopped booting and the
+    /// bootloader fell back).
+    pub fn fell_back_after_commit(&self, reason: &str) -> Result<State, TransitionError> {
+        match self {
+            Self::Committed { version, .. } => Ok(Self::RolledBack {
+                version: version.clone(),
+                reason: reason.to_string(),
+                bad_slot: None,
+            }),
+            _ => Err(self.refuse("fell_back_after_commit")),
+        }
+    }
+
     /// Committed/failed/rolled-back → idle (the target went back to the
     /// running version); idle → idle.
     pub fn clear(&self) -> Result<State, TransitionError> {
@@ -399,6 +413,11 @@ pub struct FailedAttempt {
     pub attempts: u32,
     /// Seconds since the Unix epoch of the last failure.
     pub last_failure: u64,
+    /// The update was committed and the device fell back from it later:
+    /// this bundle is not installed again (no backoff retry), only another
+    /// target is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_commit: bool,
 }
 
 impl FailedAttempt {
@@ -535,15 +554,17 @@ impl Machine {
     pub fn set(&mut self, next: State) -> Result<(), StoreError> {
         let from = self.data.state.name();
         let mut data = self.data.clone();
+        let after_commit = matches!(self.data.state, State::Committed { .. });
         match &next {
             State::Failed { version, .. } | State::RolledBack { version, .. }
-                if !self.data.state.is_terminal() =>
+                if !self.data.state.is_terminal() || after_commit =>
             {
                 let sha256 = self.data.in_flight_sha256.clone().unwrap_or_default();
                 let entry = data.failed.entry(version.clone()).or_insert(FailedAttempt {
                     sha256: sha256.clone(),
                     attempts: 0,
                     last_failure: 0,
+                    after_commit: false,
                 });
                 if entry.sha256 != sha256 {
                     entry.attempts = 0;
@@ -551,6 +572,7 @@ impl Machine {
                 }
                 entry.attempts = entry.attempts.saturating_add(1);
                 entry.last_failure = unix_now();
+                entry.after_commit |= after_commit;
             }
             State::Committed { version, .. } => {
                 data.failed.remove(version);

@@ -29,6 +29,7 @@ struct Harness {
     payload: Vec<u8>,
     target: watch::Sender<Option<OsTarget>>,
     health: watch::Sender<Health>,
+    allow_downgrade: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Running {
@@ -103,6 +104,7 @@ impl Harness {
                 cloud_reachable: true,
             })
             .0,
+            allow_downgrade: Default::default(),
         };
         h.set_os("1.0");
         h.set_boot_id("boot-1");
@@ -150,6 +152,7 @@ impl Harness {
             recheck_interval: Duration::from_millis(200),
             download_retry_delay: Duration::from_millis(20),
             confirm_marker: Some(self.p("run/boot-confirmed")),
+            allow_downgrade: self.allow_downgrade.clone(),
             failpoints: failpoints
                 .iter()
                 .map(|f| (f.to_string(), FailAction::Stop))
@@ -669,4 +672,121 @@ async fn terminal_states_survive_a_restart_without_doing_anything() {
     assert!(h.p("state/osupdate.json.unreadable").exists());
     a.kill().await;
     assert_eq!(file_sha256(&h.env.slot("B")), b_before);
+}
+
+/// A failed `Mark("bad")` after a failed health check is retried, and the
+/// reboot back to the old slot is asked for either way.
+#[tokio::test]
+async fn a_failed_mark_bad_is_retried_then_the_device_reboots() {
+    let mut h = Harness::new(COMPATIBLE, vec![]).await;
+    h.until_reboot().await;
+    h.reboot_into("B", "2.0", "boot-2").await;
+    h.health.send_replace(Health {
+        engine_reachable: false,
+        loop_running: true,
+        cloud_reachable: true,
+    });
+    // The first two marks fail: the third takes. (RAUC's install marked
+    // B bad once already, before writing it.)
+    let marks = |log: &str| log.lines().filter(|l| *l == "set-state B bad").count();
+    let before = marks(&h.bl_log());
+    h.env.fail_mark_bad(2);
+    let mut a = h.start(&[]);
+    let req = a.wait_reboot().await;
+    assert!(req.reason.contains("falling back"), "{req:?}");
+    assert_eq!(h.env.bl_state("B"), "bad");
+    let log = h.bl_log();
+    assert_eq!(marks(&log) - before, 3, "{log}");
+    a.kill().await;
+}
+
+/// Even when `Mark("bad")` keeps failing the device reboots: the new slot
+/// is never confirmed in that boot, so the boot counter brings the old one
+/// back.
+#[tokio::test]
+async fn a_mark_bad_that_keeps_failing_still_reboots() {
+    let mut h = Harness::new(COMPATIBLE, vec![]).await;
+    h.until_reboot().await;
+    h.reboot_into("B", "2.0", "boot-2").await;
+    h.health.send_replace(Health {
+        engine_reachable: false,
+        loop_running: true,
+        cloud_reachable: true,
+    });
+    h.env.fail_mark_bad(1000);
+    let mut a = h.start(&[]);
+    let req = a.wait_reboot().await;
+    assert!(req.reason.contains("falling back"), "{req:?}");
+    // Three tries, all refused by the bootloader backend.
+    let left = std::fs::read_to_string(h.env.path().join("bl.fail-bad")).unwrap();
+    assert_eq!(left.trim(), "997");
+    // This boot of B was never confirmed (the marker is A's, from before).
+    let marker = std::fs::read_to_string(h.p("run/boot-confirmed")).unwrap_or_default();
+    assert_ne!(marker, "slot=B\n");
+    a.kill().await;
+}
+
+/// An update that was committed, then the bootloader falls back to the old
+/// slot (the new one stopped booting): reported as rolled back, the slot
+/// that failed is marked bad, and the same update is not installed again.
+#[tokio::test]
+async fn a_fallback_after_commit_is_reported_rolled_back_and_not_installed_again() {
+    let mut h = Harness::new(COMPATIBLE, vec![]).await;
+    h.until_reboot().await;
+    h.reboot_into("B", "2.0", "boot-2").await;
+    let mut a = h.start(&[]);
+    a.wait_for("committed", |r| r.state == OsUpdateState::Committed)
+        .await;
+    a.kill().await;
+    let requests = h.server.requests.lock().unwrap().len();
+    h.reboot_into("A", "1.0", "boot-3").await;
+    let mut a = h.start(&[]);
+    let r = a
+        .wait_for("rolled back", |r| r.state == OsUpdateState::RolledBack)
+        .await;
+    let reason = r.reason.unwrap();
+    assert!(reason.contains("after it was committed"), "{reason}");
+    assert_eq!(r.target_version.as_deref(), Some("2.0"));
+    assert_eq!(r.boot_slot.as_deref(), Some("rootfs.0"));
+    assert_eq!(h.env.bl_state("B"), "bad");
+    // The target still says 2.0: nothing is fetched or installed.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(a.report.borrow().state, OsUpdateState::RolledBack);
+    assert_eq!(h.server.requests.lock().unwrap().len(), requests);
+    assert_eq!(h.installed_count_b().await, 1);
+    a.kill().await;
+    // Nor after a restart.
+    let a = h.start(&[]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(a.report.borrow().state, OsUpdateState::RolledBack);
+    assert_eq!(h.server.requests.lock().unwrap().len(), requests);
+    a.kill().await;
+}
+
+/// An OS version older than the running one is refused unless downgrades
+/// are allowed; then it installs as any other.
+#[tokio::test]
+async fn an_older_version_is_refused_unless_downgrades_are_allowed() {
+    let h = Harness::new(COMPATIBLE, vec![]).await;
+    h.set_os("3.0");
+    let mut a = h.start(&[]);
+    h.target_v2();
+    let r = a
+        .wait_for("the refusal", |r| {
+            r.reason.as_deref().is_some_and(|m| m.contains("older"))
+        })
+        .await;
+    assert_eq!(r.state, OsUpdateState::Idle);
+    assert!(r.reason.unwrap().contains("2.0"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(h.server.requests.lock().unwrap().is_empty());
+    assert_eq!(h.installed_count_b().await, 0);
+    // Allowed: the next look at the target installs it.
+    h.allow_downgrade
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    h.target_v2();
+    let req = a.wait_reboot().await;
+    assert!(req.reason.contains("2.0"), "{req:?}");
+    assert!(h.slot_b_holds_payload());
+    a.kill().await;
 }

@@ -21,6 +21,7 @@ fn request(url: &str, body: &[u8], dir: &std::path::Path) -> DownloadRequest {
         free_space_margin: 0,
         attempts: 1,
         retry_delay: Duration::from_millis(10),
+        read_timeout: Duration::from_secs(60),
     }
 }
 
@@ -138,4 +139,86 @@ fn wrong_key_and_malformed_sha_are_clear_errors() {
     req.sha256 = "../../etc/passwd".into();
     let err = download::download(&req, &AtomicBool::new(false), &mut |_| {}).unwrap_err();
     assert!(matches!(err, DownloadError::BadSha256 { .. }), "{err}");
+}
+
+/// A server that sends the headers and `after` bytes of the body, then
+/// holds the connection open and sends nothing more.
+fn stalling_server(body: &[u8], after: usize) -> String {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/os/bundle/1", listener.local_addr().unwrap());
+    let body = body.to_vec();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body[..after]);
+            let _ = conn.flush();
+            held.push(conn);
+        }
+    });
+    url
+}
+
+/// Runs a download on a thread; None if it has not ended after `secs`.
+fn download_within(
+    req: DownloadRequest,
+    cancel: std::sync::Arc<AtomicBool>,
+    secs: u64,
+) -> Option<Result<std::path::PathBuf, DownloadError>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(download::download(&req, &cancel, &mut |_| {}));
+    });
+    rx.recv_timeout(Duration::from_secs(secs)).ok()
+}
+
+#[test]
+fn a_stalled_body_times_out_and_keeps_what_arrived() {
+    let body = random_bytes(300_000);
+    let url = stalling_server(&body, 100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut req = request(&url, &body, dir.path());
+    req.read_timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let r = download_within(req.clone(), Default::default(), 15)
+        .expect("the download of a stalled stream never ended");
+    assert!(
+        matches!(r, Err(DownloadError::Interrupted { at: 100_000, .. })),
+        "{r:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let part = download::part_path(dir.path(), &req.sha256);
+    assert_eq!(std::fs::metadata(part).unwrap().len(), 100_000);
+}
+
+#[test]
+fn the_cancel_flag_interrupts_a_stalled_body() {
+    let body = random_bytes(300_000);
+    let url = stalling_server(&body, 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let req = request(&url, &body, dir.path());
+    let cancel = std::sync::Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        c.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let started = std::time::Instant::now();
+    // read_timeout is 60 s: only the flag can end it this soon.
+    let r = download_within(req, cancel, 10).expect("the cancel flag did not end the download");
+    assert!(matches!(r, Err(DownloadError::Cancelled)), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
 }

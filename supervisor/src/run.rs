@@ -59,6 +59,17 @@ fn poll_interval(cfg: &Config, cj: &ConfigJson, target: Option<&DeviceTarget>) -
     Duration::from_millis(ms.max(1000))
 }
 
+/// Device config var that lets the OS-update agent install an OS version
+/// older than the running one.
+pub const OS_ALLOW_DOWNGRADE: &str = "RESIN_SUPERVISOR_OS_ALLOW_DOWNGRADE";
+
+/// True when the device's config allows OS downgrades (`1` or `true`).
+pub fn os_downgrade_allowed(target: Option<&DeviceTarget>) -> bool {
+    target
+        .and_then(|t| t.config.get(OS_ALLOW_DOWNGRADE))
+        .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
 fn local_api_key(state_dir: &Path) -> anyhow::Result<String> {
     let path = state_dir.join("local-api.key");
     match std::fs::read_to_string(&path) {
@@ -160,6 +171,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // OS updates.
     let (os_target_tx, os_target_rx) = watch::channel::<Option<OsTarget>>(None);
+    let allow_downgrade = Arc::new(AtomicBool::new(os_downgrade_allowed(
+        target_rx.borrow().as_ref(),
+    )));
     let (health_tx, health_rx) = watch::channel(resin_osupdate::Health::default());
     let os_report_rx = if cfg.os_updates {
         let (os_reboot_tx, mut os_reboot_rx) = mpsc::channel::<resin_osupdate::RebootRequest>(2);
@@ -170,7 +184,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             os_release_path: cfg.os_release.clone(),
             dbus_address: cfg.dbus_address.clone(),
         };
-        let (rx, _h) = resin_osupdate::spawn(agent, os_target_rx, health_rx, os_reboot_tx);
+        let opts = resin_osupdate::AgentOptions {
+            allow_downgrade: allow_downgrade.clone(),
+            ..Default::default()
+        };
+        let (rx, _h) =
+            resin_osupdate::spawn_with(agent, opts, os_target_rx, health_rx, os_reboot_tx);
         let rtx = reboot_tx.clone();
         tokio::spawn(async move {
             while let Some(r) = os_reboot_rx.recv().await {
@@ -219,6 +238,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             target_path.clone(),
         );
         let os_target_tx = os_target_tx.clone();
+        let allow_downgrade = allow_downgrade.clone();
         tokio::spawn(async move {
             let mut etag = etag;
             let mut failures = 0u32;
@@ -242,6 +262,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         tracing::info!(etag = ?new_etag, "new target state");
                         etag = new_etag;
                         let dev = target.get(&uuid).cloned();
+                        // The policy first: the agent reads it when it
+                        // looks at the new OS target.
+                        allow_downgrade.store(os_downgrade_allowed(dev.as_ref()), Ordering::SeqCst);
                         let _ = os_target_tx.send(dev.as_ref().and_then(|d| d.os.clone()));
                         target_tx.send_if_modified(|t| {
                             let changed = *t != dev;
@@ -422,6 +445,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn os_downgrades_are_allowed_only_by_the_device_config() {
+        let mut t = DeviceTarget::default();
+        assert!(!os_downgrade_allowed(Some(&t)));
+        assert!(!os_downgrade_allowed(None));
+        t.config.insert(OS_ALLOW_DOWNGRADE.into(), "1".into());
+        assert!(os_downgrade_allowed(Some(&t)));
+        t.config.insert(OS_ALLOW_DOWNGRADE.into(), "0".into());
+        assert!(!os_downgrade_allowed(Some(&t)));
+    }
 
     #[test]
     fn poll_delay_jitters_and_backs_off() {

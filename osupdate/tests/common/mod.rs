@@ -86,7 +86,13 @@ case "$1" in
 get-primary) cat $D/bl.primary 2>/dev/null || echo A ;;
 set-primary) echo "$2" > $D/bl.primary ;;
 get-state) cat $D/bl.state.$2 2>/dev/null || echo good ;;
-set-state) echo "$3" > $D/bl.state.$2 ;;
+set-state)
+  # bl.fail-bad holds how many of the next "bad" marks fail.
+  if [ "$3" = bad ] && [ -s $D/bl.fail-bad ]; then
+    n=$(cat $D/bl.fail-bad)
+    if [ "$n" -gt 0 ]; then echo $((n-1)) > $D/bl.fail-bad; exit 1; fi
+  fi
+  echo "$3" > $D/bl.state.$2 ;;
 *) exit 1 ;;
 esac
 "#,
@@ -202,6 +208,12 @@ esac
             .unwrap_or_else(|_| "good".into())
             .trim()
             .to_string()
+    }
+
+    /// Makes the bootloader backend fail the next `n` marks of a slot as
+    /// bad (RAUC's `Mark("bad", …)` then fails).
+    pub fn fail_mark_bad(&self, n: u32) {
+        std::fs::write(self.path().join("bl.fail-bad"), format!("{n}\n")).unwrap();
     }
 
     pub fn bl_primary(&self) -> String {
