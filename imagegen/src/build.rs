@@ -152,6 +152,70 @@ fn resolve(plan: &Plan, part: &PlannedPart, opts: &BuildOptions) -> Result<Sourc
     Ok(src)
 }
 
+/// The raw images' files and lengths, checked to fit between the GPT and the first partition
+/// without overlapping each other.
+fn resolve_raws<'a>(
+    plan: &'a Plan,
+    opts: &BuildOptions,
+) -> Result<Vec<(&'a crate::layout::PlannedRaw, PathBuf, u64)>, BuildError> {
+    let raw_err = |name: &str, f: &str, msg: String| {
+        BuildError::Layout(LayoutError::Field {
+            field: format!("raw[{name}].{f}"),
+            msg,
+        })
+    };
+    let first_part = plan
+        .parts
+        .iter()
+        .map(|p| p.offset)
+        .min()
+        .unwrap_or(plan.disk_size);
+    let mut out: Vec<(&crate::layout::PlannedRaw, PathBuf, u64)> = Vec::new();
+    for r in &plan.raws {
+        let path = match &r.contents {
+            Contents::Input(name) => opts.inputs.get(name).cloned().ok_or_else(|| {
+                raw_err(
+                    &r.name,
+                    "contents",
+                    format!("input `{name}` was not given (use --input {name}=PATH)"),
+                )
+            })?,
+            Contents::Image(p) | Contents::Dir(p) | Contents::Tar(p) => plan.layout.resolve(p),
+        };
+        let len = std::fs::metadata(&path)
+            .map_err(|e| raw_err(&r.name, "contents", format!("{}: {e}", path.display())))?
+            .len();
+        if r.offset + len > first_part {
+            return Err(raw_err(
+                &r.name,
+                "contents",
+                format!(
+                    "{} is {len} bytes: at offset {} it runs into the first partition, which \
+                     starts at {first_part}",
+                    path.display(),
+                    r.offset
+                ),
+            ));
+        }
+        for (o, _, olen) in &out {
+            if r.offset < o.offset + olen && o.offset < r.offset + len {
+                return Err(raw_err(
+                    &r.name,
+                    "offset",
+                    format!(
+                        "overlaps raw[{}] ({}..{})",
+                        o.name,
+                        o.offset,
+                        o.offset + olen
+                    ),
+                ));
+            }
+        }
+        out.push((r, path, len));
+    }
+    Ok(out)
+}
+
 /// Approximate bytes a directory tree needs (4 KiB blocks plus an inode block each).
 pub(crate) fn dir_usage(p: &Path) -> io::Result<u64> {
     let mut total = 0;
@@ -276,6 +340,8 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
         return Err(BuildError::OutputDir(out_dir));
     }
 
+    let raws = resolve_raws(plan, opts)?;
+
     // 2. Reproducible identity.
     let epoch = source_date_epoch().unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -345,6 +411,15 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
         let w = r?;
         bytes_written += w.bytes;
         needed.extend(w.needed);
+    }
+
+    // Raw images, byte for byte (zeros included: a boot ROM reads all of them).
+    for (r, path, len) in &raws {
+        let bytes = std::fs::read(path).map_err(io_ctx(format!("reading {}", path.display())))?;
+        use std::os::unix::fs::FileExt;
+        disk.write_all_at(&bytes, r.offset)
+            .map_err(io_ctx(format!("writing raw[{}] into the image", r.name)))?;
+        needed.push((r.offset, r.offset + len));
     }
 
     // 5. The GPT, last.

@@ -60,6 +60,10 @@ pub struct Layout {
     pub partitions: Vec<PartitionSpec>,
     #[serde(default, rename = "render")]
     pub renders: Vec<RenderSpec>,
+    /// Raw images written at fixed offsets outside the partition table (SoC boot ROMs read
+    /// their bootloader from there: i.MX at 33KiB, Rockchip at 32KiB).
+    #[serde(default, rename = "raw", skip_serializing_if = "Vec::is_empty")]
+    pub raws: Vec<RawSpec>,
     /// Directory of the layout file (relative paths resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -218,6 +222,27 @@ pub struct PartitionSpec {
     pub mkfs_options: Vec<String>,
 }
 
+/// One `[[raw]]`: bytes written at a fixed offset, outside every partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSpec {
+    /// Short name (errors name `raw[NAME]`).
+    pub name: String,
+    /// Byte offset on the disk, after the primary GPT and before the first partition.
+    pub offset: String,
+    /// `{ input = "NAME" }` (bound with `--input NAME=PATH`) or `{ image = "PATH" }`.
+    pub contents: Contents,
+}
+
+/// A raw image placed on the disk (its length is known at build time).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRaw {
+    pub name: String,
+    pub offset: u64,
+    #[serde(skip)]
+    pub contents: Contents,
+}
+
 /// One `[[render]]`: a template rendered from the layout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -280,7 +305,12 @@ pub struct Plan {
     pub disk_size: u64,
     pub config_reserve: u64,
     pub parts: Vec<PlannedPart>,
+    pub raws: Vec<PlannedRaw>,
 }
+
+/// Bytes at the start of a GPT disk that the protective MBR, the primary header and a
+/// 128-entry array occupy (sectors 0..34).
+pub const GPT_HEAD: u64 = 34 * 512;
 
 impl Layout {
     /// Reads a layout file and applies `--set KEY=VALUE` overrides (see [`Layout::from_str_with`]).
@@ -673,6 +703,43 @@ impl Layout {
                 }
             }
         }
+        let first_part = parts.iter().map(|p| p.offset).min().unwrap_or(disk_size);
+        let mut raws: Vec<PlannedRaw> = Vec::new();
+        for r in &self.raws {
+            let field = format!("raw[{}].offset", r.name);
+            let offset = parse_size(&field, &r.offset)?;
+            if raws.iter().any(|o| o.name == r.name) {
+                return Err(field_err(format!("raw[{}].name", r.name), "is used twice"));
+            }
+            if offset < GPT_HEAD {
+                return Err(field_err(
+                    field,
+                    format!(
+                        "{offset} overlaps the primary GPT (bytes 0..{GPT_HEAD}); raw images go \
+                         between it and the first partition"
+                    ),
+                ));
+            }
+            if offset >= first_part {
+                return Err(field_err(
+                    field,
+                    format!(
+                        "{offset} is not before the first partition, which starts at {first_part}"
+                    ),
+                ));
+            }
+            if matches!(r.contents, Contents::Dir(_) | Contents::Tar(_)) {
+                return Err(field_err(
+                    format!("raw[{}].contents", r.name),
+                    "must be an `input` or an `image` file",
+                ));
+            }
+            raws.push(PlannedRaw {
+                name: r.name.clone(),
+                offset,
+                contents: r.contents.clone(),
+            });
+        }
         Ok(Plan {
             layout: self.clone(),
             sector,
@@ -680,6 +747,7 @@ impl Layout {
             disk_size,
             config_reserve,
             parts,
+            raws,
         })
     }
 }

@@ -93,27 +93,6 @@ fn build_from(dir: &Path, name: &str, extra: &[&str], ext4_image: bool) -> PathB
     out
 }
 
-/// A loop device, detached on drop (also when an assertion fails).
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path) -> Loop {
-        let o = run(Command::new("losetup").args(["-f", "--show"]).arg(file));
-        assert!(
-            o.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        Loop(String::from_utf8(o.stdout).unwrap().trim().to_string())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
 /// Every regular file under `root`, by path relative to it.
 fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();

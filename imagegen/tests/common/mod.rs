@@ -151,3 +151,24 @@ pub fn sibling(p: &Path, suffix: &str) -> PathBuf {
     s.push(suffix);
     PathBuf::from(s)
 }
+
+/// A loop device over a file, detached on drop (also when an assertion fails).
+pub struct Loop(pub String);
+
+impl Loop {
+    pub fn attach(file: &Path) -> Loop {
+        let o = run(Command::new("losetup").args(["-f", "--show"]).arg(file));
+        assert!(
+            o.status.success(),
+            "losetup (needs root and /dev/loop-control, as flashing does): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Loop(String::from_utf8(o.stdout).unwrap().trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
