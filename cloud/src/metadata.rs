@@ -122,7 +122,7 @@ pub fn openapi() -> Value {
     let mut schemas = Map::new();
     schemas.insert(
         "error".into(),
-        json!({"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}),
+        json!({"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "target": {"type": "string", "description": "the field at fault, when one is"}}}}}),
     );
     for r in RESOURCES {
         let n = r.name;
@@ -143,8 +143,11 @@ pub fn openapi() -> Value {
                 "responses": {"201": {"description": "created", "content": {"application/json": {"schema": reference}}}, "400": err}});
             one["patch"] = json!({"summary": format!("Change a {n}"), "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
                 "requestBody": {"content": {"application/json": {"schema": w}}}, "responses": {"204": {"description": "changed"}, "400": err}});
-            one["delete"] = json!({"summary": format!("Delete a {n}"), "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
-                "responses": {"204": {"description": "deleted"}, "404": err}});
+            one["delete"] = json!({"summary": format!("Delete a {n}"), "parameters": [
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
+                    {"name": "force", "in": "query", "required": false, "schema": {"type": "boolean"},
+                     "description": "delete even when something still refers to it (a fleet's devices, a release a fleet targets or a device pins)"}],
+                "responses": {"204": {"description": "deleted"}, "404": err, "409": err}});
         }
         paths.insert(format!("/v1/{n}"), coll);
         paths.insert(format!("/v1/{n}({{id}})"), one);

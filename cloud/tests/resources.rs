@@ -444,6 +444,13 @@ fn service_documents(backend: Backend) {
     let o = s.req("GET", "/openapi.json", None, None).json();
     assert_eq!(o["openapi"], "3.0.3");
     assert!(o["paths"]["/v1/device({id})"]["patch"].is_object());
+    let del = &o["paths"]["/v1/fleet({id})"]["delete"];
+    assert_eq!(del["parameters"][1]["name"], "force", "{del}");
+    assert!(del["responses"]["409"].is_object(), "{del}");
+    assert!(
+        o["components"]["schemas"]["error"]["properties"]["error"]["properties"]["target"]
+            .is_object()
+    );
     assert!(o["components"]["schemas"]["fleet"]["properties"]["target_os_version"].is_object());
     let sd = s.req("GET", "/v1", None, None).json();
     assert!(sd["value"]
