@@ -121,7 +121,9 @@ fn lock_of(app: &str, service: &str) -> Option<String> {
     whole.exists().then(|| whole.display().to_string())
 }
 
-fn locks_held(cur: &CurrentState) -> Vec<String> {
+/// The update-lock files (services' and apps') that hold a managed
+/// container of `cur`.
+pub fn locks_held(cur: &CurrentState) -> Vec<String> {
     let mut held: Vec<String> = cur
         .containers
         .iter()

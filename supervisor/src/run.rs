@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::logs::{self, LogBuffer};
 use crate::notify::Notifier;
+use crate::planner::CurrentState;
 use crate::provision::{self, backoff};
 use crate::reconcile::{Outcome, Reconciler};
 use crate::report::Reporter;
@@ -68,6 +69,34 @@ pub fn os_downgrade_allowed(target: Option<&DeviceTarget>) -> bool {
     target
         .and_then(|t| t.config.get(OS_ALLOW_DOWNGRADE))
         .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
+/// Waits until no update lock holds a managed container (an OS update's
+/// reboot stops every app); returns the locks it waited for. Looks again
+/// every `every` and whenever the engine's state changes.
+pub async fn wait_for_update_locks(
+    current: &mut watch::Receiver<CurrentState>,
+    every: Duration,
+) -> Vec<String> {
+    let mut waited = Vec::new();
+    loop {
+        let held = api::locks_held(&current.borrow_and_update());
+        if held.is_empty() {
+            return waited;
+        }
+        if held != waited {
+            tracing::info!(locks = ?held, "the OS update's reboot waits for update locks");
+            waited = held;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            r = current.changed() => {
+                if r.is_err() {
+                    return waited;
+                }
+            }
+        }
+    }
 }
 
 fn local_api_key(state_dir: &Path) -> anyhow::Result<String> {
@@ -191,8 +220,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let (rx, _h) =
             resin_osupdate::spawn_with(agent, opts, os_target_rx, health_rx, os_reboot_tx);
         let rtx = reboot_tx.clone();
+        let mut cur = current_rx.clone();
+        let n = notifier.clone();
         tokio::spawn(async move {
             while let Some(r) = os_reboot_rx.recv().await {
+                // Update locks hold the reboot (it stops every app); a
+                // forced reboot through the local API does not wait.
+                n.status("OS update: reboot waits for update locks");
+                let waited = wait_for_update_locks(&mut cur, Duration::from_secs(5)).await;
+                if !waited.is_empty() {
+                    tracing::info!(locks = ?waited, "update locks released: rebooting");
+                }
                 let _ = rtx.send(format!("OS update: {}", r.reason)).await;
             }
         });
@@ -445,6 +483,44 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_os_reboot_waits_until_no_update_lock_is_held() {
+        let app = format!("reboot-lock-test-{}", std::process::id());
+        let dir = format!("/tmp/resin/locks/{app}/web");
+        std::fs::create_dir_all(&dir).unwrap();
+        let lock = format!("{dir}/updates.lock");
+        std::fs::write(&lock, "").unwrap();
+        let cur = CurrentState {
+            containers: vec![crate::planner::Container {
+                id: "c1".into(),
+                name: "web".into(),
+                managed: true,
+                app_uuid: app.clone(),
+                service: "web".into(),
+                release_uuid: "r1".into(),
+                config_hash: "h".into(),
+                image: "img".into(),
+                state: crate::planner::RunState::Running,
+                created: 0,
+            }],
+            ..Default::default()
+        };
+        let (_tx, mut rx) = watch::channel(cur);
+        let waiting =
+            tokio::spawn(
+                async move { wait_for_update_locks(&mut rx, Duration::from_millis(50)).await },
+            );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!waiting.is_finished(), "the reboot went ahead under a lock");
+        std::fs::remove_file(&lock).unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the reboot goes ahead once the lock is gone")
+            .unwrap();
+        assert_eq!(waited, [lock]);
+        let _ = std::fs::remove_dir_all(format!("/tmp/resin/locks/{app}"));
+    }
 
     #[test]
     fn os_downgrades_are_allowed_only_by_the_device_config() {
