@@ -134,6 +134,16 @@ pub async fn v1_sub(
             (Method::GET, "device", Some(id), "logs") => {
                 logs::get_logs(&app, &actor, id, q.as_deref()).await
             }
+            // HEAD of the logs never follows: it has no body to stream into.
+            (Method::HEAD, "device", Some(id), "logs") => {
+                let q: Vec<&str> = q
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split('&')
+                    .filter(|p| !p.is_empty() && !p.starts_with("follow="))
+                    .collect();
+                logs::get_logs(&app, &actor, id, Some(&q.join("&"))).await
+            }
             (Method::PUT, "os_release", Some(id), "bundle" | "image") => {
                 os::upload(&app, &actor, id, &sub, body).await
             }

@@ -290,12 +290,15 @@ fn http_errors_and_headers(backend: Backend) {
     let loc = r.header("location").expect("Location");
     assert!(loc.ends_with(&format!("/v1/fleet({id})")), "{loc}");
     assert_eq!(s.get(&format!("/v1/fleet({id})"), &k).status, 200);
+    let dev = s.create(&k, "device", json!({"fleet": id}))["id"].clone();
     // HEAD answers where GET does.
     for p in [
         "/v1/fleet".to_owned(),
         format!("/v1/fleet({id})"),
         "/v1/fleet/$count".into(),
         "/v1/$metadata".into(),
+        format!("/v1/device({dev})/logs"),
+        format!("/v1/device({dev})/logs?follow=true"),
     ] {
         let r = s.req("HEAD", &p, Some(&k), None);
         assert_eq!(r.status, 200, "HEAD {p}");
