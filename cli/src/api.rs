@@ -219,6 +219,18 @@ impl Api {
         Self::check("PATCH", path, resp).map(drop)
     }
 
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Result<(), ApiError> {
+        let resp = self
+            .agent
+            .delete(self.url(path))
+            .header("Authorization", self.bearer())
+            .header("Accept", "application/json")
+            .call()
+            .map_err(|e| self.transport(path, e))?;
+        Self::check("DELETE", path, resp).map(drop)
+    }
+
     /// `PUT path` with a raw body of `len` bytes from `reader`.
     pub fn put_raw(&self, path: &str, reader: &mut dyn Read, len: u64) -> Result<Value, ApiError> {
         let resp = self

@@ -3,7 +3,10 @@
 //! compose-file parsing and table output.
 
 pub mod api;
+pub mod args;
 pub mod compose;
 pub mod config;
+pub mod docs;
 pub mod fsutil;
+pub mod since;
 pub mod table;

@@ -43,6 +43,9 @@ struct Cloud {
     key: String,
     _dir: tempfile::TempDir,
     home: PathBuf,
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
 }
 
 impl Drop for Cloud {
@@ -102,6 +105,9 @@ fn start_cloud() -> Cloud {
         key,
         _dir: dir,
         home,
+        bin,
+        data,
+        port,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -118,6 +124,26 @@ fn start_cloud() -> Cloud {
 }
 
 impl Cloud {
+    /// Another user of the same cloud (`resin-cloud bootstrap`): its API key.
+    fn add_user(&self, username: &str) -> String {
+        let out = Command::new(&self.bin)
+            .env("RESIN_CLOUD_DATA_DIR", &self.data)
+            .env("RESIN_CLOUD_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("RESIN_CLOUD_PUBLIC_URL", &self.url)
+            .env_remove("RESIN_CLOUD_DATABASE_URL")
+            .env_remove("RESIN_CLOUD_CONFIG")
+            .args(["bootstrap", "--username", username])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bootstrap {username} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["api_key"].as_str().unwrap().to_string()
+    }
+
     /// `resin ARGS` with HOME pointing at the test's own home (no env login).
     fn resin(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_resin"))
@@ -129,6 +155,52 @@ impl Cloud {
             .env_remove("RESIN_CLI_CONFIG")
             .output()
             .unwrap()
+    }
+
+    /// `resin ARGS` with this cloud's URL and `key` in the environment:
+    /// (exit code, stdout, stderr).
+    fn run_as(&self, key: &str, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_resin"))
+            .args(args)
+            .env("HOME", &self.home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("RESIN_CLI_CONFIG")
+            .env("RESIN_API_URL", &self.url)
+            .env("RESIN_API_KEY", key)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "resin {args:?} panicked: {err}");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            err,
+        )
+    }
+
+    /// Runs `resin ARGS` as `key`, asserts exit 0, returns stdout.
+    fn ok_as(&self, key: &str, args: &[&str]) -> String {
+        let (code, out, err) = self.run_as(key, args);
+        assert_eq!(code, 0, "resin {args:?}:\nstdout: {out}\nstderr: {err}");
+        out
+    }
+
+    /// Runs `resin ARGS --json` as `key`, asserts exit 0, parses stdout.
+    fn json_as(&self, key: &str, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok_as(key, &a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("resin {a:?}: {e}: {out}"))
+    }
+
+    /// Runs `resin ARGS` as `key`, asserts exit code `code` with an
+    /// `error:` line on stderr, returns stderr.
+    fn fails_as(&self, key: &str, code: i32, args: &[&str]) -> String {
+        let (got, out, err) = self.run_as(key, args);
+        assert_eq!(got, code, "resin {args:?}:\nstdout: {out}\nstderr: {err}");
+        assert!(err.starts_with("error:"), "resin {args:?}: {err}");
+        err
     }
 
     /// Runs `resin ARGS`, asserts success, returns stdout.
@@ -166,6 +238,9 @@ impl Cloud {
         let mut resp = match (method, body) {
             ("GET", _) => ureq::get(&url).header("Authorization", &auth).call(),
             ("POST", Some(b)) => ureq::post(&url)
+                .header("Authorization", &auth)
+                .send_json(&b),
+            ("PATCH", Some(b)) => ureq::patch(&url)
                 .header("Authorization", &auth)
                 .send_json(&b),
             _ => unreachable!(),
@@ -583,4 +658,604 @@ fn os_upload_then_configured_download() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Registers a device as the supervisor does: (device id, device key).
+fn register(c: &Cloud, provisioning_key: &str, uuid: &str) -> (i64, String) {
+    let reg = c.api(
+        "POST",
+        "/device/register",
+        provisioning_key,
+        Some(json!({"uuid": uuid, "deviceType": "qemuarm64"})),
+    );
+    (
+        reg["id"].as_i64().unwrap(),
+        reg["apiKey"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A state report with just a status, as the supervisor sends it.
+fn report_status(c: &Cloud, uuid: &str, device_key: &str, status: &str) {
+    c.api(
+        "PATCH",
+        "/device/v3/state",
+        device_key,
+        Some(json!({ uuid: {"status": status} })),
+    );
+}
+
+fn uuids(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["uuid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn data_rows(table: &str) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+const D1: &str = "d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1";
+const D2: &str = "d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2";
+const D3: &str = "d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3";
+const D4: &str = "d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4";
+
+#[test]
+fn an_operator_session() {
+    let c = start_cloud();
+    let k = c.key.as_str();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let compose = data.join("docker-compose.yml");
+    let compose = compose.to_str().unwrap();
+
+    // whoami, with the global flag before and after the subcommand.
+    let out = c.ok_as(k, &["whoami"]);
+    assert!(out.contains("admin") && out.contains(&c.url), "{out}");
+    assert_eq!(c.json_as(k, &["whoami"])["username"], "admin");
+    let v: Value = serde_json::from_str(&c.ok_as(k, &["--json", "whoami"])).unwrap();
+    assert_eq!(v["username"], "admin");
+
+    // Bad usage is exit 2, whether clap or resin notices it.
+    let (code, _, err) = c.run_as(k, &["device"]);
+    assert_eq!(code, 2, "{err}");
+    c.fails_as(k, 2, &["devices", "--online", "--offline"]);
+    c.fails_as(k, 2, &["env", "list"]);
+    let e = c.fails_as(k, 2, &["env", "set", "1BAD", "x", "--fleet", "ops"]);
+    assert!(e.contains("invalid variable name"), "{e}");
+
+    c.ok_as(k, &["fleet", "create", "ops", "--device-type", "qemuarm64"]);
+    c.ok_as(k, &["fleet", "create", "lab", "--device-type", "qemuarm64"]);
+    // An error from the cloud is exit 1 with its message.
+    let e = c.fails_as(
+        k,
+        1,
+        &["fleet", "create", "ops", "--device-type", "qemuarm64"],
+    );
+    assert!(e.contains("HTTP 409"), "{e}");
+
+    // Provisioning keys: create (shown once), list, register with them.
+    let pk = c.json_as(
+        k,
+        &["provisioning-key", "create", "line1", "--fleet", "ops"],
+    );
+    let pk_key = pk["key"].as_str().unwrap().to_string();
+    let table = c.ok_as(k, &["provisioning-key", "list", "--fleet", "ops"]);
+    assert!(table.contains("line1"), "{table}");
+    assert!(!table.contains(&pk_key), "keys are never listed: {table}");
+    let pk_lab = c.json_as(k, &["provisioning-key", "create", "lab", "--fleet", "lab"]);
+    let (d1_id, d1_key) = register(&c, &pk_key, D1);
+    let (_, d2_key) = register(&c, &pk_key, D2);
+    register(&c, &pk_key, D3);
+    register(&c, pk_lab["key"].as_str().unwrap(), D4);
+    report_status(&c, D1, &d1_key, "idle");
+    report_status(&c, D2, &d2_key, "updating");
+
+    // Filters; `device list` and `devices` are the same command.
+    assert_eq!(
+        uuids(&c.json_as(k, &["devices", "--fleet", "ops"])),
+        [D1, D2, D3]
+    );
+    assert_eq!(uuids(&c.json_as(k, &["device", "list"])), [D1, D2, D3, D4]);
+    assert_eq!(
+        uuids(&c.json_as(k, &["devices", "--status", "updating"])),
+        [D2]
+    );
+    assert_eq!(uuids(&c.json_as(k, &["devices", "--online"])), [D1, D2]);
+    assert_eq!(
+        uuids(&c.json_as(k, &["device", "list", "--offline", "--fleet", "ops"])),
+        [D3]
+    );
+    let table = c.ok_as(k, &["devices", "--fleet", "lab"]);
+    assert!(table.starts_with("ID") && table.contains(D4), "{table}");
+    let e = c.fails_as(k, 1, &["devices", "--fleet", "nope"]);
+    assert!(
+        e.contains("no fleet named \"nope\"") && e.contains("resin fleet list"),
+        "{e}"
+    );
+
+    // Tags.
+    c.ok_as(k, &["tag", "set", "env", "prod", "--device", D1]);
+    let out = c.ok_as(k, &["tag", "set", "env", "staging", "--device", D1]);
+    assert!(out.contains("updated tag env=staging"), "{out}");
+    c.ok_as(k, &["tag", "set", "env", "dev", "--device", D2]);
+    c.ok_as(k, &["tag", "set", "region", "eu", "--fleet", "ops"]);
+    let table = c.ok_as(k, &["tag", "list", "--device", D1]);
+    assert_eq!(data_rows(&table), 1, "{table}");
+    assert!(
+        table.contains("env") && table.contains("staging"),
+        "{table}"
+    );
+    assert!(c
+        .ok_as(k, &["tag", "list", "--fleet", "ops"])
+        .contains("eu"));
+    assert_eq!(
+        uuids(&c.json_as(k, &["devices", "--tag", "env=staging"])),
+        [D1]
+    );
+    assert_eq!(uuids(&c.json_as(k, &["devices", "--tag", "env"])), [D1, D2]);
+    assert_eq!(
+        uuids(&c.json_as(k, &["devices", "--tag", "env", "--status", "updating"])),
+        [D2]
+    );
+    let table = c.ok_as(k, &["devices", "--tag", "env=prod"]);
+    assert_eq!(data_rows(&table), 0, "{table}");
+    // Destructive: refused without --yes when stdin is not a terminal.
+    let e = c.fails_as(k, 2, &["tag", "rm", "env", "--device", D2]);
+    assert!(e.contains("--yes"), "{e}");
+    assert_eq!(uuids(&c.json_as(k, &["devices", "--tag", "env"])), [D1, D2]);
+    c.ok_as(k, &["tag", "rm", "env", "--device", D2, "--yes"]);
+    assert_eq!(uuids(&c.json_as(k, &["devices", "--tag", "env"])), [D1]);
+    let e = c.fails_as(k, 1, &["tag", "rm", "env", "--device", D2, "--yes"]);
+    assert!(e.contains("has no tag"), "{e}");
+
+    // Rename and show.
+    let out = c.ok_as(k, &["device", "rename", D1, "kitchen"]);
+    assert!(out.contains("renamed device"), "{out}");
+    let show = c.ok_as(k, &["device", "show", &d1_id.to_string()]);
+    for want in ["kitchen", "ops", "env=staging", "idle", D1] {
+        assert!(show.contains(want), "{want}: {show}");
+    }
+    let dev = c.json_as(k, &["device", "show", D1]);
+    assert_eq!(dev["name"], "kitchen");
+    assert_eq!(dev["fleet_name"], "ops");
+    assert_eq!(dev["tags"], json!({"env": "staging"}));
+    let e = c.fails_as(
+        k,
+        1,
+        &["device", "show", "ffffffffffffffffffffffffffffffff"],
+    );
+    assert!(
+        e.contains("no device") && e.contains("resin devices"),
+        "{e}"
+    );
+
+    // Releases: list, show, pin, remove.
+    let r1 = c.json_as(
+        k,
+        &[
+            "release",
+            "create",
+            "--fleet",
+            "ops",
+            "--compose",
+            compose,
+            "--image",
+            "web=127.0.0.1:55000/web:1",
+            "--pin",
+        ],
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let r2 = c.json_as(
+        k,
+        &[
+            "release",
+            "create",
+            "--fleet",
+            "ops",
+            "--compose",
+            compose,
+            "--image",
+            "web=127.0.0.1:55000/web:2",
+        ],
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let r_lab = c.json_as(
+        k,
+        &[
+            "release",
+            "create",
+            "--fleet",
+            "lab",
+            "--compose",
+            compose,
+            "--image",
+            "web=127.0.0.1:55000/web:3",
+        ],
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let (r1s, r2s, r_labs) = (r1.to_string(), r2.to_string(), r_lab.to_string());
+    let list = c.json_as(k, &["release", "list", "--fleet", "ops"]);
+    let ids: Vec<i64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [r2, r1], "newest first");
+    assert_eq!(list[1]["is_fleet_target"], true);
+    assert_eq!(list[0]["is_fleet_target"], false);
+    assert_eq!(data_rows(&c.ok_as(k, &["release", "list"])), 3);
+    let show = c.ok_as(k, &["release", "show", &r2s]);
+    assert!(
+        show.contains("web") && show.contains("127.0.0.1:55000/web:2"),
+        "{show}"
+    );
+    assert!(show.contains("worker"), "{show}");
+    let rel = c.json_as(k, &["release", "show", &r2s]);
+    assert_eq!(rel["services"].as_array().unwrap().len(), 2);
+
+    let out = c.ok_as(k, &["device", "pin", D2, &r2s]);
+    assert!(out.contains(&format!("pinned to release {r2}")), "{out}");
+    assert_eq!(c.json_as(k, &["device", "show", D2])["pinned_release"], r2);
+    let e = c.fails_as(k, 1, &["device", "pin", D2, &r_labs]);
+    assert!(
+        e.contains("another fleet") && e.contains("resin release list"),
+        "{e}"
+    );
+    assert_eq!(c.json_as(k, &["device", "show", D2])["pinned_release"], r2);
+    // A pinned release is in use: rm says what to do.
+    c.fails_as(k, 2, &["release", "rm", &r2s]);
+    let e = c.fails_as(k, 1, &["release", "rm", &r2s, "--yes"]);
+    assert!(
+        e.contains("--force") && e.contains("device.pinned_release"),
+        "{e}"
+    );
+    c.ok_as(k, &["device", "unpin", D2]);
+    assert_eq!(
+        c.json_as(k, &["device", "show", D2])["pinned_release"],
+        Value::Null
+    );
+    let out = c.ok_as(k, &["release", "rm", &r2s, "--yes"]);
+    assert!(out.contains(&format!("removed release {r2}")), "{out}");
+    let e = c.fails_as(k, 1, &["release", "show", &r2s]);
+    assert!(e.contains("no release"), "{e}");
+    // The fleet's target goes only with --force.
+    c.fails_as(k, 1, &["release", "rm", &r1s, "-y"]);
+    c.ok_as(k, &["release", "rm", &r1s, "-y", "--force"]);
+    assert_eq!(
+        data_rows(&c.ok_as(k, &["release", "list", "--fleet", "ops"])),
+        0
+    );
+
+    // Env and config vars of fleets, devices and services.
+    c.ok_as(k, &["env", "add", "MODE", "prod", "--fleet", "ops"]);
+    c.ok_as(k, &["env", "set", "MODE", "dev", "--fleet", "ops"]);
+    c.ok_as(
+        k,
+        &[
+            "env",
+            "set",
+            "RESIN_SUPERVISOR_POLL_INTERVAL",
+            "60000",
+            "--fleet",
+            "ops",
+            "--config-var",
+        ],
+    );
+    c.ok_as(k, &["env", "set", "ROLE", "edge", "--device", D1]);
+    c.ok_as(
+        k,
+        &[
+            "env",
+            "set",
+            "LEVEL",
+            "debug",
+            "--service",
+            "web",
+            "--release",
+            &r_labs,
+        ],
+    );
+    let vars = c.json_as(k, &["env", "list", "--fleet", "ops"]);
+    assert_eq!(
+        vars.as_array().unwrap().len(),
+        1,
+        "config vars are apart: {vars}"
+    );
+    assert_eq!(vars[0]["value"], "dev");
+    let table = c.ok_as(k, &["env", "list", "--fleet", "ops", "--config-var"]);
+    assert!(
+        table.contains("RESIN_SUPERVISOR_POLL_INTERVAL") && table.contains("60000"),
+        "{table}"
+    );
+    assert!(c
+        .ok_as(k, &["env", "list", "--device", D1])
+        .contains("ROLE"));
+    assert!(c
+        .ok_as(
+            k,
+            &["env", "list", "--service", "web", "--release", &r_labs]
+        )
+        .contains("LEVEL"));
+    c.fails_as(
+        k,
+        2,
+        &[
+            "env",
+            "list",
+            "--service",
+            "web",
+            "--release",
+            &r_labs,
+            "--config-var",
+        ],
+    );
+    c.fails_as(k, 2, &["env", "rm", "MODE", "--fleet", "ops"]);
+    c.ok_as(k, &["env", "rm", "MODE", "--fleet", "ops", "--yes"]);
+    assert_eq!(
+        data_rows(&c.ok_as(k, &["env", "list", "--fleet", "ops"])),
+        0
+    );
+    let e = c.fails_as(k, 1, &["env", "rm", "MODE", "--fleet", "ops", "--yes"]);
+    assert!(
+        e.contains("has no variable") && e.contains("resin env list"),
+        "{e}"
+    );
+
+    // API keys: a new key works until it is revoked.
+    let created = c.json_as(k, &["key", "create", "ci"]);
+    let ci_key = created["key"].as_str().unwrap().to_string();
+    let ci_id = created["id"].as_i64().unwrap().to_string();
+    assert_eq!(c.json_as(&ci_key, &["whoami"])["username"], "admin");
+    let table = c.ok_as(k, &["key", "list"]);
+    assert!(table.contains("ci") && !table.contains(&ci_key), "{table}");
+    c.fails_as(k, 2, &["key", "revoke", &ci_id]);
+    c.ok_as(&ci_key, &["whoami"]);
+    c.ok_as(k, &["key", "revoke", &ci_id, "--yes"]);
+    let e = c.fails_as(&ci_key, 1, &["whoami"]);
+    assert!(e.contains("401") && e.contains("resin login"), "{e}");
+    let e = c.fails_as(k, 2, &["key", "create", "x", "--expires", "soon", "--nope"]);
+    assert!(e.contains("--nope"), "{e}");
+    let e = c.fails_as(k, 1, &["key", "create", "x", "--expires", "soon"]);
+    assert!(e.contains("expires_at"), "{e}");
+
+    // Revoked provisioning keys register nothing.
+    let pk_id = pk["id"].as_i64().unwrap().to_string();
+    c.ok_as(k, &["provisioning-key", "revoke", &pk_id, "--yes"]);
+    assert_eq!(
+        data_rows(&c.ok_as(k, &["provisioning-key", "list", "--fleet", "ops"])),
+        0
+    );
+    let resp = ureq::post(format!("{}/device/register", c.url))
+        .header("Authorization", format!("Bearer {pk_key}"))
+        .send_json(json!({"uuid": "e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5", "deviceType": "qemuarm64"}));
+    assert!(resp.is_err(), "a revoked provisioning key still registers");
+
+    // OS releases.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("os.raucb");
+    std::fs::write(&bundle, vec![1u8; 1000]).unwrap();
+    let b = bundle.to_str().unwrap();
+    c.ok_as(
+        k,
+        &[
+            "os",
+            "upload",
+            "--device-type",
+            "qemuarm64",
+            "--version",
+            "3.1",
+            "--bundle",
+            b,
+        ],
+    );
+    c.ok_as(
+        k,
+        &[
+            "os",
+            "upload",
+            "--device-type",
+            "raspberrypi4-64",
+            "--version",
+            "3.2",
+            "--bundle",
+            b,
+        ],
+    );
+    let table = c.ok_as(k, &["os", "list"]);
+    assert!(table.contains("3.1") && table.contains("3.2"), "{table}");
+    let only = c.json_as(k, &["os", "list", "--device-type", "raspberrypi4-64"]);
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    assert_eq!(only[0]["version"], "3.2");
+
+    // Logs: --tail, --service, --since.
+    let body: String = [
+        ("web", "w1"),
+        ("worker", "k1"),
+        ("web", "w2"),
+        ("worker", "k2"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (svc, m))| {
+        format!(
+            "{}\n",
+            json!({"timestamp": 1_700_000_000_000i64 + i as i64 * 1000, "service": svc,
+                       "message": m, "isStderr": false, "isSystem": false})
+        )
+    })
+    .collect();
+    ureq::post(format!("{}/device/v2/{D1}/log-stream", c.url))
+        .header("Authorization", format!("Bearer {d1_key}"))
+        .header("Content-Type", "application/x-ndjson")
+        .send(body.as_bytes())
+        .unwrap();
+    let msgs = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["logs", D1];
+        a.extend_from_slice(args);
+        c.ok_as(k, &a)
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(msgs(&[]), ["w1", "k1", "w2", "k2"]);
+    assert_eq!(msgs(&["--tail", "2"]), ["w2", "k2"]);
+    assert_eq!(msgs(&["--service", "worker"]), ["k1", "k2"]);
+    assert_eq!(msgs(&["--since", "2023-11-14T22:13:22Z"]), ["w2", "k2"]);
+    assert_eq!(msgs(&["--since", "1h"]), Vec::<String>::new());
+    let e = c.fails_as(k, 2, &["logs", D1, "--since", "yesterday"]);
+    assert!(e.contains("30s, 10m"), "{e}");
+
+    // Device removal: refused without --yes, then gone.
+    c.fails_as(k, 2, &["device", "rm", D3]);
+    assert_eq!(
+        uuids(&c.json_as(k, &["devices", "--fleet", "ops"])),
+        [D1, D2, D3]
+    );
+    let e = c.fails_as(
+        k,
+        1,
+        &[
+            "device",
+            "rm",
+            D3,
+            "ffffffffffffffffffffffffffffffff",
+            "--yes",
+        ],
+    );
+    assert!(e.contains("no device"), "{e}");
+    assert_eq!(
+        uuids(&c.json_as(k, &["devices", "--fleet", "ops"])),
+        [D1, D2, D3],
+        "nothing is removed when one of the devices is unknown"
+    );
+    let out = c.ok_as(k, &["device", "rm", D3, "--yes"]);
+    assert!(out.contains(&format!("removed device {D3}")), "{out}");
+    assert_eq!(
+        uuids(&c.json_as(k, &["devices", "--fleet", "ops"])),
+        [D1, D2]
+    );
+}
+
+#[test]
+fn another_user_sees_and_changes_nothing_of_the_first() {
+    let c = start_cloud();
+    let k = c.key.as_str();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let compose = data.join("docker-compose.yml");
+    c.ok_as(k, &["fleet", "create", "ops", "--device-type", "qemuarm64"]);
+    let pk = c.json_as(k, &["provisioning-key", "create", "p", "--fleet", "ops"]);
+    let pk_id = pk["id"].as_i64().unwrap().to_string();
+    let (d1_id, _) = register(&c, pk["key"].as_str().unwrap(), D1);
+    let d1 = d1_id.to_string();
+    c.ok_as(k, &["device", "rename", D1, "kitchen"]);
+    c.ok_as(k, &["tag", "set", "env", "prod", "--device", D1]);
+    let rel = c.json_as(
+        k,
+        &[
+            "release",
+            "create",
+            "--fleet",
+            "ops",
+            "--compose",
+            compose.to_str().unwrap(),
+            "--image",
+            "web=127.0.0.1:55000/web:1",
+        ],
+    )["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let key_id = c.json_as(k, &["key", "list"])[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+
+    let m = c.add_user("mallory");
+    let m = m.as_str();
+    assert_eq!(c.json_as(m, &["whoami"])["username"], "mallory");
+    c.ok_as(m, &["fleet", "create", "ops", "--device-type", "qemuarm64"]);
+    assert_eq!(uuids(&c.json_as(m, &["devices"])), Vec::<String>::new());
+    assert!(!c.ok_as(m, &["devices"]).contains(D1));
+    assert_eq!(c.json_as(m, &["release", "list"]), json!([]));
+    assert_eq!(c.json_as(m, &["provisioning-key", "list"]), json!([]));
+    assert_eq!(c.json_as(m, &["key", "list"]).as_array().unwrap().len(), 1);
+
+    for d in [D1, d1.as_str()] {
+        let e = c.fails_as(m, 1, &["device", "show", d]);
+        assert!(
+            e.contains("no device") && e.contains("resin devices"),
+            "{e}"
+        );
+        c.fails_as(m, 1, &["device", "rename", d, "mine"]);
+        c.fails_as(m, 1, &["device", "rm", d, "--yes"]);
+        c.fails_as(m, 1, &["device", "unpin", d]);
+        c.fails_as(m, 1, &["tag", "set", "env", "evil", "--device", d]);
+        c.fails_as(m, 1, &["tag", "rm", "env", "--device", d, "--yes"]);
+        c.fails_as(m, 1, &["env", "set", "X", "1", "--device", d]);
+        c.fails_as(m, 1, &["logs", d]);
+    }
+    let e = c.fails_as(m, 1, &["release", "show", &rel]);
+    assert!(e.contains("no release"), "{e}");
+    c.fails_as(m, 1, &["release", "rm", &rel, "--yes", "--force"]);
+    // The cloud's own 404 for ids of another user's keys.
+    let e = c.fails_as(m, 1, &["key", "revoke", &key_id, "--yes"]);
+    assert!(e.contains("404") && e.contains("another user"), "{e}");
+    let e = c.fails_as(m, 1, &["provisioning-key", "revoke", &pk_id, "--yes"]);
+    assert!(e.contains("404"), "{e}");
+    // Mallory's "ops" is her own fleet, not the first user's.
+    assert_eq!(c.json_as(m, &["devices", "--fleet", "ops"]), json!([]));
+
+    // The first user's things are as they were.
+    let dev = c.json_as(k, &["device", "show", D1]);
+    assert_eq!(dev["name"], "kitchen");
+    assert_eq!(dev["tags"], json!({"env": "prod"}));
+    assert_eq!(c.json_as(k, &["env", "list", "--device", D1]), json!([]));
+    c.ok_as(k, &["release", "show", &rel]);
+    c.ok_as(k, &["whoami"]);
+    assert_eq!(
+        c.json_as(k, &["provisioning-key", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for sh in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_resin"))
+            .args(["completions", sh])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sh}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        for word in ["provisioning-key", "whoami", "config-var"] {
+            assert!(text.contains(word), "{sh} completions lack {word}");
+        }
+    }
+    // bash can at least parse its script.
+    let out = Command::new(env!("CARGO_BIN_EXE_resin"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("resin.bash");
+    std::fs::write(&f, out.stdout).unwrap();
+    let st = Command::new("bash").arg("-n").arg(&f).status().unwrap();
+    assert!(st.success(), "bash -n rejects the completion script");
+    let out = Command::new(env!("CARGO_BIN_EXE_resin"))
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
