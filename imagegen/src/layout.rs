@@ -522,6 +522,9 @@ impl Layout {
                         ))
                     }
                 }
+            } else if let Some(pct) = s.strip_suffix('%') {
+                let v = percent_size(&field, pct, &self.disk.size, alignment)?;
+                fixed.push(Some(v));
             } else {
                 let v = parse_size(&field, s)?;
                 if v == 0 {
@@ -788,6 +791,35 @@ pub fn round_up(v: u64, a: u64) -> u64 {
 /// ext4 labels hold 16 bytes; vfat labels 11. Derive a label from the partition label.
 fn fs_label_for(label: &str) -> String {
     label.chars().take(16).collect()
+}
+
+/// `N%` of an explicit `disk.size`, rounded down to the alignment.
+fn percent_size(field: &str, pct: &str, disk: &str, alignment: u64) -> Result<u64, LayoutError> {
+    let p: f64 = pct
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p: &f64| *p > 0.0 && *p <= 100.0)
+        .ok_or_else(|| field_err(field, format!("`{pct}%` is not a percentage in (0, 100]")))?;
+    if disk.trim() == "auto" {
+        return Err(field_err(
+            field,
+            "a `%` size needs an explicit disk.size (it is `auto`)",
+        ));
+    }
+    let d = parse_size("disk.size", disk)?;
+    let v = ((d as f64 * p / 100.0) as u64) / alignment * alignment;
+    if v == 0 {
+        return Err(field_err(
+            field,
+            format!(
+                "{pct}% of {} is less than the {} alignment",
+                Size(d),
+                Size(alignment)
+            ),
+        ));
+    }
+    Ok(v)
 }
 
 /// GPT attribute names and bit numbers → the attribute word.

@@ -110,3 +110,56 @@ fn bad_guids_and_attributes_name_the_field() {
     );
     assert!(!img.exists());
 }
+
+#[test]
+fn percent_sizes_are_shares_of_the_disk_rounded_to_the_alignment() {
+    need("sfdisk");
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    let o = cli_build(
+        d.path(),
+        &img,
+        &[
+            "--set",
+            "disk.size=256MiB",
+            "--set",
+            "rootA.size=25%",
+            "--set",
+            "state.size=10%",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 256 << 20);
+    let o = run(Command::new("sfdisk").arg("--json").arg(&img));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let size_of = |name: &str| -> u64 {
+        v["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["size"]
+            .as_u64()
+            .unwrap()
+            * 512
+    };
+    assert_eq!(size_of("resin-rootA"), 64 << 20, "25% of 256MiB");
+    assert_eq!(size_of("resin-rootB"), 64 << 20, "=rootA");
+    assert_eq!(
+        size_of("resin-state"),
+        24 << 20,
+        "10% of 256MiB, down to 4MiB"
+    );
+
+    // Without an explicit disk size a share means nothing.
+    let o = cli_build(
+        d.path(),
+        &d.path().join("x.img"),
+        &["--set", "state.size=10%"],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("partition[state].size") && e.contains("disk.size"),
+        "{e}"
+    );
+}
