@@ -703,7 +703,53 @@ fn write_gpt(plan: &Plan, disk: &File, seed: &[u8]) -> Result<(), BuildError> {
     g.update_partitions(parts)
         .map_err(|e| BuildError::Gpt(e.to_string()))?;
     g.write().map_err(|e| BuildError::Gpt(e.to_string()))?;
+    if !plan.layout.disk.hybrid_mbr.is_empty() {
+        write_hybrid_mbr(plan, disk).map_err(io_ctx("writing the hybrid MBR"))?;
+    }
     Ok(())
+}
+
+/// One MBR entry (LBA addressing; CHS fields say "beyond 8 GiB", as gdisk writes them).
+fn mbr_entry(boot: bool, kind: u8, first: u64, count: u64) -> [u8; 16] {
+    let mut e = [0u8; 16];
+    e[0] = if boot { 0x80 } else { 0 };
+    e[1..4].copy_from_slice(&[0xFE, 0xFF, 0xFF]);
+    e[4] = kind;
+    e[5..8].copy_from_slice(&[0xFE, 0xFF, 0xFF]);
+    e[8..12].copy_from_slice(&(first as u32).to_le_bytes());
+    e[12..16].copy_from_slice(&(count.min(u32::MAX as u64) as u32).to_le_bytes());
+    e
+}
+
+/// Replaces the protective MBR's table with a hybrid one: a 0xEE entry over the GPT's own
+/// sectors (LBA 1 up to the first listed partition), then each listed partition with an MBR
+/// type (0x0C FAT32 LBA for vfat, marked bootable; 0x83 Linux otherwise).
+fn write_hybrid_mbr(plan: &Plan, disk: &File) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let sector = plan.sector;
+    let listed: Vec<&PlannedPart> = plan
+        .layout
+        .disk
+        .hybrid_mbr
+        .iter()
+        .filter_map(|n| plan.parts.iter().find(|p| &p.name == n))
+        .collect();
+    let first = listed.iter().map(|p| p.offset / sector).min().unwrap_or(1);
+    let mut table = [0u8; 64];
+    table[..16].copy_from_slice(&mbr_entry(false, 0xEE, 1, first - 1));
+    for (i, p) in listed.iter().enumerate() {
+        let (boot, kind) = match p.fs {
+            Fs::Vfat => (true, 0x0C),
+            _ => (false, 0x83),
+        };
+        table[16 * (i + 1)..16 * (i + 2)].copy_from_slice(&mbr_entry(
+            boot,
+            kind,
+            p.offset / sector,
+            p.size / sector,
+        ));
+    }
+    disk.write_all_at(&table, 446)
 }
 
 /// Opens an existing image read-write (used by tests and tools).

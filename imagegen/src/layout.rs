@@ -85,6 +85,10 @@ pub struct DiskSpec {
     /// Total disk size, or `auto` (the partitions plus the backup GPT, rounded to the alignment).
     #[serde(default = "default_auto")]
     pub size: String,
+    /// Partition names (at most 3) also entered in a hybrid MBR beside the GPT, for boot ROMs
+    /// and firmware that read only an MBR (older Raspberry Pi firmware). Empty: a protective MBR.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hybrid_mbr: Vec<String>,
 }
 
 impl Default for DiskSpec {
@@ -94,6 +98,7 @@ impl Default for DiskSpec {
             alignment: default_alignment(),
             sector_size: default_sector(),
             size: default_auto(),
+            hybrid_mbr: Vec::new(),
         }
     }
 }
@@ -704,6 +709,32 @@ impl Layout {
                         format!("{u} is also partition[{}]'s", b.name),
                     ));
                 }
+            }
+        }
+        if self.disk.hybrid_mbr.len() > 3 {
+            return Err(field_err(
+                "disk.hybrid-mbr",
+                "an MBR has four entries and the GPT's protective one takes one: at most 3",
+            ));
+        }
+        for (i, n) in self.disk.hybrid_mbr.iter().enumerate() {
+            let Some(p) = parts.iter().find(|p| &p.name == n) else {
+                return Err(field_err(
+                    "disk.hybrid-mbr",
+                    format!("no partition named `{n}`"),
+                ));
+            };
+            if self.disk.hybrid_mbr[..i].contains(n) {
+                return Err(field_err(
+                    "disk.hybrid-mbr",
+                    format!("`{n}` is listed twice"),
+                ));
+            }
+            if (p.offset + p.size) / sector > u32::MAX as u64 {
+                return Err(field_err(
+                    "disk.hybrid-mbr",
+                    format!("partition[{n}] ends beyond the 2 TiB an MBR can address"),
+                ));
             }
         }
         let first_part = parts.iter().map(|p| p.offset).min().unwrap_or(disk_size);

@@ -163,3 +163,67 @@ fn percent_sizes_are_shares_of_the_disk_rounded_to_the_alignment() {
         "{e}"
     );
 }
+
+#[test]
+fn a_hybrid_mbr_shows_the_boot_partition_to_mbr_readers_and_keeps_the_gpt() {
+    for t in ["fdisk", "sgdisk", "sfdisk"] {
+        need(t);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("disk.img");
+    let o = cli_build(d.path(), &img, &["--set", r#"disk.hybrid-mbr=["boot"]"#]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = resin_imagegen::inspect::inspect_image(&img).unwrap();
+    let boot = &r.partitions[0];
+    let (start, sectors) = (boot.offset / 512, boot.size / 512);
+
+    // What an MBR-only reader sees: the GPT's 0xEE entry, then the bootable FAT32 partition.
+    let o = run(Command::new("fdisk").args(["-l", "-t", "dos"]).arg(&img));
+    let t = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<Vec<&str>> = t
+        .lines()
+        .filter(|l| l.starts_with(&*img.to_string_lossy()))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{t}");
+    assert_eq!(
+        &rows[0][1..],
+        [
+            "1",
+            &(start - 1).to_string(),
+            &(start - 1).to_string(),
+            "4M",
+            "ee",
+            "GPT"
+        ]
+    );
+    assert_eq!(rows[1][1], "*", "bootable: {t}");
+    assert_eq!(rows[1][2], start.to_string());
+    assert_eq!(rows[1][4], sectors.to_string());
+    assert!(t.contains("W95 FAT32 (LBA)"), "{t}");
+
+    // The GPT is intact for everything else.
+    let o = run(Command::new("sgdisk").arg("-v").arg(&img));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("No problems found"),
+        "{o:?}"
+    );
+    let o = run(Command::new("sfdisk").arg("--verify").arg(&img));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(r.partitions.len(), 5);
+
+    for (set, want) in [
+        (
+            r#"disk.hybrid-mbr=["boot", "rootA", "rootB", "state"]"#,
+            "at most 3",
+        ),
+        (r#"disk.hybrid-mbr=["bogus"]"#, "no partition named `bogus`"),
+    ] {
+        let o = cli_build(d.path(), &d.path().join("x.img"), &["--set", set]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && e.contains("disk.hybrid-mbr") && e.contains(want),
+            "{e}"
+        );
+    }
+}
