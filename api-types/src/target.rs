@@ -116,6 +116,10 @@ pub struct ServiceTarget {
     /// `"host"` for host networking; `None` for the app network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<String>,
+    /// Compose `depends_on`: services of the same release started before
+    /// this one (and stopped after it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 fn default_restart() -> String {

@@ -43,6 +43,9 @@ pub struct ServiceSpec {
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub network_mode: Option<String>,
+    /// Services of the same app started before this one and stopped after
+    /// it (compose `depends_on`); not part of the config hash.
+    pub depends_on: Vec<String>,
 }
 
 /// The part of the spec that the hash covers.
@@ -194,6 +197,7 @@ impl ServiceSpec {
             cap_add,
             cap_drop,
             network_mode: target.network_mode.clone(),
+            depends_on: target.depends_on.clone(),
         }
     }
 }

@@ -720,3 +720,39 @@ async fn an_app_lock_holds_every_service_until_forced() {
     );
     let _ = docker_ok(&["rmi", &img]);
 }
+
+/// Compose `depends_on`: `web` depends on `db`, so db starts first and,
+/// on an update of both, web's old container stops before db's.
+#[tokio::test]
+async fn depends_on_orders_starts_and_reverses_stops() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/deps-{}", &f.app[..8]));
+    let mut web = svc(&img);
+    web.depends_on = vec!["db".into()];
+    let t1 = target(&f.app, "rel1", &[("web", web.clone()), ("db", svc(&img))]);
+    let (out, steps) = apply(&f, &t1, false).await;
+    assert_eq!(out, Outcome::Converged);
+    assert!(
+        pos(&steps, "start:db") < pos(&steps, "start:web"),
+        "{steps:?}"
+    );
+    web.environment.insert("V".into(), "2".into());
+    let mut db = svc(&img);
+    db.environment.insert("V".into(), "2".into());
+    let t2 = target(&f.app, "rel2", &[("web", web), ("db", db)]);
+    let (out, steps) = apply(&f, &t2, false).await;
+    assert_eq!(out, Outcome::Converged);
+    assert!(
+        pos(&steps, "stop:web") < pos(&steps, "stop:db"),
+        "{steps:?}"
+    );
+    assert!(
+        pos(&steps, "start:db") < pos(&steps, "start:web"),
+        "{steps:?}"
+    );
+    assert_eq!(
+        containers_of(&f.app),
+        ["db running rel2", "web running rel2"]
+    );
+    let _ = docker_ok(&["rmi", &img]);
+}

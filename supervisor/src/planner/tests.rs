@@ -583,3 +583,47 @@ fn an_app_lock_holds_every_service_of_the_app() {
     let steps = plan(&converged(&t1), &t2, &ctx);
     assert!(kinds(&steps).contains(&"stop:web".to_owned()));
 }
+
+#[test]
+fn depends_on_starts_dependencies_first_and_stops_them_last() {
+    let mut web = svc("img:1");
+    web.depends_on = vec!["db".into()];
+    let t1 = target("r1", &[("web", web.clone()), ("db", svc("img:1"))]);
+    // Fresh: web's start waits for db's.
+    let steps = plan(&CurrentState::default(), &t1, &ctx_with_images(&["img:1"]));
+    let start_web = index(&steps, "start:web");
+    assert!(
+        deps(&steps, start_web).contains(&"start:db".to_owned()),
+        "{:?}",
+        deps(&steps, start_web)
+    );
+    assert!(!deps(&steps, index(&steps, "start:db")).contains(&"start:web".to_owned()));
+    // Both change: web stops before db, db starts before web.
+    let mut web2 = web.clone();
+    web2.environment.insert("V".into(), "2".into());
+    let mut db2 = svc("img:1");
+    db2.environment.insert("V".into(), "2".into());
+    let t2 = target("r2", &[("web", web2), ("db", db2)]);
+    let steps = plan(&converged(&t1), &t2, &ctx_with_images(&["img:1"]));
+    assert!(deps(&steps, index(&steps, "stop:db")).contains(&"stop:web".to_owned()));
+    assert!(deps(&steps, index(&steps, "start:web")).contains(&"start:db".to_owned()));
+    // depends_on is not part of the config: dropping it restarts nothing.
+    let t3 = target("r3", &[("web", svc("img:1")), ("db", svc("img:1"))]);
+    assert!(plan(&converged(&t1), &t3, &ctx_with_images(&["img:1"])).is_empty());
+}
+
+#[test]
+fn a_depends_on_cycle_or_unknown_service_is_planned_without_order() {
+    let mut a = svc("img:1");
+    a.depends_on = vec!["b".into()];
+    let mut b = svc("img:1");
+    b.depends_on = vec!["a".into()];
+    let t = target("r1", &[("a", a.clone()), ("b", b)]);
+    let steps = plan(&CurrentState::default(), &t, &ctx_with_images(&["img:1"]));
+    assert_eq!(deps(&steps, index(&steps, "start:a")), ["create:"]);
+    assert_eq!(deps(&steps, index(&steps, "start:b")), ["create:"]);
+    a.depends_on = vec!["nope".into()];
+    let t = target("r1", &[("a", a)]);
+    let steps = plan(&CurrentState::default(), &t, &ctx_with_images(&["img:1"]));
+    assert_eq!(deps(&steps, index(&steps, "start:a")), ["create:"]);
+}
