@@ -70,7 +70,7 @@ fn hint(e: &anyhow::Error, url: Option<&str>) -> Option<String> {
             "is resin-cloud running at {url}? Check --api-url / RESIN_API_URL or run `resin login` again"
         ),
         ApiError::Status { status: 401, .. } => {
-            "the API key was refused: check it with `resin whoami`, or store a new one with `resin login --api-url URL --api-key KEY`".into()
+            "the API key was refused (wrong, revoked or expired): store a working one with `resin login --api-url URL --api-key KEY`, or set RESIN_API_KEY".into()
         }
         ApiError::Status { status: 403, .. } => {
             "this key may not do that; use a user API key (see `resin key create`)".into()
@@ -942,12 +942,16 @@ fn device_show(cli: &Cli, r: &str) -> Result<()> {
     }
     let target_release = match (&pinned, &fleet) {
         (Some(p), _) => format!("{} (pinned, uuid {})", cell(p, "id"), cell(p, "uuid")),
-        (None, Some(f)) => format!("{} (the fleet's target)", cell(f, "target_release")),
-        (None, None) => "-".into(),
+        (None, Some(f)) if f.get("target_release").is_some_and(Value::is_i64) => {
+            format!("{} (the fleet's target)", cell(f, "target_release"))
+        }
+        _ => "-".into(),
     };
     let target_os = match (dev.get("target_os_version"), &fleet) {
         (Some(Value::String(v)), _) => format!("{v} (device)"),
-        (_, Some(f)) => format!("{} (the fleet's target)", cell(f, "target_os_version")),
+        (_, Some(f)) if f.get("target_os_version").is_some_and(Value::is_string) => {
+            format!("{} (the fleet's target)", cell(f, "target_os_version"))
+        }
         _ => "-".into(),
     };
     let rows: Vec<(&str, String)> = vec![
@@ -1273,7 +1277,11 @@ fn release_show(cli: &Cli, r: &str) -> Result<()> {
         return print_json(&rel);
     }
     println!("RELEASE  {} (uuid {})", rid, cell(&rel, "uuid"));
-    println!("FLEET    {}", cell(&rel, "fleet"));
+    let fleet_name = match rel.get("fleet").and_then(Value::as_i64) {
+        Some(fid) => cell(&api.get(&format!("/v1/fleet({fid})"))?, "name"),
+        None => "-".into(),
+    };
+    println!("FLEET    {fleet_name} (id {})", cell(&rel, "fleet"));
     println!("STATUS   {}", cell(&rel, "status"));
     println!("CREATED  {}", cell(&rel, "created_at"));
     println!();

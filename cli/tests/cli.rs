@@ -1259,3 +1259,59 @@ fn completions_for_bash_zsh_and_fish() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// On a terminal (a pty from `script`), destructive commands ask; only "y"
+/// goes ahead.
+#[test]
+fn destructive_commands_ask_on_a_terminal() {
+    let c = start_cloud();
+    let k = c.key.as_str();
+    c.ok_as(k, &["fleet", "create", "ops", "--device-type", "qemuarm64"]);
+    c.ok_as(k, &["tag", "set", "env", "prod", "--fleet", "ops"]);
+    let on_tty = |answer: &str| {
+        let mut child = Command::new("script")
+            .args([
+                "-qec",
+                &format!("{} tag rm env --fleet ops", env!("CARGO_BIN_EXE_resin")),
+                "/dev/null",
+            ])
+            .env("HOME", &c.home)
+            .env("RESIN_API_URL", &c.url)
+            .env("RESIN_API_KEY", k)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script(1) from util-linux");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = on_tty("n\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("remove tag env from fleet ops? [y/N]"),
+        "{out}"
+    );
+    assert!(out.contains("cancelled; nothing was changed"), "{out}");
+    assert_eq!(
+        c.json_as(k, &["tag", "list", "--fleet", "ops"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let (code, out) = on_tty("y\n");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("removed tag env from fleet ops"), "{out}");
+    assert_eq!(c.json_as(k, &["tag", "list", "--fleet", "ops"]), json!([]));
+}
