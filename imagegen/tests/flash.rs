@@ -314,3 +314,9 @@ fn bmap_flash_of_the_uboot_layout_onto_a_used_medium() {
 fn bmap_flash_with_a_ready_made_ext4_rootfs_image() {
     flash_layout_from(&[], "ext4 image input", true);
 }
+
+#[test]
+fn bmap_flash_with_a_fat12_boot_partition() {
+    // 8 MiB gives mkfs.vfat's FAT12 (packed 12-bit entries, a fixed root directory area).
+    flash_layout(&["boot.size=8MiB"], "FAT12 boot");
+}
