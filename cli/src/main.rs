@@ -878,6 +878,18 @@ fn device_list(cli: &Cli, f: &DeviceFilter) -> Result<()> {
                 .is_some_and(|i| ids.contains(&i))
         });
     }
+    // Fleet names for people; the fleets are the caller's own, so few.
+    let fleets = api.list(&with_query("/v1/fleet", &[("$select", "id,name")]))?;
+    for d in &mut devices {
+        let name = fleets
+            .iter()
+            .find(|f| f.get("id").is_some_and(|i| Some(i) == d.get("fleet")))
+            .and_then(|f| f.get("name").cloned())
+            .unwrap_or(Value::Null);
+        if let Some(o) = d.as_object_mut() {
+            o.insert("fleet_name".into(), name);
+        }
+    }
     print_list(
         cli.json,
         &devices,
@@ -885,7 +897,7 @@ fn device_list(cli: &Cli, f: &DeviceFilter) -> Result<()> {
             ("ID", "id"),
             ("UUID", "uuid"),
             ("NAME", "name"),
-            ("FLEET", "fleet"),
+            ("FLEET", "fleet_name"),
             ("DEVICE TYPE", "device_type"),
             ("ONLINE", "is_online"),
             ("STATUS", "status"),

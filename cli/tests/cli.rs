@@ -772,6 +772,15 @@ fn an_operator_session() {
     );
     let table = c.ok_as(k, &["devices", "--fleet", "lab"]);
     assert!(table.starts_with("ID") && table.contains(D4), "{table}");
+    let row = table.lines().find(|l| l.contains(D4)).unwrap();
+    assert!(
+        row.split_whitespace().any(|w| w == "lab"),
+        "fleet by name: {row}"
+    );
+    assert_eq!(
+        c.json_as(k, &["devices", "--fleet", "lab"])[0]["fleet_name"],
+        "lab"
+    );
     let e = c.fails_as(k, 1, &["devices", "--fleet", "nope"]);
     assert!(
         e.contains("no fleet named \"nope\"") && e.contains("resin fleet list"),
