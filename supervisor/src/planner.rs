@@ -205,19 +205,62 @@ pub fn target_specs(device_uuid: &str, target: &TargetApps) -> Vec<ServiceSpec> 
     for (app_uuid, app) in target {
         // One release per app; more than one is a cloud bug: take the first.
         if let Some((release_uuid, release)) = app.releases.iter().next() {
-            for (name, svc) in &release.services {
-                out.push(ServiceSpec::build(
-                    device_uuid,
-                    app_uuid,
-                    app,
-                    release_uuid,
-                    name,
-                    svc,
-                ));
+            let mut specs: Vec<ServiceSpec> = release
+                .services
+                .iter()
+                .map(|(name, svc)| {
+                    ServiceSpec::build(device_uuid, app_uuid, app, release_uuid, name, svc)
+                })
+                .collect();
+            // `network_mode: service:X` shares X's network namespace: the
+            // service follows X's config (a new X means a new container for
+            // it too) and starts after X.
+            let hashes: BTreeMap<String, String> = specs
+                .iter()
+                .map(|s| (s.service.clone(), s.config_hash.clone()))
+                .collect();
+            for s in &mut specs {
+                if let Some(x) = s.network_service().map(str::to_owned) {
+                    if let Some(h) = hashes.get(&x).filter(|_| x != s.service) {
+                        s.follow_network_service(&x, h);
+                    }
+                }
             }
+            out.extend(specs);
         }
     }
     out
+}
+
+/// The engine's `network_mode` for a spec: `service:X` becomes
+/// `container:<X's container>`, the one kept (config hash unchanged) or the
+/// one this plan creates.
+fn engine_network_mode(
+    spec: &ServiceSpec,
+    specs: &[ServiceSpec],
+    managed: &[&Container],
+) -> ServiceSpec {
+    let mut spec = spec.clone();
+    let Some(x) = spec.network_service().map(str::to_owned) else {
+        return spec;
+    };
+    let Some(xs) = specs
+        .iter()
+        .find(|s| s.app_uuid == spec.app_uuid && s.service == x)
+    else {
+        return spec;
+    };
+    let name = managed
+        .iter()
+        .find(|c| {
+            c.app_uuid == xs.app_uuid
+                && c.service == xs.service
+                && c.config_hash == xs.config_hash
+                && c.state != RunState::Dead
+        })
+        .map_or(xs.name.clone(), |c| c.name.clone());
+    spec.network_mode = Some(format!("container:{name}"));
+    spec
 }
 
 /// The steps left to reach the target, and what each waits for.
@@ -504,7 +547,7 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
                     }
                 };
                 let create_step = Step::Create {
-                    spec: Box::new(spec.clone()),
+                    spec: Box::new(engine_network_mode(spec, &specs, &managed)),
                 };
                 let kill_first = matches!(
                     strategy,

@@ -67,6 +67,28 @@ struct Hashed<'a> {
     network_mode: &'a Option<String>,
 }
 
+impl ServiceSpec {
+    /// X of `network_mode: service:X`.
+    pub fn network_service(&self) -> Option<&str> {
+        self.network_mode.as_deref()?.strip_prefix("service:")
+    }
+
+    /// Makes this spec follow service `x` (whose config hash is
+    /// `x_hash`) for `network_mode: service:x`: the hash covers x's, so a
+    /// new x recreates this service too, and it starts after x.
+    pub fn follow_network_service(&mut self, x: &str, x_hash: &str) {
+        let hash = hex::encode(Sha256::digest(format!("{}:{x_hash}", self.config_hash)));
+        if let Some((head, _)) = self.name.rsplit_once('_') {
+            self.name = format!("{head}_{}", &hash[..8]);
+        }
+        self.labels.insert(labels::CONFIG_HASH.into(), hash.clone());
+        self.config_hash = hash;
+        if !self.depends_on.iter().any(|d| d == x) {
+            self.depends_on.push(x.to_owned());
+        }
+    }
+}
+
 /// Docker name of an app-scoped object (network or volume).
 pub fn scoped(app_uuid: &str, name: &str) -> String {
     format!("{app_uuid}_{name}")

@@ -756,3 +756,66 @@ async fn depends_on_orders_starts_and_reverses_stops() {
     );
     let _ = docker_ok(&["rmi", &img]);
 }
+
+/// `network_mode: service:db` runs web in db's network namespace (the
+/// engine gets `container:<db's container>`), and a new db brings a new web.
+#[tokio::test]
+async fn network_mode_service_shares_the_services_network() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/netsvc-{}", &f.app[..8]));
+    let mut web = svc(&img);
+    web.network_mode = Some("service:db".into());
+    let t1 = target(&f.app, "rel1", &[("web", web.clone()), ("db", svc(&img))]);
+    let (out, steps) = apply(&f, &t1, false).await;
+    assert_eq!(out, Outcome::Converged, "{steps:?}");
+    assert_eq!(
+        containers_of(&f.app),
+        ["db running rel1", "web running rel1"]
+    );
+    let id_of = |service: &str| {
+        docker(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=io.resin.app-uuid={}", f.app),
+            "--filter",
+            &format!("label=io.resin.service-name={service}"),
+        ])
+    };
+    let mode_of_web = || {
+        docker(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.NetworkMode}}",
+            &id_of("web"),
+        ])
+    };
+    let name_of = |id: &str| docker(&["inspect", "--format", "{{.Name}}", id]);
+    let db_name = name_of(&id_of("db"));
+    let mode = mode_of_web();
+    assert!(
+        mode == format!("container:{}", db_name.trim_start_matches('/'))
+            || mode == format!("container:{}", id_of("db")),
+        "{mode} vs {db_name}"
+    );
+    let web0 = id_of("web");
+    let mut db2 = svc(&img);
+    db2.environment.insert("V".into(), "2".into());
+    let t2 = target(&f.app, "rel2", &[("web", web), ("db", db2)]);
+    let (out, steps) = apply(&f, &t2, false).await;
+    assert_eq!(out, Outcome::Converged, "{steps:?}");
+    assert_eq!(
+        containers_of(&f.app),
+        ["db running rel2", "web running rel2"]
+    );
+    assert_ne!(id_of("web"), web0);
+    let db_name = name_of(&id_of("db"));
+    let mode = mode_of_web();
+    assert!(
+        mode == format!("container:{}", db_name.trim_start_matches('/'))
+            || mode == format!("container:{}", id_of("db")),
+        "{mode} vs {db_name}"
+    );
+    let _ = docker_ok(&["rmi", &img]);
+}

@@ -627,3 +627,48 @@ fn a_depends_on_cycle_or_unknown_service_is_planned_without_order() {
     let steps = plan(&CurrentState::default(), &t, &ctx_with_images(&["img:1"]));
     assert_eq!(deps(&steps, index(&steps, "start:a")), ["create:"]);
 }
+
+#[test]
+fn network_mode_service_joins_that_services_container_and_follows_it() {
+    let mut web = svc("img:1");
+    web.network_mode = Some("service:db".into());
+    let t1 = target("r1", &[("web", web.clone()), ("db", svc("img:1"))]);
+    let specs = target_specs("dev", &t1);
+    let db_name = specs
+        .iter()
+        .find(|s| s.service == "db")
+        .unwrap()
+        .name
+        .clone();
+    // Fresh: web joins the db container this plan creates, after it starts.
+    let steps = plan(&CurrentState::default(), &t1, &ctx_with_images(&["img:1"]));
+    let web_spec = steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Create { spec } if spec.service == "web" => Some(spec.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        web_spec.network_mode.as_deref(),
+        Some(format!("container:{db_name}").as_str())
+    );
+    assert!(deps(&steps, index(&steps, "start:web")).contains(&"start:db".to_owned()));
+    // A new db (env change) gives web a new config hash too.
+    let mut db2 = svc("img:1");
+    db2.environment.insert("V".into(), "2".into());
+    let t2 = target("r2", &[("web", web), ("db", db2)]);
+    let h1 = &target_specs("dev", &t1);
+    let h2 = &target_specs("dev", &t2);
+    let web_hash = |v: &[crate::spec::ServiceSpec]| {
+        v.iter()
+            .find(|s| s.service == "web")
+            .unwrap()
+            .config_hash
+            .clone()
+    };
+    assert_ne!(web_hash(h1), web_hash(h2));
+    // Converged: nothing to do (the hash the container carries is the one
+    // the spec computes).
+    assert!(plan(&converged(&t1), &t1, &ctx_with_images(&["img:1"])).is_empty());
+}
