@@ -60,7 +60,16 @@ pub async fn v1(
         match (method, key) {
             // HEAD answers as GET does (the server drops the body).
             (Method::GET | Method::HEAD, key) => {
-                query::get(&app, &actor, res, key, q.as_deref(), false).await
+                query::get(
+                    &app,
+                    &actor,
+                    res,
+                    key,
+                    q.as_deref(),
+                    false,
+                    prefer(&headers),
+                )
+                .await
             }
             (Method::POST, None) => {
                 let (status, v) = resources::create(&app, &actor, res, &body_json(&body)?).await?;
@@ -91,6 +100,11 @@ pub async fn v1(
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The `Prefer` header, if it is text.
+fn prefer(headers: &HeaderMap) -> Option<&str> {
+    headers.get("prefer").and_then(|v| v.to_str().ok())
 }
 
 /// `?force=true|false` of a DELETE (the only parameter it takes).
@@ -129,7 +143,7 @@ pub async fn v1_sub(
         let (res, key) = parse_segment(&seg)?;
         match (method, res.name, key, sub.as_str()) {
             (Method::GET | Method::HEAD, _, None, "$count") => {
-                query::get(&app, &actor, res, None, q.as_deref(), true).await
+                query::get(&app, &actor, res, None, q.as_deref(), true, None).await
             }
             (Method::GET, "device", Some(id), "logs") => {
                 logs::get_logs(&app, &actor, id, q.as_deref()).await

@@ -40,6 +40,22 @@ pub struct ConfigArgs {
     /// Maximum connections in the database pool. Default: 16 (SQLite: 4 writers share one file).
     #[arg(long, global = true, env = "RESIN_CLOUD_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+    /// Longest a `/v1` read may run in the database, ms; then it is stopped and
+    /// answered 503 QueryTimeout. Default: 30000.
+    #[arg(long, global = true, env = "RESIN_CLOUD_QUERY_TIMEOUT_MS")]
+    pub query_timeout_ms: Option<u64>,
+    /// Entities per page of a `/v1` collection when the client asks for no
+    /// smaller page (`Prefer: odata.maxpagesize`); more come through
+    /// `@odata.nextLink`. Default: 1000.
+    #[arg(long, global = true, env = "RESIN_CLOUD_PAGE_SIZE")]
+    pub page_size: Option<u64>,
+    /// The largest page a client may ask for with `Prefer: odata.maxpagesize`. Default: 5000.
+    #[arg(long, global = true, env = "RESIN_CLOUD_MAX_PAGE_SIZE")]
+    pub max_page_size: Option<u64>,
+    /// The most rows one `/v1` read may produce, by the `$expand` cost
+    /// estimate (main rows plus expanded rows); above it the read is a 400. Default: 50000.
+    #[arg(long, global = true, env = "RESIN_CLOUD_MAX_EXPAND_ROWS")]
+    pub max_expand_rows: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -53,6 +69,10 @@ pub struct Config {
     pub log_retention: u64,
     pub poll_interval_ms: u64,
     pub db_max_connections: u32,
+    pub query_timeout_ms: u64,
+    pub page_size: u64,
+    pub max_page_size: u64,
+    pub max_expand_rows: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +127,10 @@ impl ConfigArgs {
             log_retention: pick.log_retention.unwrap_or(1000).max(1),
             poll_interval_ms: pick.poll_interval_ms.unwrap_or(60_000),
             db_max_connections: pick.db_max_connections.unwrap_or(16).max(1),
+            query_timeout_ms: pick.query_timeout_ms.unwrap_or(30_000).max(1),
+            page_size: pick.page_size.unwrap_or(1000).max(1),
+            max_page_size: pick.max_page_size.unwrap_or(5000).max(1),
+            max_expand_rows: pick.max_expand_rows.unwrap_or(50_000).max(1),
         })
     }
 
@@ -121,6 +145,10 @@ impl ConfigArgs {
             log_retention: self.log_retention.or(o.log_retention),
             poll_interval_ms: self.poll_interval_ms.or(o.poll_interval_ms),
             db_max_connections: self.db_max_connections.or(o.db_max_connections),
+            query_timeout_ms: self.query_timeout_ms.or(o.query_timeout_ms),
+            page_size: self.page_size.or(o.page_size),
+            max_page_size: self.max_page_size.or(o.max_page_size),
+            max_expand_rows: self.max_expand_rows.or(o.max_expand_rows),
         }
     }
 }

@@ -2,10 +2,17 @@
 //! migrations, and small helpers (timestamps, dialect).
 
 use std::path::Path;
-use std::time::Duration;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::any::AnyPoolOptions;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{AnyPool, Executor, Row};
+
+use crate::resources::{bind_all, dyn_query, Param};
 
 /// Which database the pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +25,25 @@ pub enum Dialect {
 pub struct Db {
     pub pool: AnyPool,
     pub dialect: Dialect,
+    /// SQLite only: read-only connections for `/v1` reads, native so that a
+    /// progress handler can stop a statement (timeout, client gone).
+    sqlite_read: Option<SqlitePool>,
+    /// The name prefix of those connections' worker threads (`sqlr<N>-`).
+    sqlite_read_threads: Option<String>,
+}
+
+/// Numbers the SQLite read pools, so their worker threads have names of
+/// their own (`sqlr<N>-<conn>`, within Linux's 15 characters).
+static READ_POOLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Why a bounded read ([`Db::read_texts`]) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The statement ran longer than the timeout and was stopped.
+    #[error("the query ran longer than {} ms and was stopped", .0.as_millis())]
+    Timeout(Duration),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +135,103 @@ impl Db {
                 url: redact(&url),
                 source,
             })?;
-        let db = Db { pool, dialect };
+        let mut db = Db {
+            pool,
+            dialect,
+            sqlite_read: None,
+            sqlite_read_threads: None,
+        };
         db.migrate().await?;
+        if dialect == Dialect::Sqlite {
+            // After the migrations, so the file and its WAL exist.
+            let opts = SqliteConnectOptions::from_str(&url)
+                .map_err(|source| DbError::Connect {
+                    url: redact(&url),
+                    source,
+                })?
+                .read_only(true)
+                .busy_timeout(Duration::from_secs(10));
+            let prefix = format!("sqlr{}-", READ_POOLS.fetch_add(1, Ordering::Relaxed));
+            let names = prefix.clone();
+            let opts = opts.thread_name(move |id| format!("{names}{id}"));
+            let read = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await
+                .map_err(|source| DbError::Connect {
+                    url: redact(&url),
+                    source,
+                })?;
+            db.sqlite_read = Some(read);
+            db.sqlite_read_threads = Some(prefix);
+        }
         Ok(db)
+    }
+
+    /// SQLite: the name prefix of the worker threads that run `/v1` reads.
+    pub fn sqlite_read_threads(&self) -> Option<&str> {
+        self.sqlite_read_threads.as_deref()
+    }
+
+    /// Runs a read-only statement whose rows are one TEXT column each (the
+    /// OData JSON rows, or a count cast to text), stopped after `timeout`,
+    /// and stopped as well when the returned future is dropped (the client
+    /// went away): on SQLite a progress handler interrupts the statement; on
+    /// PostgreSQL `statement_timeout` bounds it and `pg_cancel_backend`
+    /// stops it.
+    pub async fn read_texts(
+        &self,
+        sql: String,
+        params: &[Param],
+        timeout: Duration,
+    ) -> Result<Vec<String>, ReadError> {
+        match &self.sqlite_read {
+            Some(pool) => sqlite_read(pool, sql, params, timeout).await,
+            None => self.pg_read(sql, params, timeout).await,
+        }
+    }
+
+    async fn pg_read(
+        &self,
+        sql: String,
+        params: &[Param],
+        timeout: Duration,
+    ) -> Result<Vec<String>, ReadError> {
+        let mut conn = self.pool.acquire().await?;
+        let ms = timeout.as_millis().max(1).to_string();
+        let pid: i32 =
+            sqlx::query("SELECT pg_backend_pid(), set_config('statement_timeout', $1, false)")
+                .bind(&ms)
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get(0)?;
+        let mut running = PgRunning {
+            conn: Some(conn),
+            pid,
+            pool: self.pool.clone(),
+        };
+        let rows = match running.conn.as_mut() {
+            Some(c) => bind_all(dyn_query(sql), params).fetch_all(&mut **c).await,
+            None => return Err(ReadError::Db(sqlx::Error::PoolClosed)),
+        };
+        let Some(mut conn) = running.conn.take() else {
+            return Err(ReadError::Db(sqlx::Error::PoolClosed));
+        };
+        sqlx::query("SELECT set_config('statement_timeout', '0', false)")
+            .execute(&mut *conn)
+            .await?;
+        match rows {
+            Ok(rows) => Ok(rows
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<Result<_, _>>()?),
+            // 57014 query_canceled: here only statement_timeout cancels.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("57014") => {
+                Err(ReadError::Timeout(timeout))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn migrate(&self) -> Result<(), DbError> {
@@ -174,6 +294,109 @@ impl Db {
     pub async fn scalar_i64(&self, sql: &'static str, id: i64) -> Result<Option<i64>, sqlx::Error> {
         let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
         row.map(|r| r.try_get::<i64, _>(0)).transpose()
+    }
+}
+
+/// A PostgreSQL read in flight. Dropped before it finishes (the request
+/// future was dropped), it closes the connection instead of returning it to
+/// the pool, and cancels the statement from another connection.
+struct PgRunning {
+    conn: Option<PoolConnection<sqlx::Any>>,
+    pid: i32,
+    pool: AnyPool,
+}
+
+impl Drop for PgRunning {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        conn.close_on_drop();
+        drop(conn);
+        let (pool, pid) = (self.pool.clone(), self.pid);
+        tracing::info!(pid, "client gone: cancelling its PostgreSQL statement");
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = sqlx::query("SELECT pg_cancel_backend($1)")
+                    .bind(pid)
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::warn!(pid, "cancelling a statement: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// A SQLite read in flight: dropped before it finishes, it makes the
+/// progress handler interrupt the statement, and closes the connection.
+struct SqliteRunning {
+    conn: PoolConnection<sqlx::Sqlite>,
+    stop: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl Drop for SqliteRunning {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::info!("client gone: interrupting its SQLite statement");
+            self.stop.store(true, Ordering::Relaxed);
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+async fn sqlite_read(
+    pool: &SqlitePool,
+    sql: String,
+    params: &[Param],
+    timeout: Duration,
+) -> Result<Vec<String>, ReadError> {
+    let deadline = Instant::now() + timeout;
+    let stop = Arc::new(AtomicBool::new(false));
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let mut conn = pool.acquire().await?;
+    {
+        let (stop, timed_out) = (stop.clone(), timed_out.clone());
+        // Called every 1000 virtual machine steps; false interrupts.
+        conn.lock_handle()
+            .await?
+            .set_progress_handler(1000, move || {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                if Instant::now() >= deadline {
+                    timed_out.store(true, Ordering::Relaxed);
+                    return false;
+                }
+                true
+            });
+    }
+    let mut running = SqliteRunning {
+        conn,
+        stop,
+        done: false,
+    };
+    let mut q = sqlx::query::<sqlx::Sqlite>(sqlx::AssertSqlSafe(sql));
+    for p in params {
+        q = match p.clone() {
+            Param::Int(v) => q.bind(v),
+            Param::Text(v) => q.bind(v),
+            Param::Bool(v) => q.bind(v),
+            Param::Real(v) => q.bind(v),
+        };
+    }
+    let rows = q.fetch_all(&mut *running.conn).await;
+    running.done = true;
+    running.conn.lock_handle().await?.remove_progress_handler();
+    match rows {
+        Ok(rows) => Ok(rows
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?),
+        Err(_) if timed_out.load(Ordering::Relaxed) => Err(ReadError::Timeout(timeout)),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -1,9 +1,11 @@
 //! Service documents generated from [`crate::schema`]: `$metadata` (OData
-//! CSDL XML) and `/openapi.json` (OpenAPI 3.0).
+//! CSDL 4.0 XML) and `/openapi.json` (OpenAPI 3.1), covering every route.
+//! Both are checked by real validators in `scripts/checks/35-api-specs.sh`.
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use resin_api_types::paths;
 use serde_json::{json, Map, Value};
 
 use crate::schema::{Kind, Resource, Write, RESOURCES};
@@ -11,11 +13,65 @@ use crate::schema::{Kind, Resource, Write, RESOURCES};
 fn edm(kind: Kind) -> &'static str {
     match kind {
         Kind::Int => "Edm.Int64",
-        Kind::Text | Kind::Json => "Edm.String",
+        Kind::Text => "Edm.String",
         Kind::Bool => "Edm.Boolean",
         Kind::Real => "Edm.Double",
         Kind::Time => "Edm.DateTimeOffset",
+        // An embedded JSON document: an open complex type with no declared
+        // properties (Edm.Untyped needs CSDL 4.01).
+        Kind::Json => "resin.json",
     }
+}
+
+/// A navigation of the model: (name, target resource, to-many, nullable,
+/// the foreign key property for a to-one, partner navigation on the target).
+struct Nav {
+    name: String,
+    target: &'static str,
+    many: bool,
+    nullable: bool,
+    key: Option<&'static str>,
+    partner: Option<String>,
+}
+
+/// The navigations of `r`: one per foreign key (`<fk>_entity`) and one per
+/// child collection, each with its partner on the other side when there is one.
+fn navigations(r: &Resource) -> Vec<Nav> {
+    let mut out = Vec::new();
+    for f in r.fields {
+        let (Some(to), Some(name)) = (f.references, f.navigation()) else {
+            continue;
+        };
+        let partner = crate::schema::resource(to).and_then(|t| {
+            t.children
+                .iter()
+                .find(|c| c.resource == r.name && c.via == f.name)
+                .map(|c| c.name.to_owned())
+        });
+        out.push(Nav {
+            name,
+            target: to,
+            many: false,
+            nullable: f.nullable,
+            key: Some(f.name),
+            partner,
+        });
+    }
+    for c in r.children {
+        let partner = crate::schema::resource(c.resource)
+            .and_then(|t| t.field(c.via))
+            .filter(|f| f.references == Some(r.name))
+            .and_then(|f| f.navigation());
+        out.push(Nav {
+            name: c.name.to_owned(),
+            target: c.resource,
+            many: true,
+            nullable: false,
+            key: None,
+            partner,
+        });
+    }
+    out
 }
 
 /// The CSDL document.
@@ -23,7 +79,8 @@ pub fn csdl() -> String {
     let mut x = String::from(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
          <edmx:Edmx xmlns:edmx=\"http://docs.oasis-open.org/odata/ns/edmx\" Version=\"4.0\">\n\
-         <edmx:DataServices>\n<Schema xmlns=\"http://docs.oasis-open.org/odata/ns/edm\" Namespace=\"resin\">\n",
+         <edmx:DataServices>\n<Schema xmlns=\"http://docs.oasis-open.org/odata/ns/edm\" Namespace=\"resin\">\n\
+         <ComplexType Name=\"json\" OpenType=\"true\"/>\n",
     );
     for r in RESOURCES {
         x.push_str(&format!(
@@ -38,28 +95,41 @@ pub fn csdl() -> String {
                 f.nullable && f.name != "id"
             ));
         }
-        for f in r.fields {
-            if let Some(to) = f.references {
-                x.push_str(&format!(
-                    "  <NavigationProperty Name=\"{}\" Type=\"resin.{to}\"/>\n",
-                    f.name
-                ));
+        for n in navigations(r) {
+            let ty = if n.many {
+                format!("Collection(resin.{})", n.target)
+            } else {
+                format!("resin.{}", n.target)
+            };
+            let mut attrs = format!("Name=\"{}\" Type=\"{ty}\"", n.name);
+            if !n.many {
+                attrs.push_str(&format!(" Nullable=\"{}\"", n.nullable));
             }
-        }
-        for c in r.children {
-            x.push_str(&format!(
-                "  <NavigationProperty Name=\"{}\" Type=\"Collection(resin.{})\"/>\n",
-                c.name, c.resource
-            ));
+            if let Some(p) = &n.partner {
+                attrs.push_str(&format!(" Partner=\"{p}\""));
+            }
+            match n.key {
+                Some(k) => x.push_str(&format!(
+                    "  <NavigationProperty {attrs}><ReferentialConstraint Property=\"{k}\" ReferencedProperty=\"id\"/></NavigationProperty>\n"
+                )),
+                None => x.push_str(&format!("  <NavigationProperty {attrs}/>\n")),
+            }
         }
         x.push_str("</EntityType>\n");
     }
     x.push_str("<EntityContainer Name=\"resin\">\n");
     for r in RESOURCES {
         x.push_str(&format!(
-            "  <EntitySet Name=\"{0}\" EntityType=\"resin.{0}\"/>\n",
+            "  <EntitySet Name=\"{0}\" EntityType=\"resin.{0}\">\n",
             r.name
         ));
+        for n in navigations(r) {
+            x.push_str(&format!(
+                "    <NavigationPropertyBinding Path=\"{}\" Target=\"{}\"/>\n",
+                n.name, n.target
+            ));
+        }
+        x.push_str("  </EntitySet>\n");
     }
     x.push_str("</EntityContainer>\n</Schema>\n</edmx:DataServices>\n</edmx:Edmx>\n");
     x
@@ -76,17 +146,27 @@ pub fn csdl_response() -> Response {
         .into_response()
 }
 
-fn json_type(kind: Kind) -> Value {
-    match kind {
-        Kind::Int => json!({"type": "integer", "format": "int64"}),
-        Kind::Text => json!({"type": "string"}),
-        Kind::Bool => json!({"type": "boolean"}),
-        Kind::Real => json!({"type": "number"}),
-        Kind::Time => json!({"type": "string", "format": "date-time"}),
-        Kind::Json => json!({"type": "object"}),
+fn json_type(kind: Kind, nullable: bool) -> Value {
+    let (ty, extra) = match kind {
+        Kind::Int => ("integer", Some(("format", "int64"))),
+        Kind::Text => ("string", None),
+        Kind::Bool => ("boolean", None),
+        Kind::Real => ("number", None),
+        Kind::Time => ("string", Some(("format", "date-time"))),
+        Kind::Json => ("object", None),
+    };
+    let mut t = if nullable {
+        json!({"type": [ty, "null"]})
+    } else {
+        json!({"type": ty})
+    };
+    if let Some((k, v)) = extra {
+        t[k] = json!(v);
     }
+    t
 }
 
+/// The JSON schema of an entity (`writable_only`: of a POST/PATCH body).
 fn schema_of(r: &Resource, writable_only: bool) -> Value {
     let mut props = Map::new();
     let mut required = Vec::new();
@@ -94,30 +174,66 @@ fn schema_of(r: &Resource, writable_only: bool) -> Value {
         if writable_only && f.write == Write::Never {
             continue;
         }
-        let mut t = json_type(f.kind);
-        if f.nullable {
-            t["nullable"] = json!(true);
-        }
-        props.insert(f.name.into(), t);
+        props.insert(
+            f.name.into(),
+            json_type(f.kind, f.nullable && f.name != "id"),
+        );
         if writable_only && f.required {
             required.push(f.name);
+        }
+    }
+    if !writable_only {
+        // $expand adds the navigations.
+        for n in navigations(r) {
+            let target = json!({"$ref": format!("#/components/schemas/{}", n.target)});
+            let v = if n.many {
+                json!({"type": "array", "items": target, "description": "with $expand only"})
+            } else {
+                json!({"oneOf": [target, {"type": "null"}], "description": "with $expand only"})
+            };
+            props.insert(n.name, v);
         }
     }
     json!({"type": "object", "properties": props, "required": required})
 }
 
+fn param(name: &str, location: &str, required: bool, schema: Value, description: &str) -> Value {
+    json!({"name": name, "in": location, "required": required, "schema": schema, "description": description})
+}
+
+fn id_param() -> Value {
+    param(
+        "id",
+        "path",
+        true,
+        json!({"type": "integer", "format": "int64"}),
+        "the entity's key",
+    )
+}
+
+fn ok_json(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn object(description: &str) -> Value {
+    json!({"type": "object", "description": description})
+}
+
 /// The OpenAPI document.
 pub fn openapi() -> Value {
     let mut paths = Map::new();
-    let err = json!({"description": "OData error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/error"}}}});
+    let err = json!({"$ref": "#/components/responses/error"});
+    let odata = |name: &str, schema: Value, d: &str| param(name, "query", false, schema, d);
     let opts = json!([
-        {"name": "$filter", "in": "query", "schema": {"type": "string"}},
-        {"name": "$select", "in": "query", "schema": {"type": "string"}},
-        {"name": "$expand", "in": "query", "schema": {"type": "string"}},
-        {"name": "$orderby", "in": "query", "schema": {"type": "string"}},
-        {"name": "$top", "in": "query", "schema": {"type": "integer"}},
-        {"name": "$skip", "in": "query", "schema": {"type": "integer"}},
-        {"name": "$count", "in": "query", "schema": {"type": "boolean"}}
+        odata("$filter", json!({"type": "string"}), "OData filter, e.g. name eq 'x' (docs/design/odata.md)"),
+        odata("$select", json!({"type": "string"}), "comma-separated fields"),
+        odata("$expand", json!({"type": "string"}), "navigations with nested options; refused (400) above the row budget"),
+        odata("$orderby", json!({"type": "string"}), "path [asc|desc], ..."),
+        odata("$top", json!({"type": "integer", "minimum": 0}), "at most this many entities (served in pages)"),
+        odata("$skip", json!({"type": "integer", "minimum": 0}), "skip this many entities"),
+        odata("$count", json!({"type": "boolean"}), "add @odata.count"),
+        param("Prefer", "header", false, json!({"type": "string"}),
+            "odata.maxpagesize=N: a smaller page than the default 1000 (at most 5000); answered in Preference-Applied"),
     ]);
     let mut schemas = Map::new();
     schemas.insert(
@@ -128,37 +244,153 @@ pub fn openapi() -> Value {
         let n = r.name;
         schemas.insert(n.into(), schema_of(r, false));
         let reference = json!({"$ref": format!("#/components/schemas/{n}")});
+        let page = json!({"type": "object", "properties": {
+            "value": {"type": "array", "items": reference},
+            "@odata.count": {"type": "integer", "description": "with $count=true: all matching entities"},
+            "@odata.nextLink": {"type": "string", "format": "uri", "description": "the next page, while more entities match"}}});
         let mut coll = json!({
-            "get": {"summary": format!("List {n}"), "parameters": opts,
-                "responses": {"200": {"description": "the collection", "content": {"application/json": {"schema": {"type": "object", "properties": {"value": {"type": "array", "items": reference}}}}}}, "400": err}}
+            "get": {"operationId": format!("list_{n}"), "summary": format!("List {n} (in pages of at most 1000 by default; follow @odata.nextLink)"),
+                "parameters": opts,
+                "responses": {"200": ok_json("one page of the collection", page), "400": err, "503": err}}
         });
         let mut one = json!({
-            "get": {"summary": format!("Read one {n}"), "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
-                "responses": {"200": {"description": "the entity", "content": {"application/json": {"schema": reference}}}, "404": err}}
+            "get": {"operationId": format!("get_{n}"), "summary": format!("Read one {n}"),
+                "parameters": [id_param(), odata("$select", json!({"type": "string"}), "fields"), odata("$expand", json!({"type": "string"}), "navigations")],
+                "responses": {"200": ok_json("the entity", reference.clone()), "400": err, "404": err, "503": err}}
         });
         if r.writable {
             schemas.insert(format!("{n}_write"), schema_of(r, true));
             let w = json!({"$ref": format!("#/components/schemas/{n}_write")});
-            coll["post"] = json!({"summary": format!("Create a {n}"), "requestBody": {"content": {"application/json": {"schema": w}}},
-                "responses": {"201": {"description": "created", "content": {"application/json": {"schema": reference}}}, "400": err}});
-            one["patch"] = json!({"summary": format!("Change a {n}"), "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
-                "requestBody": {"content": {"application/json": {"schema": w}}}, "responses": {"204": {"description": "changed"}, "400": err}});
-            one["delete"] = json!({"summary": format!("Delete a {n}"), "parameters": [
-                    {"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
-                    {"name": "force", "in": "query", "required": false, "schema": {"type": "boolean"},
-                     "description": "delete even when something still refers to it (a fleet's devices, a release a fleet targets or a device pins)"}],
+            coll["post"] = json!({"operationId": format!("create_{n}"), "summary": format!("Create a {n}"),
+                "requestBody": {"required": true, "content": {"application/json": {"schema": w}}},
+                "responses": {"201": ok_json("created", reference), "400": err, "409": err}});
+            one["patch"] = json!({"operationId": format!("change_{n}"), "summary": format!("Change a {n}"), "parameters": [id_param()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": w}}},
+                "responses": {"204": {"description": "changed"}, "400": err, "404": err}});
+            one["delete"] = json!({"operationId": format!("delete_{n}"), "summary": format!("Delete a {n}"), "parameters": [
+                    id_param(),
+                    param("force", "query", false, json!({"type": "boolean"}),
+                        "delete even when something still refers to it (a fleet's devices, a release a fleet targets or a device pins)")],
                 "responses": {"204": {"description": "deleted"}, "404": err, "409": err}});
         }
         paths.insert(format!("/v1/{n}"), coll);
         paths.insert(format!("/v1/{n}({{id}})"), one);
+        paths.insert(
+            format!("/v1/{n}/$count"),
+            json!({"get": {"operationId": format!("count_{n}"), "summary": format!("Count {n} ($filter applies)"),
+                "parameters": [odata("$filter", json!({"type": "string"}), "OData filter")],
+                "responses": {"200": {"description": "the number", "content": {"text/plain": {"schema": {"type": "string", "pattern": "^[0-9]+$"}}}}, "400": err, "503": err}}}),
+        );
     }
+    other_routes(&mut paths, &err);
     json!({
-        "openapi": "3.0.3",
-        "info": {"title": "resin-cloud", "version": env!("CARGO_PKG_VERSION")},
-        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "openapi": "3.1.0",
+        "info": {"title": "resin-cloud", "version": env!("CARGO_PKG_VERSION"),
+            "description": "OData resources at /v1 (CSDL at /v1/$metadata), the device API, logs, OS releases and images."},
+        "components": {
+            "schemas": schemas,
+            "responses": {"error": ok_json("an error in the OData JSON shape", json!({"$ref": "#/components/schemas/error"}))},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                "description": "a user's API key for /v1, a provisioning key for /device/register, a device key for the rest of /device"}}},
         "security": [{"bearer": []}],
         "paths": paths
     })
+}
+
+/// Everything beside the generated resource routes.
+fn other_routes(paths: &mut Map<String, Value>, err: &Value) {
+    let public = json!([]);
+    let mut add = |path: &str, v: Value| {
+        paths.insert(path.to_owned(), v);
+    };
+    add(
+        "/v1",
+        json!({"get": {"operationId": "service_document", "summary": "The OData service document: the entity sets",
+            "responses": {"200": ok_json("entity sets", object("{\"value\": [{\"name\", \"kind\", \"url\"}]}"))}}}),
+    );
+    add(
+        "/v1/$metadata",
+        json!({"get": {"operationId": "metadata", "summary": "The OData CSDL (XML) of the resources", "security": public,
+            "responses": {"200": {"description": "CSDL 4.0", "content": {"application/xml": {"schema": {"type": "string"}}}}}}}),
+    );
+    add(
+        "/openapi.json",
+        json!({"get": {"operationId": "openapi", "summary": "This document", "security": public,
+            "responses": {"200": ok_json("OpenAPI 3.1", object("this document"))}}}),
+    );
+    add(
+        "/ping",
+        json!({"get": {"operationId": "ping", "summary": "Liveness", "security": public,
+            "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}),
+    );
+    add(
+        "/v1/device({id})/logs",
+        json!({"get": {"operationId": "device_logs", "summary": "A device's recent log lines, or with follow=true a live stream (server-sent events)",
+            "parameters": [id_param(),
+                param("follow", "query", false, json!({"type": "boolean"}), "stream new lines as server-sent events"),
+                param("count", "query", false, json!({"type": "integer", "minimum": 0}), "at most this many recent lines")],
+            "responses": {"200": {"description": "log lines", "content": {
+                "application/json": {"schema": {"type": "array", "items": object("{timestamp, service, message, isStderr, isSystem}")}},
+                "text/event-stream": {"schema": {"type": "string"}}}}, "400": err, "404": err}}}),
+    );
+    for what in ["bundle", "image"] {
+        add(
+            &format!("/v1/os_release({{id}})/{what}"),
+            json!({"put": {"operationId": format!("upload_os_{what}"),
+                "summary": if what == "bundle" { "Upload the OS release's RAUC bundle" } else { "Upload the OS release's base disk image" },
+                "parameters": [id_param()],
+                "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}},
+                "responses": {"200": ok_json("stored (sha256 and size)", object("the OS release")), "400": err, "404": err, "507": err}}}),
+        );
+    }
+    add(
+        "/v1/os/download",
+        json!({"get": {"operationId": "os_download", "summary": "A fleet's configured disk image: the base image with config.json (a fresh provisioning key) written in, streamed",
+            "parameters": [
+                param("fleet", "query", true, json!({"type": "integer", "format": "int64"}), "the fleet"),
+                param("version", "query", false, json!({"type": "string"}), "OS version (default: the fleet's target OS version)"),
+                param("compression", "query", false, json!({"type": "string", "enum": ["zstd", "xz", "none"]}), "default none")],
+            "responses": {"200": {"description": "the image", "content": {"application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}}, "400": err, "404": err}}}),
+    );
+    add(
+        "/os/bundle/{id}",
+        json!({"get": {"operationId": "os_bundle", "summary": "An OS release's RAUC bundle, for a device of the release's owner (Range supported)",
+            "parameters": [id_param(), param("Range", "header", false, json!({"type": "string"}), "bytes=N-M")],
+            "responses": {"200": {"description": "the bundle", "content": {"application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}},
+                "206": {"description": "part of the bundle"}, "404": err, "416": err}}}),
+    );
+    add(
+        paths::REGISTER,
+        json!({"post": {"operationId": "device_register", "summary": "Register a device with a provisioning key; answers its device key",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["uuid", "deviceType"], "properties": {
+                "uuid": {"type": "string", "pattern": "^[0-9a-f]{32}$"}, "deviceType": {"type": "string"}, "name": {"type": "string"},
+                "supervisorVersion": {"type": "string"}, "osVersion": {"type": "string"},
+                "apiKey": {"type": "string", "description": "the device's current key, to register a known uuid again"}}}}}},
+            "responses": {"200": ok_json("registered again (the same device, proven by apiKey)", json!({"type": "object"})),
+                "201": ok_json("registered", json!({"type": "object", "properties": {"id": {"type": "integer"}, "uuid": {"type": "string"}, "apiKey": {"type": "string"}}})),
+                "400": err, "401": err, "409": err}}}),
+    );
+    add(
+        paths::TARGET_STATE_ROUTE,
+        json!({"get": {"operationId": "device_target_state", "summary": "The device's target state (strong ETag; If-None-Match answers 304)",
+            "parameters": [param("uuid", "path", true, json!({"type": "string"}), "the device's uuid"),
+                param("If-None-Match", "header", false, json!({"type": "string"}), "the ETag last received")],
+            "responses": {"200": ok_json("{uuid: {name, config, apps, os}}", object("target state")), "304": {"description": "unchanged"}, "401": err, "404": err}}}),
+    );
+    add(
+        paths::STATE_REPORT,
+        json!({"patch": {"operationId": "device_report_state", "summary": "The device reports its current state (apps, OS update, metrics)",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": object("{uuid: {apps, os_version, update status, metrics, ...}}")}}},
+            "responses": {"200": {"description": "taken"}, "400": err, "401": err, "413": err}}}),
+    );
+    add(
+        paths::LOG_STREAM_ROUTE,
+        json!({"post": {"operationId": "device_log_stream", "summary": "The device sends log lines (NDJSON, gzip accepted)",
+            "parameters": [param("uuid", "path", true, json!({"type": "string"}), "the device's uuid")],
+            "requestBody": {"required": true, "content": {"application/x-ndjson": {"schema": {"type": "string",
+                "description": "one {timestamp, service, message, isStderr, isSystem} per line"}}}},
+            "responses": {"200": {"description": "taken"}, "400": err, "401": err, "413": err}}}),
+    );
 }
 
 pub async fn openapi_handler() -> Json<Value> {

@@ -83,6 +83,16 @@ pub struct Resource {
     pub writable: bool,
 }
 
+impl Field {
+    /// The name of the navigation to the entity this foreign key points to:
+    /// `<name>_entity` (`device.fleet` is the fleet's id, `fleet_entity` the
+    /// fleet). CSDL forbids a property and a navigation property of one name,
+    /// so the id keeps the name clients already write and read.
+    pub fn navigation(&self) -> Option<String> {
+        self.references.map(|_| format!("{}_entity", self.name))
+    }
+}
+
 impl Resource {
     pub fn field(&self, name: &str) -> Option<&'static Field> {
         self.fields.iter().find(|f| f.name == name)
@@ -262,8 +272,9 @@ pub static RESOURCES: &[Resource] = &[
                 resource: "service_env_var",
                 via: "service",
             },
+            // Not `image`: that is the service's image reference.
             Reverse {
-                name: "image",
+                name: "image_entities",
                 resource: "image",
                 via: "service",
             },

@@ -404,15 +404,15 @@ fn no_reach_through_navigation(backend: Backend) {
     };
     // $filter through navigation finds nothing of alice's.
     assert_eq!(
-        leaks("/v1/device?$filter=fleet/name eq 'alice-fleet'").json()["value"],
+        leaks("/v1/device?$filter=fleet_entity/name eq 'alice-fleet'").json()["value"],
         json!([])
     );
     assert_eq!(
-        leaks(&format!("/v1/device?$filter=fleet/id eq {fleet}")).json()["value"],
+        leaks(&format!("/v1/device?$filter=fleet_entity/id eq {fleet}")).json()["value"],
         json!([])
     );
     assert_eq!(
-        leaks("/v1/device_env_var?$filter=device/name ne 'x'").json()["value"],
+        leaks("/v1/device_env_var?$filter=device_entity/name ne 'x'").json()["value"],
         json!([])
     );
     assert_eq!(
@@ -420,19 +420,19 @@ fn no_reach_through_navigation(backend: Backend) {
         "0"
     );
     // $expand from rows bob can see never shows alice's rows.
-    leaks("/v1/os_release?$expand=owner");
-    let r = leaks("/v1/os_release?$expand=owner");
+    leaks("/v1/os_release?$expand=owner_entity");
+    let r = leaks("/v1/os_release?$expand=owner_entity");
     assert_eq!(
-        r.json()["value"][0]["owner"],
+        r.json()["value"][0]["owner_entity"],
         Value::Null,
         "alice's user row stays hidden"
     );
     leaks("/v1/user?$expand=fleet($expand=device($expand=device_env_var)),api_key");
     leaks("/v1/fleet?$expand=device($expand=device_env_var),release($expand=service),provisioning_key");
     leaks(&format!(
-        "/v1/device({bob_dev})?$expand=fleet($expand=owner)"
+        "/v1/device({bob_dev})?$expand=fleet_entity($expand=owner_entity)"
     ));
-    leaks("/v1/service?$expand=release($expand=fleet)");
+    leaks("/v1/service?$expand=release_entity($expand=fleet_entity)");
     // Writes that point at alice's rows are refused.
     assert_eq!(
         s.patch(
@@ -468,10 +468,10 @@ fn no_reach_through_navigation(backend: Backend) {
     // Alice still sees hers.
     let r = s
         .get(
-            &format!("/v1/device({dev})?$expand=device_env_var,fleet($select=name)"),
+            &format!("/v1/device({dev})?$expand=device_env_var,fleet_entity($select=name)"),
             &alice,
         )
         .json();
     assert_eq!(r["device_env_var"][0]["value"], "alice-secret");
-    assert_eq!(r["fleet"]["name"], "alice-fleet");
+    assert_eq!(r["fleet_entity"]["name"], "alice-fleet");
 }

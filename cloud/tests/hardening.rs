@@ -72,17 +72,17 @@ fn ne_and_not_keep_null_rows(backend: Backend) {
     assert_eq!(q(&format!("pinned_release ne {rid}")).len(), 4);
     assert_eq!(q(&format!("pinned_release eq {rid}")), vec![devs[0]]);
     // Over a navigation: a device that pins nothing has a null
-    // pinned_release/status, which is `ne 'done'`.
+    // pinned_release_entity/status, which is `ne 'done'`.
     s.patch(
         &format!("/v1/release({rid})"),
         &k,
         json!({"status": "done"}),
     );
     let rest = devs[1..].to_vec();
-    assert_eq!(q("pinned_release/status ne 'done'"), rest);
-    assert_eq!(q("not (pinned_release/status eq 'done')"), rest);
-    assert_eq!(q("pinned_release/status eq 'done'"), vec![devs[0]]);
-    assert_eq!(q("pinned_release/status eq null"), rest);
+    assert_eq!(q("pinned_release_entity/status ne 'done'"), rest);
+    assert_eq!(q("not (pinned_release_entity/status eq 'done')"), rest);
+    assert_eq!(q("pinned_release_entity/status eq 'done'"), vec![devs[0]]);
+    assert_eq!(q("pinned_release_entity/status eq null"), rest);
 }
 
 fn timestamps_filter_as_instants(backend: Backend) {

@@ -362,7 +362,7 @@ fn odata_queries(backend: Backend) {
         ["beta"]
     );
     // One-hop navigation in $filter.
-    let r = get("/v1/device?$filter=fleet/name eq 'beta'&$orderby=name");
+    let r = get("/v1/device?$filter=fleet_entity/name eq 'beta'&$orderby=name");
     assert_eq!(names(&r), ["d10", "d11"]);
     // $select, $expand (nested), $count.
     let r = get("/v1/device?$select=name&$filter=name eq 'd00'");
@@ -374,8 +374,17 @@ fn odata_queries(backend: Backend) {
             .collect::<Vec<_>>(),
         ["name"]
     );
-    let r = get("/v1/device?$filter=name eq 'd00'&$expand=fleet($select=name)");
-    assert_eq!(r["value"][0]["fleet"]["name"], "alpha");
+    let r = get("/v1/device?$filter=name eq 'd00'&$expand=fleet_entity($select=name)");
+    assert_eq!(r["value"][0]["fleet_entity"]["name"], "alpha");
+    assert_eq!(
+        r["value"][0]["fleet"], fleets[0],
+        "the id stays beside the entity"
+    );
+    // The navigation is not called like the id property (CSDL forbids it);
+    // the old spelling gets a 400 that names the new one.
+    let r = s.get("/v1/device?$expand=fleet", &k);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("'fleet_entity'"), "{}", r.body);
     let r = get("/v1/fleet?$filter=name eq 'beta'&$expand=device($select=name;$orderby=name desc;$filter=name ne 'd10')");
     assert_eq!(names(&json!({"value": r["value"][0]["device"]})), ["d11"]);
     let r = get("/v1/fleet?$count=true&$top=1&$filter=device_type eq 'qemuarm64'");
@@ -383,7 +392,7 @@ fn odata_queries(backend: Backend) {
     assert_eq!(r["value"].as_array().unwrap().len(), 1);
     assert_eq!(
         s.get(
-            "/v1/device/$count?$filter=fleet/device_type eq 'qemuarm64'",
+            "/v1/device/$count?$filter=fleet_entity/device_type eq 'qemuarm64'",
             &k
         )
         .body,
@@ -411,7 +420,7 @@ fn odata_queries(backend: Backend) {
         "/v1/fleet?$select=nosuch",
         "/v1/fleet?$bogus=1",
         "/v1/fleet?$filter=%FF",
-        "/v1/device?$filter=fleet/owner/username eq 'x'",
+        "/v1/device?$filter=fleet_entity/owner_entity/username eq 'x'",
     ] {
         let r = s.get(q, &k);
         assert_eq!(r.status, 400, "{q}: {}", r.body);
@@ -437,12 +446,31 @@ fn service_documents(backend: Backend) {
     assert_eq!(m.status, 200);
     assert!(m
         .body
-        .contains("<EntitySet Name=\"device\" EntityType=\"resin.device\"/>"));
+        .contains("<EntitySet Name=\"device\" EntityType=\"resin.device\">"));
     assert!(m
         .body
-        .contains("<NavigationProperty Name=\"fleet\" Type=\"resin.fleet\"/>"));
+        .contains("<NavigationPropertyBinding Path=\"fleet_entity\" Target=\"fleet\"/>"));
+    assert!(m.body.contains(
+        "<NavigationProperty Name=\"fleet_entity\" Type=\"resin.fleet\" Nullable=\"false\" Partner=\"device\">"
+    ));
+    assert!(m
+        .body
+        .contains("<Property Name=\"fleet\" Type=\"Edm.Int64\" Nullable=\"false\"/>"));
     let o = s.req("GET", "/openapi.json", None, None).json();
-    assert_eq!(o["openapi"], "3.0.3");
+    assert_eq!(o["openapi"], "3.1.0");
+    for route in [
+        "/v1/device/$count",
+        "/v1/device({id})/logs",
+        "/v1/os/download",
+        "/os/bundle/{id}",
+        "/v1/os_release({id})/bundle",
+        "/device/register",
+        "/device/v3/{uuid}/state",
+        "/device/v3/state",
+        "/device/v2/{uuid}/log-stream",
+    ] {
+        assert!(o["paths"][route].is_object(), "{route} is documented");
+    }
     assert!(o["paths"]["/v1/device({id})"]["patch"].is_object());
     let del = &o["paths"]["/v1/fleet({id})"]["delete"];
     assert_eq!(del["parameters"][1]["name"], "force", "{del}");

@@ -6,6 +6,7 @@
 //! Pure logic: no I/O and no database dependency. See `docs/design/odata.md`.
 
 mod ast;
+mod cost;
 mod error;
 mod filter;
 mod query;
@@ -14,6 +15,7 @@ mod schema;
 mod value;
 
 pub use ast::{CmpOp, Expand, Expr, Func, OrderBy, QueryOptions};
+pub use cost::{expand_cost, to_many_targets};
 pub use error::{ParseError, RenderError};
 pub use filter::{MAX_DEPTH, MAX_NODES};
 pub use query::{

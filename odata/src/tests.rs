@@ -914,3 +914,55 @@ fn comparisons_follow_odata_null_semantics_in_sql() {
         s.sql
     );
 }
+
+// ---- cost of $expand ---------------------------------------------------------
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn expand_cost_bounds_rows_per_level() {
+    let cost = |set: &str, q: &str, rows: u64| {
+        let q = parse_query(q).unwrap();
+        // 10 fleets and 3000 devices visible.
+        expand_cost(&SCHEMA, set, &q, rows, &|s| match s {
+            "fleet" => 10,
+            "device" => 3000,
+            _ => panic!("count of {s}"),
+        })
+        .unwrap()
+    };
+    assert_eq!(cost("fleet", "", 1000), 1000);
+    // The devices of distinct fleets are distinct: at most every device once.
+    assert_eq!(cost("fleet", "$expand=devices", 1000), 1000 + 3000);
+    // $top inside the expansion bounds the rows per fleet.
+    assert_eq!(cost("fleet", "$expand=devices($top=2)", 10), 10 + 20);
+    // Back to the fleet (one per device, repeated), then every device of it
+    // again, for each of the 3000: the cycle multiplies.
+    assert_eq!(
+        cost(
+            "fleet",
+            "$expand=devices($expand=fleet($expand=devices))",
+            1000
+        ),
+        1000 + 3000 + 3000 + 3000 * 3000
+    );
+    assert_eq!(cost("device", "$expand=fleet", 1), 2);
+    assert_eq!(
+        to_many_targets(
+            &SCHEMA,
+            "fleet",
+            &parse_query("$expand=devices($expand=fleet($expand=devices))").unwrap()
+        )
+        .unwrap(),
+        vec!["device"]
+    );
+    assert!(matches!(
+        expand_cost(
+            &SCHEMA,
+            "fleet",
+            &parse_query("$expand=nosuch").unwrap(),
+            1,
+            &|_| 1
+        ),
+        Err(RenderError::UnknownNavigation { .. })
+    ));
+}

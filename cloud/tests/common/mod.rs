@@ -110,6 +110,10 @@ impl Server {
             log_retention: 1000,
             poll_interval_ms: 60_000,
             db_max_connections: 8,
+            query_timeout_ms: 30_000,
+            page_size: 1000,
+            max_page_size: 5000,
+            max_expand_rows: 50_000,
         };
         tweak(&mut config);
         let app = rt
