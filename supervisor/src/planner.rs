@@ -641,6 +641,41 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
         }
     }
 
+    // Networks a wanted app no longer uses: removed once the containers on
+    // them are (a kept container has the spec's networks, which are in its
+    // config hash). Not while a wait holds an old container of the app.
+    for n in &current.networks {
+        let in_app = |s: &&ServiceSpec| s.app_uuid == n.app_uuid;
+        if !specs.iter().any(|s| in_app(&s))
+            || specs
+                .iter()
+                .filter(in_app)
+                .any(|s| s.networks.contains(&n.name))
+        {
+            continue;
+        }
+        let waiting = p
+            .steps
+            .iter()
+            .any(|s| is_wait(s) && matches!(s.service_key(), Some((app, _)) if app == n.app_uuid));
+        if waiting {
+            continue;
+        }
+        let removes: Vec<usize> = p
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s, Step::Remove { app_uuid, .. } if *app_uuid == n.app_uuid))
+            .map(|(i, _)| i)
+            .collect();
+        p.add(
+            Step::RemoveNetwork {
+                name: n.name.clone(),
+            },
+            &removes,
+        );
+    }
+
     // Networks of removed apps, once their containers are gone.
     for n in &current.networks {
         let app_wanted = specs.iter().any(|s| s.app_uuid == n.app_uuid);

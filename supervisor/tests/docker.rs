@@ -819,3 +819,36 @@ async fn network_mode_service_shares_the_services_network() {
     );
     let _ = docker_ok(&["rmi", &img]);
 }
+
+/// A network the new release no longer uses is removed with the containers
+/// that were on it.
+#[tokio::test]
+async fn a_network_dropped_from_the_release_is_removed() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/netdrop-{}", &f.app[..8]));
+    let mut web = svc(&img);
+    web.networks = vec!["front".into()];
+    apply(&f, &target(&f.app, "rel1", &[("web", web.clone())]), false).await;
+    let nets = || {
+        let mut v: Vec<String> = docker(&[
+            "network",
+            "ls",
+            "--filter",
+            &format!("label=io.resin.app-uuid={}", f.app),
+            "--format",
+            "{{.Name}}",
+        ])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(nets(), [format!("{}_front", f.app)]);
+    web.networks = vec!["back".into()];
+    let (out, steps) = apply(&f, &target(&f.app, "rel2", &[("web", web)]), false).await;
+    assert_eq!(out, Outcome::Converged, "{steps:?}");
+    assert_eq!(nets(), [format!("{}_back", f.app)], "{steps:?}");
+    assert_eq!(containers_of(&f.app), ["web running rel2"]);
+    let _ = docker_ok(&["rmi", &img]);
+}

@@ -672,3 +672,26 @@ fn network_mode_service_joins_that_services_container_and_follows_it() {
     // the spec computes).
     assert!(plan(&converged(&t1), &t1, &ctx_with_images(&["img:1"])).is_empty());
 }
+
+#[test]
+fn a_network_the_release_drops_is_removed_after_the_containers_on_it() {
+    let mut s1 = svc("img:1");
+    s1.networks = vec!["front".into()];
+    let mut s2 = svc("img:1");
+    s2.networks = vec!["back".into()];
+    let t1 = target("r1", &[("web", s1)]);
+    let t2 = target("r2", &[("web", s2)]);
+    let steps = plan(&converged(&t1), &t2, &ctx_with_images(&["img:1"]));
+    let rm = steps
+        .iter()
+        .position(|s| matches!(s, Step::RemoveNetwork { name } if name == "app1_front"))
+        .unwrap_or_else(|| panic!("{:?}", kinds(&steps)));
+    assert_eq!(deps(&steps, rm), ["remove:web"]);
+    // Kept while a lock holds the old container on it.
+    let mut ctx = ctx_with_images(&["img:1"]);
+    ctx.locks_held.insert((APP.into(), "web".into()));
+    let steps = plan(&converged(&t1), &t2, &ctx);
+    assert!(!steps
+        .iter()
+        .any(|s| matches!(s, Step::RemoveNetwork { .. })));
+}
