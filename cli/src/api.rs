@@ -175,23 +175,43 @@ impl Api {
         Self::read_json("GET", path, resp)
     }
 
-    /// `GET` a collection → its `value` array.
+    /// `GET` a collection → its `value` array, every page of it: the cloud
+    /// answers at most a page (1000 by default) with `@odata.nextLink` while
+    /// more entities match, and the link is followed on this client's own
+    /// base URL (the cloud's public URL may be one this client cannot reach).
     pub fn list(&self, path: &str) -> Result<Vec<Value>, ApiError> {
-        match self.get(path)? {
-            Value::Object(mut m) => match m.remove("value") {
-                Some(Value::Array(a)) => Ok(a),
-                _ => Err(ApiError::Unexpected {
-                    method: "GET",
-                    path: path.to_string(),
-                    detail: "no `value` array in the collection".into(),
-                }),
-            },
-            _ => Err(ApiError::Unexpected {
+        let mut all = Vec::new();
+        let mut next = Some(path.to_string());
+        // A bound on the pages, so a link that never ends cannot loop for ever.
+        for _ in 0..MAX_PAGES {
+            let Some(p) = next.take() else {
+                return Ok(all);
+            };
+            let unexpected = |detail: &str| ApiError::Unexpected {
                 method: "GET",
-                path: path.to_string(),
-                detail: "expected a JSON object".into(),
-            }),
+                path: p.clone(),
+                detail: detail.into(),
+            };
+            let Value::Object(mut m) = self.get(&p)? else {
+                return Err(unexpected("expected a JSON object"));
+            };
+            match m.remove("value") {
+                Some(Value::Array(a)) => all.extend(a),
+                _ => return Err(unexpected("no `value` array in the collection")),
+            }
+            if let Some(link) = m.get("@odata.nextLink").and_then(Value::as_str) {
+                next = Some(
+                    next_link_path(link)
+                        .ok_or_else(|| unexpected("an @odata.nextLink without /v1/"))?
+                        .to_string(),
+                );
+            }
         }
+        Err(ApiError::Unexpected {
+            method: "GET",
+            path: path.to_string(),
+            detail: format!("more than {MAX_PAGES} pages"),
+        })
     }
 
     /// `POST path` with a JSON body → the created entity.
@@ -297,10 +317,28 @@ pub fn error_message(status: u16, body: &str) -> String {
     .to_string()
 }
 
+/// The most pages [`Api::list`] follows.
+const MAX_PAGES: usize = 10_000;
+
+/// The path and query of an `@odata.nextLink` (`<public url>/v1/…`), to be
+/// requested on the client's own base URL.
+fn next_link_path(link: &str) -> Option<&str> {
+    link.find("/v1/").map(|i| &link[i..])
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_next_link_is_followed_on_the_clients_base() {
+        assert_eq!(
+            next_link_path("http://10.0.2.2:8080/v1/device?$filter=x&$skip=1000"),
+            Some("/v1/device?$filter=x&$skip=1000")
+        );
+        assert_eq!(next_link_path("nonsense"), None);
+    }
 
     #[test]
     fn odata_error_message_is_extracted() {

@@ -75,6 +75,9 @@ fn start_cloud() -> Cloud {
         c.env("RESIN_CLOUD_DATA_DIR", &data)
             .env("RESIN_CLOUD_LISTEN", format!("127.0.0.1:{port}"))
             .env("RESIN_CLOUD_PUBLIC_URL", &url)
+            // Pages of 2: every list the CLI shows spans several pages, so
+            // each test also checks that `@odata.nextLink` is followed.
+            .env("RESIN_CLOUD_PAGE_SIZE", "2")
             .env_remove("RESIN_CLOUD_DATABASE_URL")
             .env_remove("RESIN_CLOUD_CONFIG");
     };
