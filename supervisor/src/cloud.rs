@@ -5,8 +5,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use resin_api_types::{
-    paths, LogLine, RegisterRequest, RegisterResponse, StateReport, TargetState,
+    paths, LogLine, RegisterProof, RegisterRequest, RegisterResponse, StateReport, TargetState,
 };
+use serde::Serialize;
 
 /// Whole-request timeout; a device on a bad link must not hang a task.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,6 +37,22 @@ impl CloudError {
             }
         )
     }
+
+    /// 409: the cloud refuses the request as it stands (a register for a
+    /// uuid that is already registered, without that device's key).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, CloudError::Status { status: 409, .. })
+    }
+}
+
+/// The register body: the request's fields and the proof's `apiKey` in one
+/// JSON object (api-types, `RegisterProof`).
+#[derive(Serialize)]
+struct RegisterBody<'a> {
+    #[serde(flatten)]
+    req: &'a RegisterRequest,
+    #[serde(flatten)]
+    proof: &'a RegisterProof,
 }
 
 /// A target-state fetch.
@@ -92,18 +109,20 @@ impl Cloud {
         Ok(resp)
     }
 
-    /// `POST /device/register` with the provisioning key.
+    /// `POST /device/register` with the provisioning key; `proof` carries
+    /// the device key the device chose (its proof on a repeated register).
     pub fn register(
         &self,
         provisioning_key: &str,
         req: &RegisterRequest,
+        proof: &RegisterProof,
     ) -> Result<RegisterResponse, CloudError> {
         let url = self.url(paths::REGISTER);
         let r = self
             .agent
             .post(&url)
             .header("Authorization", &format!("Bearer {provisioning_key}"))
-            .send_json(req);
+            .send_json(RegisterBody { req, proof });
         let mut resp = Self::check(&url, r)?;
         resp.body_mut().read_json().map_err(|e| CloudError::Body {
             url,

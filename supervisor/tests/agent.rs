@@ -59,12 +59,13 @@ fn provisions_applies_reports_forwards_logs_and_serves_the_local_api() {
     );
     sup.start();
 
-    // Registered, device.json holds uuid and key.
-    let dev: serde_json::Value = wait_until(30, "device.json with a key", || {
+    // Registered, device.json holds uuid, key and the cloud's id (the key
+    // alone is there before the register call).
+    let dev: serde_json::Value = wait_until(30, "device.json with an id", || {
         let d: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(sup.state.join("device.json")).ok()?)
                 .ok()?;
-        d["apiKey"].is_string().then_some(d)
+        (d["apiKey"].is_string() && d["id"].is_i64()).then_some(d)
     });
     let uuid = dev["uuid"].as_str().unwrap().to_owned();
     // The target is applied.
@@ -358,7 +359,7 @@ fn kill_9_mid_update_then_restart_converges_without_orphans() {
 /// answered once the report is out.
 #[test]
 fn a_flush_sends_the_state_at_once_despite_the_debounce() {
-    use resin_api_types::{OsUpdateReport, OsUpdateState, RegisterRequest};
+    use resin_api_types::{OsUpdateReport, OsUpdateState, RegisterProof, RegisterRequest};
     use resin_supervisor::report::Reporter;
     use std::time::Duration;
     use tokio::sync::{mpsc, oneshot, watch};
@@ -381,6 +382,7 @@ fn a_flush_sends_the_state_at_once_despite_the_debounce() {
                 supervisor_version: None,
                 os_version: None,
             },
+            &RegisterProof::default(),
         )
         .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -424,4 +426,152 @@ fn a_flush_sends_the_state_at_once_despite_the_debounce() {
     });
     assert!(t0.elapsed() < Duration::from_secs(10));
     assert_eq!(state(), "rebooting", "sent before the flush was answered");
+}
+
+/// A fleet and its provisioning key for the provisioning tests; returns the
+/// device's config.json (no uuid in it) and the provisioning key.
+fn provisioning_fleet(cloud: &CloudProc, name: &str) -> (resin_api_types::ConfigJson, String) {
+    let f = cloud.create("fleet", json!({"name": name, "device_type": "qemuarm64"}));
+    let fleet = f["id"].as_i64().unwrap();
+    let p = cloud.create("provisioning_key", json!({"fleet": fleet, "name": "p"}));
+    let prov = p["key"].as_str().unwrap().to_owned();
+    let config = serde_json::from_value(config_json(cloud, fleet, &prov)).unwrap();
+    (config, prov)
+}
+
+/// Runs the provisioning FSM against `api` for at most `secs`; None when it
+/// is still retrying then.
+fn provision_for(
+    secs: u64,
+    config: &resin_api_types::ConfigJson,
+    state: &std::path::Path,
+    api: &str,
+) -> Option<(String, String)> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cloud = resin_supervisor::cloud::Cloud::new(api);
+    rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(secs),
+            resin_supervisor::provision::provision(config, state, &cloud, (None, None), &|_| {}),
+        )
+        .await
+    })
+    .ok()
+    .map(|r| r.unwrap())
+}
+
+fn device_json(state: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(state.join("device.json")).unwrap()).unwrap()
+}
+
+/// The supervisor dies after the cloud registered it but before the answer
+/// was saved: the next start registers again with the uuid and the key it
+/// saved before the first call, and the cloud answers the same device.
+#[test]
+fn a_registration_whose_answer_was_lost_gets_the_same_device_on_the_next_start() {
+    let cloud = CloudProc::start();
+    let (config, prov) = provisioning_fleet(&cloud, "lost-answer");
+    let state = tempfile::tempdir().unwrap();
+
+    // First start: the cloud cannot be reached, so the FSM is stopped after
+    // its first attempt. Uuid and device key are on disk already; no id.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    assert_eq!(provision_for(2, &config, state.path(), &down), None);
+    let saved = device_json(state.path());
+    let uuid = saved["uuid"].as_str().unwrap().to_owned();
+    let key = saved["apiKey"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no apiKey saved before the first call: {saved}"))
+        .to_owned();
+    let hex = key.strip_prefix("resin_d_").unwrap();
+    assert!(
+        hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{key}"
+    );
+    assert!(saved.get("id").is_none(), "{saved}");
+
+    // That call reached the cloud and its answer was lost (the body the
+    // supervisor sends: its uuid and the key it chose).
+    let (s, b) = http(
+        "POST",
+        &format!("{}/device/register", cloud.url()),
+        Some(&prov),
+        Some(json!({"uuid": uuid, "deviceType": "qemuarm64", "apiKey": key})),
+    );
+    assert_eq!(s, 201, "{b}");
+    let id = serde_json::from_str::<serde_json::Value>(&b).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+
+    // Next start: registered again, same uuid, same key, same device.
+    let got = provision_for(30, &config, state.path(), &cloud.url()).expect("registered");
+    assert_eq!(got, (uuid.clone(), key.clone()));
+    let saved = device_json(state.path());
+    assert_eq!(saved["id"], id, "{saved}");
+    let rows = cloud.get(&format!("/v1/device?$filter=uuid%20eq%20'{uuid}'"));
+    assert_eq!(rows["value"].as_array().unwrap().len(), 1, "{rows}");
+    // The key is the device's: the target state answers it.
+    let (s, b) = http(
+        "GET",
+        &format!("{}/device/v3/{uuid}/state", cloud.url()),
+        Some(&key),
+        None,
+    );
+    assert_eq!(s, 200, "{b}");
+}
+
+/// A supervisor of before this change saved only the uuid, and its register
+/// call went through: the cloud now refuses that uuid without its key (409).
+/// The uuid was the supervisor's own pick, so it picks a fresh one and
+/// registers, instead of retrying the refused uuid forever.
+#[test]
+fn a_refused_uuid_of_its_own_is_replaced_by_a_fresh_one() {
+    let cloud = CloudProc::start();
+    let (config, prov) = provisioning_fleet(&cloud, "refused");
+    let state = tempfile::tempdir().unwrap();
+    let taken = app_uuid();
+    let (s, b) = http(
+        "POST",
+        &format!("{}/device/register", cloud.url()),
+        Some(&prov),
+        Some(json!({"uuid": taken, "deviceType": "qemuarm64"})),
+    );
+    assert_eq!(s, 201, "{b}");
+    std::fs::write(
+        state.path().join("device.json"),
+        json!({ "uuid": taken }).to_string(),
+    )
+    .unwrap();
+
+    let (uuid, key) = provision_for(20, &config, state.path(), &cloud.url())
+        .expect("registered under a fresh uuid");
+    assert_ne!(uuid, taken);
+    let saved = device_json(state.path());
+    assert_eq!(saved["uuid"], uuid.as_str(), "{saved}");
+    assert_eq!(saved["apiKey"], key.as_str(), "{saved}");
+    let row = device_row(&cloud, &uuid).expect("the new device in the cloud");
+    assert_eq!(saved["id"], row["id"], "{saved}");
+}
+
+/// A uuid from config.json is the operator's: a 409 for it is retried (and
+/// logged), never swapped for another uuid.
+#[test]
+fn a_refused_uuid_from_config_json_is_kept() {
+    let cloud = CloudProc::start();
+    let (mut config, prov) = provisioning_fleet(&cloud, "refused-config");
+    let state = tempfile::tempdir().unwrap();
+    let taken = app_uuid();
+    let (s, b) = http(
+        "POST",
+        &format!("{}/device/register", cloud.url()),
+        Some(&prov),
+        Some(json!({"uuid": taken, "deviceType": "qemuarm64"})),
+    );
+    assert_eq!(s, 201, "{b}");
+    config.uuid = Some(taken.clone());
+
+    assert_eq!(provision_for(3, &config, state.path(), &cloud.url()), None);
+    let saved = device_json(state.path());
+    assert_eq!(saved["uuid"], taken.as_str(), "{saved}");
+    assert!(saved.get("id").is_none(), "{saved}");
 }
