@@ -266,6 +266,30 @@ volumes:
         assert!(c.get("x-common").is_none());
     }
 
+    /// `depends_on` goes to the cloud as written (list or map form); the
+    /// cloud checks the names and cycles.
+    #[test]
+    fn depends_on_passes_through() {
+        let doc = r#"
+services:
+  web: {image: "w:1", depends_on: [db]}
+  api:
+    image: a:1
+    depends_on:
+      db: {condition: service_started}
+  db: {image: "d:1"}
+"#;
+        let c = composition(doc, &imgs(&[])).unwrap();
+        assert_eq!(
+            c["services"]["web"]["depends_on"],
+            serde_json::json!(["db"])
+        );
+        assert_eq!(
+            c["services"]["api"]["depends_on"],
+            serde_json::json!({"db": {"condition": "service_started"}})
+        );
+    }
+
     #[test]
     fn build_without_image_is_refused_with_a_hint() {
         let e = composition(DOC, &BTreeMap::new()).unwrap_err().to_string();

@@ -33,6 +33,7 @@ const SERVICE_KEYS: &[&str] = &[
     "cap_add",
     "cap_drop",
     "network_mode",
+    "depends_on",
 ];
 
 fn err(path: &str, msg: impl std::fmt::Display) -> ApiError {
@@ -83,6 +84,80 @@ fn command(path: &str, v: &Value) -> ApiResult<Vec<String>> {
         Value::String(s) => Ok(s.split_whitespace().map(str::to_owned).collect()),
         _ => string_list(path, v),
     }
+}
+
+/// Compose `depends_on`: a list of service names, or a map of name to
+/// `{condition: service_started}` (the only condition the supervisor keeps:
+/// it starts dependencies first).
+fn depends_on(path: &str, v: &Value) -> ApiResult<Vec<String>> {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(n, spec)| {
+                let cond = spec.get("condition").and_then(Value::as_str);
+                if !matches!(cond, None | Some("service_started")) {
+                    return Err(err(
+                        &format!("{path}.{n}.condition"),
+                        "only service_started is supported",
+                    ));
+                }
+                Ok(n.clone())
+            })
+            .collect(),
+        _ => string_list(path, v),
+    }
+}
+
+/// Every `depends_on` names a service of the same release, and the
+/// dependencies have no cycle (the supervisor could start none of them).
+fn check_dependencies(rel: &ReleaseTarget) -> ApiResult<()> {
+    for (name, svc) in &rel.services {
+        if let Some(d) = svc
+            .depends_on
+            .iter()
+            .find(|d| !rel.services.contains_key(*d))
+        {
+            return Err(err(
+                &format!("services.{name}.depends_on"),
+                format!("unknown service {d:?}"),
+            ));
+        }
+    }
+    // Depth-first search; `path` is the chain being followed.
+    fn visit<'a>(
+        rel: &'a ReleaseTarget,
+        name: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+    ) -> Result<(), String> {
+        if let Some(at) = path.iter().position(|p| *p == name) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(name);
+            return Err(cycle.join(" -> "));
+        }
+        if done.contains(name) {
+            return Ok(());
+        }
+        path.push(name);
+        if let Some(svc) = rel.services.get(name) {
+            for d in &svc.depends_on {
+                visit(rel, d, path, done)?;
+            }
+        }
+        path.pop();
+        done.insert(name);
+        Ok(())
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for name in rel.services.keys() {
+        visit(rel, name, &mut Vec::new(), &mut done).map_err(|cycle| {
+            err(
+                &format!("services.{name}.depends_on"),
+                format!("dependency cycle {cycle}"),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Validates a compose document (as JSON) into a release target.
@@ -170,11 +245,13 @@ pub fn parse_composition(doc: &Value) -> ApiResult<ReleaseTarget> {
                             .to_owned(),
                     )
                 }
+                "depends_on" => t.depends_on = depends_on(&kp, v)?,
                 _ => {}
             }
         }
         out.services.insert(name.clone(), t);
     }
+    check_dependencies(&out)?;
     let empty = Map::new();
     let named = |key: &str| -> ApiResult<Vec<NamedSpec>> {
         let Some(v) = top.get(key) else {

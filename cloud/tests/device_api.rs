@@ -16,7 +16,8 @@ both!(
     register_target_report_logs,
     retention_and_offline,
     bundles_with_ranges,
-    concurrent_registrations_and_reports
+    concurrent_registrations_and_reports,
+    depends_on_reaches_the_target_state
 );
 
 fn register_target_report_logs(backend: Backend) {
@@ -578,4 +579,96 @@ fn concurrent_registrations_and_reports(backend: Backend) {
     let count = s.get("/v1/device/$count", &alice);
     assert_eq!(count.status, 200, "{}", count.body);
     assert_eq!(count.body.trim(), (threads * per_thread).to_string());
+}
+
+/// Compose `depends_on` (list or map form) is stored and reaches the
+/// device's target state; a name that is not a service of the release, a
+/// condition the supervisor cannot keep, or a cycle is a 400 naming it.
+fn depends_on_reaches_the_target_state(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, alice) = s.user("alice");
+    let (fleet, prov) = s.fleet(&alice, "deps");
+    for (deps, needle) in [
+        (
+            json!({"web": {"image": "x", "depends_on": ["db", "cache"]}, "db": {"image": "y"}}),
+            "services.web.depends_on: unknown service \\\"cache\\\"",
+        ),
+        (
+            json!({"web": {"image": "x", "depends_on": {"db": {"condition": "service_healthy"}}},
+                   "db": {"image": "y"}}),
+            "services.web.depends_on.db.condition",
+        ),
+        (
+            json!({"a": {"image": "x", "depends_on": ["b"]}, "b": {"image": "x", "depends_on": ["c"]},
+                   "c": {"image": "x", "depends_on": ["a"]}}),
+            "dependency cycle a -> b -> c -> a",
+        ),
+        (
+            json!({"a": {"image": "x", "depends_on": ["a"]}}),
+            "dependency cycle a -> a",
+        ),
+        (
+            json!({"a": {"image": "x", "depends_on": "b"}, "b": {"image": "x"}}),
+            "services.a.depends_on: expected a list",
+        ),
+    ] {
+        let r = s.post(
+            "/v1/release",
+            &alice,
+            json!({"fleet": fleet, "composition": {"services": deps}}),
+        );
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains(needle), "{} should say {needle}", r.body);
+    }
+    let rel = s.create(
+        &alice,
+        "release",
+        json!({"fleet": fleet, "composition": {"services": {
+            "web": {"image": "reg/web:1", "depends_on": ["db", "cache"]},
+            "api": {"image": "reg/api:1", "depends_on": {"db": {"condition": "service_started"}, "cache": {}}},
+            "db": {"image": "reg/db:1"},
+            "cache": {"image": "reg/cache:1", "depends_on": ["db"]}}}}),
+    );
+    assert_eq!(
+        s.patch(
+            &format!("/v1/fleet({fleet})"),
+            &alice,
+            json!({"target_release": rel["id"]})
+        )
+        .status,
+        204
+    );
+    let uuid = "0123456789abcdef0123456789abcdef";
+    let r = s.post(
+        "/device/register",
+        &prov,
+        json!({"uuid": uuid, "deviceType": "qemuarm64"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let key = r.json()["apiKey"].as_str().unwrap().to_owned();
+    let t = s.get(&format!("/device/v3/{uuid}/state"), &key).json();
+    let services = t[uuid]["apps"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()["releases"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()["services"]
+        .clone();
+    assert_eq!(
+        services["web"]["depends_on"],
+        json!(["db", "cache"]),
+        "{services}"
+    );
+    assert_eq!(
+        services["api"]["depends_on"],
+        json!(["cache", "db"]),
+        "{services}"
+    );
+    assert_eq!(services["cache"]["depends_on"], json!(["db"]), "{services}");
+    assert!(services["db"].get("depends_on").is_none(), "{services}");
 }
