@@ -108,7 +108,7 @@ _stage_exit() { if [ "$1" = 0 ]; then stage_end ok; else stage_end FAILED; fi; }
 # stage_table: the stages so far, one line each, nested by depth, with a total.
 stage_table() {
   [ -n "${RESIN_STAGES:-}" ] && [ -f "$RESIN_STAGES" ] || return 0
-  awk -F'\t' '
+  awk -F'\t' -v now="$(date +%s)" '
     $1 == "B" { n++; id[n] = $2; depth[n] = $3; name[n] = $4; at[$2] = n }
     $1 == "E" { secs[at[$2]] = $3; st[at[$2]] = $4 }
     END {
@@ -119,7 +119,11 @@ stage_table() {
         if (depth[i] == 0 && s != "-") total += s
         printf "%-52s %8s  %s\n", substr(ind name[i], 1, 52), s, r
       }
-      printf "%-52s %8d  (%d min)\n", "total", total, int((total + 59) / 60)
+      printf "%-52s %8d  (%d min)\n", "sum of the stages", total, int((total + 59) / 60)
+      if (n) {
+        split(id[1], a, "-"); wall = now - a[2]
+        printf "%-52s %8d  (%d min; less than the sum where stages ran side by side)\n", "wall clock since the first stage", wall, int((wall + 59) / 60)
+      }
     }' "$RESIN_STAGES"
 }
 
@@ -147,6 +151,22 @@ ensure_cargo_target() {
     fi
   fi
   mkdir -p "$dir" && touch "$dir"
+  # cargo decides that a workspace crate is fresh by comparing its sources'
+  # mtimes with its last build, and its fingerprints do not name the
+  # checkout's path: after a build from another checkout, a file this
+  # checkout changed earlier than that build would look unchanged. So when
+  # the dir was last used by another checkout, this checkout's files are
+  # touched (a fresh clone's already are newer): the workspace's crates are
+  # rebuilt, the dependencies are not.
+  if [ -f "$dir/.resin-checkout" ] && [ "$(cat "$dir/.resin-checkout")" != "$RESIN_ROOT" ]; then
+    log "cargo cache: last used by $(cat "$dir/.resin-checkout"); marking $RESIN_ROOT's sources newer"
+    if git -C "$RESIN_ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+      (cd "$RESIN_ROOT" && git ls-files -z | xargs -0 -r touch -c)
+    else
+      find "$RESIN_ROOT" -path "$RESIN_ROOT/target" -prune -o -type f -exec touch -c {} +
+    fi
+  fi
+  printf '%s\n' "$RESIN_ROOT" >"$dir/.resin-checkout"
   ls -dt "$root/$name-"* 2>/dev/null | tail -n +3 | xargs -r rm -rf
   if [ "$name" = target ]; then export CARGO_TARGET_DIR=$dir; else echo "$dir"; fi
 }
