@@ -6,15 +6,7 @@ set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
 cd "$RESIN_ROOT"
 ensure_rust
-cargo build -q -p resin-cloud
-BIN="$CARGO_TARGET_DIR/debug/resin-cloud"
-WORK=$(mktemp -d)
-PORT=$((20000 + RANDOM % 20000))
-URL="http://127.0.0.1:$PORT"
-export RESIN_CLOUD_DATA_DIR="$WORK" RESIN_CLOUD_LISTEN="127.0.0.1:$PORT"
-PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+cloud_instance
 
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
@@ -23,9 +15,7 @@ KEY=$(printf '%s' "$OUT" | json '["api_key"]')
 FLEET=$(printf '%s' "$OUT" | json '["fleet_id"]')
 printf '%s' "$OUT" | json '["user_id"]' >/dev/null
 
-"$BIN" serve >"$WORK/log" 2>&1 &
-PID=$!
-wait_for curl -fsS "$URL/ping" || { cat "$WORK/log" >&2; die "resin-cloud did not start"; }
+cloud_serve
 
 auth=(-H "Authorization: Bearer $KEY" -H "Content-Type: application/json")
 PROV=$(curl -fsS "${auth[@]}" -d "{\"fleet\":$FLEET,\"name\":\"check\"}" "$URL/v1/provisioning_key" | json '["key"]')

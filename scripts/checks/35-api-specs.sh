@@ -24,18 +24,8 @@ if ! "$venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(not m.
   "$venv/bin/pip" install -q 'openapi-spec-validator==0.9.*'
 fi
 
-cargo build -q -p resin-cloud
-BIN="$CARGO_TARGET_DIR/debug/resin-cloud"
-WORK=$(mktemp -d)
-PORT=$((20000 + RANDOM % 20000))
-URL="http://127.0.0.1:$PORT"
-export RESIN_CLOUD_DATA_DIR="$WORK" RESIN_CLOUD_LISTEN="127.0.0.1:$PORT"
-PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-"$BIN" serve >"$WORK/log" 2>&1 &
-PID=$!
-wait_for curl -fsS "$URL/ping" || { cat "$WORK/log" >&2; die "resin-cloud did not start"; }
+cloud_instance
+cloud_serve
 curl -fsS "$URL/openapi.json" >"$WORK/openapi.json"
 curl -fsS "$URL/v1/\$metadata" >"$WORK/metadata.xml"
 

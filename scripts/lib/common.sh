@@ -262,6 +262,27 @@ CFG
   wait_for curl -fsS "http://$RESIN_TEST_REGISTRY/v2/" || { tail -30 "$d/registry.log"; die "registry did not start"; }
 }
 
+# cloud_instance: builds resin-cloud and prepares a private instance of it for
+# a check: sets BIN, WORK (its data dir, removed on exit with the process),
+# URL and the RESIN_CLOUD_* environment. `cloud_serve` then starts it.
+cloud_instance() {
+  cargo build -q ${CI:+--locked} -p resin-cloud
+  BIN="$CARGO_TARGET_DIR/debug/resin-cloud"
+  WORK=$(mktemp -d)
+  local port=$((20000 + RANDOM % 20000))
+  URL="http://127.0.0.1:$port"
+  export RESIN_CLOUD_DATA_DIR="$WORK" RESIN_CLOUD_LISTEN="127.0.0.1:$port"
+  CLOUD_PID=
+  trap '[ -n "$CLOUD_PID" ] && kill "$CLOUD_PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+# cloud_serve: starts the instance of cloud_instance and waits for /ping.
+cloud_serve() {
+  "$BIN" serve >"$WORK/log" 2>&1 &
+  CLOUD_PID=$!
+  wait_for curl -fsS "$URL/ping" || { cat "$WORK/log" >&2; die "resin-cloud did not start"; }
+}
+
 # write_env: the exported service addresses, for `source $RESIN_RUN/env.sh`.
 # Merges with what an earlier script wrote, so a check that starts only some
 # services (e.g. the QEMU check) keeps the others' addresses.
