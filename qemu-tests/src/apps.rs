@@ -107,7 +107,9 @@ pub fn push_busybox(
 /// second (with `$GREETING`), `store` appends a line to a named volume on each
 /// start and prints how many it holds. Both exit on SIGTERM (a shell as PID 1
 /// ignores it otherwise, and every stop would wait out Docker's 10 s).
-pub fn composition(image: &TestImage, greeting: &str) -> Value {
+/// `ticker` always runs `base` and has no setting that changes, so it is the
+/// same in every release; heartbeat and store run `image` with `greeting`.
+pub fn composition(image: &TestImage, base: &TestImage, greeting: &str) -> Value {
     json!({
         "services": {
             "heartbeat": {
@@ -119,7 +121,7 @@ pub fn composition(image: &TestImage, greeting: &str) -> Value {
             // The same in every release: a release that does not change a
             // service must not restart it (same container, counter goes on).
             "ticker": {
-                "image": image.guest_ref,
+                "image": base.guest_ref,
                 "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); echo \"ticker $i\"; sleep 2; done"],
                 "restart": "always"
             },
@@ -142,19 +144,16 @@ mod tests {
 
     #[test]
     fn composition_has_three_services_and_a_named_volume() {
-        let c = composition(
-            &TestImage {
-                guest_ref: "r@sha256:00".into(),
-            },
-            "hi",
-        );
+        let base = TestImage {
+            guest_ref: "r@sha256:00".into(),
+        };
+        let big = TestImage {
+            guest_ref: "r@sha256:11".into(),
+        };
+        let c = composition(&base, &base, "hi");
         assert_eq!(c["services"].as_object().unwrap().len(), 3);
-        let other = composition(
-            &TestImage {
-                guest_ref: "r@sha256:00".into(),
-            },
-            "v2",
-        );
+        let other = composition(&big, &base, "v2");
+        assert_eq!(other["services"]["heartbeat"]["image"], "r@sha256:11");
         assert_eq!(
             c["services"]["ticker"], other["services"]["ticker"],
             "ticker is the same in every release"

@@ -264,9 +264,13 @@ impl Ctx {
         let image = if big { &self.big_image } else { &self.image }
             .clone()
             .ok_or_else(|| anyhow!("no test image was pushed"))?;
+        let base = self
+            .image
+            .clone()
+            .ok_or_else(|| anyhow!("no test image was pushed"))?;
         let rel = self.api.post(
             "/v1/release",
-            &json!({"fleet": fleet, "composition": composition(&image, greeting)}),
+            &json!({"fleet": fleet, "composition": composition(&image, &base, greeting)}),
         )?;
         let rid = rel["id"].as_i64().context("release id")?;
         self.api.patch(
