@@ -74,6 +74,27 @@ resin_boot_links() {
     fi
 }
 
+# U-Boot machines: the slot carries its kernel's device trees as
+# /boot/dtb/<KERNEL_DEVICETREE entry> (e.g. broadcom/bcm2711-rpi-4-b.dtb, the
+# name U-Boot's ${fdtfile} has), and boot.scr boots with them
+# (resin-bootfiles' resin_slot_devicetree), so kernel and DTB never skew.
+ROOTFS_POSTPROCESS_COMMAND:append = " resin_slot_dtbs"
+resin_slot_dtbs[doc] = "Puts the kernel's device trees under /boot/dtb/ by their KERNEL_DEVICETREE names"
+resin_slot_dtbs() {
+    [ "${RESIN_BOOTLOADER}" = "uboot" ] || return 0
+    n=0
+    for dtb in ${KERNEL_DEVICETREE}; do
+        case "$dtb" in *.dtb) ;; *) continue ;; esac
+        # kernel-devicetree installs it flat, or by its full name with KERNEL_DTBVENDORED.
+        f=${IMAGE_ROOTFS}/boot/$dtb
+        [ -f "$f" ] || f=${IMAGE_ROOTFS}/boot/$(basename $dtb)
+        [ -f "$f" ] || bbfatal "no /boot/$dtb in the rootfs: add kernel-devicetree to IMAGE_INSTALL"
+        install -D -m 0644 "$f" ${IMAGE_ROOTFS}/boot/dtb/$dtb
+        n=$((n + 1))
+    done
+    [ $n -gt 0 ] || bbfatal "KERNEL_DEVICETREE names no .dtb for the slot's /boot/dtb/"
+}
+
 do_image_resinimg[prefuncs] += "resin_check_rauc_keys"
 
 # resin_copy_boot_files DIR: copies RESIN_BOOT_FILES from DEPLOY_DIR_IMAGE into DIR.
