@@ -106,6 +106,7 @@ pub async fn create(app: &AppState, actor: &Actor, body: &Value) -> ApiResult<(S
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    crate::cache::changed(app, crate::cache::Change::Fleet(fleet)).await;
     let res =
         schema::resource("release").ok_or_else(|| ApiError::internal("no release resource"))?;
     Ok((
