@@ -40,6 +40,25 @@ pub enum BuildError {
     Gpt(String),
     #[error("--output: the directory {0} does not exist (it is not created)")]
     OutputDir(PathBuf),
+    #[error("--format qcow2: {0} (a .bmap and --compress describe a raw image for flashing; build the raw image for those)")]
+    Qcow2Options(&'static str),
+    #[error("partition[{part}]: {source}")]
+    Env {
+        part: String,
+        source: crate::ubootenv::EnvError,
+    },
+    #[error("qemu-img convert to qcow2 failed: {stderr}")]
+    Qcow2 { stderr: String },
+}
+
+/// The format of the image file `build` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ImageFormat {
+    /// A raw disk image (sparse), with its `.bmap`: what is flashed.
+    #[default]
+    Raw,
+    /// QEMU's qcow2 (converted with `qemu-img convert`; only the mapped data is allocated).
+    Qcow2,
 }
 
 fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
@@ -238,7 +257,7 @@ fn usable(part: &PlannedPart) -> u64 {
     match part.fs {
         Fs::Ext4 => part.size / 100 * 85,
         Fs::Vfat => part.size / 100 * 95,
-        Fs::None => part.size,
+        Fs::UbootEnv | Fs::None => part.size,
     }
 }
 
@@ -280,12 +299,30 @@ pub(crate) fn extract_tar(tar: &Path, into: &Path) -> Result<(), BuildError> {
 /// Builds the image described by `plan`. Validation (layout, inputs, sizes) happens before any
 /// file is created; the image is assembled in a temp file beside the output and renamed last.
 pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError> {
+    build_format(plan, opts, ImageFormat::Raw)
+}
+
+/// [`build`] in the given format: qcow2 takes neither a `.bmap` nor compression.
+pub fn build_format(
+    plan: &Plan,
+    opts: &BuildOptions,
+    format: ImageFormat,
+) -> Result<BuildReport, BuildError> {
     // 1. Validate everything that can be checked without writing.
+    if format == ImageFormat::Qcow2 {
+        if opts.bmap {
+            return Err(BuildError::Qcow2Options("a .bmap was asked for"));
+        }
+        if opts.compression != Compression::None {
+            return Err(BuildError::Qcow2Options("--compress was given"));
+        }
+    }
     let mut sources = Vec::new();
     for p in &plan.parts {
         sources.push(resolve(plan, p, opts)?);
     }
     let rendered = render_all(plan)?;
+    let envs = env_images(plan)?;
     let config = padded_config(opts.config.as_deref().unwrap_or(b"{}"), plan.config_reserve)
         .map_err(BuildError::Config)?;
     for (p, s) in plan.parts.iter().zip(&sources) {
@@ -422,6 +459,14 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
         needed.push((r.offset, r.offset + len));
     }
 
+    // U-Boot environments: every byte of each copy is covered by its CRC.
+    for (offset, bytes) in &envs {
+        use std::os::unix::fs::FileExt;
+        disk.write_all_at(bytes, *offset)
+            .map_err(io_ctx("writing the U-Boot environment into the image"))?;
+        needed.push((*offset, offset + bytes.len() as u64));
+    }
+
     // 5. The GPT, last.
     write_gpt(plan, disk, &seed)?;
     needed.extend(gpt_ranges(disk).map_err(io_ctx("reading back the GPT"))?);
@@ -448,6 +493,16 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
         crate::util::write_atomic(bp, text.as_bytes())
             .map_err(io_ctx(format!("writing {}", bp.display())))?;
     }
+    if format == ImageFormat::Qcow2 {
+        to_qcow2(tmp_img.path(), &opts.output, &out_dir)?;
+        return Ok(BuildReport {
+            image: opts.output.clone(),
+            bmap: None,
+            compressed: None,
+            disk_size: plan.disk_size,
+            bytes_written,
+        });
+    }
     crate::util::make_readable(disk).map_err(io_ctx("setting the image's mode"))?;
     tmp_img.persist(&opts.output).map_err(|e| BuildError::Io {
         context: format!("renaming the image to {}", opts.output.display()),
@@ -460,6 +515,38 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
         disk_size: plan.disk_size,
         bytes_written,
     })
+}
+
+/// Converts the finished raw temp image into a qcow2 temp file beside the output, syncs it and
+/// renames it onto the output. qemu-img writes clusters in order (no `-W`), and the qcow2
+/// format has no timestamps, so the same raw image gives the same bytes.
+fn to_qcow2(raw: &Path, output: &Path, out_dir: &Path) -> Result<(), BuildError> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".resin-imagegen-")
+        .suffix(".qcow2.tmp")
+        .tempfile_in(out_dir)
+        .map_err(io_ctx("creating the qcow2 temp file"))?;
+    let out = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(tmp.path())
+        .output()
+        .map_err(io_ctx("running qemu-img (package qemu-utils)"))?;
+    if !out.status.success() {
+        return Err(BuildError::Qcow2 {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    // qemu-img wrote through its own descriptor; reopen to sync what it wrote.
+    File::open(tmp.path())
+        .and_then(|f| f.sync_all())
+        .map_err(io_ctx("syncing the qcow2 image"))?;
+    crate::util::make_readable(tmp.as_file()).map_err(io_ctx("setting the file mode"))?;
+    tmp.persist(output).map_err(|e| BuildError::Io {
+        context: format!("renaming the image to {}", output.display()),
+        source: e.error,
+    })?;
+    Ok(())
 }
 
 /// `disk.img` + `.bmap` → `disk.img.bmap`.
@@ -492,6 +579,32 @@ fn compress_to(disk: &File, len: u64, c: Compression, out: &Path) -> Result<(), 
         source: e.error,
     })?;
     Ok(())
+}
+
+/// Each U-Boot environment partition's copies, rendered from `uboot-env.txt.j2`: (disk offset,
+/// bytes). Copy 1 has flag 1 and copy 2 flag 0, so U-Boot and libubootenv take copy 1 under
+/// either flag scheme while both are valid, and copy 2 when copy 1 is damaged.
+fn env_images(plan: &Plan) -> Result<Vec<(u64, Vec<u8>)>, BuildError> {
+    let mut out = Vec::new();
+    for p in &plan.parts {
+        let Some(env) = p.env else { continue };
+        let text = crate::render::render_template(plan, "uboot-env.txt.j2")?;
+        let copies = if env.redundant { 2 } else { 1 };
+        let mut bytes = Vec::new();
+        for i in 0..copies {
+            let flag = if i == 0 { 1 } else { 0 };
+            bytes.extend(
+                crate::ubootenv::env_image(&text, env.size as usize, env.redundant, flag).map_err(
+                    |source| BuildError::Env {
+                        part: p.name.clone(),
+                        source,
+                    },
+                )?,
+            );
+        }
+        out.push((p.offset, bytes));
+    }
+    Ok(out)
 }
 
 /// What one partition's builder wrote.
@@ -611,7 +724,8 @@ fn build_partition(
             })?;
             fs_img.clone()
         }
-        (Fs::None, _) => {
+        // Written whole by build() from the rendered environment.
+        (Fs::UbootEnv | Fs::None, _) => {
             return Ok(Written {
                 bytes: 0,
                 needed: Vec::new(),
@@ -646,7 +760,7 @@ fn build_partition(
                 context: format!("mapping the FAT of {}", p.label),
                 source: io::Error::other(e),
             })?,
-        (Fs::None, _) => Vec::new(),
+        (Fs::UbootEnv | Fs::None, _) => Vec::new(),
     };
     let n = copy_sparse(&f, disk, p.offset, &|_| {})
         .map_err(io_ctx(format!("copying {} into the image", p.label)))?;

@@ -146,6 +146,14 @@ pub fn inspect_image_with(path: &Path, plan: &Plan) -> Result<Report, InspectErr
         let ok = match want.fs {
             Fs::Ext4 => got.fs == "ext4",
             Fs::Vfat => got.fs.starts_with("vfat"),
+            Fs::UbootEnv => match want.env {
+                Some(e) => {
+                    crate::ubootenv::valid_copies(&f, got.offset, e.size, e.redundant)
+                        .map_err(io)?
+                        > 0
+                }
+                None => true,
+            },
             Fs::None => true,
         };
         if !ok {

@@ -8,6 +8,7 @@
 //! - [`configure`]: writes config.json in place, or streams a configured image
 //! - [`inspect`]: partition table, filesystems and config of an image, with invariant checks
 //! - [`rauc`]: development keys and RAUC bundles
+//! - [`ubootenv`]: U-Boot environment images (mkenvimage format, redundant)
 
 pub mod bmap;
 pub mod build;
@@ -22,5 +23,6 @@ pub mod rauc;
 pub mod render;
 pub mod size;
 pub mod sparse;
+pub mod ubootenv;
 pub mod util;
 pub mod vfat;

@@ -54,6 +54,11 @@ pub const TOOLS: &[Tool] = &[
         package: "tar",
     },
     Tool {
+        name: "qemu-img",
+        version_args: &["--version"],
+        package: "qemu-utils",
+    },
+    Tool {
         name: "openssl",
         version_args: &["version"],
         package: "openssl",
