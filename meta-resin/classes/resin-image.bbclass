@@ -8,9 +8,9 @@
 # and a zstd-compressed copy (.resinimg.zst, what the cloud serves).
 #
 # Variables (defaults in conf/distro/include/resin-settings.inc):
-# RESIN_BOOT_SIZE (100MiB), RESIN_ROOTFS_SIZE (1GiB, also the maximum rootfs
-# size), RESIN_STATE_SIZE (64MiB), RESIN_DATA_MIN_SIZE (64MiB),
-# RESIN_DEVELOPMENT ("0"); here: RESIN_BOOT_FILES, RESIN_BOOT_DEPENDS.
+# RESIN_BOOT_SIZE, RESIN_ROOTFS_SIZE, RESIN_STATE_SIZE, RESIN_DATA_MIN_SIZE
+# (empty: the layout's sizes), RESIN_DEVELOPMENT ("0"); here:
+# RESIN_BOOT_FILES, RESIN_BOOT_DEPENDS.
 
 inherit resin-imagegen resin-keys
 
@@ -39,15 +39,8 @@ IMAGE_FSTYPES = "ext4 tar.zst resinimg"
 IMAGE_TYPEDEP:resinimg = "ext4"
 do_image_resinimg[depends] += "resin-imagegen-native:do_populate_sysroot ${RESIN_BOOT_DEPENDS}"
 
-# The rootfs must fit its slot: IMAGE_ROOTFS_MAXSIZE is in KiB.
-IMAGE_ROOTFS_MAXSIZE ?= "${@resin_size_kib(d.getVar('RESIN_ROOTFS_SIZE'))}"
-
-def resin_size_kib(size):
-    units = {"KiB": 1, "MiB": 1024, "GiB": 1024 * 1024, "K": 1, "M": 1024, "G": 1024 * 1024}
-    for unit in sorted(units, key=len, reverse=True):
-        if size.endswith(unit):
-            return str(int(size[:-len(unit)]) * units[unit])
-    bb.fatal("RESIN_ROOTFS_SIZE=%s: use KiB, MiB or GiB" % size)
+# The rootfs must fit its slot: resin-imagegen build refuses a rootfs larger
+# than the layout's slot (no second size parser here).
 
 # meta-rauc's rauc-mark-good marks every boot good before the supervisor's
 # health check: never install it (see recipes-core/rauc/rauc_%.bbappend).

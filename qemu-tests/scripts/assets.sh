@@ -265,6 +265,9 @@ QEMU_ONLY=(
   etc/systemd/system/apt-daily-upgrade.timer etc/systemd/system/e2scrub_all.timer
   etc/systemd/system/e2scrub_reap.service etc/systemd/system/fstrim.timer
   etc/systemd/system/dpkg-db-backup.timer etc/systemd/system/systemd-networkd-wait-online.service
+  # The stand-in's root is the initrd's overlay, not the slot's ext4, so
+  # systemd-repart cannot find the disk from /: it is named (the virtio disk).
+  etc/systemd/system/systemd-repart.service.d/qemu.conf
   # The cross-built supervisor (Yocto: the recipe's cargo do_install) and the
   # boot guard's timeout sized for TCG.
   usr/bin/resin-supervisor etc/systemd/system/resin-boot-guard.service.d/qemu.conf
@@ -320,6 +323,9 @@ OS
   else
     RESIN_QEMU_MASK="${RESIN_QEMU_MASK:-} resin-supervisor.service"
   fi
+  mkdir -p "$u/systemd-repart.service.d"
+  printf '[Service]\nExecStart=\nExecStart=/usr/bin/systemd-repart --dry-run=no /dev/vda\n' \
+    >"$u/systemd-repart.service.d/qemu.conf"
   mkdir -p "$u/resin-boot-guard.service.d"
   printf '[Service]\nEnvironment=RESIN_BOOT_GUARD_TIMEOUT=%s\n' "${RESIN_QEMU_GUARD_TIMEOUT:-600}" \
     >"$u/resin-boot-guard.service.d/qemu.conf"

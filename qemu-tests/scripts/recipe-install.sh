@@ -21,6 +21,8 @@
 # would. The native tools are stood in for:
 #   resin-imagegen render / resin_imagegen_render  copy RESIN_QEMU_RENDERED
 #                                                  (a `resin-imagegen render` output dir)
+#   resin-imagegen render-repart                   copy RESIN_QEMU_RENDERED/repart.d
+#                                                  (its `render-repart` output)
 #   RESIN_RAUC_KEYRING_FILE                        RESIN_QEMU_KEYRING
 #   DEPLOY_DIR_IMAGE                               RESIN_QEMU_DEPLOY (boot files)
 # A recipe fetched with git (S = ${UNPACKDIR}/resin) sees this working tree.
@@ -88,10 +90,15 @@ resin_imagegen_render() {
   rm -rf "$1" && mkdir -p "$1" && cp -a "$RESIN_QEMU_RENDERED/." "$1/"
 }
 resin-imagegen() {
-  [ "$1" = render ] || bbfatal "resin-imagegen $1: only render is stood in for"
-  local out=""
-  while [ $# -gt 0 ]; do [ "$1" = --out-dir ] && out=$2; shift; done
-  resin_imagegen_render "$out"
+  local cmd=$1 out=""
+  while [ $# -gt 0 ]; do case "$1" in --out|--output|--out-dir) out=$2 ;; esac; shift; done
+  case "$cmd" in
+  render) resin_imagegen_render "$out" ;;
+  render-repart)
+    [ -d "${RESIN_QEMU_RENDERED:-}/repart.d" ] || bbfatal "resin-imagegen render-repart: no repart.d in RESIN_QEMU_RENDERED"
+    mkdir -p "$out" && cp -a "$RESIN_QEMU_RENDERED/repart.d/." "$out/" ;;
+  *) bbfatal "resin-imagegen $cmd: only render and render-repart are stood in for" ;;
+  esac
 }
 SH
 }

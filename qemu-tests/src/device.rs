@@ -34,8 +34,8 @@ impl DeviceInputs {
         run(&format!("resin-imagegen {what}"), &mut c)
     }
 
-    /// `resin-imagegen render`: grub.cfg, grubenv, fstab and system.conf from
-    /// the layout, with the disk's kernel command line ([`QEMU_CMDLINE`]) plus
+    /// `resin-imagegen render` (grub.cfg, grubenv, fstab and system.conf) and
+    /// `render-repart` (into `repart.d/`) from the layout, with the disk's kernel command line ([`QEMU_CMDLINE`]) plus
     /// `boot_arg`: the grub.cfg an OS update installs into resin-boot (the
     /// rootfs's boot payload) is this one.
     pub fn render(&self, out: &Path, boot_arg: Option<&str>) -> Result<PathBuf, AssetError> {
@@ -48,6 +48,12 @@ impl DeviceInputs {
         self.imagegen(
             "render",
             &["render", "--layout", &l, "--set", &cmdline, "--output", &o],
+        )?;
+        // systemd-repart's definitions (resin-persist installs them).
+        let r = out.join("repart.d").display().to_string();
+        self.imagegen(
+            "render-repart",
+            &["render-repart", "--layout", &l, "--out", &r],
         )?;
         Ok(out.into())
     }
