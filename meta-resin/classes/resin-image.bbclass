@@ -75,7 +75,7 @@ ROOTFS_POSTPROCESS_COMMAND:append = " resin_slot_dtbs"
 resin_slot_dtbs[doc] = "Puts the kernel's device trees under /boot/dtb/ by their KERNEL_DEVICETREE names"
 resin_slot_dtbs() {
     [ "${RESIN_BOOTLOADER}" = "uboot" ] || return 0
-    n=0
+    found=0
     for dtb in ${KERNEL_DEVICETREE}; do
         case "$dtb" in *.dtb) ;; *) continue ;; esac
         # kernel-devicetree installs it flat, or by its full name with KERNEL_DTBVENDORED.
@@ -83,9 +83,9 @@ resin_slot_dtbs() {
         [ -f "$f" ] || f=${IMAGE_ROOTFS}/boot/$(basename $dtb)
         [ -f "$f" ] || bbfatal "no /boot/$dtb in the rootfs: add kernel-devicetree to IMAGE_INSTALL"
         install -D -m 0644 "$f" ${IMAGE_ROOTFS}/boot/dtb/$dtb
-        n=$((n + 1))
+        found=1
     done
-    [ $n -gt 0 ] || bbfatal "KERNEL_DEVICETREE names no .dtb for the slot's /boot/dtb/"
+    [ $found = 1 ] || bbfatal "KERNEL_DEVICETREE names no .dtb for the slot's /boot/dtb/"
 }
 
 do_image_resinimg[prefuncs] += "resin_check_rauc_keys"
