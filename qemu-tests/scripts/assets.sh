@@ -229,8 +229,8 @@ PRUNE_MODULES=(sound drivers/gpu drivers/media drivers/net/wireless drivers/infi
 # boot payload) come from meta-resin's recipes, by running their install steps
 # (recipe-install.sh); the stand-in has no copy of any of them. What Debian
 # provides instead of Yocto is the package list above. scripts/checks/70-meta-resin.sh
-# fails when a recipe of the layer with an install step is in neither list
-# below, or when the stand-in's files differ from meta-resin's (QEMU_ONLY
+# fails when a recipe of the layer with an install step (or a rootfs step of
+# the image class) is in neither list below, or when the stand-in's files differ from meta-resin's (QEMU_ONLY
 # lists what the stand-in adds, each with its reason).
 STANDIN_RECIPES=(
   recipes-core/base-files/base-files_%.bbappend
@@ -243,12 +243,17 @@ STANDIN_RECIPES=(
   recipes-resin/resin-supervisor/resin-supervisor.bb
   recipes-resin/resin-qemu-guest/resin-qemu-guest.bb
   'resin-image.bbclass#resin_boot_payload'
+  'resin-image.bbclass#resin_slot_dtbs'
 )
-# Recipes of the layer with an install step that are not part of resin-image.
-NOT_IN_IMAGE=(
-  # The native image tool (resin-imagegen-native); the harness runs the
-  # workspace's own resin-imagegen.
+# Recipes of the layer with an install step, and steps of the image class
+# (ROOTFS_POSTPROCESS_COMMAND), that the stand-in does not run, each with why.
+NOT_IN_STANDIN=(
+  # The native image tool (resin-imagegen-native), not part of resin-image; the
+  # harness runs the workspace's own resin-imagegen.
   recipes-resin/resin-imagegen/resin-imagegen.bb
+  # /boot/vmlinuz and /boot/initrd.img: the stand-in boots Debian's kernel with
+  # its own busybox initrd (build_kernel, build_initrd above).
+  'resin-image.bbclass#resin_boot_links'
 )
 # What the stand-in adds to meta-resin's files (path globs, relative to /):
 QEMU_ONLY=(
@@ -382,7 +387,7 @@ case "${1:-}" in
   os-layer) shift; build_os_layer "$@" ;;
   # For scripts/checks/70-meta-resin.sh: the lists above, one entry a line.
   standin-recipes) printf '%s\n' "${STANDIN_RECIPES[@]}" ;;
-  not-in-image) printf '%s\n' "${NOT_IN_IMAGE[@]}" ;;
+  not-in-standin) printf '%s\n' "${NOT_IN_STANDIN[@]}" ;;
   qemu-only) printf '%s\n' "${QEMU_ONLY[@]}" ;;
   preflight)
     # What the steps exec: mmdebstrap (with arch-test and qemu-user for arm64),
@@ -392,5 +397,5 @@ case "${1:-}" in
     preflight_cross
     log "preflight: device assets ok (mmdebstrap, kernel/initrd tools, GRUB arm64-efi, aarch64 cross build)"
     ;;
-  *) die "usage: $0 rootfs|kernel|initrd|grub|supervisor|device-rootfs OUT VERSION|os-layer OUT VERSION|standin-recipes|not-in-image|qemu-only" ;;
+  *) die "usage: $0 rootfs|kernel|initrd|grub|supervisor|device-rootfs OUT VERSION|os-layer OUT VERSION|standin-recipes|not-in-standin|qemu-only" ;;
 esac

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One OS definition: fails on any drift between the OS meta-resin builds and
 # the QEMU stand-in (assets.sh), in the resin-owned files.
-#  1. every recipe of meta-resin with a do_compile/do_install is run by the
-#     stand-in (assets.sh STANDIN_RECIPES) or is not part of the image
-#     (NOT_IN_IMAGE);
-#  2. meta-resin's side: the install steps of every such recipe of the image,
-#     plus the image class's boot payload, run into a directory (recipe-install.sh);
-#     the stand-in's side: `assets.sh os-layer`, the resin-owned part of its
-#     rootfs; both from the same stand-in inputs (rendered files, keyring, GRUB);
+#  1. every recipe of meta-resin with a do_compile/do_install, and every
+#     ROOTFS_POSTPROCESS_COMMAND step of resin-image.bbclass, is run by the
+#     stand-in (assets.sh STANDIN_RECIPES) or listed, with its reason, in
+#     NOT_IN_STANDIN;
+#  2. meta-resin's side: every such recipe and step but the native tool
+#     (resin-imagegen) run into a directory (recipe-install.sh); the stand-in's
+#     side: `assets.sh os-layer`, the resin-owned part of its rootfs; both from
+#     the same stand-in inputs (rendered files, keyring, GRUB);
 #  3. every file or link of meta-resin's side is in the stand-in's with the
 #     same content (or link target) and mode, and every file of the stand-in's
 #     side that meta-resin does not install is listed in assets.sh QEMU_ONLY.
@@ -21,29 +22,30 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 mapfile -t standin < <(bash "$assets" standin-recipes)
-mapfile -t not_in_image < <(bash "$assets" not-in-image)
+mapfile -t not_in_standin < <(bash "$assets" not-in-standin)
 mapfile -t qemu_only < <(bash "$assets" qemu-only)
 
-# 1. The layer's recipes with an install step.
+# 1. The layer's recipes with an install step, and the image class's rootfs steps.
 fail=0
 mapfile -t recipes < <(cd meta-resin && grep -lE '^do_(compile|install)(:[a-z0-9_]+)*\(\) *\{' \
   $(find recipes-* -name '*.bb' -o -name '*.bbappend' | sort))
-for r in "${recipes[@]}"; do
+mapfile -t steps < <(sed -n -E 's/^ROOTFS_POSTPROCESS_COMMAND:append = " ([a-z_]+)"$/resin-image.bbclass#\1/p' \
+  meta-resin/classes/resin-image.bbclass)
+[ ${#steps[@]} -gt 0 ] || die "no ROOTFS_POSTPROCESS_COMMAND step found in resin-image.bbclass: the scan is broken"
+for r in "${recipes[@]}" "${steps[@]}"; do
   in=0
-  for s in "${standin[@]}" "${not_in_image[@]}"; do [ "$s" = "$r" ] && in=1; done
+  for s in "${standin[@]}" "${not_in_standin[@]}"; do [ "$s" = "$r" ] && in=1; done
   if [ $in = 0 ]; then
-    echo "drift: meta-resin/$r installs files, but the stand-in does not run it (add it to STANDIN_RECIPES in $assets, or to NOT_IN_IMAGE with the reason)" >&2
+    echo "drift: meta-resin's $r installs files, but the stand-in does not run it (add it to STANDIN_RECIPES in $assets, or to NOT_IN_STANDIN with the reason)" >&2
     fail=1
   fi
 done
+# meta-resin's side: all of them but the native tool, which is not in the image.
 image=()
-for r in "${recipes[@]}"; do
-  skip=0
-  for s in "${not_in_image[@]}"; do [ "$s" = "$r" ] && skip=1; done
-  [ $skip = 1 ] || image+=("$r")
+for r in "${recipes[@]}" "${steps[@]}"; do
+  case "$r" in recipes-resin/resin-imagegen/*|*#resin_boot_links) continue ;; esac
+  image+=("$r")
 done
-# The image class's steps that install files into the rootfs.
-image+=('resin-image.bbclass#resin_boot_payload')
 
 # 2. The same inputs for both sides.
 in=$tmp/in
