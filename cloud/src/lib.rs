@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod device_api;
 pub mod error;
+pub mod linger;
 pub mod logs;
 pub mod metadata;
 pub mod os;
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ping", get(|| async { "OK" }))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .layer(axum::middleware::from_fn(api::json_errors))
+        .layer(axum::middleware::from_fn(linger::close_after_refused_body))
         .with_state(state)
 }
 
@@ -104,6 +106,7 @@ impl App {
             .context("opening the database")?;
         tokio::spawn(device_api::offline_sweeper(state.clone()));
         let app = router(state.clone());
+        let listener = linger::LingerListener(listener);
         let task = tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(Self { addr, state, task })
     }
