@@ -7,9 +7,11 @@
 //! - [`report`]: `PATCH /device/v3/state` (the current state report)
 //! - [`logs`]: `POST /device/v2/{uuid}/log-stream` (NDJSON log lines)
 //! - [`config`]: `config.json` on the boot partition
+//! - [`compose`]: the compose parser and validator (CLI, cloud, supervisor)
 //! - [`labels`]: container labels and update strategies the supervisor uses
 //! - [`paths`]: the device-API paths, built in one place
 
+pub mod compose;
 pub mod config;
 pub mod labels;
 pub mod logs;

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod device_api;
@@ -21,10 +22,8 @@ pub mod resources;
 pub mod schema;
 pub mod tls;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
@@ -42,7 +41,10 @@ pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
     pub logs: broadcast::Sender<logs::LogEvent>,
-    pub heartbeats: Arc<Mutex<HashMap<i64, Instant>>>,
+    /// Target states and device keys for the poll path ([`cache`]).
+    pub cache: Arc<cache::Cache>,
+    /// Devices seen since the last heartbeat write ([`cache::Heartbeats`]).
+    pub heartbeats: Arc<cache::Heartbeats>,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;
         let (logs, _) = broadcast::channel(4096);
         Ok(Self {
+            cache: Arc::new(cache::Cache::new(db.dialect)),
             db,
             config: Arc::new(config),
             logs,
@@ -114,6 +117,10 @@ impl App {
             .await
             .context("opening the database")?;
         tokio::spawn(device_api::offline_sweeper(state.clone()));
+        tokio::spawn(cache::heartbeat_flusher(state.clone()));
+        if state.db.dialect == db::Dialect::Postgres {
+            tokio::spawn(cache::listen(state.clone()));
+        }
         let app = router(state.clone());
         let task = match (rustls, state.config.tls.clone()) {
             (Some(rustls), Some(settings)) => {

@@ -122,6 +122,8 @@ pub async fn upload(
             .execute(&app.db.pool)
             .await?;
     }
+    // Any fleet of any owner may target this version (and a public one).
+    crate::cache::changed(app, crate::cache::Change::All).await;
     Ok((
         StatusCode::OK,
         axum::Json(serde_json::json!({"sha256": sha, "size": size})),

@@ -8,6 +8,8 @@
 //! - [`configure`]: writes config.json in place, or streams a configured image
 //! - [`inspect`]: partition table, filesystems and config of an image, with invariant checks
 //! - [`rauc`]: development keys and RAUC bundles
+//! - [`readonly`]: squashfs roots and their dm-verity hash trees
+//! - [`ubootenv`]: U-Boot environment images (mkenvimage format, redundant)
 
 pub mod bmap;
 pub mod build;
@@ -19,8 +21,10 @@ pub mod inspect;
 pub mod layout;
 pub mod preflight;
 pub mod rauc;
+pub mod readonly;
 pub mod render;
 pub mod size;
 pub mod sparse;
+pub mod ubootenv;
 pub mod util;
 pub mod vfat;

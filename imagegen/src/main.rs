@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use resin_imagegen::build::{build, BuildOptions};
+use resin_imagegen::build::{build_format, BuildOptions, ImageFormat};
 use resin_imagegen::configure::{self, Compression};
 use resin_imagegen::inspect::{inspect_image, inspect_image_with, InspectError};
 use resin_imagegen::layout::{load_or_default, Layout};
@@ -76,6 +76,9 @@ enum Cmd {
         /// Also write a compressed copy: none, zstd or xz.
         #[arg(long, value_enum, default_value_t = Compression::None)]
         compress: Compression,
+        /// Image format: raw (default; with its .bmap) or qcow2 (for QEMU; no .bmap, no --compress).
+        #[arg(long, value_enum, default_value_t = ImageFormat::Raw)]
+        format: ImageFormat,
         /// Do not write the .bmap.
         #[arg(long, conflicts_with = "bmap")]
         no_bmap: bool,
@@ -205,8 +208,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             config,
             output,
             compress,
+            format,
             no_bmap,
-            bmap: _,
+            bmap,
             seed,
         } => {
             let plan = layout.load()?.plan()?;
@@ -230,16 +234,21 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 None => None,
             };
             let t0 = std::time::Instant::now();
-            let report = build(
+            let report = build_format(
                 &plan,
                 &BuildOptions {
                     inputs: map,
                     config,
                     output,
-                    bmap: !no_bmap,
+                    // A qcow2 gets a .bmap only when asked, which build() refuses.
+                    bmap: match format {
+                        ImageFormat::Raw => !no_bmap,
+                        ImageFormat::Qcow2 => bmap,
+                    },
                     compression: compress,
                     seed,
                 },
+                format,
             )?;
             println!(
                 "built {} ({} bytes, {} bytes of data) in {:.2?}",

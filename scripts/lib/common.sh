@@ -19,7 +19,7 @@ RESIN_APT_PACKAGES=(
   # OS updates
   rauc rauc-service openssl squashfs-tools
   # imagegen
-  e2fsprogs dosfstools mtools gdisk fdisk bmap-tools genimage zstd xz-utils u-boot-tools grub-common
+  e2fsprogs dosfstools mtools gdisk fdisk bmap-tools genimage zstd xz-utils u-boot-tools grub-common qemu-utils libubootenv-tool cryptsetup-bin
   # arm64 device, QEMU
   qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64 ipxe-qemu mmdebstrap arch-test
   # QEMU tests: host-side initrd/kernel handling, the aarch64 cross toolchain (Debian's Rust 1.96)
