@@ -4,6 +4,7 @@
 //!
 //! - [`layout`]: the layout file, `--set` overrides, validation and placement
 //! - [`render`]: grub.cfg, grubenv, U-Boot script, fstab and RAUC system.conf from templates
+//! - [`repart`]: systemd-repart definitions (repart.d) from the layout
 //! - [`build`]: the disk image, its `.bmap` and compressed copies
 //! - [`configure`]: writes config.json in place, or streams a configured image
 //! - [`inspect`]: partition table, filesystems and config of an image, with invariant checks
@@ -23,6 +24,7 @@ pub mod preflight;
 pub mod rauc;
 pub mod readonly;
 pub mod render;
+pub mod repart;
 pub mod size;
 pub mod sparse;
 pub mod ubootenv;

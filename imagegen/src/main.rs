@@ -97,6 +97,15 @@ enum Cmd {
         #[arg(long, visible_aliases = ["output", "out-dir"])]
         out: PathBuf,
     },
+    /// Write systemd-repart definitions (repart.d/NN-NAME.conf) from the layout into DIR;
+    /// notes on what systemd-repart cannot express go to stderr.
+    RenderRepart {
+        #[command(flatten)]
+        layout: LayoutArgs,
+        /// Output directory (created if missing; files of the same names are replaced).
+        #[arg(long, visible_aliases = ["output", "out-dir"])]
+        out: PathBuf,
+    },
     /// Print an image's partition table, filesystems and config.json; check the layout's
     /// invariants. Exits 2 when the image is damaged.
     Inspect {
@@ -270,6 +279,17 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             render::write_all(&files, &out)?;
             for f in files {
                 println!("{}", out.join(&f.path).display());
+            }
+        }
+        Cmd::RenderRepart { layout, out } => {
+            let plan = layout.load()?.plan()?;
+            let (files, notes) = resin_imagegen::repart::repart_files(&plan);
+            resin_imagegen::repart::write_files(&files, &out)?;
+            for f in &files {
+                println!("{}", out.join(&f.name).display());
+            }
+            for n in notes {
+                eprintln!("resin-imagegen: note: {n}");
             }
         }
         Cmd::Configure {
