@@ -5,6 +5,7 @@
 //! - [`layout`]: the layout file, `--set` overrides, validation and placement
 //! - [`render`]: grub.cfg, grubenv, U-Boot script, fstab and RAUC system.conf from templates
 //! - [`repart`]: systemd-repart definitions (repart.d) from the layout
+//! - [`genimage`]: genimage configs converted to layouts (`import-genimage`)
 //! - [`build`]: the disk image, its `.bmap` and compressed copies
 //! - [`configure`]: writes config.json in place, or streams a configured image
 //! - [`inspect`]: partition table, filesystems and config of an image, with invariant checks
@@ -17,6 +18,7 @@ pub mod build;
 pub mod configure;
 pub mod ext4;
 pub mod fat;
+pub mod genimage;
 pub mod gptread;
 pub mod inspect;
 pub mod layout;
