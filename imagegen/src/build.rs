@@ -43,6 +43,11 @@ pub enum BuildError {
     #[error("--format qcow2: {0} (a .bmap and --compress describe a raw image for flashing; build the raw image for those)")]
     Qcow2Options(&'static str),
     #[error("partition[{part}]: {source}")]
+    Readonly {
+        part: String,
+        source: crate::readonly::ReadonlyError,
+    },
+    #[error("partition[{part}]: {source}")]
     Env {
         part: String,
         source: crate::ubootenv::EnvError,
@@ -257,7 +262,7 @@ fn usable(part: &PlannedPart) -> u64 {
     match part.fs {
         Fs::Ext4 => part.size / 100 * 85,
         Fs::Vfat => part.size / 100 * 95,
-        Fs::UbootEnv | Fs::None => part.size,
+        Fs::UbootEnv | Fs::Squashfs | Fs::Verity | Fs::None => part.size,
     }
 }
 
@@ -321,12 +326,16 @@ pub fn build_format(
     for p in &plan.parts {
         sources.push(resolve(plan, p, opts)?);
     }
+    // Rendered here to find template errors before anything is written; again below once
+    // the verity root hashes are known.
     let rendered = render_all(plan)?;
-    let envs = env_images(plan)?;
+    env_images(plan, &BTreeMap::new())?;
     let config = padded_config(opts.config.as_deref().unwrap_or(b"{}"), plan.config_reserve)
         .map_err(BuildError::Config)?;
     for (p, s) in plan.parts.iter().zip(&sources) {
         match s {
+            // Compressed: checked once mksquashfs has made it.
+            Source::Dir(_) if p.fs == Fs::Squashfs => {}
             Source::Dir(d) => {
                 let mut need = dir_usage(d).map_err(io_ctx(format!("reading {}", d.display())))?;
                 if p.fs == Fs::Vfat {
@@ -410,6 +419,15 @@ pub fn build_format(
     disk.set_len(plan.disk_size)
         .map_err(io_ctx("sizing the temp image"))?;
 
+    // Read-only roots and their hash trees first: the root hashes go into the rendered files.
+    let (prebuilt, roothashes) = build_readonly(plan, &sources, work.path(), &seed, epoch)?;
+    let rendered = if roothashes.is_empty() {
+        rendered
+    } else {
+        crate::render::render_all_with(plan, &roothashes)?
+    };
+    let envs = env_images(plan, &roothashes)?;
+
     // 4. Filesystems, built in parallel, each copied sparsely to its offset.
     let total: u64 = plan.parts.iter().map(|p| p.size).sum();
     let pb = progress(total, "building partitions");
@@ -419,11 +437,12 @@ pub fn build_format(
             .iter()
             .zip(&sources)
             .map(|(p, src)| {
-                let (work, seed, rendered, config, pb) =
-                    (work.path(), &seed, &rendered, &config, &pb);
+                let (work, seed, rendered, config, pb, prebuilt) =
+                    (work.path(), &seed, &rendered, &config, &pb, &prebuilt);
                 s.spawn(move || {
-                    let r =
-                        build_partition(plan, p, src, work, seed, epoch, rendered, config, disk);
+                    let r = build_partition(
+                        plan, p, src, work, seed, epoch, rendered, config, disk, prebuilt,
+                    );
                     pb.inc(p.size);
                     r
                 })
@@ -584,11 +603,14 @@ fn compress_to(disk: &File, len: u64, c: Compression, out: &Path) -> Result<(), 
 /// Each U-Boot environment partition's copies, rendered from `uboot-env.txt.j2`: (disk offset,
 /// bytes). Copy 1 has flag 1 and copy 2 flag 0, so U-Boot and libubootenv take copy 1 under
 /// either flag scheme while both are valid, and copy 2 when copy 1 is damaged.
-fn env_images(plan: &Plan) -> Result<Vec<(u64, Vec<u8>)>, BuildError> {
+fn env_images(
+    plan: &Plan,
+    roothashes: &BTreeMap<String, String>,
+) -> Result<Vec<(u64, Vec<u8>)>, BuildError> {
     let mut out = Vec::new();
     for p in &plan.parts {
         let Some(env) = p.env else { continue };
-        let text = crate::render::render_template(plan, "uboot-env.txt.j2")?;
+        let text = crate::render::render_template_with(plan, "uboot-env.txt.j2", roothashes)?;
         let copies = if env.redundant { 2 } else { 1 };
         let mut bytes = Vec::new();
         for i in 0..copies {
@@ -605,6 +627,95 @@ fn env_images(plan: &Plan) -> Result<Vec<(u64, Vec<u8>)>, BuildError> {
         out.push((p.offset, bytes));
     }
     Ok(out)
+}
+
+/// Read-only images by partition name, and verity root hashes by data partition name.
+type Readonly = (BTreeMap<String, PathBuf>, BTreeMap<String, String>);
+
+/// Squashfs images of the squashfs partitions that have contents, then the dm-verity hash
+/// tree of each one a verity partition names. Returns the images by partition name and the
+/// root hashes by data partition name. Salt and verity UUID are derived from the seed.
+fn build_readonly(
+    plan: &Plan,
+    sources: &[Source],
+    work: &Path,
+    seed: &[u8],
+    epoch: i64,
+) -> Result<Readonly, BuildError> {
+    let ro_err = |p: &PlannedPart| {
+        let part = p.name.clone();
+        move |source| BuildError::Readonly { part, source }
+    };
+    let too_big = |p: &PlannedPart, what: &str, img: &Path| -> Result<(), BuildError> {
+        let len = std::fs::metadata(img)
+            .map_err(io_ctx(format!("reading {}", img.display())))?
+            .len();
+        if len > p.size {
+            return Err(field(
+                p,
+                "size",
+                format!(
+                    "the {what} is {len} bytes, more than partition[{}].size ({} bytes)",
+                    p.name, p.size
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let mut images = BTreeMap::new();
+    let mut hashes = BTreeMap::new();
+    for (p, src) in plan.parts.iter().zip(sources) {
+        if p.fs != Fs::Squashfs {
+            continue;
+        }
+        let img = match src {
+            Source::Empty => continue,
+            Source::Image(i) => i.clone(),
+            Source::Dir(d) => {
+                let out = work.join(format!("{}.squashfs", p.name));
+                crate::readonly::build_squashfs(d, &out, epoch, &p.mkfs_options)
+                    .map_err(ro_err(p))?;
+                out
+            }
+            Source::Tar(t) => {
+                let d = work.join(format!("{}.root", p.name));
+                std::fs::create_dir_all(&d).map_err(io_ctx("creating the extraction directory"))?;
+                extract_tar(t, &d)?;
+                let out = work.join(format!("{}.squashfs", p.name));
+                crate::readonly::build_squashfs(&d, &out, epoch, &p.mkfs_options)
+                    .map_err(ro_err(p))?;
+                let _ = std::fs::remove_dir_all(&d);
+                out
+            }
+        };
+        too_big(p, "squashfs", &img)?;
+        images.insert(p.name.clone(), img);
+    }
+    for v in &plan.parts {
+        let Some(data) = v.verity_data.as_ref() else {
+            continue;
+        };
+        let Some(img) = images.get(data).cloned() else {
+            continue;
+        };
+        let out = work.join(format!("{}.verity", v.name));
+        let salt: [u8; 32] = Sha256::new()
+            .chain_update(seed)
+            .chain_update(format!("verity salt {}", v.label))
+            .finalize()
+            .into();
+        let hash = crate::readonly::verity_format(
+            &img,
+            &out,
+            &salt,
+            derived_uuid(seed, &format!("verity {}", v.label)),
+        )
+        .map_err(ro_err(v))?;
+        too_big(v, "hash tree", &out)?;
+        images.insert(v.name.clone(), out);
+        hashes.insert(data.clone(), hash);
+    }
+    Ok((images, hashes))
 }
 
 /// What one partition's builder wrote.
@@ -651,8 +762,23 @@ fn build_partition(
     rendered: &[crate::render::Rendered],
     config: &[u8],
     disk: &File,
+    prebuilt: &BTreeMap<String, PathBuf>,
 ) -> Result<Written, BuildError> {
     let fs_img = work.join(format!("{}.fs", p.name));
+    if let Some(img) = prebuilt.get(&p.name) {
+        // A squashfs or hash tree made by build_readonly: every byte is read.
+        let f = File::open(img).map_err(io_ctx(format!("opening {}", img.display())))?;
+        let len = f
+            .metadata()
+            .map_err(io_ctx(format!("reading {}", img.display())))?
+            .len();
+        let n = copy_sparse(&f, disk, p.offset, &|_| {})
+            .map_err(io_ctx(format!("copying {} into the image", p.label)))?;
+        return Ok(Written {
+            bytes: n,
+            needed: vec![(p.offset, p.offset + len.min(p.size))],
+        });
+    }
     let mut extracted = None;
     let dir: Option<PathBuf> = match src {
         Source::Dir(d) => Some(d.clone()),
@@ -724,8 +850,9 @@ fn build_partition(
             })?;
             fs_img.clone()
         }
-        // Written whole by build() from the rendered environment.
-        (Fs::UbootEnv | Fs::None, _) => {
+        // Written whole by build() from the rendered environment; or an empty read-only slot
+        // (squashfs and hash tree with no data: RAUC installs into it).
+        (Fs::UbootEnv | Fs::Squashfs | Fs::Verity | Fs::None, _) => {
             return Ok(Written {
                 bytes: 0,
                 needed: Vec::new(),
@@ -760,7 +887,7 @@ fn build_partition(
                 context: format!("mapping the FAT of {}", p.label),
                 source: io::Error::other(e),
             })?,
-        (Fs::UbootEnv | Fs::None, _) => Vec::new(),
+        (Fs::UbootEnv | Fs::Squashfs | Fs::Verity | Fs::None, _) => Vec::new(),
     };
     let n = copy_sparse(&f, disk, p.offset, &|_| {})
         .map_err(io_ctx(format!("copying {} into the image", p.label)))?;

@@ -235,6 +235,10 @@ pub struct PartitionSpec {
     /// redundant format's flag byte (CONFIG_ENV_REDUNDANT) (true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_redundant: Option<bool>,
+    /// `fs = "verity"`: the name of the (squashfs) partition whose dm-verity hash tree this
+    /// partition holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity_data: Option<String>,
 }
 
 /// A U-Boot environment partition's geometry.
@@ -298,6 +302,10 @@ pub enum Fs {
     /// A U-Boot environment (mkenvimage format), written by imagegen from `uboot-env.txt.j2`.
     #[serde(rename = "uboot-env")]
     UbootEnv,
+    /// A read-only squashfs made with mksquashfs.
+    Squashfs,
+    /// The dm-verity hash tree (veritysetup format) of the partition named by `verity-data`.
+    Verity,
     None,
 }
 
@@ -308,6 +316,8 @@ impl Fs {
             Fs::Vfat => "vfat",
             Fs::Ext4 => "ext4",
             Fs::UbootEnv => "uboot-env",
+            Fs::Squashfs => "squashfs",
+            Fs::Verity => "verity",
             Fs::None => "none",
         }
     }
@@ -338,6 +348,8 @@ pub struct PlannedPart {
     pub mkfs_options: Vec<String>,
     /// `fs = "uboot-env"`: the environment's copies.
     pub env: Option<EnvGeometry>,
+    /// `fs = "verity"`: the name of the partition whose hash tree this one holds.
+    pub verity_data: Option<String>,
 }
 
 /// A validated layout with every partition placed.
@@ -529,8 +541,8 @@ impl Layout {
                         format!("duplicate slot bootname `{s}`"),
                     ));
                 }
-                if p.fs != "ext4" {
-                    return Err(field_err(f("fs"), "a root slot must be ext4"));
+                if p.fs != "ext4" && p.fs != "squashfs" {
+                    return Err(field_err(f("fs"), "a root slot must be ext4 or squashfs"));
                 }
             }
         }
@@ -648,11 +660,15 @@ impl Layout {
                     "vfat" => Fs::Vfat,
                     "ext4" => Fs::Ext4,
                     "uboot-env" => Fs::UbootEnv,
+                    "squashfs" => Fs::Squashfs,
+                    "verity" => Fs::Verity,
                     "none" => Fs::None,
                     other => {
                         return Err(field_err(
                             format!("partition[{}].fs", p.name),
-                            format!("`{other}` is not vfat, ext4, uboot-env or none"),
+                            format!(
+                                "`{other}` is not vfat, ext4, squashfs, verity, uboot-env or none"
+                            ),
                         ))
                     }
                 },
@@ -671,6 +687,7 @@ impl Layout {
                 attributes: parse_attributes(&p.name, &p.attributes)?,
                 mkfs_options: p.mkfs_options.clone(),
                 env: env_geometry(p, size)?,
+                verity_data: p.verity_data.clone(),
             });
             cursor = offset + size;
             prev_name = Some(&p.name);
@@ -764,6 +781,53 @@ impl Layout {
                         format!("{u} is also partition[{}]'s", b.name),
                     ));
                 }
+            }
+        }
+        for v in &parts {
+            let field = format!("partition[{}].verity-data", v.name);
+            match (v.fs, &v.verity_data) {
+                (Fs::Verity, None) => {
+                    return Err(field_err(
+                        field,
+                        "a verity partition names its data partition (verity-data = \"rootA\")",
+                    ))
+                }
+                (Fs::Verity, Some(n)) => {
+                    let Some(data) = parts.iter().find(|p| &p.name == n) else {
+                        return Err(field_err(field, format!("no partition named `{n}`")));
+                    };
+                    if data.fs != Fs::Squashfs {
+                        return Err(field_err(
+                            field,
+                            format!(
+                                "partition[{n}] is {}, not squashfs (a read-only root)",
+                                data.fs.as_str()
+                            ),
+                        ));
+                    }
+                    if let Some(o) = parts
+                        .iter()
+                        .find(|o| o.name != v.name && o.verity_data.as_deref() == Some(n.as_str()))
+                    {
+                        return Err(field_err(
+                            field,
+                            format!("partition[{}] already holds {n}'s hash tree", o.name),
+                        ));
+                    }
+                    if v.contents.is_some() {
+                        return Err(field_err(
+                            format!("partition[{}].contents", v.name),
+                            "a verity partition is computed from its data partition; it takes no contents",
+                        ));
+                    }
+                }
+                (_, Some(_)) => {
+                    return Err(field_err(
+                        field,
+                        "is only for a partition with fs = \"verity\"",
+                    ))
+                }
+                (_, None) => {}
             }
         }
         if self.disk.hybrid_mbr.len() > 3 {

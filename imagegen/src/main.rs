@@ -97,6 +97,31 @@ enum Cmd {
         #[arg(long, visible_aliases = ["output", "out-dir"])]
         out: PathBuf,
     },
+    /// Write systemd-repart definitions (repart.d/NN-NAME.conf) from the layout into DIR;
+    /// notes on what systemd-repart cannot express go to stderr.
+    RenderRepart {
+        #[command(flatten)]
+        layout: LayoutArgs,
+        /// Output directory (created if missing; files of the same names are replaced).
+        #[arg(long, visible_aliases = ["output", "out-dir"])]
+        out: PathBuf,
+    },
+    /// Convert a genimage config into a layout file. What the layout cannot express is listed
+    /// on stderr and the exit status is 3 (0 when nothing was left out; 1 on errors).
+    ImportGenimage {
+        /// The genimage config (libconfuse syntax).
+        config: PathBuf,
+        /// genimage's --inputpath: where the images the config does not define are found
+        /// (their sizes size the partitions).
+        #[arg(long)]
+        inputpath: Option<PathBuf>,
+        /// The layout's device-type (default: the config's file name).
+        #[arg(long)]
+        device_type: Option<String>,
+        /// Write the layout here (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Print an image's partition table, filesystems and config.json; check the layout's
     /// invariants. Exits 2 when the image is damaged.
     Inspect {
@@ -270,6 +295,56 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             render::write_all(&files, &out)?;
             for f in files {
                 println!("{}", out.join(&f.path).display());
+            }
+        }
+        Cmd::ImportGenimage {
+            config,
+            inputpath,
+            device_type,
+            output,
+        } => {
+            let imported = resin_imagegen::genimage::import(
+                &config,
+                inputpath.as_deref(),
+                device_type.as_deref(),
+            )?;
+            match &output {
+                Some(o) => {
+                    if let Some(d) = o.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        if !d.is_dir() {
+                            bail!(
+                                "--output: the directory {} does not exist (it is not created)",
+                                d.display()
+                            );
+                        }
+                    }
+                    resin_imagegen::util::write_atomic(o, imported.layout.as_bytes())
+                        .with_context(|| format!("writing {}", o.display()))?;
+                    println!("{}", o.display());
+                }
+                None => print!("{}", imported.layout),
+            }
+            if !imported.notes.is_empty() {
+                eprintln!(
+                    "resin-imagegen: the layout cannot express {} thing(s) of {}:",
+                    imported.notes.len(),
+                    config.display()
+                );
+                for n in &imported.notes {
+                    eprintln!("  - {n}");
+                }
+                return Ok(std::process::ExitCode::from(3));
+            }
+        }
+        Cmd::RenderRepart { layout, out } => {
+            let plan = layout.load()?.plan()?;
+            let (files, notes) = resin_imagegen::repart::repart_files(&plan);
+            resin_imagegen::repart::write_files(&files, &out)?;
+            for f in &files {
+                println!("{}", out.join(&f.name).display());
+            }
+            for n in notes {
+                eprintln!("resin-imagegen: note: {n}");
             }
         }
         Cmd::Configure {

@@ -59,6 +59,11 @@ pub const TOOLS: &[Tool] = &[
         package: "qemu-utils",
     },
     Tool {
+        name: "veritysetup",
+        version_args: &["--version"],
+        package: "cryptsetup-bin",
+    },
+    Tool {
         name: "openssl",
         version_args: &["version"],
         package: "openssl",

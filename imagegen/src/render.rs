@@ -2,6 +2,7 @@
 //! fstab, RAUC system.conf) from minijinja templates: the ones built into the binary, or a
 //! layout's own `templates` directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use minijinja::{Environment, UndefinedBehavior};
@@ -59,6 +60,16 @@ struct PartCtx {
     offset: u64,
     size: u64,
     grow: bool,
+    /// A squashfs slot's dm-verity hash partition, if the layout gives it one.
+    verity: Option<VerityCtx>,
+}
+
+#[derive(Serialize)]
+struct VerityCtx {
+    /// Label of the hash partition.
+    hash_label: String,
+    /// The root hash, once `build` has computed it (absent in `render`, and for empty slots).
+    roothash: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -96,7 +107,7 @@ struct EnvCtx {
     redundant: bool,
 }
 
-fn part_ctx(p: &PlannedPart) -> PartCtx {
+fn part_ctx(plan: &Plan, p: &PlannedPart, hashes: &BTreeMap<String, String>) -> PartCtx {
     PartCtx {
         index: p.index,
         name: p.name.clone(),
@@ -107,23 +118,31 @@ fn part_ctx(p: &PlannedPart) -> PartCtx {
         offset: p.offset,
         size: p.size,
         grow: p.grow,
+        verity: plan
+            .parts
+            .iter()
+            .find(|v| v.verity_data.as_deref() == Some(p.name.as_str()))
+            .map(|v| VerityCtx {
+                hash_label: v.label.clone(),
+                roothash: hashes.get(&p.name).cloned(),
+            }),
     }
 }
 
-fn context(plan: &Plan) -> Result<Ctx, RenderError> {
+fn context(plan: &Plan, hashes: &BTreeMap<String, String>) -> Result<Ctx, RenderError> {
     let b = &plan.layout.boot;
     let by_role = |role: &'static str| {
         plan.parts
             .iter()
             .find(|p| p.role.as_deref() == Some(role))
-            .map(part_ctx)
+            .map(|p| part_ctx(plan, p, hashes))
             .ok_or(RenderError::MissingRole(role))
     };
     let slots: Vec<PartCtx> = plan
         .parts
         .iter()
         .filter(|p| p.slot.is_some())
-        .map(part_ctx)
+        .map(|p| part_ctx(plan, p, hashes))
         .collect();
     if slots.is_empty() {
         return Err(RenderError::MissingRole("root slot"));
@@ -141,7 +160,11 @@ fn context(plan: &Plan) -> Result<Ctx, RenderError> {
             keyring: b.keyring.clone(),
             uboot_device: b.uboot_device.clone(),
         },
-        parts: plan.parts.iter().map(part_ctx).collect(),
+        parts: plan
+            .parts
+            .iter()
+            .map(|p| part_ctx(plan, p, hashes))
+            .collect(),
         slots,
         boot_part: by_role("boot")?,
         state_part: by_role("state")?,
@@ -183,7 +206,16 @@ fn template_source(plan: &Plan, name: &str) -> Result<String, RenderError> {
 
 /// Renders one template by name (the layout's templates directory, else the built-in one).
 pub fn render_template(plan: &Plan, name: &str) -> Result<String, RenderError> {
-    let ctx = context(plan)?;
+    render_template_with(plan, name, &BTreeMap::new())
+}
+
+/// [`render_template`] with the verity root hashes `build` computed (by data partition name).
+pub fn render_template_with(
+    plan: &Plan,
+    name: &str,
+    hashes: &BTreeMap<String, String>,
+) -> Result<String, RenderError> {
+    let ctx = context(plan, hashes)?;
     let mut env = environment();
     let terr = |source| RenderError::Template {
         name: name.to_string(),
@@ -198,6 +230,14 @@ pub fn render_template(plan: &Plan, name: &str) -> Result<String, RenderError> {
 
 /// Renders every `[[render]]` entry whose `loader` matches `boot.loader`.
 pub fn render_all(plan: &Plan) -> Result<Vec<Rendered>, RenderError> {
+    render_all_with(plan, &BTreeMap::new())
+}
+
+/// [`render_all`] with the verity root hashes `build` computed (by data partition name).
+pub fn render_all_with(
+    plan: &Plan,
+    hashes: &BTreeMap<String, String>,
+) -> Result<Vec<Rendered>, RenderError> {
     let mut out = Vec::new();
     for r in &plan.layout.renders {
         if let Some(l) = &r.loader {
@@ -205,7 +245,7 @@ pub fn render_all(plan: &Plan) -> Result<Vec<Rendered>, RenderError> {
                 continue;
             }
         }
-        let text = render_template(plan, &r.template)?;
+        let text = render_template_with(plan, &r.template, hashes)?;
         let mut bytes = text.into_bytes();
         if r.grubenv {
             bytes = grubenv_block(&bytes).map_err(|len| RenderError::GrubenvTooLarge {
