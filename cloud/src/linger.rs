@@ -175,3 +175,19 @@ pub async fn close_after_refused_body(
     }
     resp
 }
+
+/// The same lingering close for the HTTPS server (axum-server): the TCP
+/// stream under TLS is wrapped, so the drain reads raw bytes after the TLS
+/// session has closed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LingerAcceptor;
+
+impl<S> axum_server::accept::Accept<TcpStream, S> for LingerAcceptor {
+    type Stream = Linger;
+    type Service = S;
+    type Future = std::future::Ready<io::Result<(Linger, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        std::future::ready(Ok((Linger(Some(stream)), service)))
+    }
+}
