@@ -20,7 +20,7 @@ pub mod register;
 pub mod report;
 pub mod target;
 
-pub use config::ConfigJson;
+pub use config::{encode_root_ca, ConfigJson, ConfigJsonError};
 pub use logs::LogLine;
 pub use register::{RegisterProof, RegisterRequest, RegisterResponse};
 pub use report::{

@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod device_api;
 pub mod error;
+pub mod linger;
 pub mod logs;
 pub mod metadata;
 pub mod os;
@@ -20,6 +21,7 @@ pub mod query;
 pub mod release;
 pub mod resources;
 pub mod schema;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ping", get(|| async { "OK" }))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .layer(axum::middleware::from_fn(api::json_errors))
+        .layer(axum::middleware::from_fn(linger::close_after_refused_body))
         .with_state(state)
 }
 
@@ -90,17 +93,27 @@ pub struct App {
 }
 
 impl App {
-    /// Binds `config.listen` (port 0 picks a free one), migrates, and serves
-    /// in the background.
+    /// Binds `config.listen` (port 0 picks a free one), loads the TLS
+    /// certificate (unless plain HTTP), migrates, and serves in the background:
+    /// HTTPS with HTTP/2 or HTTP/1.1 by ALPN, the certificate reloaded on
+    /// SIGHUP or when its files change (`tls::spawn_reloader`).
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         use anyhow::Context;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let rustls = match &config.tls {
+            Some(s) => Some(tls::load(s).await.context(
+                "loading the TLS certificate (make one with `resin-cloud init --host <name or IP>`, \
+                 or serve plain HTTP with --plain-http)",
+            )?),
+            None => None,
+        };
         let mut config = config;
         if config.public_url.ends_with(":0") {
-            config.public_url = format!("http://{addr}");
+            let scheme = if rustls.is_some() { "https" } else { "http" };
+            config.public_url = format!("{scheme}://{addr}");
         }
         let state = AppState::new(config)
             .await
@@ -111,7 +124,23 @@ impl App {
             tokio::spawn(cache::listen(state.clone()));
         }
         let app = router(state.clone());
-        let task = tokio::spawn(async move { axum::serve(listener, app).await });
+        let task = match (rustls, state.config.tls.clone()) {
+            (Some(rustls), Some(settings)) => {
+                let reloader = tls::spawn_reloader(settings, rustls.clone());
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                    .acceptor(linger::LingerAcceptor);
+                let server = axum_server::from_tcp(listener.into_std()?)?.acceptor(acceptor);
+                tokio::spawn(async move {
+                    let r = server.serve(app.into_make_service()).await;
+                    reloader.abort();
+                    r
+                })
+            }
+            _ => {
+                let listener = linger::LingerListener(listener);
+                tokio::spawn(async move { axum::serve(listener, app).await })
+            }
+        };
         Ok(Self { addr, state, task })
     }
 }

@@ -271,7 +271,7 @@ cloud_instance() {
   WORK=$(mktemp -d)
   local port=$((20000 + RANDOM % 20000))
   URL="http://127.0.0.1:$port"
-  export RESIN_CLOUD_DATA_DIR="$WORK" RESIN_CLOUD_LISTEN="127.0.0.1:$port"
+  export RESIN_CLOUD_DATA_DIR="$WORK" RESIN_CLOUD_LISTEN="127.0.0.1:$port" RESIN_CLOUD_PLAIN_HTTP=true
   CLOUD_PID=
   trap '[ -n "$CLOUD_PID" ] && kill "$CLOUD_PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 }
