@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod device_api;
 pub mod error;
+pub mod linger;
 pub mod logs;
 pub mod metadata;
 pub mod os;
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ping", get(|| async { "OK" }))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .layer(axum::middleware::from_fn(api::json_errors))
+        .layer(axum::middleware::from_fn(linger::close_after_refused_body))
         .with_state(state)
 }
 
@@ -125,14 +127,19 @@ impl App {
         let task = match (rustls, state.config.tls.clone()) {
             (Some(rustls), Some(settings)) => {
                 let reloader = tls::spawn_reloader(settings, rustls.clone());
-                let server = axum_server::from_tcp_rustls(listener.into_std()?, rustls)?;
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                    .acceptor(linger::LingerAcceptor);
+                let server = axum_server::from_tcp(listener.into_std()?)?.acceptor(acceptor);
                 tokio::spawn(async move {
                     let r = server.serve(app.into_make_service()).await;
                     reloader.abort();
                     r
                 })
             }
-            _ => tokio::spawn(async move { axum::serve(listener, app).await }),
+            _ => {
+                let listener = linger::LingerListener(listener);
+                tokio::spawn(async move { axum::serve(listener, app).await })
+            }
         };
         Ok(Self { addr, state, task })
     }
