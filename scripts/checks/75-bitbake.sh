@@ -164,7 +164,7 @@ PY
   # with "TMPDIR has changed location". This check only parses and resolves graphs
   # (nothing in TMPDIR holds a path that matters), so the record is moved along.
   if [ -f "$b/tmp/saved_tmpdir" ] && [ "$(cat "$b/tmp/saved_tmpdir")" != "$b/tmp" ]; then
-    log "bitbake: $m: the cache moved from $(dirname "$(cat "$b/tmp/saved_tmpdir")"); the parse cache is not reused across the move"
+    log "bitbake: $m: the cache moved from $(dirname "$(cat "$b/tmp/saved_tmpdir")"): a cache that really moved parses every recipe again (its entries name the old paths)"
     echo "$b/tmp" >"$b/tmp/saved_tmpdir"
   fi
   chown -R "$bbuser" "$b"
