@@ -8,6 +8,7 @@
 //! - [`logs`]: `POST /device/v2/{uuid}/log-stream` (NDJSON log lines)
 //! - [`config`]: `config.json` on the boot partition
 //! - [`labels`]: container labels and update strategies the supervisor uses
+//! - [`rollout`]: staged rollouts (`/v1/rollout`)
 //! - [`paths`]: the device-API paths, built in one place
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod logs;
 pub mod paths;
 pub mod register;
 pub mod report;
+pub mod rollout;
 pub mod target;
 
 pub use config::ConfigJson;

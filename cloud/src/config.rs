@@ -56,6 +56,10 @@ pub struct ConfigArgs {
     /// estimate (main rows plus expanded rows); above it the read is a 400. Default: 50000.
     #[arg(long, global = true, env = "RESIN_CLOUD_MAX_EXPAND_ROWS")]
     pub max_expand_rows: Option<u64>,
+    /// How often the rollout evaluator runs, ms; 0 turns it off in this
+    /// process (another replica evaluates). Default: 5000.
+    #[arg(long, global = true, env = "RESIN_CLOUD_ROLLOUT_EVAL_MS")]
+    pub rollout_eval_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -73,6 +77,7 @@ pub struct Config {
     pub page_size: u64,
     pub max_page_size: u64,
     pub max_expand_rows: u64,
+    pub rollout_eval_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +136,7 @@ impl ConfigArgs {
             page_size: pick.page_size.unwrap_or(1000).max(1),
             max_page_size: pick.max_page_size.unwrap_or(5000).max(1),
             max_expand_rows: pick.max_expand_rows.unwrap_or(50_000).max(1),
+            rollout_eval_ms: pick.rollout_eval_ms.unwrap_or(5000),
         })
     }
 
@@ -149,6 +155,7 @@ impl ConfigArgs {
             page_size: self.page_size.or(o.page_size),
             max_page_size: self.max_page_size.or(o.max_page_size),
             max_expand_rows: self.max_expand_rows.or(o.max_expand_rows),
+            rollout_eval_ms: self.rollout_eval_ms.or(o.rollout_eval_ms),
         }
     }
 }

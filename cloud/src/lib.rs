@@ -18,6 +18,7 @@ pub mod perms;
 pub mod query;
 pub mod release;
 pub mod resources;
+pub mod rollout;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -84,6 +85,8 @@ pub struct App {
     pub addr: SocketAddr,
     pub state: AppState,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The rollout passes this replica evaluated.
+    pub rollout_passes: rollout::Passes,
 }
 
 impl App {
@@ -103,9 +106,22 @@ impl App {
             .await
             .context("opening the database")?;
         tokio::spawn(device_api::offline_sweeper(state.clone()));
+        let rollout_passes = rollout::Passes::default();
+        if state.config.rollout_eval_ms > 0 {
+            tokio::spawn(rollout::evaluator(
+                state.db.clone(),
+                state.config.rollout_eval_ms,
+                rollout_passes.clone(),
+            ));
+        }
         let app = router(state.clone());
         let task = tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Self { addr, state, task })
+        Ok(Self {
+            addr,
+            state,
+            task,
+            rollout_passes,
+        })
     }
 }
 
