@@ -7,10 +7,12 @@
 //! - [`report`]: `PATCH /device/v3/state` (the current state report)
 //! - [`logs`]: `POST /device/v2/{uuid}/log-stream` (NDJSON log lines)
 //! - [`config`]: `config.json` on the boot partition
+//! - [`compose`]: the compose parser and validator (CLI, cloud, supervisor)
 //! - [`labels`]: container labels and update strategies the supervisor uses
 //! - [`rollout`]: staged rollouts (`/v1/rollout`)
 //! - [`paths`]: the device-API paths, built in one place
 
+pub mod compose;
 pub mod config;
 pub mod labels;
 pub mod logs;
@@ -20,7 +22,7 @@ pub mod report;
 pub mod rollout;
 pub mod target;
 
-pub use config::ConfigJson;
+pub use config::{encode_root_ca, ConfigJson, ConfigJsonError};
 pub use logs::LogLine;
 pub use register::{RegisterProof, RegisterRequest, RegisterResponse};
 pub use report::{

@@ -72,7 +72,7 @@ pub async fn v1(
                 .await
             }
             (Method::POST, None) if res.name == "rollout" => {
-                let v = rollout::create(&app.db, &actor, &body).await?;
+                let v = rollout::create(&app, &actor, &body).await?;
                 let mut resp = (StatusCode::CREATED, Json(&v)).into_response();
                 let location = format!("{}/v1/rollout({})", app.config.public_url, v.id);
                 if let Ok(h) = axum::http::HeaderValue::from_str(&location) {
@@ -174,7 +174,7 @@ pub async fn v1_sub(
                 let body = axum::body::to_bytes(body, 64 * 1024)
                     .await
                     .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
-                Ok(Json(rollout::act(&app.db, &actor, id, action, &body).await?).into_response())
+                Ok(Json(rollout::act(&app, &actor, id, action, &body).await?).into_response())
             }
             (Method::PUT, "os_release", Some(id), "bundle" | "image") => {
                 os::upload(&app, &actor, id, &sub, body).await

@@ -3,7 +3,7 @@
 //! log stream.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -293,31 +293,6 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     Ok(state)
 }
 
-/// Records that device `id` is alive, at most every 15 s per device (more
-/// often when the offline timeout is short).
-async fn heartbeat(app: &AppState, id: i64) -> ApiResult<()> {
-    let due = {
-        let mut seen = app.heartbeats.lock().map_err(ApiError::internal)?;
-        let now = Instant::now();
-        let every = Duration::from_secs((app.config.offline_after_secs / 3).min(15));
-        match seen.get(&id) {
-            Some(t) if now.duration_since(*t) < every => false,
-            _ => {
-                seen.insert(id, now);
-                true
-            }
-        }
-    };
-    if due {
-        sqlx::query("UPDATE device SET last_seen = $1, is_online = TRUE WHERE id = $2")
-            .bind(db::now())
-            .bind(id)
-            .execute(&app.db.pool)
-            .await?;
-    }
-    Ok(())
-}
-
 /// Does `If-None-Match` match `etag` (weak comparison, as RFC 9110 asks)?
 fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
     let Some(v) = headers
@@ -332,32 +307,65 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 }
 
 /// `GET /device/v3/{uuid}/state`
+///
+/// Answered from [`crate::cache`] when the device is cached (no database
+/// read at all, 304 or 200); otherwise read, built and cached.
 pub async fn target_state(
     State(app): State<AppState>,
     Path(uuid): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let actor = auth::resolve(&app.db, &headers).await?;
-    let id = perms::device_may_access(&actor, &uuid)?;
-    heartbeat(&app, id).await?;
-    let state = build_target(&app, id).await?;
-    // BTreeMaps and struct field order make this deterministic.
-    let bytes = serde_json::to_vec(&state).map_err(ApiError::internal)?;
-    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..16]));
-    let etag_value = HeaderValue::from_str(&etag).map_err(ApiError::internal)?;
-    if etag_matches(&headers, &etag) {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    let key_hash = auth::bearer(&headers)
+        .filter(|k| k.starts_with("resin_d_"))
+        .map(auth::hash_key);
+    let cached = key_hash.as_deref().and_then(|h| app.cache.get(h));
+    let entry = match cached {
+        Some(e) if e.uuid == uuid => e,
+        _ => {
+            let generation = app.cache.generation();
+            let actor = auth::resolve(&app.db, &headers).await?;
+            let id = perms::device_may_access(&actor, &uuid)?;
+            let fleet = match &actor {
+                auth::Actor::Device { fleet, .. } => *fleet,
+                _ => return Err(ApiError::internal("a device actor without a fleet")),
+            };
+            let state = build_target(&app, id).await?;
+            // BTreeMaps and struct field order make this deterministic.
+            let bytes = serde_json::to_vec(&state).map_err(ApiError::internal)?;
+            let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&bytes)[..16]));
+            let entry = std::sync::Arc::new(crate::cache::Entry {
+                id,
+                uuid: uuid.clone(),
+                fleet,
+                key_hash: key_hash.clone().unwrap_or_default(),
+                etag: HeaderValue::from_str(&etag).map_err(ApiError::internal)?,
+                body: Bytes::from(bytes),
+            });
+            if key_hash.is_some() {
+                app.cache.insert(generation, entry.clone());
+            }
+            entry
+        }
+    };
+    app.heartbeats.seen(entry.id);
+    let etag = entry.etag.to_str().unwrap_or_default();
+    if etag_matches(&headers, etag) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, entry.etag.clone())],
+        )
+            .into_response());
     }
     Ok((
         StatusCode::OK,
         [
-            (header::ETAG, etag_value),
+            (header::ETAG, entry.etag.clone()),
             (
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             ),
         ],
-        bytes,
+        entry.body.clone(),
     )
         .into_response())
 }
@@ -445,9 +453,6 @@ pub async fn report_state(
         let mut params: Vec<Param> = sets.into_iter().map(|(_, p)| p).collect();
         params.push(Param::Int(Some(id)));
         bind_all(dyn_query(sql), &params).execute(&mut *tx).await?;
-        if let Ok(mut seen) = app.heartbeats.lock() {
-            seen.insert(id, Instant::now());
-        }
     }
     tx.commit().await?;
     Ok((StatusCode::OK, Json(serde_json::json!({}))).into_response())
@@ -553,10 +558,6 @@ pub async fn offline_sweeper(app: AppState) {
         match res {
             Ok(r) if r.rows_affected() > 0 => {
                 tracing::info!(devices = r.rows_affected(), "marked offline");
-                // Let the next poll of those devices record a heartbeat again.
-                if let Ok(mut seen) = app.heartbeats.lock() {
-                    seen.clear();
-                }
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("offline sweep: {e}"),

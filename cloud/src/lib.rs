@@ -7,10 +7,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod device_api;
 pub mod error;
+pub mod linger;
 pub mod logs;
 pub mod metadata;
 pub mod os;
@@ -20,11 +22,10 @@ pub mod release;
 pub mod resources;
 pub mod rollout;
 pub mod schema;
+pub mod tls;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, patch, post};
@@ -42,7 +43,10 @@ pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
     pub logs: broadcast::Sender<logs::LogEvent>,
-    pub heartbeats: Arc<Mutex<HashMap<i64, Instant>>>,
+    /// Target states and device keys for the poll path ([`cache`]).
+    pub cache: Arc<cache::Cache>,
+    /// Devices seen since the last heartbeat write ([`cache::Heartbeats`]).
+    pub heartbeats: Arc<cache::Heartbeats>,
 }
 
 impl AppState {
@@ -50,6 +54,7 @@ impl AppState {
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;
         let (logs, _) = broadcast::channel(4096);
         Ok(Self {
+            cache: Arc::new(cache::Cache::new(db.dialect)),
             db,
             config: Arc::new(config),
             logs,
@@ -77,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ping", get(|| async { "OK" }))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .layer(axum::middleware::from_fn(api::json_errors))
+        .layer(axum::middleware::from_fn(linger::close_after_refused_body))
         .with_state(state)
 }
 
@@ -90,32 +96,62 @@ pub struct App {
 }
 
 impl App {
-    /// Binds `config.listen` (port 0 picks a free one), migrates, and serves
-    /// in the background.
+    /// Binds `config.listen` (port 0 picks a free one), loads the TLS
+    /// certificate (unless plain HTTP), migrates, and serves in the background:
+    /// HTTPS with HTTP/2 or HTTP/1.1 by ALPN, the certificate reloaded on
+    /// SIGHUP or when its files change (`tls::spawn_reloader`).
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         use anyhow::Context;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let rustls = match &config.tls {
+            Some(s) => Some(tls::load(s).await.context(
+                "loading the TLS certificate (make one with `resin-cloud init --host <name or IP>`, \
+                 or serve plain HTTP with --plain-http)",
+            )?),
+            None => None,
+        };
         let mut config = config;
         if config.public_url.ends_with(":0") {
-            config.public_url = format!("http://{addr}");
+            let scheme = if rustls.is_some() { "https" } else { "http" };
+            config.public_url = format!("{scheme}://{addr}");
         }
         let state = AppState::new(config)
             .await
             .context("opening the database")?;
         tokio::spawn(device_api::offline_sweeper(state.clone()));
+        tokio::spawn(cache::heartbeat_flusher(state.clone()));
         let rollout_passes = rollout::Passes::default();
         if state.config.rollout_eval_ms > 0 {
             tokio::spawn(rollout::evaluator(
-                state.db.clone(),
+                state.clone(),
                 state.config.rollout_eval_ms,
                 rollout_passes.clone(),
             ));
         }
+        if state.db.dialect == db::Dialect::Postgres {
+            tokio::spawn(cache::listen(state.clone()));
+        }
         let app = router(state.clone());
-        let task = tokio::spawn(async move { axum::serve(listener, app).await });
+        let task = match (rustls, state.config.tls.clone()) {
+            (Some(rustls), Some(settings)) => {
+                let reloader = tls::spawn_reloader(settings, rustls.clone());
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                    .acceptor(linger::LingerAcceptor);
+                let server = axum_server::from_tcp(listener.into_std()?)?.acceptor(acceptor);
+                tokio::spawn(async move {
+                    let r = server.serve(app.into_make_service()).await;
+                    reloader.abort();
+                    r
+                })
+            }
+            _ => {
+                let listener = linger::LingerListener(listener);
+                tokio::spawn(async move { axum::serve(listener, app).await })
+            }
+        };
         Ok(Self {
             addr,
             state,

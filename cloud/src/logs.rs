@@ -126,11 +126,69 @@ pub async fn store(app: &AppState, device: i64, lines: Vec<LogLine>) -> ApiResul
     .await?;
     tx.commit().await?;
     let n = events.len();
+    if app.db.dialect == crate::db::Dialect::Postgres {
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            // Followers on the other replicas read these lines back.
+            crate::cache::notify(app, &format!("l {device} {} {}", first.id, last.id)).await;
+        }
+    }
     for e in events {
         // No followers is fine.
         let _ = app.logs.send(e);
     }
     Ok(n)
+}
+
+/// Another replica stored lines `first..=last` of a device (`rest` is
+/// `<device> <first> <last>`): read them and hand them to this replica's
+/// followers, if it has any.
+pub async fn remote_lines(app: &AppState, rest: &str) {
+    let nums: Vec<i64> = rest.split(' ').filter_map(|n| n.parse().ok()).collect();
+    let [device, first, last] = nums[..] else {
+        tracing::warn!("unknown log notice {rest:?}");
+        return;
+    };
+    if app.logs.receiver_count() == 0 {
+        return;
+    }
+    let rows = sqlx::query(
+        "SELECT id, timestamp, service, message, \
+         CASE WHEN is_stderr THEN 1 ELSE 0 END, CASE WHEN is_system THEN 1 ELSE 0 END \
+         FROM device_log WHERE device = $1 AND id >= $2 AND id <= $3 ORDER BY id",
+    )
+    .bind(device)
+    .bind(first)
+    .bind(last)
+    .fetch_all(&app.db.pool)
+    .await;
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(device, "reading another replica's log lines: {e}");
+            return;
+        }
+    };
+    for r in &rows {
+        let event = (|| {
+            Ok::<_, sqlx::Error>(LogEvent {
+                device,
+                id: r.try_get(0)?,
+                line: LogLine {
+                    timestamp: r.try_get(1)?,
+                    service: r.try_get(2)?,
+                    message: r.try_get(3)?,
+                    is_stderr: r.try_get::<i64, _>(4)? != 0,
+                    is_system: r.try_get::<i64, _>(5)? != 0,
+                },
+            })
+        })();
+        match event {
+            Ok(e) => {
+                let _ = app.logs.send(e);
+            }
+            Err(e) => tracing::warn!(device, "another replica's log line: {e}"),
+        }
+    }
 }
 
 /// The stored lines of a device, oldest first, with their ids.

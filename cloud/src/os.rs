@@ -122,6 +122,8 @@ pub async fn upload(
             .execute(&app.db.pool)
             .await?;
     }
+    // Any fleet of any owner may target this version (and a public one).
+    crate::cache::changed(app, crate::cache::Change::All).await;
     Ok((
         StatusCode::OK,
         axum::Json(serde_json::json!({"sha256": sha, "size": size})),
@@ -431,6 +433,12 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
     let base = std::fs::File::open(&path)
         .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
 
+    // The CA devices of this image trust (and only it): read per download,
+    // so a CA file replaced by `resin-cloud init --force` is what new images carry.
+    let root_ca = match app.config.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        Some(ca) => Some(crate::tls::root_ca_field(ca).map_err(ApiError::internal)?),
+        None => None,
+    };
     let (key, hash) = auth::new_key(auth::KeyKind::Provisioning);
     let config = resin_api_types::ConfigJson {
         api_endpoint: app.config.public_url.clone(),
@@ -442,6 +450,7 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
         registry_mirror: None,
         uuid: None,
         device_name: None,
+        root_ca,
     };
     let json = serde_json::to_vec_pretty(&config).map_err(ApiError::internal)?;
     let mut tx = app.db.begin_write().await?;

@@ -7,11 +7,11 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::auth::{self, Actor, KeyKind};
-use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::perms::{self, Scope};
 use crate::schema::{self, Kind, Resource, Write};
 use crate::AppState;
+use crate::{cache, db};
 
 /// A value bound to a SQL placeholder.
 #[derive(Debug, Clone, PartialEq)]
@@ -439,6 +439,9 @@ pub async fn create(
         .fetch_one(&app.db.pool)
         .await?;
     let id: i64 = row.try_get(0)?;
+    if let Some(change) = cache::change_of(app, res.name, id).await? {
+        cache::changed(app, change).await;
+    }
     let mut entity = read_one(app, actor, res, id).await?;
     if let (Some(k), Some(obj)) = (key, entity.as_object_mut()) {
         obj.insert("key".into(), Value::String(k));
@@ -480,9 +483,13 @@ pub async fn patch(
     );
     let mut params: Vec<Param> = fields.into_iter().map(|(_, p)| p).collect();
     params.push(Param::Int(Some(id)));
+    let change = cache::change_of(app, res.name, id).await?;
     bind_all(dyn_query(sql), &params)
         .execute(&app.db.pool)
         .await?;
+    if let Some(change) = change {
+        cache::changed(app, change).await;
+    }
     Ok(())
 }
 
@@ -573,6 +580,7 @@ pub async fn delete(
             list.join("; ")
         );
     }
+    let change = cache::change_of(app, res.name, id).await?;
     let mut tx = app.db.begin_write().await?;
     if res.name == "release" {
         sqlx::query("UPDATE fleet SET target_release = NULL WHERE target_release = $1")
@@ -585,6 +593,9 @@ pub async fn delete(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    if let Some(change) = change {
+        cache::changed(app, change).await;
+    }
     if res.name == "os_release" {
         let dir = app.config.data_dir.join("os").join(id.to_string());
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {

@@ -40,9 +40,11 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::auth::Actor;
+use crate::cache::{self, Change};
 use crate::db::{self, Db, Dialect};
 use crate::error::{ApiError, ApiResult};
 use crate::perms;
+use crate::AppState;
 
 /// Observations of a service exited or dead on the new release, within the
 /// soak, that make a crash loop.
@@ -832,10 +834,11 @@ async fn roll_back(tx: &mut Tx, r: &RolloutRow) -> ApiResult<u64> {
 
 /// One evaluation of a running rollout: look at the members, then halt,
 /// advance, pause or complete.
-async fn evaluate(tx: &mut Tx, mut r: RolloutRow, now: i64) -> ApiResult<()> {
+/// Answers whether a device's target changed.
+async fn evaluate(tx: &mut Tx, mut r: RolloutRow, now: i64) -> ApiResult<bool> {
     let target = target_of(tx, &r).await?;
     materialise(tx, &r, &target).await?;
-    assign(tx, &r, &target, now).await?;
+    let mut moved = assign(tx, &r, &target, now).await? > 0;
     observe_members(tx, &r, &target, now).await?;
     loop {
         let c = counts(tx, &r).await?;
@@ -855,16 +858,16 @@ async fn evaluate(tx: &mut Tx, mut r: RolloutRow, now: i64) -> ApiResult<()> {
                     Some(&c[i]),
                 )
                 .await?;
-                return Ok(());
+                return Ok(moved);
             }
         }
         let cw = r.current_wave;
         let (w, cc) = match (r.waves.get(cw), c.get(cw)) {
             (Some(w), Some(cc)) => (w, cc),
-            _ => return Ok(()),
+            _ => return Ok(moved),
         };
         if cc.pending > 0 || !succeeded(w, cc) {
-            return Ok(());
+            return Ok(moved);
         }
         let met = format!(
             "wave {}: {} of {} devices healthy, success_percent {} met",
@@ -887,7 +890,7 @@ async fn evaluate(tx: &mut Tx, mut r: RolloutRow, now: i64) -> ApiResult<()> {
                 Some(cc),
             )
             .await?;
-            return Ok(());
+            return Ok(true);
         }
         r.current_wave = cw + 1;
         if w.pause_after {
@@ -903,7 +906,7 @@ async fn evaluate(tx: &mut Tx, mut r: RolloutRow, now: i64) -> ApiResult<()> {
                 Some(cc),
             )
             .await?;
-            return Ok(());
+            return Ok(moved);
         }
         set_state(tx, r.id, RolloutState::Running, r.current_wave).await?;
         event(
@@ -917,7 +920,7 @@ async fn evaluate(tx: &mut Tx, mut r: RolloutRow, now: i64) -> ApiResult<()> {
             Some(cc),
         )
         .await?;
-        assign(tx, &r, &target, now).await?;
+        moved |= assign(tx, &r, &target, now).await? > 0;
     }
 }
 
@@ -929,7 +932,13 @@ pub struct Passes(pub Arc<Mutex<Vec<(i64, i64)>>>);
 /// Evaluates every running rollout that is due at `now` (ms), each in its
 /// own transaction, claimed so that no other replica evaluates it in the
 /// same pass. Answers the rollouts evaluated.
-pub async fn run_due(db: &Db, now: i64, interval_ms: i64, passes: &Passes) -> ApiResult<Vec<i64>> {
+pub async fn run_due(
+    app: &AppState,
+    now: i64,
+    interval_ms: i64,
+    passes: &Passes,
+) -> ApiResult<Vec<i64>> {
+    let db = &app.db;
     let due: Vec<i64> = sqlx::query(
         "SELECT id FROM rollout WHERE state = 'running' AND next_eval_at <= $1 ORDER BY id",
     )
@@ -959,14 +968,18 @@ pub async fn run_due(db: &Db, now: i64, interval_ms: i64, passes: &Passes) -> Ap
             continue;
         };
         let r = read_row(&row)?;
+        let fleet = r.fleet;
         let pass: i64 = row.try_get(8)?;
-        evaluate(&mut tx, r, now).await?;
+        let moved = evaluate(&mut tx, r, now).await?;
         sqlx::query("UPDATE rollout SET passes = passes + 1, next_eval_at = $1 WHERE id = $2")
             .bind(now.saturating_add(interval_ms))
             .bind(id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        if moved {
+            cache::changed(app, Change::Fleet(fleet)).await;
+        }
         if let Ok(mut p) = passes.0.lock() {
             p.push((id, pass));
         }
@@ -976,12 +989,12 @@ pub async fn run_due(db: &Db, now: i64, interval_ms: i64, passes: &Passes) -> Ap
 }
 
 /// The evaluator of this replica; runs forever every `interval_ms`.
-pub async fn evaluator(db: Db, interval_ms: u64, passes: Passes) {
+pub async fn evaluator(app: AppState, interval_ms: u64, passes: Passes) {
     let every = std::time::Duration::from_millis(interval_ms.max(1));
     let interval = i64::try_from(interval_ms).unwrap_or(i64::MAX);
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = run_due(&db, now_ms(), interval, &passes).await {
+        if let Err(e) = run_due(&app, now_ms(), interval, &passes).await {
             tracing::warn!("rollout evaluator: {}", e.message);
         }
     }
@@ -1009,7 +1022,8 @@ async fn load(tx: &mut Tx, db: &Db, actor: &Actor, id: i64, lock: bool) -> ApiRe
 }
 
 /// `POST /v1/rollout`: a draft rollout.
-pub async fn create(db: &Db, actor: &Actor, body: &[u8]) -> ApiResult<RolloutProgress> {
+pub async fn create(app: &AppState, actor: &Actor, body: &[u8]) -> ApiResult<RolloutProgress> {
+    let db = &app.db;
     let spec: CreateRollout = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid rollout: {e}")))?;
     validate(&spec)?;
@@ -1126,7 +1140,7 @@ fn overlap(fleet: i64, other: i64, state: &str) -> ApiError {
 
 /// `POST /v1/rollout({id})/{action}`.
 pub async fn act(
-    db: &Db,
+    app: &AppState,
     actor: &Actor,
     id: i64,
     action: &str,
@@ -1146,8 +1160,10 @@ pub async fn act(
             ));
         }
     }
+    let db = &app.db;
     let mut tx = db.begin_write().await?;
     let r = load(&mut tx, db, actor, id, true).await?;
+    let fleet = r.fleet;
     let to = transition(action, r.state).map_err(ApiError::conflict)?;
     let by_user = req
         .reason
@@ -1187,6 +1203,7 @@ pub async fn act(
             )
             .await?;
             tx.commit().await?;
+            cache::changed(app, Change::Fleet(fleet)).await;
             return progress(db, actor, id).await;
         }
         "rollback" => {
@@ -1215,6 +1232,9 @@ pub async fn act(
     )
     .await?;
     tx.commit().await?;
+    if action == "rollback" {
+        cache::changed(app, Change::Fleet(fleet)).await;
+    }
     progress(db, actor, id).await
 }
 

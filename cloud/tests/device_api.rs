@@ -420,12 +420,18 @@ fn retention_and_offline(backend: Backend) {
         }
     }
     assert!(!online, "device still online after the configured silence");
-    // Polling brings it back.
+    // Polling brings it back, with the next heartbeat write (batched: every
+    // quarter of the offline timeout here, at least 1 s).
     assert_eq!(s.get(&format!("/device/v3/{uuid}/state"), &key).status, 200);
-    assert_eq!(
-        s.get(&format!("/v1/device({id})"), &alice).json()["is_online"],
-        true
-    );
+    let mut online = false;
+    for _ in 0..20 {
+        online = s.get(&format!("/v1/device({id})"), &alice).json()["is_online"] == true;
+        if online {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(online, "a polling device is not back online after 2 s");
 }
 
 fn bundles_with_ranges(backend: Backend) {

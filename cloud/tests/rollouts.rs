@@ -48,13 +48,8 @@ impl Clock {
 /// One step: devices report, then an evaluator pass, then 2 s go by.
 fn step(s: &Server, sim: &mut SimFleet, clock: &mut Clock) {
     sim.tick(s);
-    s.rt.block_on(rollout::run_due(
-        &s.app.db,
-        clock.0,
-        1000,
-        &Passes::default(),
-    ))
-    .unwrap();
+    s.rt.block_on(rollout::run_due(&s.app, clock.0, 1000, &Passes::default()))
+        .unwrap();
     clock.0 += 2000;
 }
 
@@ -516,6 +511,10 @@ fn device_sees_its_wave_through_the_target_state(backend: Backend) {
     // A real device, tagged as the canary; a pinned one.
     let (dev, uuid, key) = s.device(&prov);
     let (pinned, puuid, pkey) = s.device(&prov);
+    // A real device of the last wave: the evaluator, not an API call,
+    // changes its target, and its cached poll must see that.
+    let (_, luuid, lkey) = s.device(&prov);
+    let late_state = format!("/device/v3/{luuid}/state");
     s.create(
         &alice,
         "device_tag",
@@ -576,13 +575,8 @@ fn device_sees_its_wave_through_the_target_state(backend: Backend) {
     // The other devices have not moved; the poll of the canary stays 304
     // while the evaluator works.
     for _ in 0..3 {
-        s.rt.block_on(rollout::run_due(
-            &s.app.db,
-            clock.0,
-            1000,
-            &Passes::default(),
-        ))
-        .unwrap();
+        s.rt.block_on(rollout::run_due(&s.app, clock.0, 1000, &Passes::default()))
+            .unwrap();
         clock.0 += 2000;
         let r = s.raw(
             "GET",
@@ -603,7 +597,23 @@ fn device_sees_its_wave_through_the_target_state(backend: Backend) {
             .count()
             == 1
     );
+    let late = s.get(&late_state, &lkey);
+    assert!(late.body.contains(&sim.old_uuid), "{}", late.body);
+    let late_etag = late.header("etag").unwrap();
     act(&s, &alice, id, "resume");
+    step(&s, &mut sim, &mut clock);
+    let r = s.raw(
+        "GET",
+        &late_state,
+        Some(&lkey),
+        &[("If-None-Match", &late_etag)],
+        vec![],
+    );
+    assert_eq!(r.status, 200, "the evaluator's assignment reaches the poll");
+    assert!(r.body.contains(&sim.new_uuid), "{}", r.body);
+    let report = json!({&luuid: {"apps": {"app": {"release_uuid": sim.new_uuid, "services": {"main": {
+        "status": "running", "release_uuid": sim.new_uuid, "image": "img"}}}}}});
+    assert_eq!(s.patch("/device/v3/state", &lkey, report).status, 200);
     // The pinned device stays pinned throughout.
     for _ in 0..10 {
         step(&s, &mut sim, &mut clock);
