@@ -6,6 +6,7 @@ pub mod api;
 pub mod cloud;
 pub mod config;
 pub mod engine;
+pub mod events;
 pub mod logs;
 pub mod notify;
 pub mod planner;

@@ -398,6 +398,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
 
+    // Engine events: a managed container that dies or is removed outside
+    // a reconcile starts one at once (not at the next poll); a `die` is
+    // logged with its exit code.
+    {
+        let (refresh, log_buf) = (refresh.clone(), log_buf.clone());
+        tokio::spawn(crate::events::watch(engine.clone(), move |ev| {
+            if let crate::events::EngineEvent::Container {
+                service,
+                action,
+                exit_code,
+                ..
+            } = &ev
+            {
+                if action == "die" {
+                    let code = exit_code.map_or("unknown".to_owned(), |c| c.to_string());
+                    logs::system_line(&log_buf, format!("{service} exited with code {code}"));
+                }
+            }
+            refresh.notify_one();
+        }));
+    }
+
     // The main loop.
     let mut ready = false;
     let mut failures = 0u32;
