@@ -24,6 +24,8 @@ use resin_cli::config::{self, StoredLogin};
 use resin_cli::fsutil::AtomicFile;
 use resin_cli::table::{cell, render};
 
+mod rollout_cmd;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -199,6 +201,7 @@ fn run(cli: Cli) -> Result<()> {
             output,
         }) => os_download(&cli, fleet, version, *compression, output),
         Cmd::Logs(a) => logs(&cli, a),
+        Cmd::Rollout(r) => rollout_cmd::run(&cli, r),
     }
 }
 
