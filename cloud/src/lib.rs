@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod os;
 pub mod perms;
 pub mod query;
+pub mod ratelimit;
 pub mod release;
 pub mod resources;
 pub mod schema;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub cache: Arc<cache::Cache>,
     /// Devices seen since the last heartbeat write ([`cache::Heartbeats`]).
     pub heartbeats: Arc<cache::Heartbeats>,
+    /// Rate limits ([`ratelimit`]).
+    pub limits: Arc<ratelimit::Limits>,
 }
 
 impl AppState {
@@ -56,6 +59,7 @@ impl AppState {
             config: Arc::new(config),
             logs,
             heartbeats: Arc::default(),
+            limits: Arc::default(),
         })
     }
 }
@@ -78,6 +82,10 @@ pub fn router(state: AppState) -> Router {
         .route(paths::LOG_STREAM_ROUTE, post(logs::log_stream))
         .route("/ping", get(|| async { "OK" }))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ))
         .layer(axum::middleware::from_fn(api::json_errors))
         .with_state(state)
 }
@@ -111,9 +119,26 @@ impl App {
             tokio::spawn(cache::listen(state.clone()));
         }
         let app = router(state.clone());
-        let task = tokio::spawn(async move { axum::serve(listener, app).await });
+        // The peer address feeds the rate limits (ratelimit::client_ip).
+        let task = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
         Ok(Self { addr, state, task })
     }
+}
+
+/// Makes user `user_id` an admin (or not): `resin-cloud bootstrap --admin`.
+pub async fn set_admin(db: &Db, user_id: i64, admin: bool) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE \"user\" SET is_admin = $1 WHERE id = $2")
+        .bind(admin)
+        .bind(user_id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
 }
 
 /// What `resin-cloud bootstrap` prints.

@@ -114,6 +114,8 @@ impl Server {
             page_size: 1000,
             max_page_size: 5000,
             max_expand_rows: 50_000,
+            auth_failures_per_min: 20,
+            device_requests_per_min: 600,
         };
         tweak(&mut config);
         let app = rt
