@@ -80,7 +80,8 @@ run_backend() {
   local name=$1 db_url=$2 data=$OUT/$1
   rm -rf "$data" && mkdir -p "$data"
   export RESIN_CLOUD_DATA_DIR=$data RESIN_CLOUD_LISTEN=127.0.0.1:$CLOUD_PORT \
-         RESIN_CLOUD_PUBLIC_URL=http://127.0.0.1:$CLOUD_PORT RESIN_CLOUD_DATABASE_URL=$db_url
+         RESIN_CLOUD_PUBLIC_URL=http://127.0.0.1:$CLOUD_PORT RESIN_CLOUD_DATABASE_URL=$db_url \
+         RESIN_CLOUD_PLAIN_HTTP=true  # plain HTTP, like the nginx anchor it is compared with
   local key
   key=$("$BIN/resin-cloud" bootstrap --username bench | sed -n 's/.*"api_key":"\([^"]*\)".*/\1/p')
   [ -n "$key" ] || die "bootstrap printed no api_key"

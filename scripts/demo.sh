@@ -79,6 +79,9 @@ mkdir -p "$DEMO_DIR"
 export RESIN_CLOUD_DATA_DIR="$DEMO_DIR/cloud"
 export RESIN_CLOUD_LISTEN="$LISTEN"
 export RESIN_CLOUD_PUBLIC_URL="${RESIN_CLOUD_PUBLIC_URL:-$URL}"
+# The demo serves plain HTTP on loopback (a production cloud serves HTTPS:
+# `resin-cloud init --host <name>`, see docs/cloud-tls.md).
+export RESIN_CLOUD_PLAIN_HTTP=true
 
 log "bootstrapping user 'demo' and fleet 'demo' (qemuarm64)"
 BOOT_JSON=$("$CLOUD" bootstrap --username demo --fleet demo --device-type qemuarm64)

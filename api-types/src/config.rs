@@ -31,6 +31,12 @@ pub struct ConfigJson {
     /// Optional device name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_name: Option<String>,
+    /// The CA that signed the cloud's certificate: base64 of its PEM text
+    /// (as balena's `balenaRootCA`). When set, the device trusts only this
+    /// CA for the cloud (no public roots), and the OS adds it to the system
+    /// trust store for dockerd and RAUC.
+    #[serde(rename = "rootCA", default, skip_serializing_if = "Option::is_none")]
+    pub root_ca: Option<String>,
 }
 
 /// Default poll interval: 60 s, as balena and Mender ship.
@@ -46,6 +52,16 @@ pub enum ConfigJsonError {
     Parse(#[from] serde_json::Error),
     #[error("config.json: {field} is empty")]
     Empty { field: &'static str },
+    #[error("config.json: rootCA is not base64: {0}")]
+    RootCaBase64(#[from] base64::DecodeError),
+    #[error("config.json: rootCA holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    RootCaPem,
+}
+
+/// The PEM text as config.json's `rootCA` (base64).
+pub fn encode_root_ca(pem: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(pem)
 }
 
 impl ConfigJson {
@@ -61,7 +77,23 @@ impl ConfigJson {
                 return Err(ConfigJsonError::Empty { field });
             }
         }
+        c.root_ca_pem()?;
         Ok(c)
+    }
+
+    /// The CA's PEM text, decoded from `rootCA` (`None` when unset).
+    pub fn root_ca_pem(&self) -> Result<Option<Vec<u8>>, ConfigJsonError> {
+        use base64::Engine;
+        let Some(b64) = self.root_ca.as_deref().filter(|s| !s.trim().is_empty()) else {
+            return Ok(None);
+        };
+        // Line breaks are allowed (a `base64` without -w0 wraps at 76).
+        let compact: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let pem = base64::engine::general_purpose::STANDARD.decode(compact)?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(ConfigJsonError::RootCaPem);
+        }
+        Ok(Some(pem))
     }
 }
 
@@ -82,5 +114,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("provisioningKey"));
+    }
+
+    #[test]
+    fn root_ca_is_base64_pem_and_checked_at_parse() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let base = r#"{"apiEndpoint":"https://x","fleetId":1,"fleetName":"f","deviceType":"qemuarm64","provisioningKey":"k""#;
+        let c = ConfigJson::parse(&format!(
+            r#"{base},"rootCA":"{}"}}"#,
+            encode_root_ca(pem.as_bytes())
+        ))
+        .unwrap();
+        assert_eq!(c.root_ca_pem().unwrap().unwrap(), pem.as_bytes());
+        assert!(serde_json::to_string(&c).unwrap().contains("\"rootCA\":"));
+        let none = ConfigJson::parse(&format!("{base}}}")).unwrap();
+        assert_eq!(none.root_ca_pem().unwrap(), None);
+        assert!(!serde_json::to_string(&none).unwrap().contains("rootCA"));
+        let e = ConfigJson::parse(&format!(r#"{base},"rootCA":"%%%"}}"#)).unwrap_err();
+        assert!(e.to_string().contains("rootCA is not base64"), "{e}");
+        let e = ConfigJson::parse(&format!(
+            r#"{base},"rootCA":"{}"}}"#,
+            encode_root_ca(b"hello")
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("no PEM certificate"), "{e}");
     }
 }

@@ -7,9 +7,11 @@
 //! - [`report`]: `PATCH /device/v3/state` (the current state report)
 //! - [`logs`]: `POST /device/v2/{uuid}/log-stream` (NDJSON log lines)
 //! - [`config`]: `config.json` on the boot partition
+//! - [`compose`]: the compose parser and validator (CLI, cloud, supervisor)
 //! - [`labels`]: container labels and update strategies the supervisor uses
 //! - [`paths`]: the device-API paths, built in one place
 
+pub mod compose;
 pub mod config;
 pub mod labels;
 pub mod logs;
@@ -18,7 +20,7 @@ pub mod register;
 pub mod report;
 pub mod target;
 
-pub use config::ConfigJson;
+pub use config::{encode_root_ca, ConfigJson, ConfigJsonError};
 pub use logs::LogLine;
 pub use register::{RegisterProof, RegisterRequest, RegisterResponse};
 pub use report::{

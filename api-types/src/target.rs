@@ -130,6 +130,9 @@ fn default_restart() -> String {
 pub struct VolumeTarget {
     #[serde(default)]
     pub driver: Option<String>,
+    /// Compose `driver_opts`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -138,6 +141,9 @@ pub struct VolumeTarget {
 pub struct NetworkTarget {
     #[serde(default)]
     pub driver: Option<String>,
+    /// Compose `driver_opts`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }

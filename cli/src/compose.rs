@@ -1,11 +1,13 @@
 //! Compose files → the release composition the cloud stores: the YAML is
 //! read with serde_norway, merge keys are applied, mapping keys become
 //! strings, `environment`/`labels` lists become maps, and images are
-//! replaced by the refs given on the command line. Validation happens here,
-//! before anything is sent.
+//! replaced by the refs given on the command line. Then the document goes
+//! through the one compose validator of api-types (the one the cloud runs
+//! on upload), so a bad file is refused here, before anything is sent.
 
 use std::collections::BTreeMap;
 
+use resin_api_types::compose::{self, BareKey};
 use serde_json::{Map, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +16,8 @@ pub enum ComposeError {
     Yaml(#[from] serde_norway::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Compose(#[from] compose::ComposeError),
 }
 
 fn invalid(msg: impl Into<String>) -> ComposeError {
@@ -45,115 +49,45 @@ pub fn composition(yaml: &str, images: &BTreeMap<String, String>) -> Result<Valu
     // `x-` extension fields hold YAML anchors for the file's own use; the
     // composition the cloud stores has no place for them.
     root.retain(|k, _| !k.starts_with("x-"));
-    for key in root.keys() {
-        let known = ["version", "name", "services", "volumes", "networks"];
-        if !known.contains(&key.as_str()) {
-            return Err(invalid(format!("unsupported top-level key `{key}`")));
-        }
-    }
-    for key in ["volumes", "networks"] {
-        match root.get(key) {
-            None | Some(Value::Null) | Some(Value::Object(_)) => {}
-            Some(_) => return Err(invalid(format!("`{key}` must be a mapping"))),
-        }
-    }
-    let services = match root.get_mut("services") {
-        Some(Value::Object(s)) if !s.is_empty() => s,
-        Some(Value::Object(_)) => return Err(invalid("`services` is empty")),
-        Some(_) => {
-            return Err(invalid(
-                "`services` must be a mapping of service name to service",
-            ))
-        }
-        None => return Err(invalid("the compose file has no `services`")),
-    };
-    for name in images.keys() {
-        if !services.contains_key(name) {
-            let known: Vec<&str> = services.keys().map(String::as_str).collect();
-            return Err(invalid(format!(
-                "--image names service `{name}`, which the compose file does not define (it has: {})",
-                known.join(", ")
-            )));
-        }
-    }
-    for (name, svc) in services.iter_mut() {
-        if !valid_service_name(name) {
-            return Err(invalid(format!(
-                "service name `{name}` must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"
-            )));
-        }
-        let svc = match svc {
-            Value::Object(m) => m,
-            _ => return Err(invalid(format!("service `{name}` must be a mapping"))),
-        };
-        svc.retain(|k, _| !k.starts_with("x-"));
-        if let Some(r) = images.get(name) {
-            svc.insert("image".into(), Value::String(r.clone()));
-            svc.remove("build");
-        }
-        match svc.get("image") {
-            Some(Value::String(s)) if !s.trim().is_empty() => {}
-            Some(_) => return Err(invalid(format!("service `{name}`: `image` must be a non-empty string"))),
-            None if svc.contains_key("build") => {
+    if let Some(Value::Object(services)) = root.get_mut("services") {
+        for name in images.keys() {
+            if !services.contains_key(name) {
+                let known: Vec<&str> = services.keys().map(String::as_str).collect();
                 return Err(invalid(format!(
-                    "service `{name}` has `build:` and no image; resin cannot build images yet, pass --image {name}=REF"
-                )))
+                    "--image names service `{name}`, which the compose file does not define (it has: {})",
+                    known.join(", ")
+                )));
             }
-            None => return Err(invalid(format!("service `{name}` has no `image`"))),
         }
-        for key in ["environment", "labels"] {
-            if let Some(v) = svc.get_mut(key) {
-                *v = list_to_map(v.take(), name, key)?;
+        for (name, svc) in services.iter_mut() {
+            let Value::Object(svc) = svc else { continue };
+            svc.retain(|k, _| !k.starts_with("x-"));
+            if let Some(r) = images.get(name) {
+                svc.insert("image".into(), Value::String(r.clone()));
+                svc.remove("build");
+            }
+            if svc.contains_key("build") {
+                return Err(invalid(format!(
+                    "service `{name}` has `build:`; resin cannot build images yet, pass --image {name}=REF"
+                )));
+            }
+            // A compose file's `- KEY` is `KEY=""`; the stored composition
+            // is explicit.
+            for key in ["environment", "labels"] {
+                if let Some(v) = svc.get_mut(key) {
+                    let map =
+                        compose::kv_map(&format!("services.{name}.{key}"), v, BareKey::Empty)?;
+                    *v = Value::Object(
+                        map.into_iter()
+                            .map(|(k, v)| (k, Value::String(v)))
+                            .collect(),
+                    );
+                }
             }
         }
     }
+    compose::parse_release(&Value::Object(root.clone()))?;
     Ok(Value::Object(root))
-}
-
-fn valid_service_name(n: &str) -> bool {
-    let mut chars = n.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-}
-
-/// `["A=1", "B"]` → `{"A": "1", "B": ""}`; maps get string values.
-fn list_to_map(v: Value, svc: &str, key: &str) -> Result<Value, ComposeError> {
-    let mut out = Map::new();
-    match v {
-        Value::Null => {}
-        Value::Array(items) => {
-            for it in items {
-                let Value::String(s) = it else {
-                    return Err(invalid(format!(
-                        "service `{svc}`: `{key}` entries must be strings"
-                    )));
-                };
-                let (k, val) = s.split_once('=').unwrap_or((s.as_str(), ""));
-                out.insert(k.to_string(), Value::String(val.to_string()));
-            }
-        }
-        Value::Object(m) => {
-            for (k, val) in m {
-                let s = match val {
-                    Value::String(s) => s,
-                    Value::Null => String::new(),
-                    Value::Bool(_) | Value::Number(_) => val.to_string(),
-                    _ => {
-                        return Err(invalid(format!(
-                            "service `{svc}`: `{key}.{k}` must be a string, number or bool"
-                        )))
-                    }
-                };
-                out.insert(k, Value::String(s));
-            }
-        }
-        _ => {
-            return Err(invalid(format!(
-                "service `{svc}`: `{key}` must be a list or a mapping"
-            )))
-        }
-    }
-    Ok(Value::Object(out))
 }
 
 /// YAML → JSON: mapping keys become strings, tags are dropped, non-finite
@@ -314,6 +248,33 @@ services:
             ("services:\n  web:\n    image: \"\"", "non-empty"),
             ("services: [\n", "YAML"),
             ("services:\n  a:\n    image: x\nfoo: 1", "top-level"),
+        ] {
+            let e = composition(doc, &BTreeMap::new()).unwrap_err().to_string();
+            assert!(e.contains(want), "{doc:?}: {e}");
+        }
+    }
+
+    /// The validator of api-types runs here: a bad port is refused before
+    /// upload, naming the service and the field.
+    #[test]
+    fn typed_fields_are_validated_before_upload() {
+        for (doc, want) in [
+            (
+                "services:\n  web:\n    image: x\n    ports: [\"8o:80\"]",
+                "services.web.ports[0]",
+            ),
+            (
+                "services:\n  web:\n    image: x\n    volumes: [\"./src:/src\"]",
+                "services.web.volumes[0]",
+            ),
+            (
+                "services:\n  web:\n    image: x\n    restart: sometimes",
+                "services.web.restart",
+            ),
+            (
+                "services:\n  web:\n    image: x\n    build: .",
+                "--image web=REF",
+            ),
         ] {
             let e = composition(doc, &BTreeMap::new()).unwrap_err().to_string();
             assert!(e.contains(want), "{doc:?}: {e}");

@@ -97,7 +97,7 @@ fn start_cloud() -> Cloud {
     let mut serve = Command::new(&bin);
     env(&mut serve);
     let child = serve
-        .arg("serve")
+        .args(["serve", "--plain-http"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Deserialize;
 
+pub use crate::tls::TlsSettings;
+
 /// Settings as given on the command line or in the environment; every field
 /// is optional so the file and the defaults can fill the gaps.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -25,7 +27,8 @@ pub struct ConfigArgs {
     /// Where the SQLite file, OS bundles and base images live. Default: /var/lib/resin-cloud.
     #[arg(long, global = true, env = "RESIN_CLOUD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Base URL devices use to reach this server. Default: `http://<listen>`.
+    /// Base URL devices use to reach this server. Default: `https://<listen>`
+    /// (`http://<listen>` with `--plain-http`).
     #[arg(long, global = true, env = "RESIN_CLOUD_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Seconds without a report after which a device counts as offline. Default: 180.
@@ -66,6 +69,30 @@ pub struct ConfigArgs {
     /// it 429 with Retry-After. 0: no limit. Default: 600.
     #[arg(long, global = true, env = "RESIN_CLOUD_DEVICE_REQUESTS_PER_MIN")]
     pub device_requests_per_min: Option<u64>,
+    /// Serve plain HTTP instead of HTTPS. Default: false: HTTPS, because
+    /// device and API keys travel in every request; plain HTTP is for tests,
+    /// the demo, or a TLS-terminating proxy in front.
+    #[arg(long, global = true, env = "RESIN_CLOUD_PLAIN_HTTP", num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub plain_http: Option<bool>,
+    /// PEM certificate chain served over HTTPS. Default: `<data-dir>/tls/server.pem`
+    /// (what `resin-cloud init` writes).
+    #[arg(long, global = true, env = "RESIN_CLOUD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`. Default: `<data-dir>/tls/server.key`.
+    #[arg(long, global = true, env = "RESIN_CLOUD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate that configured images carry in config.json as
+    /// `rootCA` (the only CA their devices then trust). Default:
+    /// `<data-dir>/tls/ca.pem` if it exists, else none (devices trust the
+    /// public roots, for a certificate from a public CA).
+    #[arg(long, global = true, env = "RESIN_CLOUD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// How often the certificate files are checked for a change, ms (a changed
+    /// pair is loaded without a restart; SIGHUP reloads at once). 0: only
+    /// SIGHUP. Default: 10000.
+    #[arg(long, global = true, env = "RESIN_CLOUD_TLS_WATCH_MS")]
+    pub tls_watch_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -85,6 +112,8 @@ pub struct Config {
     pub max_expand_rows: u64,
     pub auth_failures_per_min: u64,
     pub device_requests_per_min: u64,
+    /// HTTPS settings; `None` serves plain HTTP (`plain_http`).
+    pub tls: Option<TlsSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +154,29 @@ impl ConfigArgs {
                 "database_url must start with sqlite:// or postgres://, got {database_url:?}"
             )));
         }
+        let tls = if pick.plain_http.unwrap_or(false) {
+            None
+        } else {
+            let tls_dir = data_dir.join("tls");
+            let ca = match pick.tls_ca {
+                Some(ca) => Some(ca),
+                None => Some(tls_dir.join(crate::tls::CA_CERT)).filter(|p| p.exists()),
+            };
+            Some(TlsSettings {
+                cert: pick
+                    .tls_cert
+                    .unwrap_or_else(|| tls_dir.join(crate::tls::SERVER_CERT)),
+                key: pick
+                    .tls_key
+                    .unwrap_or_else(|| tls_dir.join(crate::tls::SERVER_KEY)),
+                ca,
+                watch_ms: pick.tls_watch_ms.unwrap_or(10_000),
+            })
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = pick
             .public_url
-            .unwrap_or_else(|| format!("http://{listen}"))
+            .unwrap_or_else(|| format!("{scheme}://{listen}"))
             .trim_end_matches('/')
             .to_owned();
         Ok(Config {
@@ -145,6 +194,7 @@ impl ConfigArgs {
             max_expand_rows: pick.max_expand_rows.unwrap_or(50_000).max(1),
             auth_failures_per_min: pick.auth_failures_per_min.unwrap_or(20),
             device_requests_per_min: pick.device_requests_per_min.unwrap_or(600),
+            tls,
         })
     }
 
@@ -165,6 +215,11 @@ impl ConfigArgs {
             max_expand_rows: self.max_expand_rows.or(o.max_expand_rows),
             auth_failures_per_min: self.auth_failures_per_min.or(o.auth_failures_per_min),
             device_requests_per_min: self.device_requests_per_min.or(o.device_requests_per_min),
+            plain_http: self.plain_http.or(o.plain_http),
+            tls_cert: self.tls_cert.or(o.tls_cert),
+            tls_key: self.tls_key.or(o.tls_key),
+            tls_ca: self.tls_ca.or(o.tls_ca),
+            tls_watch_ms: self.tls_watch_ms.or(o.tls_watch_ms),
         }
     }
 }
@@ -190,8 +245,22 @@ mod tests {
         let c = ConfigArgs::default().resolve().unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.database_url, "sqlite:///var/lib/resin-cloud/resin.db");
-        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+        assert_eq!(c.public_url, "https://127.0.0.1:8080", "HTTPS by default");
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, Path::new("/var/lib/resin-cloud/tls/server.pem"));
+        assert_eq!(tls.key, Path::new("/var/lib/resin-cloud/tls/server.key"));
+        assert_eq!(tls.watch_ms, 10_000);
         assert_eq!((c.offline_after_secs, c.log_retention), (180, 1000));
+        let plain = ConfigArgs {
+            plain_http: Some(true),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (plain.tls, plain.public_url.as_str()),
+            (None, "http://127.0.0.1:8080")
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cloud.toml");

@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod device_api;
 pub mod error;
+pub mod linger;
 pub mod logs;
 pub mod metadata;
 pub mod os;
@@ -21,6 +22,7 @@ pub mod ratelimit;
 pub mod release;
 pub mod resources;
 pub mod schema;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,6 +89,7 @@ pub fn router(state: AppState) -> Router {
             ratelimit::limit,
         ))
         .layer(axum::middleware::from_fn(api::json_errors))
+        .layer(axum::middleware::from_fn(linger::close_after_refused_body))
         .with_state(state)
 }
 
@@ -98,17 +101,27 @@ pub struct App {
 }
 
 impl App {
-    /// Binds `config.listen` (port 0 picks a free one), migrates, and serves
-    /// in the background.
+    /// Binds `config.listen` (port 0 picks a free one), loads the TLS
+    /// certificate (unless plain HTTP), migrates, and serves in the background:
+    /// HTTPS with HTTP/2 or HTTP/1.1 by ALPN, the certificate reloaded on
+    /// SIGHUP or when its files change (`tls::spawn_reloader`).
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         use anyhow::Context;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let rustls = match &config.tls {
+            Some(s) => Some(tls::load(s).await.context(
+                "loading the TLS certificate (make one with `resin-cloud init --host <name or IP>`, \
+                 or serve plain HTTP with --plain-http)",
+            )?),
+            None => None,
+        };
         let mut config = config;
         if config.public_url.ends_with(":0") {
-            config.public_url = format!("http://{addr}");
+            let scheme = if rustls.is_some() { "https" } else { "http" };
+            config.public_url = format!("{scheme}://{addr}");
         }
         let state = AppState::new(config)
             .await
@@ -119,14 +132,32 @@ impl App {
             tokio::spawn(cache::listen(state.clone()));
         }
         let app = router(state.clone());
-        // The peer address feeds the rate limits (ratelimit::client_ip).
-        let task = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-        });
+        let task = match (rustls, state.config.tls.clone()) {
+            (Some(rustls), Some(settings)) => {
+                let reloader = tls::spawn_reloader(settings, rustls.clone());
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                    .acceptor(linger::LingerAcceptor);
+                let server = axum_server::from_tcp(listener.into_std()?)?.acceptor(acceptor);
+                tokio::spawn(async move {
+                    let r = server
+                        .serve(app.into_make_service_with_connect_info::<ratelimit::ClientAddr>())
+                        .await;
+                    reloader.abort();
+                    r
+                })
+            }
+            _ => {
+                let listener = linger::LingerListener(listener);
+                // The peer address feeds the rate limits (ratelimit::client_ip).
+                tokio::spawn(async move {
+                    axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<ratelimit::ClientAddr>(),
+                    )
+                    .await
+                })
+            }
+        };
         Ok(Self { addr, state, task })
     }
 }

@@ -1,4 +1,4 @@
-//! The `resin-cloud` binary: `serve` (the default) and `bootstrap`.
+//! The `resin-cloud` binary: `serve` (the default), `init` and `bootstrap`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -18,8 +18,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API (the default).
+    /// Serve the API (the default): HTTPS with the certificate `init` made,
+    /// unless --plain-http.
     Serve,
+    /// Make a private CA and a server certificate for the given host names
+    /// and IPs, in <data-dir>/tls (ca.pem, ca.key, server.pem, server.key;
+    /// keys 0600), and print what was written as JSON. Devices get ca.pem in
+    /// their config.json (`rootCA`); clients use it with --ca.
+    Init {
+        /// A DNS name or IP address devices and clients use to reach the
+        /// cloud (repeat, or separate with commas), e.g. `--host
+        /// cloud.example.com --host 10.0.2.2`.
+        #[arg(long = "host", required = true, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Directory for the files. Default: <data-dir>/tls.
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+        /// Replace files that exist.
+        #[arg(long)]
+        force: bool,
+        /// Keep the CA in the directory and issue only a new server
+        /// certificate (devices that trust the CA keep working).
+        #[arg(long)]
+        keep_ca: bool,
+    },
     /// Create a user if missing and print a fresh API key as JSON:
     /// {"user_id":…,"api_key":"…"} (plus "fleet_id" with --fleet).
     Bootstrap {
@@ -53,7 +75,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let app = resin_cloud::App::start(config.clone()).await?;
             tracing::info!(
-                "resin-cloud listening on http://{} (public URL {}, database {})",
+                "resin-cloud listening on {}://{} (public URL {}, database {})",
+                if config.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 app.addr,
                 app.state.config.public_url,
                 if config.database_url.starts_with("postgres") {
@@ -66,6 +93,22 @@ async fn main() -> anyhow::Result<()> {
                 r = app.task => { r.context("server task")?.context("serving")?; }
                 _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping"); }
             }
+        }
+        Command::Init {
+            hosts,
+            out_dir,
+            force,
+            keep_ca,
+        } => {
+            let req = resin_cloud::tls::InitRequest {
+                dir: out_dir.unwrap_or_else(|| config.data_dir.join("tls")),
+                hosts,
+                force,
+                keep_ca,
+            };
+            let done = resin_cloud::tls::init(&req)
+                .with_context(|| format!("making certificates in {}", req.dir.display()))?;
+            println!("{}", serde_json::to_string(&done)?);
         }
         Command::Bootstrap {
             username,

@@ -438,6 +438,12 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
     let base = std::fs::File::open(&path)
         .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
 
+    // The CA devices of this image trust (and only it): read per download,
+    // so a CA file replaced by `resin-cloud init --force` is what new images carry.
+    let root_ca = match app.config.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        Some(ca) => Some(crate::tls::root_ca_field(ca).map_err(ApiError::internal)?),
+        None => None,
+    };
     let (key, hash) = auth::new_key(auth::KeyKind::Provisioning);
     let config = resin_api_types::ConfigJson {
         api_endpoint: app.config.public_url.clone(),
@@ -449,6 +455,7 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
         registry_mirror: None,
         uuid: None,
         device_name: None,
+        root_ca,
     };
     let json = serde_json::to_vec_pretty(&config).map_err(ApiError::internal)?;
     let mut tx = app.db.begin_write().await?;

@@ -17,12 +17,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
 
 use crate::error::ApiError;
+use crate::linger::LingerListener;
 use crate::AppState;
 
 const WINDOW: Duration = Duration::from_secs(60);
@@ -93,12 +96,30 @@ fn too_many(left: Duration, message: &str) -> Response {
     resp
 }
 
+/// The peer address of a connection, as the servers hand it to handlers
+/// (`into_make_service_with_connect_info::<ClientAddr>()`), for plain HTTP
+/// (axum over [`LingerListener`]) and HTTPS (axum-server) alike.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, LingerListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, LingerListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<SocketAddr> for ClientAddr {
+    fn connect_info(addr: SocketAddr) -> Self {
+        ClientAddr(addr)
+    }
+}
+
 /// The client's address (see the module docs), if known.
 pub fn client_ip(req: &Request) -> Option<IpAddr> {
     let peer = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())?;
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|c| c.0 .0.ip())?;
     if peer.is_loopback() {
         let forwarded = req
             .headers()

@@ -362,7 +362,14 @@ fn flags_after_the_subcommand_and_plain_logs() {
     assert!(j["api_key"].as_str().unwrap().starts_with("resin_u_"));
 
     let mut child = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &db])
+        .args([
+            "serve",
+            "--plain-http",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db,
+        ])
         .arg("--data-dir")
         .arg(dir.path())
         .env("RUST_LOG", "info")

@@ -170,6 +170,20 @@ fn crud_and_validation(backend: Backend) {
             json!({"services": {"a": {"image": "x", "privileged": "yes"}}}),
             "privileged",
         ),
+        // Refused at upload, not looped on the device (the one compose
+        // validator of api-types): each names the service and the field.
+        (
+            json!({"services": {"a": {"image": "x", "ports": ["80:80", "8o:80"]}}}),
+            "composition.services.a.ports[1]: port \\\"8o:80\\\"",
+        ),
+        (
+            json!({"services": {"a": {"image": "x", "volumes": ["data:relative"]}}}),
+            "composition.services.a.volumes[0]",
+        ),
+        (
+            json!({"services": {"a": {"image": "x", "devices": ["/dev/a:/dev/a:rwx"]}}}),
+            "composition.services.a.devices[0]",
+        ),
     ] {
         let r = s.post("/v1/release", &k, json!({"fleet": id, "composition": comp}));
         assert_eq!(r.status, 400, "{}", r.body);

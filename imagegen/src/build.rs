@@ -40,6 +40,30 @@ pub enum BuildError {
     Gpt(String),
     #[error("--output: the directory {0} does not exist (it is not created)")]
     OutputDir(PathBuf),
+    #[error("--format qcow2: {0} (a .bmap and --compress describe a raw image for flashing; build the raw image for those)")]
+    Qcow2Options(&'static str),
+    #[error("partition[{part}]: {source}")]
+    Readonly {
+        part: String,
+        source: crate::readonly::ReadonlyError,
+    },
+    #[error("partition[{part}]: {source}")]
+    Env {
+        part: String,
+        source: crate::ubootenv::EnvError,
+    },
+    #[error("qemu-img convert to qcow2 failed: {stderr}")]
+    Qcow2 { stderr: String },
+}
+
+/// The format of the image file `build` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ImageFormat {
+    /// A raw disk image (sparse), with its `.bmap`: what is flashed.
+    #[default]
+    Raw,
+    /// QEMU's qcow2 (converted with `qemu-img convert`; only the mapped data is allocated).
+    Qcow2,
 }
 
 fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> BuildError {
@@ -238,7 +262,7 @@ fn usable(part: &PlannedPart) -> u64 {
     match part.fs {
         Fs::Ext4 => part.size / 100 * 85,
         Fs::Vfat => part.size / 100 * 95,
-        Fs::None => part.size,
+        Fs::UbootEnv | Fs::Squashfs | Fs::Verity | Fs::None => part.size,
     }
 }
 
@@ -280,16 +304,38 @@ pub(crate) fn extract_tar(tar: &Path, into: &Path) -> Result<(), BuildError> {
 /// Builds the image described by `plan`. Validation (layout, inputs, sizes) happens before any
 /// file is created; the image is assembled in a temp file beside the output and renamed last.
 pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError> {
+    build_format(plan, opts, ImageFormat::Raw)
+}
+
+/// [`build`] in the given format: qcow2 takes neither a `.bmap` nor compression.
+pub fn build_format(
+    plan: &Plan,
+    opts: &BuildOptions,
+    format: ImageFormat,
+) -> Result<BuildReport, BuildError> {
     // 1. Validate everything that can be checked without writing.
+    if format == ImageFormat::Qcow2 {
+        if opts.bmap {
+            return Err(BuildError::Qcow2Options("a .bmap was asked for"));
+        }
+        if opts.compression != Compression::None {
+            return Err(BuildError::Qcow2Options("--compress was given"));
+        }
+    }
     let mut sources = Vec::new();
     for p in &plan.parts {
         sources.push(resolve(plan, p, opts)?);
     }
+    // Rendered here to find template errors before anything is written; again below once
+    // the verity root hashes are known.
     let rendered = render_all(plan)?;
+    env_images(plan, &BTreeMap::new())?;
     let config = padded_config(opts.config.as_deref().unwrap_or(b"{}"), plan.config_reserve)
         .map_err(BuildError::Config)?;
     for (p, s) in plan.parts.iter().zip(&sources) {
         match s {
+            // Compressed: checked once mksquashfs has made it.
+            Source::Dir(_) if p.fs == Fs::Squashfs => {}
             Source::Dir(d) => {
                 let mut need = dir_usage(d).map_err(io_ctx(format!("reading {}", d.display())))?;
                 if p.fs == Fs::Vfat {
@@ -373,6 +419,15 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
     disk.set_len(plan.disk_size)
         .map_err(io_ctx("sizing the temp image"))?;
 
+    // Read-only roots and their hash trees first: the root hashes go into the rendered files.
+    let (prebuilt, roothashes) = build_readonly(plan, &sources, work.path(), &seed, epoch)?;
+    let rendered = if roothashes.is_empty() {
+        rendered
+    } else {
+        crate::render::render_all_with(plan, &roothashes)?
+    };
+    let envs = env_images(plan, &roothashes)?;
+
     // 4. Filesystems, built in parallel, each copied sparsely to its offset.
     let total: u64 = plan.parts.iter().map(|p| p.size).sum();
     let pb = progress(total, "building partitions");
@@ -382,11 +437,12 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
             .iter()
             .zip(&sources)
             .map(|(p, src)| {
-                let (work, seed, rendered, config, pb) =
-                    (work.path(), &seed, &rendered, &config, &pb);
+                let (work, seed, rendered, config, pb, prebuilt) =
+                    (work.path(), &seed, &rendered, &config, &pb, &prebuilt);
                 s.spawn(move || {
-                    let r =
-                        build_partition(plan, p, src, work, seed, epoch, rendered, config, disk);
+                    let r = build_partition(
+                        plan, p, src, work, seed, epoch, rendered, config, disk, prebuilt,
+                    );
                     pb.inc(p.size);
                     r
                 })
@@ -422,6 +478,14 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
         needed.push((r.offset, r.offset + len));
     }
 
+    // U-Boot environments: every byte of each copy is covered by its CRC.
+    for (offset, bytes) in &envs {
+        use std::os::unix::fs::FileExt;
+        disk.write_all_at(bytes, *offset)
+            .map_err(io_ctx("writing the U-Boot environment into the image"))?;
+        needed.push((*offset, offset + bytes.len() as u64));
+    }
+
     // 5. The GPT, last.
     write_gpt(plan, disk, &seed)?;
     needed.extend(gpt_ranges(disk).map_err(io_ctx("reading back the GPT"))?);
@@ -448,6 +512,16 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
         crate::util::write_atomic(bp, text.as_bytes())
             .map_err(io_ctx(format!("writing {}", bp.display())))?;
     }
+    if format == ImageFormat::Qcow2 {
+        to_qcow2(tmp_img.path(), &opts.output, &out_dir)?;
+        return Ok(BuildReport {
+            image: opts.output.clone(),
+            bmap: None,
+            compressed: None,
+            disk_size: plan.disk_size,
+            bytes_written,
+        });
+    }
     crate::util::make_readable(disk).map_err(io_ctx("setting the image's mode"))?;
     tmp_img.persist(&opts.output).map_err(|e| BuildError::Io {
         context: format!("renaming the image to {}", opts.output.display()),
@@ -460,6 +534,38 @@ pub fn build(plan: &Plan, opts: &BuildOptions) -> Result<BuildReport, BuildError
         disk_size: plan.disk_size,
         bytes_written,
     })
+}
+
+/// Converts the finished raw temp image into a qcow2 temp file beside the output, syncs it and
+/// renames it onto the output. qemu-img writes clusters in order (no `-W`), and the qcow2
+/// format has no timestamps, so the same raw image gives the same bytes.
+fn to_qcow2(raw: &Path, output: &Path, out_dir: &Path) -> Result<(), BuildError> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".resin-imagegen-")
+        .suffix(".qcow2.tmp")
+        .tempfile_in(out_dir)
+        .map_err(io_ctx("creating the qcow2 temp file"))?;
+    let out = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(raw)
+        .arg(tmp.path())
+        .output()
+        .map_err(io_ctx("running qemu-img (package qemu-utils)"))?;
+    if !out.status.success() {
+        return Err(BuildError::Qcow2 {
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    // qemu-img wrote through its own descriptor; reopen to sync what it wrote.
+    File::open(tmp.path())
+        .and_then(|f| f.sync_all())
+        .map_err(io_ctx("syncing the qcow2 image"))?;
+    crate::util::make_readable(tmp.as_file()).map_err(io_ctx("setting the file mode"))?;
+    tmp.persist(output).map_err(|e| BuildError::Io {
+        context: format!("renaming the image to {}", output.display()),
+        source: e.error,
+    })?;
+    Ok(())
 }
 
 /// `disk.img` + `.bmap` → `disk.img.bmap`.
@@ -492,6 +598,124 @@ fn compress_to(disk: &File, len: u64, c: Compression, out: &Path) -> Result<(), 
         source: e.error,
     })?;
     Ok(())
+}
+
+/// Each U-Boot environment partition's copies, rendered from `uboot-env.txt.j2`: (disk offset,
+/// bytes). Copy 1 has flag 1 and copy 2 flag 0, so U-Boot and libubootenv take copy 1 under
+/// either flag scheme while both are valid, and copy 2 when copy 1 is damaged.
+fn env_images(
+    plan: &Plan,
+    roothashes: &BTreeMap<String, String>,
+) -> Result<Vec<(u64, Vec<u8>)>, BuildError> {
+    let mut out = Vec::new();
+    for p in &plan.parts {
+        let Some(env) = p.env else { continue };
+        let text = crate::render::render_template_with(plan, "uboot-env.txt.j2", roothashes)?;
+        let copies = if env.redundant { 2 } else { 1 };
+        let mut bytes = Vec::new();
+        for i in 0..copies {
+            let flag = if i == 0 { 1 } else { 0 };
+            bytes.extend(
+                crate::ubootenv::env_image(&text, env.size as usize, env.redundant, flag).map_err(
+                    |source| BuildError::Env {
+                        part: p.name.clone(),
+                        source,
+                    },
+                )?,
+            );
+        }
+        out.push((p.offset, bytes));
+    }
+    Ok(out)
+}
+
+/// Read-only images by partition name, and verity root hashes by data partition name.
+type Readonly = (BTreeMap<String, PathBuf>, BTreeMap<String, String>);
+
+/// Squashfs images of the squashfs partitions that have contents, then the dm-verity hash
+/// tree of each one a verity partition names. Returns the images by partition name and the
+/// root hashes by data partition name. Salt and verity UUID are derived from the seed.
+fn build_readonly(
+    plan: &Plan,
+    sources: &[Source],
+    work: &Path,
+    seed: &[u8],
+    epoch: i64,
+) -> Result<Readonly, BuildError> {
+    let ro_err = |p: &PlannedPart| {
+        let part = p.name.clone();
+        move |source| BuildError::Readonly { part, source }
+    };
+    let too_big = |p: &PlannedPart, what: &str, img: &Path| -> Result<(), BuildError> {
+        let len = std::fs::metadata(img)
+            .map_err(io_ctx(format!("reading {}", img.display())))?
+            .len();
+        if len > p.size {
+            return Err(field(
+                p,
+                "size",
+                format!(
+                    "the {what} is {len} bytes, more than partition[{}].size ({} bytes)",
+                    p.name, p.size
+                ),
+            ));
+        }
+        Ok(())
+    };
+    let mut images = BTreeMap::new();
+    let mut hashes = BTreeMap::new();
+    for (p, src) in plan.parts.iter().zip(sources) {
+        if p.fs != Fs::Squashfs {
+            continue;
+        }
+        let img = match src {
+            Source::Empty => continue,
+            Source::Image(i) => i.clone(),
+            Source::Dir(d) => {
+                let out = work.join(format!("{}.squashfs", p.name));
+                crate::readonly::build_squashfs(d, &out, epoch, &p.mkfs_options)
+                    .map_err(ro_err(p))?;
+                out
+            }
+            Source::Tar(t) => {
+                let d = work.join(format!("{}.root", p.name));
+                std::fs::create_dir_all(&d).map_err(io_ctx("creating the extraction directory"))?;
+                extract_tar(t, &d)?;
+                let out = work.join(format!("{}.squashfs", p.name));
+                crate::readonly::build_squashfs(&d, &out, epoch, &p.mkfs_options)
+                    .map_err(ro_err(p))?;
+                let _ = std::fs::remove_dir_all(&d);
+                out
+            }
+        };
+        too_big(p, "squashfs", &img)?;
+        images.insert(p.name.clone(), img);
+    }
+    for v in &plan.parts {
+        let Some(data) = v.verity_data.as_ref() else {
+            continue;
+        };
+        let Some(img) = images.get(data).cloned() else {
+            continue;
+        };
+        let out = work.join(format!("{}.verity", v.name));
+        let salt: [u8; 32] = Sha256::new()
+            .chain_update(seed)
+            .chain_update(format!("verity salt {}", v.label))
+            .finalize()
+            .into();
+        let hash = crate::readonly::verity_format(
+            &img,
+            &out,
+            &salt,
+            derived_uuid(seed, &format!("verity {}", v.label)),
+        )
+        .map_err(ro_err(v))?;
+        too_big(v, "hash tree", &out)?;
+        images.insert(v.name.clone(), out);
+        hashes.insert(data.clone(), hash);
+    }
+    Ok((images, hashes))
 }
 
 /// What one partition's builder wrote.
@@ -538,8 +762,23 @@ fn build_partition(
     rendered: &[crate::render::Rendered],
     config: &[u8],
     disk: &File,
+    prebuilt: &BTreeMap<String, PathBuf>,
 ) -> Result<Written, BuildError> {
     let fs_img = work.join(format!("{}.fs", p.name));
+    if let Some(img) = prebuilt.get(&p.name) {
+        // A squashfs or hash tree made by build_readonly: every byte is read.
+        let f = File::open(img).map_err(io_ctx(format!("opening {}", img.display())))?;
+        let len = f
+            .metadata()
+            .map_err(io_ctx(format!("reading {}", img.display())))?
+            .len();
+        let n = copy_sparse(&f, disk, p.offset, &|_| {})
+            .map_err(io_ctx(format!("copying {} into the image", p.label)))?;
+        return Ok(Written {
+            bytes: n,
+            needed: vec![(p.offset, p.offset + len.min(p.size))],
+        });
+    }
     let mut extracted = None;
     let dir: Option<PathBuf> = match src {
         Source::Dir(d) => Some(d.clone()),
@@ -611,7 +850,9 @@ fn build_partition(
             })?;
             fs_img.clone()
         }
-        (Fs::None, _) => {
+        // Written whole by build() from the rendered environment; or an empty read-only slot
+        // (squashfs and hash tree with no data: RAUC installs into it).
+        (Fs::UbootEnv | Fs::Squashfs | Fs::Verity | Fs::None, _) => {
             return Ok(Written {
                 bytes: 0,
                 needed: Vec::new(),
@@ -646,7 +887,7 @@ fn build_partition(
                 context: format!("mapping the FAT of {}", p.label),
                 source: io::Error::other(e),
             })?,
-        (Fs::None, _) => Vec::new(),
+        (Fs::UbootEnv | Fs::Squashfs | Fs::Verity | Fs::None, _) => Vec::new(),
     };
     let n = copy_sparse(&f, disk, p.offset, &|_| {})
         .map_err(io_ctx(format!("copying {} into the image", p.label)))?;

@@ -122,7 +122,16 @@ pub fn inspect_image_with(path: &Path, plan: &Plan) -> Result<Report, InspectErr
                     None,
                 )
             } else {
-                ("none".to_string(), None, None)
+                let mut magic = [0u8; 8];
+                f.read_exact_at(&mut magic, p.offset).map_err(io)?;
+                let fs = if &magic[..4] == b"hsqs" {
+                    "squashfs"
+                } else if &magic == b"verity\0\0" {
+                    "verity"
+                } else {
+                    "none"
+                };
+                (fs.to_string(), None, None)
             };
         parts.push(PartitionReport {
             index: p.index,
@@ -146,6 +155,16 @@ pub fn inspect_image_with(path: &Path, plan: &Plan) -> Result<Report, InspectErr
         let ok = match want.fs {
             Fs::Ext4 => got.fs == "ext4",
             Fs::Vfat => got.fs.starts_with("vfat"),
+            Fs::UbootEnv => match want.env {
+                Some(e) => {
+                    crate::ubootenv::valid_copies(&f, got.offset, e.size, e.redundant)
+                        .map_err(io)?
+                        > 0
+                }
+                None => true,
+            },
+            Fs::Squashfs => got.fs == "squashfs" || got.fs == "none",
+            Fs::Verity => got.fs == "verity" || got.fs == "none",
             Fs::None => true,
         };
         if !ok {

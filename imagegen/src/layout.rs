@@ -225,7 +225,33 @@ pub struct PartitionSpec {
     /// "^has_journal"]`, `["-i", "8192"]`, `["-S", "4096"]`).
     #[serde(default)]
     pub mkfs_options: Vec<String>,
+    /// Only in images whose `bootloader.loader` is this (`grub` or `uboot`); absent: always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loader: Option<String>,
+    /// `fs = "uboot-env"`: size of one environment copy, U-Boot's CONFIG_ENV_SIZE (16KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_size: Option<String>,
+    /// `fs = "uboot-env"`: two copies, the second right after the first, each with the
+    /// redundant format's flag byte (CONFIG_ENV_REDUNDANT) (true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_redundant: Option<bool>,
+    /// `fs = "verity"`: the name of the (squashfs) partition whose dm-verity hash tree this
+    /// partition holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity_data: Option<String>,
 }
+
+/// A U-Boot environment partition's geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EnvGeometry {
+    /// Bytes of one copy (CONFIG_ENV_SIZE).
+    pub size: u64,
+    /// Two copies, at the partition's start and `size` bytes after it.
+    pub redundant: bool,
+}
+
+/// Default size of one U-Boot environment copy.
+pub const DEFAULT_ENV_SIZE: &str = "16KiB";
 
 /// One `[[raw]]`: bytes written at a fixed offset, outside every partition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -273,7 +299,28 @@ pub struct RenderSpec {
 pub enum Fs {
     Vfat,
     Ext4,
+    /// A U-Boot environment (mkenvimage format), written by imagegen from `uboot-env.txt.j2`.
+    #[serde(rename = "uboot-env")]
+    UbootEnv,
+    /// A read-only squashfs made with mksquashfs.
+    Squashfs,
+    /// The dm-verity hash tree (veritysetup format) of the partition named by `verity-data`.
+    Verity,
     None,
+}
+
+impl Fs {
+    /// The layout's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fs::Vfat => "vfat",
+            Fs::Ext4 => "ext4",
+            Fs::UbootEnv => "uboot-env",
+            Fs::Squashfs => "squashfs",
+            Fs::Verity => "verity",
+            Fs::None => "none",
+        }
+    }
 }
 
 /// A partition placed on the disk.
@@ -299,6 +346,10 @@ pub struct PlannedPart {
     /// GPT attribute bits.
     pub attributes: u64,
     pub mkfs_options: Vec<String>,
+    /// `fs = "uboot-env"`: the environment's copies.
+    pub env: Option<EnvGeometry>,
+    /// `fs = "verity"`: the name of the partition whose hash tree this one holds.
+    pub verity_data: Option<String>,
 }
 
 /// A validated layout with every partition placed.
@@ -437,17 +488,33 @@ impl Layout {
                 "must be a multiple of 4KiB, at least 4KiB",
             ));
         }
-        if self.partitions.is_empty() {
+        for p in &self.partitions {
+            if let Some(l) = &p.loader {
+                if l != "grub" && l != "uboot" {
+                    return Err(field_err(
+                        format!("partition[{}].loader", p.name),
+                        format!("`{l}` is not `grub` or `uboot`"),
+                    ));
+                }
+            }
+        }
+        // Partitions of the other bootloader are not in this image.
+        let partitions: Vec<&PartitionSpec> = self
+            .partitions
+            .iter()
+            .filter(|p| p.loader.as_ref().is_none_or(|l| *l == self.boot.loader))
+            .collect();
+        if partitions.is_empty() {
             return Err(field_err("partition", "the layout has no partitions"));
         }
-        if self.partitions.len() > 128 {
+        if partitions.len() > 128 {
             return Err(field_err("partition", "GPT holds at most 128 partitions"));
         }
 
         let mut names = BTreeSet::new();
         let mut labels = BTreeSet::new();
         let mut slots = BTreeSet::new();
-        for p in &self.partitions {
+        for p in &partitions {
             let f = |k: &str| format!("partition[{}].{k}", p.name);
             if p.name.is_empty() || p.name.contains(['.', '=']) {
                 return Err(field_err(
@@ -474,13 +541,12 @@ impl Layout {
                         format!("duplicate slot bootname `{s}`"),
                     ));
                 }
-                if p.fs != "ext4" {
-                    return Err(field_err(f("fs"), "a root slot must be ext4"));
+                if p.fs != "ext4" && p.fs != "squashfs" {
+                    return Err(field_err(f("fs"), "a root slot must be ext4 or squashfs"));
                 }
             }
         }
-        let boots: Vec<_> = self
-            .partitions
+        let boots: Vec<_> = partitions
             .iter()
             .filter(|p| p.role.as_deref() == Some("boot"))
             .collect();
@@ -500,21 +566,20 @@ impl Layout {
         // Fixed sizes first (resolving `=NAME` references), then placement.
         let mut fixed: Vec<Option<u64>> = Vec::new();
         let mut rest_idx = None;
-        for (i, p) in self.partitions.iter().enumerate() {
+        for (i, p) in partitions.iter().enumerate() {
             let field = format!("partition[{}].size", p.name);
             let s = p.size.trim();
             if s == "rest" {
                 if rest_idx.is_some() {
                     return Err(field_err(field, "only one partition may be `rest`"));
                 }
-                if i + 1 != self.partitions.len() {
+                if i + 1 != partitions.len() {
                     return Err(field_err(field, "a `rest` partition must be the last one"));
                 }
                 rest_idx = Some(i);
                 fixed.push(None);
             } else if let Some(other) = s.strip_prefix('=') {
-                let o = self
-                    .partitions
+                let o = partitions
                     .iter()
                     .position(|q| q.name == other)
                     .ok_or_else(|| field_err(&field, format!("no partition named `{other}`")))?;
@@ -553,7 +618,7 @@ impl Layout {
         let mut parts = Vec::new();
         let mut cursor = alignment.max(round_up(first_usable, alignment));
         let mut prev_name: Option<&str> = None;
-        for (i, p) in self.partitions.iter().enumerate() {
+        for (i, p) in partitions.iter().enumerate() {
             let offset = match &p.offset {
                 Some(o) => {
                     let field = format!("partition[{}].offset", p.name);
@@ -594,11 +659,16 @@ impl Layout {
                 fs: match p.fs.as_str() {
                     "vfat" => Fs::Vfat,
                     "ext4" => Fs::Ext4,
+                    "uboot-env" => Fs::UbootEnv,
+                    "squashfs" => Fs::Squashfs,
+                    "verity" => Fs::Verity,
                     "none" => Fs::None,
                     other => {
                         return Err(field_err(
                             format!("partition[{}].fs", p.name),
-                            format!("`{other}` is not vfat, ext4 or none"),
+                            format!(
+                                "`{other}` is not vfat, ext4, squashfs, verity, uboot-env or none"
+                            ),
                         ))
                     }
                 },
@@ -616,6 +686,8 @@ impl Layout {
                 },
                 attributes: parse_attributes(&p.name, &p.attributes)?,
                 mkfs_options: p.mkfs_options.clone(),
+                env: env_geometry(p, size)?,
+                verity_data: p.verity_data.clone(),
             });
             cursor = offset + size;
             prev_name = Some(&p.name);
@@ -624,7 +696,7 @@ impl Layout {
         let backup = BACKUP_GPT_SECTORS * sector;
         let disk_size = if self.disk.size.trim() == "auto" {
             if let Some(r) = rest_idx {
-                let p = &self.partitions[r];
+                let p = partitions[r];
                 let field = format!("partition[{}].min-size", p.name);
                 let min = match &p.min_size {
                     Some(m) => parse_size(&field, m)?,
@@ -645,7 +717,7 @@ impl Layout {
             }
             let usable_end = d.saturating_sub(backup) / alignment * alignment;
             if let Some(r) = rest_idx {
-                let p = &self.partitions[r];
+                let p = partitions[r];
                 let min = match &p.min_size {
                     Some(m) => parse_size(&format!("partition[{}].min-size", p.name), m)?,
                     None => alignment,
@@ -709,6 +781,53 @@ impl Layout {
                         format!("{u} is also partition[{}]'s", b.name),
                     ));
                 }
+            }
+        }
+        for v in &parts {
+            let field = format!("partition[{}].verity-data", v.name);
+            match (v.fs, &v.verity_data) {
+                (Fs::Verity, None) => {
+                    return Err(field_err(
+                        field,
+                        "a verity partition names its data partition (verity-data = \"rootA\")",
+                    ))
+                }
+                (Fs::Verity, Some(n)) => {
+                    let Some(data) = parts.iter().find(|p| &p.name == n) else {
+                        return Err(field_err(field, format!("no partition named `{n}`")));
+                    };
+                    if data.fs != Fs::Squashfs {
+                        return Err(field_err(
+                            field,
+                            format!(
+                                "partition[{n}] is {}, not squashfs (a read-only root)",
+                                data.fs.as_str()
+                            ),
+                        ));
+                    }
+                    if let Some(o) = parts
+                        .iter()
+                        .find(|o| o.name != v.name && o.verity_data.as_deref() == Some(n.as_str()))
+                    {
+                        return Err(field_err(
+                            field,
+                            format!("partition[{}] already holds {n}'s hash tree", o.name),
+                        ));
+                    }
+                    if v.contents.is_some() {
+                        return Err(field_err(
+                            format!("partition[{}].contents", v.name),
+                            "a verity partition is computed from its data partition; it takes no contents",
+                        ));
+                    }
+                }
+                (_, Some(_)) => {
+                    return Err(field_err(
+                        field,
+                        "is only for a partition with fs = \"verity\"",
+                    ))
+                }
+                (_, None) => {}
             }
         }
         if self.disk.hybrid_mbr.len() > 3 {
@@ -851,6 +970,72 @@ fn percent_size(field: &str, pct: &str, disk: &str, alignment: u64) -> Result<u6
         ));
     }
     Ok(v)
+}
+
+/// A `uboot-env` partition's copies, checked to fit; the env keys on any other partition are
+/// an error. `size` is the partition's (0 for a `rest` one, which cannot hold an environment).
+fn env_geometry(p: &PartitionSpec, size: u64) -> Result<Option<EnvGeometry>, LayoutError> {
+    let f = |k: &str| format!("partition[{}].{k}", p.name);
+    if p.fs != "uboot-env" {
+        if p.env_size.is_some() || p.env_redundant.is_some() {
+            return Err(field_err(
+                f(if p.env_size.is_some() {
+                    "env-size"
+                } else {
+                    "env-redundant"
+                }),
+                "is only for a partition with fs = \"uboot-env\"",
+            ));
+        }
+        return Ok(None);
+    }
+    if p.contents.is_some() {
+        return Err(field_err(
+            f("contents"),
+            "a uboot-env partition is rendered from the uboot-env.txt.j2 template; it takes no contents",
+        ));
+    }
+    if p.size.trim() == "rest" {
+        return Err(field_err(
+            f("size"),
+            "a uboot-env partition needs a fixed size",
+        ));
+    }
+    let env = parse_size(
+        &f("env-size"),
+        p.env_size.as_deref().unwrap_or(DEFAULT_ENV_SIZE),
+    )?;
+    if env < 1024 || env % 512 != 0 {
+        return Err(field_err(
+            f("env-size"),
+            format!(
+                "{} is not a multiple of 512 bytes of at least 1KiB",
+                Size(env)
+            ),
+        ));
+    }
+    let redundant = p.env_redundant.unwrap_or(true);
+    let copies = if redundant { 2 } else { 1 };
+    if env * copies > size {
+        return Err(field_err(
+            f("env-size"),
+            format!(
+                "{} {}is more than partition[{}].size {}",
+                Size(env),
+                if redundant {
+                    "twice (env-redundant) "
+                } else {
+                    ""
+                },
+                p.name,
+                Size(size)
+            ),
+        ));
+    }
+    Ok(Some(EnvGeometry {
+        size: env,
+        redundant,
+    }))
 }
 
 /// GPT attribute names and bit numbers → the attribute word.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use resin_imagegen::build::{build, BuildOptions};
+use resin_imagegen::build::{build_format, BuildOptions, ImageFormat};
 use resin_imagegen::configure::{self, Compression};
 use resin_imagegen::inspect::{inspect_image, inspect_image_with, InspectError};
 use resin_imagegen::layout::{load_or_default, Layout};
@@ -76,6 +76,9 @@ enum Cmd {
         /// Also write a compressed copy: none, zstd or xz.
         #[arg(long, value_enum, default_value_t = Compression::None)]
         compress: Compression,
+        /// Image format: raw (default; with its .bmap) or qcow2 (for QEMU; no .bmap, no --compress).
+        #[arg(long, value_enum, default_value_t = ImageFormat::Raw)]
+        format: ImageFormat,
         /// Do not write the .bmap.
         #[arg(long, conflicts_with = "bmap")]
         no_bmap: bool,
@@ -93,6 +96,31 @@ enum Cmd {
         /// Output directory.
         #[arg(long, visible_aliases = ["output", "out-dir"])]
         out: PathBuf,
+    },
+    /// Write systemd-repart definitions (repart.d/NN-NAME.conf) from the layout into DIR;
+    /// notes on what systemd-repart cannot express go to stderr.
+    RenderRepart {
+        #[command(flatten)]
+        layout: LayoutArgs,
+        /// Output directory (created if missing; files of the same names are replaced).
+        #[arg(long, visible_aliases = ["output", "out-dir"])]
+        out: PathBuf,
+    },
+    /// Convert a genimage config into a layout file. What the layout cannot express is listed
+    /// on stderr and the exit status is 3 (0 when nothing was left out; 1 on errors).
+    ImportGenimage {
+        /// The genimage config (libconfuse syntax).
+        config: PathBuf,
+        /// genimage's --inputpath: where the images the config does not define are found
+        /// (their sizes size the partitions).
+        #[arg(long)]
+        inputpath: Option<PathBuf>,
+        /// The layout's device-type (default: the config's file name).
+        #[arg(long)]
+        device_type: Option<String>,
+        /// Write the layout here (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Print an image's partition table, filesystems and config.json; check the layout's
     /// invariants. Exits 2 when the image is damaged.
@@ -205,8 +233,9 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             config,
             output,
             compress,
+            format,
             no_bmap,
-            bmap: _,
+            bmap,
             seed,
         } => {
             let plan = layout.load()?.plan()?;
@@ -230,16 +259,21 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 None => None,
             };
             let t0 = std::time::Instant::now();
-            let report = build(
+            let report = build_format(
                 &plan,
                 &BuildOptions {
                     inputs: map,
                     config,
                     output,
-                    bmap: !no_bmap,
+                    // A qcow2 gets a .bmap only when asked, which build() refuses.
+                    bmap: match format {
+                        ImageFormat::Raw => !no_bmap,
+                        ImageFormat::Qcow2 => bmap,
+                    },
                     compression: compress,
                     seed,
                 },
+                format,
             )?;
             println!(
                 "built {} ({} bytes, {} bytes of data) in {:.2?}",
@@ -261,6 +295,56 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             render::write_all(&files, &out)?;
             for f in files {
                 println!("{}", out.join(&f.path).display());
+            }
+        }
+        Cmd::ImportGenimage {
+            config,
+            inputpath,
+            device_type,
+            output,
+        } => {
+            let imported = resin_imagegen::genimage::import(
+                &config,
+                inputpath.as_deref(),
+                device_type.as_deref(),
+            )?;
+            match &output {
+                Some(o) => {
+                    if let Some(d) = o.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        if !d.is_dir() {
+                            bail!(
+                                "--output: the directory {} does not exist (it is not created)",
+                                d.display()
+                            );
+                        }
+                    }
+                    resin_imagegen::util::write_atomic(o, imported.layout.as_bytes())
+                        .with_context(|| format!("writing {}", o.display()))?;
+                    println!("{}", o.display());
+                }
+                None => print!("{}", imported.layout),
+            }
+            if !imported.notes.is_empty() {
+                eprintln!(
+                    "resin-imagegen: the layout cannot express {} thing(s) of {}:",
+                    imported.notes.len(),
+                    config.display()
+                );
+                for n in &imported.notes {
+                    eprintln!("  - {n}");
+                }
+                return Ok(std::process::ExitCode::from(3));
+            }
+        }
+        Cmd::RenderRepart { layout, out } => {
+            let plan = layout.load()?.plan()?;
+            let (files, notes) = resin_imagegen::repart::repart_files(&plan);
+            resin_imagegen::repart::write_files(&files, &out)?;
+            for f in &files {
+                println!("{}", out.join(&f.name).display());
+            }
+            for n in notes {
+                eprintln!("resin-imagegen: note: {n}");
             }
         }
         Cmd::Configure {

@@ -54,6 +54,16 @@ pub const TOOLS: &[Tool] = &[
         package: "tar",
     },
     Tool {
+        name: "qemu-img",
+        version_args: &["--version"],
+        package: "qemu-utils",
+    },
+    Tool {
+        name: "veritysetup",
+        version_args: &["--version"],
+        package: "cryptsetup-bin",
+    },
+    Tool {
         name: "openssl",
         version_args: &["version"],
         package: "openssl",

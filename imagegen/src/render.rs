@@ -2,12 +2,13 @@
 //! fstab, RAUC system.conf) from minijinja templates: the ones built into the binary, or a
 //! layout's own `templates` directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
-use crate::layout::{Fs, Plan, PlannedPart};
+use crate::layout::{Plan, PlannedPart};
 
 /// Size of a GRUB environment block file.
 pub const GRUBENV_SIZE: usize = 1024;
@@ -20,7 +21,7 @@ pub enum RenderError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("no template `{0}`: the layout names no `templates` directory and none is built in (built in: boot.cmd.j2, fstab.j2, grub.cfg.j2, grubenv.j2, system.conf.j2, uboot-env.txt.j2)")]
+    #[error("no template `{0}`: the layout names no `templates` directory and none is built in (built in: boot.cmd.j2, fstab.j2, fw_env.config.j2, grub.cfg.j2, grubenv.j2, system.conf.j2, uboot-env.cfg.j2, uboot-env.txt.j2)")]
     NoTemplate(String),
     #[error("template {name}: {source}")]
     Template {
@@ -59,6 +60,16 @@ struct PartCtx {
     offset: u64,
     size: u64,
     grow: bool,
+    /// A squashfs slot's dm-verity hash partition, if the layout gives it one.
+    verity: Option<VerityCtx>,
+}
+
+#[derive(Serialize)]
+struct VerityCtx {
+    /// Label of the hash partition.
+    hash_label: String,
+    /// The root hash, once `build` has computed it (absent in `render`, and for empty slots).
+    roothash: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -82,40 +93,56 @@ struct Ctx {
     slots: Vec<PartCtx>,
     boot_part: PartCtx,
     state_part: PartCtx,
+    /// The U-Boot environment partition, if the layout has one.
+    env_part: Option<EnvCtx>,
 }
 
-fn part_ctx(p: &PlannedPart) -> PartCtx {
+#[derive(Serialize)]
+struct EnvCtx {
+    label: String,
+    /// Byte offset of the first copy on the disk (U-Boot's CONFIG_ENV_OFFSET).
+    offset: u64,
+    /// Bytes of one copy (CONFIG_ENV_SIZE).
+    size: u64,
+    redundant: bool,
+}
+
+fn part_ctx(plan: &Plan, p: &PlannedPart, hashes: &BTreeMap<String, String>) -> PartCtx {
     PartCtx {
         index: p.index,
         name: p.name.clone(),
         label: p.label.clone(),
-        fs: match p.fs {
-            Fs::Vfat => "vfat",
-            Fs::Ext4 => "ext4",
-            Fs::None => "none",
-        },
+        fs: p.fs.as_str(),
         mount: p.mount.clone(),
         bootname: p.slot.clone(),
         offset: p.offset,
         size: p.size,
         grow: p.grow,
+        verity: plan
+            .parts
+            .iter()
+            .find(|v| v.verity_data.as_deref() == Some(p.name.as_str()))
+            .map(|v| VerityCtx {
+                hash_label: v.label.clone(),
+                roothash: hashes.get(&p.name).cloned(),
+            }),
     }
 }
 
-fn context(plan: &Plan) -> Result<Ctx, RenderError> {
+fn context(plan: &Plan, hashes: &BTreeMap<String, String>) -> Result<Ctx, RenderError> {
     let b = &plan.layout.boot;
     let by_role = |role: &'static str| {
         plan.parts
             .iter()
             .find(|p| p.role.as_deref() == Some(role))
-            .map(part_ctx)
+            .map(|p| part_ctx(plan, p, hashes))
             .ok_or(RenderError::MissingRole(role))
     };
     let slots: Vec<PartCtx> = plan
         .parts
         .iter()
         .filter(|p| p.slot.is_some())
-        .map(part_ctx)
+        .map(|p| part_ctx(plan, p, hashes))
         .collect();
     if slots.is_empty() {
         return Err(RenderError::MissingRole("root slot"));
@@ -133,17 +160,26 @@ fn context(plan: &Plan) -> Result<Ctx, RenderError> {
             keyring: b.keyring.clone(),
             uboot_device: b.uboot_device.clone(),
         },
-        parts: plan.parts.iter().map(part_ctx).collect(),
+        parts: plan
+            .parts
+            .iter()
+            .map(|p| part_ctx(plan, p, hashes))
+            .collect(),
         slots,
         boot_part: by_role("boot")?,
         state_part: by_role("state")?,
+        env_part: plan.parts.iter().find_map(|p| {
+            p.env.map(|e| EnvCtx {
+                label: p.label.clone(),
+                offset: p.offset,
+                size: e.size,
+                redundant: e.redundant,
+            })
+        }),
     })
 }
 
-/// Renders every `[[render]]` entry whose `loader` matches `boot.loader`.
-pub fn render_all(plan: &Plan) -> Result<Vec<Rendered>, RenderError> {
-    let dir = plan.layout.templates_dir();
-    let ctx = context(plan)?;
+fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
@@ -152,6 +188,56 @@ pub fn render_all(plan: &Plan) -> Result<Vec<Rendered>, RenderError> {
     {
         env.set_syntax(syntax);
     }
+    env.add_filter("hex", |v: u64| format!("{v:#x}"));
+    env
+}
+
+fn template_source(plan: &Plan, name: &str) -> Result<String, RenderError> {
+    match plan.layout.templates_dir() {
+        Some(dir) => {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| RenderError::Read { path, source })
+        }
+        None => builtin_template(name)
+            .map(str::to_string)
+            .ok_or_else(|| RenderError::NoTemplate(name.to_string())),
+    }
+}
+
+/// Renders one template by name (the layout's templates directory, else the built-in one).
+pub fn render_template(plan: &Plan, name: &str) -> Result<String, RenderError> {
+    render_template_with(plan, name, &BTreeMap::new())
+}
+
+/// [`render_template`] with the verity root hashes `build` computed (by data partition name).
+pub fn render_template_with(
+    plan: &Plan,
+    name: &str,
+    hashes: &BTreeMap<String, String>,
+) -> Result<String, RenderError> {
+    let ctx = context(plan, hashes)?;
+    let mut env = environment();
+    let terr = |source| RenderError::Template {
+        name: name.to_string(),
+        source,
+    };
+    env.add_template_owned(name.to_string(), template_source(plan, name)?)
+        .map_err(terr)?;
+    env.get_template(name)
+        .and_then(|t| t.render(minijinja::Value::from(minijinja::value::Serde(&ctx))))
+        .map_err(terr)
+}
+
+/// Renders every `[[render]]` entry whose `loader` matches `boot.loader`.
+pub fn render_all(plan: &Plan) -> Result<Vec<Rendered>, RenderError> {
+    render_all_with(plan, &BTreeMap::new())
+}
+
+/// [`render_all`] with the verity root hashes `build` computed (by data partition name).
+pub fn render_all_with(
+    plan: &Plan,
+    hashes: &BTreeMap<String, String>,
+) -> Result<Vec<Rendered>, RenderError> {
     let mut out = Vec::new();
     for r in &plan.layout.renders {
         if let Some(l) = &r.loader {
@@ -159,26 +245,7 @@ pub fn render_all(plan: &Plan) -> Result<Vec<Rendered>, RenderError> {
                 continue;
             }
         }
-        let src = match &dir {
-            Some(dir) => {
-                let path = dir.join(&r.template);
-                std::fs::read_to_string(&path)
-                    .map_err(|source| RenderError::Read { path, source })?
-            }
-            None => builtin_template(&r.template)
-                .ok_or_else(|| RenderError::NoTemplate(r.template.clone()))?
-                .to_string(),
-        };
-        let terr = |source| RenderError::Template {
-            name: r.template.clone(),
-            source,
-        };
-        env.add_template_owned(r.template.clone(), src)
-            .map_err(terr)?;
-        let text = env
-            .get_template(&r.template)
-            .and_then(|t| t.render(minijinja::Value::from(minijinja::value::Serde(&ctx))))
-            .map_err(terr)?;
+        let text = render_template_with(plan, &r.template, hashes)?;
         let mut bytes = text.into_bytes();
         if r.grubenv {
             bytes = grubenv_block(&bytes).map_err(|len| RenderError::GrubenvTooLarge {
@@ -209,6 +276,14 @@ pub const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
     (
         "uboot-env.txt.j2",
         include_str!("../templates/uboot-env.txt.j2"),
+    ),
+    (
+        "fw_env.config.j2",
+        include_str!("../templates/fw_env.config.j2"),
+    ),
+    (
+        "uboot-env.cfg.j2",
+        include_str!("../templates/uboot-env.cfg.j2"),
     ),
 ];
 

@@ -203,6 +203,23 @@ fn flash_and_check(d: &Path, img: &Path, fill: &[u8], what: &str, rootfs: &Path,
                 &format!("{label}: mcopy"),
             );
             assert_same_files(boot, &out, &label);
+        } else if p.label == "resin-env" {
+            // The U-Boot environment: both copies intact (their CRCs cover the padding too).
+            let f = std::fs::File::open(&part).unwrap();
+            assert_eq!(
+                resin_imagegen::ubootenv::valid_copies(&f, 0, 0x4000, true).unwrap(),
+                2,
+                "{label}: both environment copies"
+            );
+            let cfg = d.join("fw_env.config");
+            std::fs::write(
+                &cfg,
+                format!("{0} 0x0 0x4000\n{0} 0x4000 0x4000\n", part.display()),
+            )
+            .unwrap();
+            let o = run(Command::new("fw_printenv").arg("-c").arg(&cfg));
+            check_output(&o, &format!("{label}: fw_printenv"));
+            assert!(String::from_utf8_lossy(&o.stdout).contains("BOOT_ORDER=A B"));
         } else {
             check_output(
                 &run(Command::new("e2fsck").arg("-fn").arg(&part)),

@@ -212,7 +212,7 @@ impl Cloud {
         let user_id = v["user_id"].as_i64().unwrap_or_default();
         let mut serve = dies_with_runner(bin);
         common(&mut serve);
-        serve.arg("serve");
+        serve.args(["serve", "--plain-http"]);
         let service = Service::spawn("resin-cloud", serve, data_dir.join("cloud.log"))?;
         if !wait_http(&format!("{url}/v1/$metadata"), Duration::from_secs(30)) {
             return Err(HostError::Failed {

@@ -19,7 +19,7 @@ RESIN_APT_PACKAGES=(
   # OS updates
   rauc rauc-service openssl squashfs-tools
   # imagegen
-  e2fsprogs dosfstools mtools gdisk fdisk bmap-tools genimage zstd xz-utils u-boot-tools grub-common
+  e2fsprogs dosfstools mtools gdisk fdisk bmap-tools genimage zstd xz-utils u-boot-tools grub-common qemu-utils libubootenv-tool cryptsetup-bin
   # arm64 device, QEMU
   qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64 ipxe-qemu mmdebstrap arch-test
   # QEMU tests: host-side initrd/kernel handling, the aarch64 cross toolchain (Debian's Rust 1.96)
@@ -271,7 +271,7 @@ cloud_instance() {
   WORK=$(mktemp -d)
   local port=$((20000 + RANDOM % 20000))
   URL="http://127.0.0.1:$port"
-  export RESIN_CLOUD_DATA_DIR="$WORK" RESIN_CLOUD_LISTEN="127.0.0.1:$port"
+  export RESIN_CLOUD_DATA_DIR="$WORK" RESIN_CLOUD_LISTEN="127.0.0.1:$port" RESIN_CLOUD_PLAIN_HTTP=true
   CLOUD_PID=
   trap '[ -n "$CLOUD_PID" ] && kill "$CLOUD_PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 }

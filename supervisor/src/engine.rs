@@ -17,6 +17,9 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
+use resin_api_types::compose::{
+    ComposeError, DeviceMapping as ComposeDevice, PortMapping, Restart,
+};
 use resin_api_types::labels;
 use tokio::sync::watch;
 
@@ -40,8 +43,12 @@ pub enum EngineError {
         #[source]
         source: BollardError,
     },
-    #[error("bad port mapping {0:?} (want [ip:]host:container[/proto])")]
-    Port(String),
+    #[error("service {service}: {source}")]
+    Compose {
+        service: String,
+        #[source]
+        source: ComposeError,
+    },
 }
 
 fn call(what: impl Into<String>) -> impl FnOnce(BollardError) -> EngineError {
@@ -251,6 +258,26 @@ impl Engine {
                 image: c.image.unwrap_or_default(),
                 state,
                 created: c.created.unwrap_or_default(),
+                volumes: {
+                    let mut v: Vec<String> = c
+                        .mounts
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|m| m.typ.as_deref() == Some("volume"))
+                        .filter_map(|m| m.name)
+                        .collect();
+                    v.sort();
+                    v
+                },
+                networks: {
+                    let mut n: Vec<String> = c
+                        .network_settings
+                        .and_then(|n| n.networks)
+                        .map(|n| n.into_keys().collect())
+                        .unwrap_or_default();
+                    n.sort();
+                    n
+                },
             });
         }
         containers.retain(|c| self.in_scope(&c.app_uuid));
@@ -267,10 +294,14 @@ impl Engine {
         let mut networks: Vec<AppObject> = nets
             .into_iter()
             .filter_map(|n| {
-                let app_uuid = n.labels.as_ref()?.get(labels::APP_UUID)?.clone();
+                let all = n.labels.unwrap_or_default();
+                let app_uuid = all.get(labels::APP_UUID)?.clone();
                 Some(AppObject {
                     name: n.name?,
                     app_uuid,
+                    driver: n.driver,
+                    options: n.options.unwrap_or_default().into_iter().collect(),
+                    labels: compose_labels(all),
                 })
             })
             .collect();
@@ -294,6 +325,9 @@ impl Engine {
                 Some(AppObject {
                     name: v.name,
                     app_uuid,
+                    driver: Some(v.driver),
+                    options: v.options.into_iter().collect(),
+                    labels: compose_labels(v.labels),
                 })
             })
             .collect();
@@ -351,15 +385,14 @@ impl Engine {
             Step::CreateNetwork {
                 name,
                 app_uuid,
-                driver,
+                config,
             } => {
                 let req = NetworkCreateRequest {
                     name: name.clone(),
-                    driver: driver.clone(),
-                    labels: Some(HashMap::from([
-                        (labels::MANAGED.to_owned(), "1".to_owned()),
-                        (labels::APP_UUID.to_owned(), app_uuid.clone()),
-                    ])),
+                    driver: config.driver.clone(),
+                    options: (!config.options.is_empty())
+                        .then(|| config.options.clone().into_iter().collect()),
+                    labels: Some(object_labels(app_uuid, &config.labels)),
                     ..Default::default()
                 };
                 d.create_network(req)
@@ -369,15 +402,14 @@ impl Engine {
             Step::CreateVolume {
                 name,
                 app_uuid,
-                driver,
+                config,
             } => {
                 let req = VolumeCreateRequest {
                     name: Some(name.clone()),
-                    driver: driver.clone(),
-                    labels: Some(HashMap::from([
-                        (labels::MANAGED.to_owned(), "1".to_owned()),
-                        (labels::APP_UUID.to_owned(), app_uuid.clone()),
-                    ])),
+                    driver: config.driver.clone(),
+                    driver_opts: (!config.options.is_empty())
+                        .then(|| config.options.clone().into_iter().collect()),
+                    labels: Some(object_labels(app_uuid, &config.labels)),
                     ..Default::default()
                 };
                 d.create_volume(req)
@@ -473,6 +505,16 @@ impl Engine {
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(call(format!("remove network {name}"))(e)),
             },
+            Step::RemoveVolume { name } => {
+                match d
+                    .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(call(format!("remove volume {name}"))(e)),
+                }
+            }
             Step::WaitForLock { .. } | Step::WaitForHandover { .. } => {}
         }
         Ok(())
@@ -507,34 +549,29 @@ impl Engine {
     }
 }
 
-/// `[ip:]host:container[/proto]` into (container port key, binding).
-fn parse_port(p: &str) -> Result<(String, PortBinding), EngineError> {
-    let (spec, proto) = p.split_once('/').unwrap_or((p, "tcp"));
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (ip, host, container) = match parts.as_slice() {
-        [c] => (None, None, *c),
-        [h, c] => (None, Some(*h), *c),
-        [ip, h, c] => (Some(*ip), Some(*h), *c),
-        _ => return Err(EngineError::Port(p.into())),
-    };
-    if container.parse::<u16>().is_err() || host.is_some_and(|h| h.parse::<u16>().is_err()) {
-        return Err(EngineError::Port(p.into()));
-    }
-    Ok((
-        format!("{container}/{proto}"),
-        PortBinding {
-            host_ip: ip.map(str::to_owned),
-            host_port: host.map(str::to_owned),
-        },
-    ))
+/// The labels of a network or volume the supervisor creates: the compose
+/// labels and the resin ones.
+fn object_labels(app_uuid: &str, compose: &BTreeMap<String, String>) -> HashMap<String, String> {
+    let mut l: HashMap<String, String> = compose.clone().into_iter().collect();
+    l.insert(labels::MANAGED.to_owned(), "1".to_owned());
+    l.insert(labels::APP_UUID.to_owned(), app_uuid.to_owned());
+    l
 }
 
-fn restart_policy(r: &str) -> RestartPolicy {
+/// The compose labels of an engine object: all but the two the supervisor
+/// adds ([`object_labels`]).
+fn compose_labels(all: HashMap<String, String>) -> BTreeMap<String, String> {
+    all.into_iter()
+        .filter(|(k, _)| k != labels::MANAGED && k != labels::APP_UUID)
+        .collect()
+}
+
+fn restart_policy(r: Restart) -> RestartPolicy {
     let name = match r {
-        "no" => RestartPolicyNameEnum::NO,
-        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-        _ => RestartPolicyNameEnum::ALWAYS,
+        Restart::No => RestartPolicyNameEnum::NO,
+        Restart::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        Restart::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+        Restart::Always => RestartPolicyNameEnum::ALWAYS,
     };
     RestartPolicy {
         name: Some(name),
@@ -544,30 +581,41 @@ fn restart_policy(r: &str) -> RestartPolicy {
 
 /// The engine's create body for a spec.
 pub fn create_body(spec: &ServiceSpec) -> Result<ContainerCreateBody, EngineError> {
+    // The cloud validated these at upload (api-types' compose parser); a
+    // release stored before that is refused here, naming the field.
+    let bad = |field: String, message: String| EngineError::Compose {
+        service: spec.service.clone(),
+        source: ComposeError {
+            path: format!("services.{}.{field}", spec.service),
+            message,
+        },
+    };
     let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    for p in &spec.ports {
-        let (key, b) = parse_port(p)?;
+    for (i, p) in spec.ports.iter().enumerate() {
+        let m: PortMapping = p.parse().map_err(|e| bad(format!("ports[{i}]"), e))?;
         port_bindings
-            .entry(key)
+            .entry(m.container_key())
             .or_insert_with(|| Some(Vec::new()))
             .get_or_insert_with(Vec::new)
-            .push(b);
+            .push(PortBinding {
+                host_ip: m.host_ip,
+                host_port: m.host_port.map(|p| p.to_string()),
+            });
     }
+    let restart: Restart = spec.restart.parse().map_err(|e| bad("restart".into(), e))?;
     let devices = spec
         .devices
         .iter()
-        .map(|d| {
-            let mut it = d.split(':');
-            let host = it.next().unwrap_or_default().to_owned();
-            let inner = it.next().map(str::to_owned).unwrap_or_else(|| host.clone());
-            let perms = it.next().unwrap_or("rwm").to_owned();
-            DeviceMapping {
-                path_on_host: Some(host),
-                path_in_container: Some(inner),
-                cgroup_permissions: Some(perms),
-            }
+        .enumerate()
+        .map(|(i, d)| {
+            let d: ComposeDevice = d.parse().map_err(|e| bad(format!("devices[{i}]"), e))?;
+            Ok(DeviceMapping {
+                path_on_host: Some(d.host),
+                path_in_container: Some(d.container),
+                cgroup_permissions: Some(d.permissions),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, EngineError>>()?;
     let network_mode = spec
         .network_mode
         .clone()
@@ -595,7 +643,7 @@ pub fn create_body(spec: &ServiceSpec) -> Result<ContainerCreateBody, EngineErro
         host_config: Some(HostConfig {
             binds: Some(spec.binds.clone()),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
-            restart_policy: Some(restart_policy(&spec.restart)),
+            restart_policy: Some(restart_policy(restart)),
             privileged: Some(spec.privileged),
             devices: Some(devices),
             cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
@@ -616,11 +664,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_parse_and_bad_ones_are_named() {
-        let (k, b) = parse_port("127.0.0.1:8080:80/udp").unwrap();
-        assert_eq!(k, "80/udp");
+    fn a_bad_port_is_named_with_its_service_and_field() {
+        let mut spec = crate::spec::ServiceSpec::build(
+            "dev",
+            "app",
+            &Default::default(),
+            "rel",
+            "web",
+            &resin_api_types::ServiceTarget {
+                image: "x".into(),
+                restart: "always".into(),
+                ports: vec!["127.0.0.1:8080:80/udp".into()],
+                ..Default::default()
+            },
+        );
+        let body = create_body(&spec).unwrap();
+        let b = &body.host_config.unwrap().port_bindings.unwrap()["80/udp"];
+        let b = &b.as_ref().unwrap()[0];
         assert_eq!(b.host_port.as_deref(), Some("8080"));
         assert_eq!(b.host_ip.as_deref(), Some("127.0.0.1"));
-        assert!(parse_port("x:80").unwrap_err().to_string().contains("x:80"));
+        spec.ports.push("x:80".into());
+        let e = create_body(&spec).unwrap_err().to_string();
+        assert!(
+            e.contains("services.web.ports[1]") && e.contains("x:80"),
+            "{e}"
+        );
     }
 }

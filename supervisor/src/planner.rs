@@ -49,13 +49,45 @@ pub struct Container {
     pub state: RunState,
     /// Creation time, seconds since the epoch.
     pub created: i64,
+    /// Named volumes it mounts (engine names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Networks it joined (engine names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
 }
 
 /// A network or volume the supervisor created.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct AppObject {
     pub name: String,
     pub app_uuid: String,
+    /// The engine's driver; `None` when unknown (taken as the default).
+    pub driver: Option<String>,
+    /// Driver options as created.
+    pub options: BTreeMap<String, String>,
+    /// The compose labels (without the `io.resin.*` ones).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a network or volume is created with: compose `driver`,
+/// `driver_opts` and `labels`. A difference recreates it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ObjectConfig {
+    pub driver: Option<String>,
+    pub options: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ObjectConfig {
+    /// True when `have` was created with this config; a missing driver is
+    /// the engine's default (`default_driver`).
+    fn matches(&self, have: &AppObject, default_driver: &str) -> bool {
+        let d = |x: &Option<String>| x.clone().unwrap_or_else(|| default_driver.to_owned());
+        d(&self.driver) == d(&have.driver)
+            && self.options == have.options
+            && self.labels == have.labels
+    }
 }
 
 /// What the engine runs now.
@@ -87,6 +119,9 @@ pub struct PlanContext {
     pub handover_signalled: BTreeSet<(String, String)>,
     /// Seconds since the epoch, for hand-over timeouts.
     pub now: i64,
+    /// Remove the volumes a release dropped and those of removed apps
+    /// (config var `RESIN_SUPERVISOR_REMOVE_VOLUMES`, off by default).
+    pub remove_volumes: bool,
 }
 
 /// One thing the executor does.
@@ -99,12 +134,14 @@ pub enum Step {
     CreateNetwork {
         name: String,
         app_uuid: String,
-        driver: Option<String>,
+        #[serde(flatten)]
+        config: ObjectConfig,
     },
     CreateVolume {
         name: String,
         app_uuid: String,
-        driver: Option<String>,
+        #[serde(flatten)]
+        config: ObjectConfig,
     },
     Create {
         spec: Box<ServiceSpec>,
@@ -133,6 +170,9 @@ pub enum Step {
         image: String,
     },
     RemoveNetwork {
+        name: String,
+    },
+    RemoveVolume {
         name: String,
     },
     /// The service's update lock blocks the next step; nothing is done.
@@ -172,7 +212,8 @@ impl Step {
             | Step::CreateNetwork { .. }
             | Step::CreateVolume { .. }
             | Step::RemoveImage { .. }
-            | Step::RemoveNetwork { .. } => None,
+            | Step::RemoveNetwork { .. }
+            | Step::RemoveVolume { .. } => None,
         }
     }
 
@@ -189,6 +230,7 @@ impl Step {
             Step::Remove { service, .. } => format!("remove {service}"),
             Step::RemoveImage { image } => format!("remove image {image}"),
             Step::RemoveNetwork { name } => format!("remove network {name}"),
+            Step::RemoveVolume { name } => format!("remove volume {name}"),
             Step::WaitForLock { app_uuid, service } => {
                 format!("wait for update lock of {app_uuid}/{service}")
             }
@@ -370,6 +412,7 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
     let networks: BTreeSet<&str> = current.networks.iter().map(|n| n.name.as_str()).collect();
     let volumes: BTreeSet<&str> = current.volumes.iter().map(|n| n.name.as_str()).collect();
     let target_images: BTreeSet<&str> = specs.iter().map(|s| s.image.as_str()).collect();
+    let objects = recreate_changed_objects(&mut p, current, target, &specs, &locked);
 
     for spec in &specs {
         let (app, svc) = (spec.app_uuid.as_str(), spec.service.as_str());
@@ -394,18 +437,20 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
         let strategy = UpdateStrategy::from_labels(&spec.labels);
         let image_ok = ctx.images_present.contains(&spec.image);
 
+        // A service that uses a network or volume being recreated waits
+        // for the next round (its containers are being removed with it).
+        if objects.busy.contains(&(app, svc)) {
+            continue;
+        }
         // Networks and volumes the new container needs.
         let mut prerequisites = Vec::new();
-        let release = app_target.and_then(|a| a.releases.values().next());
         for n in &spec.networks {
             if !networks.contains(n.as_str()) {
-                let short = n.strip_prefix(&format!("{app}_")).unwrap_or(n);
-                let driver = release.and_then(|r| r.networks.get(short)?.driver.clone());
                 prerequisites.push(p.add(
                     Step::CreateNetwork {
                         name: n.clone(),
                         app_uuid: app.into(),
-                        driver,
+                        config: network_config(app_target, app, n),
                     },
                     &[],
                 ));
@@ -413,13 +458,11 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
         }
         for v in &spec.volumes {
             if !volumes.contains(v.as_str()) {
-                let short = v.strip_prefix(&format!("{app}_")).unwrap_or(v);
-                let driver = release.and_then(|r| r.volumes.get(short)?.driver.clone());
                 prerequisites.push(p.add(
                     Step::CreateVolume {
                         name: v.clone(),
                         app_uuid: app.into(),
-                        driver,
+                        config: volume_config(app_target, app, v),
                     },
                     &[],
                 ));
@@ -690,6 +733,8 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
         }
     }
 
+    remove_unused_volumes(&mut p, current, target, &specs, ctx);
+
     // Unused images, only once everything else is done.
     if p.steps.is_empty() {
         for image in &ctx.managed_images {
@@ -706,6 +751,243 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
         }
     }
     p
+}
+
+/// The scoped name's compose name: `<app>_data` → `data`.
+fn short_name<'a>(app: &str, scoped: &'a str) -> &'a str {
+    scoped
+        .strip_prefix(app)
+        .and_then(|s| s.strip_prefix('_'))
+        .unwrap_or(scoped)
+}
+
+/// The config a network of `app` is created with (its release's
+/// top-level `networks` entry; the default network has none).
+fn network_config(app_target: Option<&AppTarget>, app: &str, name: &str) -> ObjectConfig {
+    app_target
+        .and_then(|a| a.releases.values().next())
+        .and_then(|r| r.networks.get(short_name(app, name)))
+        .map(|n| ObjectConfig {
+            driver: n.driver.clone(),
+            options: n.driver_opts.clone(),
+            labels: n.labels.clone(),
+        })
+        .unwrap_or_default()
+}
+
+/// The config a volume of `app` is created with.
+fn volume_config(app_target: Option<&AppTarget>, app: &str, name: &str) -> ObjectConfig {
+    app_target
+        .and_then(|a| a.releases.values().next())
+        .and_then(|r| r.volumes.get(short_name(app, name)))
+        .map(|v| ObjectConfig {
+            driver: v.driver.clone(),
+            options: v.driver_opts.clone(),
+            labels: v.labels.clone(),
+        })
+        .unwrap_or_default()
+}
+
+/// The engine's default drivers.
+const DEFAULT_NETWORK_DRIVER: &str = "bridge";
+const DEFAULT_VOLUME_DRIVER: &str = "local";
+
+/// What [`recreate_changed_objects`] planned.
+#[derive(Default)]
+struct ObjectPlan<'a> {
+    /// Services planned no further this round: their containers go with a
+    /// recreated object, and the next round creates them again.
+    busy: BTreeSet<(&'a str, &'a str)>,
+}
+
+/// Networks and volumes whose driver, driver options or labels differ from
+/// the target: the containers using them are stopped (in reverse
+/// `depends_on` order) and removed, then the object is removed and created
+/// again. The next round creates the containers, in `depends_on` order.
+/// An update lock on any user holds the whole recreation.
+fn recreate_changed_objects<'a>(
+    p: &mut Plan,
+    current: &'a CurrentState,
+    target: &TargetApps,
+    specs: &'a [ServiceSpec],
+    locked: &dyn Fn(&str, &str) -> bool,
+) -> ObjectPlan<'a> {
+    let mut out = ObjectPlan::default();
+    let managed: Vec<&Container> = current.containers.iter().filter(|c| c.managed).collect();
+    let changed = current
+        .networks
+        .iter()
+        .map(|o| (o, true))
+        .chain(current.volumes.iter().map(|o| (o, false)));
+    for (obj, is_network) in changed {
+        let app = obj.app_uuid.as_str();
+        let used = specs.iter().any(|s| {
+            s.app_uuid == app
+                && if is_network {
+                    s.networks.contains(&obj.name)
+                } else {
+                    s.volumes.contains(&obj.name)
+                }
+        });
+        if !used {
+            continue;
+        }
+        let app_target = target.get(app);
+        let (want, default) = if is_network {
+            (
+                network_config(app_target, app, &obj.name),
+                DEFAULT_NETWORK_DRIVER,
+            )
+        } else {
+            (
+                volume_config(app_target, app, &obj.name),
+                DEFAULT_VOLUME_DRIVER,
+            )
+        };
+        if want.matches(obj, default) {
+            continue;
+        }
+        // Who uses it now, and who will: their containers go.
+        let mut services: BTreeSet<&str> = managed
+            .iter()
+            .filter(|c| {
+                c.app_uuid == app
+                    && if is_network {
+                        c.networks.contains(&obj.name)
+                    } else {
+                        c.volumes.contains(&obj.name)
+                    }
+            })
+            .map(|c| c.service.as_str())
+            .collect();
+        services.extend(
+            specs
+                .iter()
+                .filter(|s| {
+                    s.app_uuid == app
+                        && if is_network {
+                            s.networks.contains(&obj.name)
+                        } else {
+                            s.volumes.contains(&obj.name)
+                        }
+                })
+                .map(|s| s.service.as_str()),
+        );
+        // `network_mode: service:X` follows X's network namespace.
+        if is_network {
+            let followers: Vec<&str> = specs
+                .iter()
+                .filter(|s| {
+                    s.app_uuid == app && s.network_service().is_some_and(|x| services.contains(x))
+                })
+                .map(|s| s.service.as_str())
+                .collect();
+            services.extend(followers);
+        }
+        let held: Vec<&str> = services
+            .iter()
+            .copied()
+            .filter(|svc| locked(app, svc))
+            .collect();
+        for svc in &services {
+            out.busy.insert((app, svc));
+        }
+        if !held.is_empty() {
+            for svc in held {
+                wait_for_lock(p, app, svc, &[]);
+            }
+            continue;
+        }
+        let removes: Vec<usize> = managed
+            .iter()
+            .filter(|c| c.app_uuid == app && services.contains(c.service.as_str()))
+            .map(|c| stop_then_remove(p, c, &[]))
+            .collect();
+        let (remove, create) = if is_network {
+            (
+                Step::RemoveNetwork {
+                    name: obj.name.clone(),
+                },
+                Step::CreateNetwork {
+                    name: obj.name.clone(),
+                    app_uuid: app.into(),
+                    config: want,
+                },
+            )
+        } else {
+            (
+                Step::RemoveVolume {
+                    name: obj.name.clone(),
+                },
+                Step::CreateVolume {
+                    name: obj.name.clone(),
+                    app_uuid: app.into(),
+                    config: want,
+                },
+            )
+        };
+        let r = p.add(remove, &removes);
+        p.add(create, &[r]);
+    }
+    out
+}
+
+/// With `remove_volumes`: a volume no release of its app uses any more
+/// (neither a service's mount nor a top-level `volumes` entry), and every
+/// volume of a removed app, once the containers that mount it are removed.
+fn remove_unused_volumes(
+    p: &mut Plan,
+    current: &CurrentState,
+    target: &TargetApps,
+    specs: &[ServiceSpec],
+    ctx: &PlanContext,
+) {
+    if !ctx.remove_volumes {
+        return;
+    }
+    for v in &current.volumes {
+        let app = v.app_uuid.as_str();
+        let app_wanted = specs.iter().any(|s| s.app_uuid == app);
+        if app_wanted {
+            let in_release = target
+                .get(app)
+                .and_then(|a| a.releases.values().next())
+                .is_some_and(|r| r.volumes.contains_key(short_name(app, &v.name)));
+            let mounted = specs
+                .iter()
+                .any(|s| s.app_uuid == app && s.volumes.contains(&v.name));
+            if in_release || mounted {
+                continue;
+            }
+        }
+        // Every container that mounts it must be removed first, in this
+        // plan; otherwise a later round removes the volume.
+        let users: Vec<&Container> = current
+            .containers
+            .iter()
+            .filter(|c| c.volumes.contains(&v.name))
+            .collect();
+        let mut after = Vec::new();
+        let mut all_removed = true;
+        for c in users {
+            match p
+                .steps
+                .iter()
+                .position(|s| matches!(s, Step::Remove { id, .. } if *id == c.id))
+            {
+                Some(i) => after.push(i),
+                None => all_removed = false,
+            }
+        }
+        if all_removed {
+            p.add(
+                Step::RemoveVolume {
+                    name: v.name.clone(),
+                },
+                &after,
+            );
+        }
+    }
 }
 
 /// Compose `depends_on` within one app: a service starts after the services

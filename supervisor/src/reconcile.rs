@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -62,6 +63,8 @@ pub struct Reconciler {
     device_uuid: String,
     images_file: PathBuf,
     managed_images: Mutex<BTreeSet<String>>,
+    /// [`PlanContext::remove_volumes`], from the target's config.
+    remove_volumes: AtomicBool,
 }
 
 fn more_failures(n: usize) -> String {
@@ -103,7 +106,14 @@ impl Reconciler {
             device_uuid: device_uuid.into(),
             images_file,
             managed_images: Mutex::new(managed),
+            remove_volumes: AtomicBool::new(false),
         })
+    }
+
+    /// Removes (or keeps) volumes a release dropped and those of removed
+    /// apps, from the next plan on (`RESIN_SUPERVISOR_REMOVE_VOLUMES`).
+    pub fn set_remove_volumes(&self, on: bool) {
+        self.remove_volumes.store(on, Ordering::Relaxed);
     }
 
     pub fn engine(&self) -> &Engine {
@@ -200,6 +210,7 @@ impl Reconciler {
             managed_images,
             handover_signalled,
             now,
+            remove_volumes: self.remove_volumes.load(Ordering::Relaxed),
         })
     }
 

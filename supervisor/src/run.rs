@@ -71,6 +71,18 @@ pub fn os_downgrade_allowed(target: Option<&DeviceTarget>) -> bool {
         .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
 }
 
+/// Fleet (or device) config var: `1`/`true` removes the volumes a release
+/// no longer declares or mounts, and the volumes of removed apps. Off by
+/// default: data outlives its app until the operator asks.
+pub const REMOVE_VOLUMES: &str = "RESIN_SUPERVISOR_REMOVE_VOLUMES";
+
+/// True when the target's config asks for volume removal.
+pub fn volumes_removed(target: Option<&DeviceTarget>) -> bool {
+    target
+        .and_then(|t| t.config.get(REMOVE_VOLUMES))
+        .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
 /// Waits until no update lock holds a managed container (an OS update's
 /// reboot stops every app); returns the locks it waited for. Looks again
 /// every `every` and whenever the engine's state changes.
@@ -407,6 +419,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 n.status(&what);
                 logs::system_line(&steps_log, what);
             };
+            reconciler.set_remove_volumes(volumes_removed(Some(t)));
             match reconciler.apply(&t.apps, force_now, &on_step).await {
                 Ok(Outcome::Converged) => {
                     failures = 0;
@@ -503,6 +516,8 @@ mod tests {
                 image: "img".into(),
                 state: crate::planner::RunState::Running,
                 created: 0,
+                volumes: vec![],
+                networks: vec![],
             }],
             ..Default::default()
         };
@@ -520,6 +535,16 @@ mod tests {
             .unwrap();
         assert_eq!(waited, [lock]);
         let _ = std::fs::remove_dir_all(format!("/tmp/resin/locks/{app}"));
+    }
+
+    #[test]
+    fn volumes_are_removed_only_when_the_config_asks() {
+        let mut t = DeviceTarget::default();
+        assert!(!volumes_removed(Some(&t)) && !volumes_removed(None));
+        t.config.insert(REMOVE_VOLUMES.into(), "1".into());
+        assert!(volumes_removed(Some(&t)));
+        t.config.insert(REMOVE_VOLUMES.into(), "0".into());
+        assert!(!volumes_removed(Some(&t)));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use resin_api_types::compose::Mount;
 use resin_api_types::{labels, AppTarget, ServiceTarget};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -94,11 +95,6 @@ pub fn scoped(app_uuid: &str, name: &str) -> String {
     format!("{app_uuid}_{name}")
 }
 
-/// True when a compose volume source is a named volume, not a host path.
-fn is_named_volume(src: &str) -> bool {
-    !(src.starts_with('/') || src.starts_with('.') || src.starts_with('~'))
-}
-
 impl ServiceSpec {
     /// Builds the effective spec of `service` in `release_uuid` of `app`.
     pub fn build(
@@ -121,18 +117,23 @@ impl ServiceSpec {
         let mut binds = Vec::new();
         let mut volumes = Vec::new();
         for v in &target.volumes {
-            let mut parts = v.splitn(2, ':');
-            let src = parts.next().unwrap_or_default();
-            let rest = parts.next();
-            match rest {
-                Some(rest) if is_named_volume(src) => {
-                    let name = scoped(app_uuid, src);
-                    binds.push(format!("{name}:{rest}"));
+            match v.parse::<Mount>() {
+                Ok(Mount::Volume {
+                    name,
+                    target,
+                    options,
+                }) => {
+                    let name = scoped(app_uuid, &name);
+                    binds.push(match options {
+                        Some(o) => format!("{name}:{target}:{o}"),
+                        None => format!("{name}:{target}"),
+                    });
                     volumes.push(name);
                 }
-                Some(_) => binds.push(v.clone()),
-                // An anonymous volume (`/data`): let the engine make one.
-                None => binds.push(v.clone()),
+                // Binds and anonymous volumes (`/data`) go to the engine
+                // as written; so does an entry the validator refuses (a
+                // release stored before it): the engine names it.
+                Ok(Mount::Bind { .. } | Mount::Anonymous { .. }) | Err(_) => binds.push(v.clone()),
             }
         }
         let lock = labels::update_lock_path(app_uuid, service);

@@ -60,6 +60,21 @@ fn with_db(url: &str, db: &str) -> String {
     format!("{head}/{db}{query}")
 }
 
+/// A TLS client config that trusts only the CA certificate(s) in `ca` (PEM).
+pub fn trusting(ca: &std::path::Path) -> ureq::tls::TlsConfig {
+    let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("{}: {e}", ca.display()));
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert!(!certs.is_empty(), "no certificate in {}", ca.display());
+    ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .build()
+}
+
 /// Percent-encodes what may not appear raw in a URI (spaces, non-ASCII, …).
 pub fn encode(path: &str) -> String {
     let mut out = String::new();
@@ -116,18 +131,28 @@ impl Server {
             max_expand_rows: 50_000,
             auth_failures_per_min: 20,
             device_requests_per_min: 600,
+            tls: None,
         };
         tweak(&mut config);
+        // With TLS the harness's client trusts exactly the configured CA.
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let ca = config.tls.as_ref().and_then(|t| t.ca.clone());
         let app = rt
             .block_on(resin_cloud::App::start(config))
             .expect("server starts");
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
+            .timeout_global(Some(Duration::from_secs(30)));
+        if let Some(ca) = ca {
+            agent = agent.tls_config(trusting(&ca));
+        }
+        let agent: ureq::Agent = agent.build().into();
         Server {
-            base: format!("http://{}", app.addr),
+            base: format!("{scheme}://{}", app.addr),
             app: app.state,
             rt,
             dir,

@@ -341,7 +341,7 @@ impl CloudProc {
                 "--data-dir",
             ])
             .arg(self.dir.path())
-            .arg("serve")
+            .args(["serve", "--plain-http"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
