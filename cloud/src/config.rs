@@ -69,6 +69,10 @@ pub struct ConfigArgs {
     /// it 429 with Retry-After. 0: no limit. Default: 600.
     #[arg(long, global = true, env = "RESIN_CLOUD_DEVICE_REQUESTS_PER_MIN")]
     pub device_requests_per_min: Option<u64>,
+    /// How often the rollout evaluator runs, ms; 0 turns it off in this
+    /// process (another replica evaluates). Default: 5000.
+    #[arg(long, global = true, env = "RESIN_CLOUD_ROLLOUT_EVAL_MS")]
+    pub rollout_eval_ms: Option<u64>,
     /// Serve plain HTTP instead of HTTPS. Default: false: HTTPS, because
     /// device and API keys travel in every request; plain HTTP is for tests,
     /// the demo, or a TLS-terminating proxy in front.
@@ -112,6 +116,7 @@ pub struct Config {
     pub max_expand_rows: u64,
     pub auth_failures_per_min: u64,
     pub device_requests_per_min: u64,
+    pub rollout_eval_ms: u64,
     /// HTTPS settings; `None` serves plain HTTP (`plain_http`).
     pub tls: Option<TlsSettings>,
 }
@@ -194,6 +199,7 @@ impl ConfigArgs {
             max_expand_rows: pick.max_expand_rows.unwrap_or(50_000).max(1),
             auth_failures_per_min: pick.auth_failures_per_min.unwrap_or(20),
             device_requests_per_min: pick.device_requests_per_min.unwrap_or(600),
+            rollout_eval_ms: pick.rollout_eval_ms.unwrap_or(5000),
             tls,
         })
     }
@@ -215,6 +221,7 @@ impl ConfigArgs {
             max_expand_rows: self.max_expand_rows.or(o.max_expand_rows),
             auth_failures_per_min: self.auth_failures_per_min.or(o.auth_failures_per_min),
             device_requests_per_min: self.device_requests_per_min.or(o.device_requests_per_min),
+            rollout_eval_ms: self.rollout_eval_ms.or(o.rollout_eval_ms),
             plain_http: self.plain_http.or(o.plain_http),
             tls_cert: self.tls_cert.or(o.tls_cert),
             tls_key: self.tls_key.or(o.tls_key),

@@ -21,6 +21,7 @@ pub mod query;
 pub mod ratelimit;
 pub mod release;
 pub mod resources;
+pub mod rollout;
 pub mod schema;
 pub mod tls;
 
@@ -98,6 +99,8 @@ pub struct App {
     pub addr: SocketAddr,
     pub state: AppState,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The rollout passes this replica evaluated.
+    pub rollout_passes: rollout::Passes,
 }
 
 impl App {
@@ -128,6 +131,14 @@ impl App {
             .context("opening the database")?;
         tokio::spawn(device_api::offline_sweeper(state.clone()));
         tokio::spawn(cache::heartbeat_flusher(state.clone()));
+        let rollout_passes = rollout::Passes::default();
+        if state.config.rollout_eval_ms > 0 {
+            tokio::spawn(rollout::evaluator(
+                state.clone(),
+                state.config.rollout_eval_ms,
+                rollout_passes.clone(),
+            ));
+        }
         if state.db.dialect == db::Dialect::Postgres {
             tokio::spawn(cache::listen(state.clone()));
         }
@@ -158,7 +169,12 @@ impl App {
                 })
             }
         };
-        Ok(Self { addr, state, task })
+        Ok(Self {
+            addr,
+            state,
+            task,
+            rollout_passes,
+        })
     }
 }
 

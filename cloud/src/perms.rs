@@ -58,7 +58,7 @@ fn owner_expr(resource: &str, alias: &str) -> Option<String> {
         "api_key" => format!("{t}.\"user\""),
         "fleet" | "os_release" => format!("{t}.owner"),
         "device" | "release" | "fleet_env_var" | "fleet_config_var" | "fleet_tag"
-        | "provisioning_key" => {
+        | "provisioning_key" | "rollout" => {
             format!("(SELECT pf.owner FROM fleet pf WHERE pf.id = {t}.fleet)")
         }
         "service" | "image" => format!(
@@ -68,6 +68,10 @@ fn owner_expr(resource: &str, alias: &str) -> Option<String> {
         "device_env_var" | "device_config_var" | "device_tag" => format!(
             "(SELECT pf.owner FROM device pd JOIN fleet pf ON pf.id = pd.fleet \
              WHERE pd.id = {t}.device)"
+        ),
+        "rollout_event" => format!(
+            "(SELECT pf.owner FROM rollout pr JOIN fleet pf ON pf.id = pr.fleet \
+             WHERE pr.id = {t}.rollout)"
         ),
         "service_env_var" => format!(
             "(SELECT pf.owner FROM service ps JOIN \"release\" pr ON pr.id = ps.\"release\" \

@@ -187,6 +187,11 @@ pub static RESOURCES: &[Resource] = &[
                 resource: "provisioning_key",
                 via: "fleet",
             },
+            Reverse {
+                name: "rollout",
+                resource: "rollout",
+                via: "fleet",
+            },
         ],
         writable: true,
     },
@@ -337,6 +342,47 @@ pub static RESOURCES: &[Resource] = &[
         ],
         children: &[],
         writable: true,
+    },
+    // Created with POST /v1/rollout and changed only through its actions
+    // (crate::rollout), so not writable through the generic handlers.
+    Resource {
+        name: "rollout",
+        table: "rollout",
+        fields: &[
+            ID,
+            fk("fleet", "fleet", Never, false),
+            ro("name", Text),
+            fk("release", "release", Never, false),
+            ro("os_version", Text),
+            ro("waves", Json),
+            ro("state", Text),
+            ro("current_wave", Int),
+            ro("created_at", Time),
+            ro("updated_at", Time),
+        ],
+        children: &[Reverse {
+            name: "rollout_event",
+            resource: "rollout_event",
+            via: "rollout",
+        }],
+        writable: false,
+    },
+    Resource {
+        name: "rollout_event",
+        table: "rollout_event",
+        fields: &[
+            ID,
+            fk("rollout", "rollout", Never, false),
+            ro("from_state", Text),
+            ro("to_state", Text),
+            ro("wave", Int),
+            ro("action", Text),
+            ro("reason", Text),
+            ro("counts", Json),
+            ro("created_at", Time),
+        ],
+        children: &[],
+        writable: false,
     },
 ];
 

@@ -207,7 +207,8 @@ impl Engine {
         self
     }
 
-    fn in_scope(&self, app_uuid: &str) -> bool {
+    /// True when `app_uuid` is one this engine handle sees.
+    pub fn in_scope(&self, app_uuid: &str) -> bool {
         self.only_apps.as_ref().is_none_or(|a| a.contains(app_uuid))
     }
 
