@@ -386,6 +386,12 @@ pub enum KeyCmd {
         /// When it stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z)
         #[arg(long)]
         expires: Option<String>,
+        /// The key may only read: every change made with it is refused (403)
+        #[arg(long)]
+        read_only: bool,
+        /// The key reaches only this fleet (name or id) and what hangs off it
+        #[arg(long)]
+        fleet: Option<String>,
     },
     /// List your API keys (names and dates, never the keys)
     List,

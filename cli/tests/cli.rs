@@ -1039,6 +1039,44 @@ fn an_operator_session() {
     let e = c.fails_as(k, 1, &["key", "create", "x", "--expires", "soon"]);
     assert!(e.contains("expires_at"), "{e}");
 
+    // Scoped keys: a read-only key changes nothing; a fleet-scoped key sees
+    // only its fleet.
+    let ro = c.json_as(k, &["key", "create", "viewer", "--read-only"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!c
+        .json_as(&ro, &["fleet", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let e = c.fails_as(&ro, 1, &["env", "set", "RO", "x", "--fleet", "ops"]);
+    assert!(e.contains("read-only"), "{e}");
+    c.ok_as(
+        k,
+        &[
+            "fleet",
+            "create",
+            "scope-other",
+            "--device-type",
+            "qemuarm64",
+        ],
+    );
+    let scoped = c.json_as(k, &["key", "create", "ops-only", "--fleet", "ops"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let names: Vec<Value> = c
+        .json_as(&scoped, &["fleet", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("ops")]);
+    let table = c.ok_as(k, &["key", "list"]);
+    assert!(table.contains("read-only"), "{table}");
+
     // Revoked provisioning keys register nothing.
     let pk_id = pk["id"].as_i64().unwrap().to_string();
     c.ok_as(k, &["provisioning-key", "revoke", &pk_id, "--yes"]);

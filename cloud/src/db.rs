@@ -83,6 +83,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0004_rollouts.sql"),
         include_str!("../migrations/0004_rollouts.sql"),
     ),
+    (
+        5,
+        include_str!("../migrations/0005_roles_and_key_scopes.sql"),
+        include_str!("../migrations/0005_roles_and_key_scopes.sql"),
+    ),
 ];
 
 impl Db {

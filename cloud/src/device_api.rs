@@ -248,15 +248,17 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     let os = match dev_os.or(rollout_os).or(fleet_os) {
         None => None,
         Some(version) => {
-            // Only the fleet owner's own OS releases: another user's 3.0 is
-            // never this fleet's 3.0.
+            // The fleet owner's own OS release, else a public one (an
+            // admin's): another user's private 3.0 is never this fleet's 3.0.
             let r = sqlx::query(
                 "SELECT id, bundle_sha256, bundle_size FROM os_release \
-                 WHERE owner = $1 AND device_type = $2 AND version = $3",
+                 WHERE (owner = $1 OR is_public) AND device_type = $2 AND version = $3 \
+                 ORDER BY CASE WHEN owner = $4 THEN 0 ELSE 1 END, id LIMIT 1",
             )
             .bind(owner)
             .bind(&device_type)
             .bind(&version)
+            .bind(owner)
             .fetch_optional(&app.db.pool)
             .await?;
             let bundle = match r {

@@ -108,7 +108,12 @@ pub static RESOURCES: &[Resource] = &[
     Resource {
         name: "user",
         table: "\"user\"",
-        fields: &[ID, ro("username", Text), ro("created_at", Time)],
+        fields: &[
+            ID,
+            f("username", Text, Create, true),
+            f("is_admin", Bool, Always, false),
+            ro("created_at", Time),
+        ],
         children: &[
             Reverse {
                 name: "api_key",
@@ -121,16 +126,18 @@ pub static RESOURCES: &[Resource] = &[
                 via: "owner",
             },
         ],
-        writable: false,
+        writable: true,
     },
     Resource {
         name: "api_key",
         table: "api_key",
         fields: &[
             ID,
-            fk("user", "user", Never, false),
+            fk("user", "user", Create, false),
             f("name", Text, Always, true),
             f("expires_at", Time, Always, false),
+            f("scope", Text, Create, false),
+            fk("fleet", "fleet", Create, false),
             ro("created_at", Time),
         ],
         children: &[],
@@ -330,6 +337,7 @@ pub static RESOURCES: &[Resource] = &[
             ro("bundle_sha256", Text),
             ro("bundle_size", Int),
             ro("image_size", Int),
+            f("is_public", Bool, Always, false),
             ro("created_at", Time),
         ],
         children: &[],

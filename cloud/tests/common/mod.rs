@@ -133,6 +133,8 @@ impl Server {
             page_size: 1000,
             max_page_size: 5000,
             max_expand_rows: 50_000,
+            auth_failures_per_min: 20,
+            device_requests_per_min: 600,
             // Rollout tests drive the evaluator with their own clock.
             rollout_eval_ms: 0,
             tls: None,
