@@ -107,14 +107,15 @@ measure() {  # measure NAME CMD…  → appends "NAME wall cpu disk-busy% io-sta
   local stall; stall=$(awk -v a=$((s1 - s0)) -v w="$wall" 'BEGIN { printf "%.0f", w ? a / w / 10 : 0 }')
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$wall" "$cpu" "$busy" "$stall" >>"$W/runs.tsv"
 }
+# Each tool's previous output is deleted before its timed run (freeing gigabytes of blocks is
+# not part of building an image).
+clean() { rm -rf "$W/gen-out" "$W/gen-tmp" "$W/repart.img" "$W/boot.vfat" "$W/resin.img" "$W/resin.img.bmap" "$W/resin-nobmap.img"; sync; }
 run_genimage() {
-  rm -rf "$W/gen-out" "$W/gen-tmp"
   genimage --config "$W/genimage.cfg" --rootpath "$ROOTFS" --inputpath "$W/input" \
     --outputpath "$W/gen-out" --tmppath "$W/gen-tmp"
 }
 run_genimage_bmap() { bmaptool -q create -o "$W/gen-out/genimage.img.bmap" "$W/gen-out/genimage.img"; }
 run_repart() {
-  rm -f "$W/repart.img" "$W/boot.vfat"
   mkfs.vfat -C -n RESIN-BOOT "$W/boot.vfat" 102400 >/dev/null
   MTOOLS_SKIP_CHECK=1 mcopy -s -i "$W/boot.vfat" "$W/input/EFI" "$W/input/config.json" ::/
   systemd-repart --empty=create --size=2476M --definitions="$W/repart.d" --dry-run=no \
@@ -139,6 +140,7 @@ for i in $(seq 1 "$PAIRS"); do
   k=$(( (i - 1) % 4 ))
   for j in 0 1 2 3; do
     tool=${order[$(( (j + k) % 4 ))]}
+    clean
     case $tool in
       genimage) measure genimage run_genimage; measure genimage-bmap run_genimage_bmap ;;
       repart) measure repart run_repart; measure repart-bmap run_repart_bmap ;;
@@ -149,6 +151,9 @@ for i in $(seq 1 "$PAIRS"); do
   log "round $i done (load $(cut -d' ' -f1-3 /proc/loadavg))"
 done
 log "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+# The last round's outputs, for the sizes below.
+clean
+run_genimage >/dev/null 2>&1 && run_repart >/dev/null 2>&1 && run_resin >/dev/null
 "$IG" inspect "$W/resin.img" >/dev/null
 
 # Per round, a peer's time is its build plus `bmaptool create`.

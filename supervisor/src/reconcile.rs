@@ -18,9 +18,10 @@ use resin_api_types::labels;
 
 use crate::engine::{Engine, EngineError};
 use crate::planner::{
-    adopt_releases, is_wait, only_waiting, plan, target_specs, CurrentState, Plan, PlanContext,
-    Step, TargetApps,
+    adopt_releases, is_wait, only_waiting, plan_specs, target_specs, CurrentState, Plan,
+    PlanContext, Step, TargetApps,
 };
+use crate::spec::ServiceSpec;
 use crate::store;
 
 /// Rounds one `apply` may take before it gives up as "not converging".
@@ -150,10 +151,9 @@ impl Reconciler {
     pub async fn context(
         &self,
         current: &CurrentState,
-        target: &TargetApps,
+        specs: &[ServiceSpec],
         force: bool,
     ) -> Result<PlanContext, ReconcileError> {
-        let specs = target_specs(&self.device_uuid, target);
         let mut pairs: BTreeSet<(String, String)> = specs
             .iter()
             .map(|s| (s.app_uuid.clone(), s.service.clone()))
@@ -231,9 +231,20 @@ impl Reconciler {
         target: &TargetApps,
         force: bool,
     ) -> Result<Plan, ReconcileError> {
+        let specs = target_specs(&self.device_uuid, target);
+        self.next_plan(target, &specs, force).await
+    }
+
+    /// The next round's plan with the target's specs already built.
+    async fn next_plan(
+        &self,
+        target: &TargetApps,
+        specs: &[ServiceSpec],
+        force: bool,
+    ) -> Result<Plan, ReconcileError> {
         let current = self.engine.current().await?;
-        let ctx = self.context(&current, target, force).await?;
-        Ok(plan(&current, target, &ctx))
+        let ctx = self.context(&current, specs, force).await?;
+        Ok(plan_specs(&current, target, specs, &ctx))
     }
 
     /// Plans and runs until converged or blocked by locks. `on_step` sees
@@ -247,8 +258,10 @@ impl Reconciler {
         on_step: &(dyn Fn(&Step) + Sync),
     ) -> Result<Outcome, ReconcileError> {
         let mut failed: Vec<(Step, EngineError)> = Vec::new();
+        // The specs depend on the target only: built once per apply.
+        let specs = target_specs(&self.device_uuid, target);
         for _ in 0..MAX_ROUNDS {
-            let plan = self.next_steps(target, force).await?;
+            let plan = self.next_plan(target, &specs, force).await?;
             let failed_before: Vec<bool> = plan
                 .steps
                 .iter()

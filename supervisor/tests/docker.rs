@@ -681,7 +681,8 @@ async fn a_dead_container_is_replaced() {
     // planner sees the engine's state, so feed it one.
     let mut cur = f.rec.engine().current().await.unwrap();
     cur.containers[0].state = resin_supervisor::planner::RunState::Dead;
-    let ctx = f.rec.context(&cur, &t, false).await.unwrap();
+    let specs = resin_supervisor::planner::target_specs("testdevice", &t);
+    let ctx = f.rec.context(&cur, &specs, false).await.unwrap();
     let plan = resin_supervisor::planner::plan(&cur, &t, &ctx);
     let kinds: Vec<String> = plan.steps.iter().map(Step::describe).collect();
     assert_eq!(kinds.len(), 3, "{kinds:?}");
