@@ -304,6 +304,12 @@ JSON
       printf '[Service]\nEnvironment=RESIN_BOOT_GUARD_TIMEOUT=%s\n' "${RESIN_QEMU_GUARD_TIMEOUT:-600}" \
         >"$u/resin-boot-guard.service.d/qemu.conf"
     fi
+    # config.json's rootCA into the system trust store (supervisor/dist).
+    if [ -f "$p/resin-ca" ]; then
+      install -D -m 0755 "$p/resin-ca" "$out/usr/libexec/resin-ca"
+      install -m 0644 "$p/resin-ca.service" "$u/resin-ca.service"
+      ln -sf /etc/systemd/system/resin-ca.service "$u/multi-user.target.wants/resin-ca.service"
+    fi
   fi
   # Units masked in this OS version (e.g. the supervisor, for the rollback test).
   for p in ${RESIN_QEMU_MASK:-}; do
