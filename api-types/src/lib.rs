@@ -9,6 +9,7 @@
 //! - [`config`]: `config.json` on the boot partition
 //! - [`compose`]: the compose parser and validator (CLI, cloud, supervisor)
 //! - [`labels`]: container labels and update strategies the supervisor uses
+//! - [`rollout`]: staged rollouts (`/v1/rollout`)
 //! - [`paths`]: the device-API paths, built in one place
 
 pub mod compose;
@@ -18,6 +19,7 @@ pub mod logs;
 pub mod paths;
 pub mod register;
 pub mod report;
+pub mod rollout;
 pub mod target;
 
 pub use config::{encode_root_ca, ConfigJson, ConfigJsonError};

@@ -77,6 +77,9 @@ pub enum Cmd {
     /// OS releases: list, upload bundles and images, download configured images
     #[command(subcommand)]
     Os(OsCmd),
+    /// Staged rollouts of a release or an OS version, in waves that halt themselves
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
     /// Show a device's logs (DEVICE is its uuid or numeric id)
     Logs(LogsArgs),
     /// Print a shell completion script: `resin completions bash > /etc/bash_completion.d/resin`
@@ -287,6 +290,99 @@ pub enum ReleaseCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RolloutCmd {
+    /// Create a draft rollout (then `resin rollout start ID`, or `--start`)
+    Create(RolloutCreate),
+    /// List rollouts, newest first
+    List {
+        /// Only the rollouts of this fleet (name or id)
+        #[arg(long)]
+        fleet: Option<String>,
+    },
+    /// Show a rollout: per-wave progress and its events
+    Show {
+        /// Rollout id
+        id: i64,
+        /// Refresh every 2 s until the rollout is completed, halted,
+        /// paused or cancelled
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Start a draft rollout: the first wave gets the new release
+    Start(RolloutAct),
+    /// Pause a running rollout: no new assignments until resumed
+    Pause(RolloutAct),
+    /// Resume a paused or halted rollout
+    Resume(RolloutAct),
+    /// Halt a rollout: no new assignments; updated devices keep the release
+    Halt(RolloutAct),
+    /// Roll back: move every updated device back to the fleet's previous
+    /// release or OS, and end the rollout (asks first unless --yes)
+    Rollback(RolloutAct),
+    /// Cancel a draft rollout
+    Cancel(RolloutAct),
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutAct {
+    /// Rollout id
+    pub id: i64,
+    /// Why, recorded in the rollout's event
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutCreate {
+    /// Fleet name (or id)
+    #[arg(long)]
+    pub fleet: String,
+    /// Release id or uuid to roll out
+    #[arg(
+        long,
+        conflicts_with = "os_version",
+        required_unless_present = "os_version"
+    )]
+    pub release: Option<String>,
+    /// OS version to roll out
+    #[arg(long)]
+    pub os_version: Option<String>,
+    /// Cumulative percentages of the waves, ending at 100
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+    pub waves: Vec<u32>,
+    /// A first wave of hand-picked canaries: devices with this tag (KEY=VALUE, repeatable: all of them)
+    #[arg(long = "canary-tag", value_name = "KEY=VALUE")]
+    pub canary_tags: Vec<String>,
+    /// Seconds a device must stay healthy on the new release
+    #[arg(long, default_value_t = 300)]
+    pub soak: u64,
+    /// Seconds after which a device not yet healthy counts as failed
+    #[arg(long, default_value_t = 3600)]
+    pub timeout: u64,
+    /// Percent of a wave that must be healthy to go on (1-100)
+    #[arg(long, default_value_t = 100)]
+    pub success_percent: u32,
+    /// Halt when more than this percent of a wave's decided devices failed (0-100)
+    #[arg(long, default_value_t = 10)]
+    pub max_failure_percent: u32,
+    /// Halt when more than this many devices of a wave failed
+    #[arg(long)]
+    pub max_failures: Option<u64>,
+    /// Decided devices a wave needs before the percentage applies
+    #[arg(long, default_value_t = 1)]
+    pub min_sample: u64,
+    /// Pause after every wave but the last (resume by hand)
+    #[arg(long)]
+    pub pause_after_each: bool,
+    /// A name for the rollout
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Start it right away
+    #[arg(long)]
+    pub start: bool,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeyCmd {
     /// Create an API key; it is printed once and cannot be shown again
     Create {
@@ -295,6 +391,12 @@ pub enum KeyCmd {
         /// When it stops working (RFC 3339, e.g. 2027-01-01T00:00:00Z)
         #[arg(long)]
         expires: Option<String>,
+        /// The key may only read: every change made with it is refused (403)
+        #[arg(long)]
+        read_only: bool,
+        /// The key reaches only this fleet (name or id) and what hangs off it
+        #[arg(long)]
+        fleet: Option<String>,
     },
     /// List your API keys (names and dates, never the keys)
     List,

@@ -24,6 +24,8 @@ use resin_cli::config::{self, StoredLogin};
 use resin_cli::fsutil::AtomicFile;
 use resin_cli::table::{cell, render};
 
+mod rollout_cmd;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -212,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
             output,
         }) => os_download(&cli, fleet, version, *compression, output),
         Cmd::Logs(a) => logs(&cli, a),
+        Cmd::Rollout(r) => rollout_cmd::run(&cli, r),
     }
 }
 
@@ -1363,10 +1366,21 @@ fn release_rm(cli: &Cli, r: &str, force: bool) -> Result<()> {
 fn key(cli: &Cli, k: &KeyCmd) -> Result<()> {
     let api = connect(cli)?;
     match k {
-        KeyCmd::Create { name, expires } => {
+        KeyCmd::Create {
+            name,
+            expires,
+            read_only,
+            fleet,
+        } => {
             let mut body = json!({"name": name});
             if let Some(e) = expires {
                 body["expires_at"] = json!(e);
+            }
+            if *read_only {
+                body["scope"] = json!("read-only");
+            }
+            if let Some(f) = fleet {
+                body["fleet"] = json!(id_of(&fleet_by_name(&api, f)?)?);
             }
             let created = api
                 .post("/v1/api_key", &body)
@@ -1387,6 +1401,8 @@ fn key(cli: &Cli, k: &KeyCmd) -> Result<()> {
                 &[
                     ("ID", "id"),
                     ("NAME", "name"),
+                    ("SCOPE", "scope"),
+                    ("FLEET", "fleet"),
                     ("CREATED", "created_at"),
                     ("EXPIRES", "expires_at"),
                 ],

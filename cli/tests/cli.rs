@@ -1061,6 +1061,44 @@ fn an_operator_session() {
     let e = c.fails_as(k, 1, &["key", "create", "x", "--expires", "soon"]);
     assert!(e.contains("expires_at"), "{e}");
 
+    // Scoped keys: a read-only key changes nothing; a fleet-scoped key sees
+    // only its fleet.
+    let ro = c.json_as(k, &["key", "create", "viewer", "--read-only"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!c
+        .json_as(&ro, &["fleet", "list"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let e = c.fails_as(&ro, 1, &["env", "set", "RO", "x", "--fleet", "ops"]);
+    assert!(e.contains("read-only"), "{e}");
+    c.ok_as(
+        k,
+        &[
+            "fleet",
+            "create",
+            "scope-other",
+            "--device-type",
+            "qemuarm64",
+        ],
+    );
+    let scoped = c.json_as(k, &["key", "create", "ops-only", "--fleet", "ops"])["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let names: Vec<Value> = c
+        .json_as(&scoped, &["fleet", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("ops")]);
+    let table = c.ok_as(k, &["key", "list"]);
+    assert!(table.contains("read-only"), "{table}");
+
     // Revoked provisioning keys register nothing.
     let pk_id = pk["id"].as_i64().unwrap().to_string();
     c.ok_as(k, &["provisioning-key", "revoke", &pk_id, "--yes"]);
@@ -1404,4 +1442,115 @@ fn https_with_the_clouds_ca() {
     // A CA file that is no certificate is a clear error.
     let e = c.fails(&["fleet", "list", "--ca", "/etc/hostname"]);
     assert!(e.contains("CA file /etc/hostname"), "{e}");
+#[test]
+fn a_rollout_from_the_cli() {
+    let c = start_cloud();
+    let k = c.key.as_str();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let compose = data.join("docker-compose.yml");
+    c.ok_as(
+        k,
+        &["fleet", "create", "wave", "--device-type", "qemuarm64"],
+    );
+    let pk = c.json_as(k, &["provisioning-key", "create", "p", "--fleet", "wave"]);
+    let (d1, _) = register(&c, pk["key"].as_str().unwrap(), D1);
+    c.ok_as(k, &["tag", "set", "canary", "yes", "--device", D1]);
+    let create = |tag: &str| {
+        c.json_as(
+            k,
+            &[
+                "release",
+                "create",
+                "--fleet",
+                "wave",
+                "--compose",
+                compose.to_str().unwrap(),
+                "--image",
+                &format!("web=127.0.0.1:55000/web:{tag}"),
+            ],
+        )["id"]
+            .as_i64()
+            .unwrap()
+            .to_string()
+    };
+    let _old = create("1");
+    let new = create("2");
+    // Bad input is refused by the cloud (exit 1) or by clap (exit 2).
+    let e = c.fails_as(
+        k,
+        1,
+        &[
+            "rollout",
+            "create",
+            "--fleet",
+            "wave",
+            "--release",
+            &new,
+            "--waves",
+            "10,50",
+        ],
+    );
+    assert!(e.contains("100 %"), "{e}");
+    c.fails_as(k, 2, &["rollout", "create", "--fleet", "wave"]);
+    let p = c.json_as(
+        k,
+        &[
+            "rollout",
+            "create",
+            "--fleet",
+            "wave",
+            "--release",
+            &new,
+            "--canary-tag",
+            "canary=yes",
+            "--waves",
+            "50,100",
+            "--soak",
+            "60",
+            "--start",
+        ],
+    );
+    assert_eq!(p["state"], "running", "{p}");
+    let id = p["id"].as_i64().unwrap().to_string();
+    let show = c.json_as(k, &["rollout", "show", &id]);
+    assert_eq!(show["waves"].as_array().unwrap().len(), 3);
+    assert_eq!(show["waves"][0]["counts"]["size"], 1, "{show}");
+    let text = c.ok_as(k, &["rollout", "show", &id]);
+    assert!(
+        text.contains("wave 1") && text.contains("canary=yes"),
+        "{text}"
+    );
+    assert!(text.contains("0/1 healthy"), "{text}");
+    let listed = c.json_as(k, &["rollout", "list", "--fleet", "wave"]);
+    assert_eq!(listed[0]["state"], "running");
+    assert!(c
+        .ok_as(k, &["rollout", "pause", &id, "--reason", "lunch"])
+        .contains("paused"));
+    let e = c.fails_as(k, 1, &["rollout", "pause", &id]);
+    assert!(e.contains("cannot pause a paused rollout"), "{e}");
+    c.ok_as(k, &["rollout", "resume", &id]);
+    c.ok_as(k, &["rollout", "halt", &id]);
+    // Another user reaches none of it.
+    let m = c.add_user("mallory");
+    c.fails_as(&m, 1, &["rollout", "show", &id]);
+    c.fails_as(&m, 1, &["rollout", "rollback", &id, "--yes"]);
+    assert_eq!(c.json_as(&m, &["rollout", "list"]), json!([]));
+    let out = c.ok_as(k, &["rollout", "rollback", &id, "--yes"]);
+    assert!(
+        out.contains("cancelled") && out.contains("1 devices moved back"),
+        "{out}"
+    );
+    let show = c.json_as(k, &["rollout", "show", &id]);
+    let actions: Vec<&str> = show["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["create", "start", "pause", "resume", "halt", "rollback"]
+    );
+    assert_eq!(show["events"][2]["reason"], "lunch");
+    let _ = d1;
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::auth::{self, Actor};
 use crate::error::{ApiError, ApiResult};
 use crate::schema::{self, Resource};
-use crate::{logs, metadata, os, perms, query, resources, AppState};
+use crate::{logs, metadata, os, perms, query, resources, rollout, AppState};
 
 /// `name` or `name(<integer key>)`.
 pub fn parse_segment(seg: &str) -> ApiResult<(&'static Resource, Option<i64>)> {
@@ -70,6 +70,15 @@ pub async fn v1(
                     prefer(&headers),
                 )
                 .await
+            }
+            (Method::POST, None) if res.name == "rollout" => {
+                let v = rollout::create(&app, &actor, &body).await?;
+                let mut resp = (StatusCode::CREATED, Json(&v)).into_response();
+                let location = format!("{}/v1/rollout({})", app.config.public_url, v.id);
+                if let Ok(h) = axum::http::HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(axum::http::header::LOCATION, h);
+                }
+                Ok(resp)
             }
             (Method::POST, None) => {
                 let (status, v) = resources::create(&app, &actor, res, &body_json(&body)?).await?;
@@ -157,6 +166,15 @@ pub async fn v1_sub(
                     .filter(|p| !p.is_empty() && !p.starts_with("follow="))
                     .collect();
                 logs::get_logs(&app, &actor, id, Some(&q.join("&"))).await
+            }
+            (Method::GET, "rollout", Some(id), "progress") => {
+                Ok(Json(rollout::progress(&app.db, &actor, id).await?).into_response())
+            }
+            (Method::POST, "rollout", Some(id), action) => {
+                let body = axum::body::to_bytes(body, 64 * 1024)
+                    .await
+                    .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+                Ok(Json(rollout::act(&app, &actor, id, action, &body).await?).into_response())
             }
             (Method::PUT, "os_release", Some(id), "bundle" | "image") => {
                 os::upload(&app, &actor, id, &sub, body).await

@@ -13,9 +13,24 @@ use crate::error::{ApiError, ApiResult};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
     Anonymous,
-    User(i64),
-    ProvisioningKey { fleet: i64 },
-    Device { id: i64, uuid: String, fleet: i64 },
+    /// A user's API key: the user, their role and the key's limits.
+    User {
+        id: i64,
+        /// The user is an admin (public OS releases, user management).
+        admin: bool,
+        /// The key may only read (GET/HEAD).
+        read_only: bool,
+        /// The key reaches only this fleet and what hangs off it.
+        fleet: Option<i64>,
+    },
+    ProvisioningKey {
+        fleet: i64,
+    },
+    Device {
+        id: i64,
+        uuid: String,
+        fleet: i64,
+    },
 }
 
 /// What a key belongs to, read from its prefix, so a lookup touches one table.
@@ -70,8 +85,12 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// The scopes a user's API key may have (`api_key.scope`).
+pub const SCOPES: &[&str] = &["full", "read-only"];
+
 /// Resolves the caller. A missing header is `Anonymous`; a key that is
-/// present but unknown or expired is a 401.
+/// present but unknown or expired is a 401. A user key's scope other than
+/// `full` counts as read-only, so an unknown value never grants writes.
 pub async fn resolve(db: &Db, headers: &HeaderMap) -> ApiResult<Actor> {
     let Some(key) = bearer(headers) else {
         return Ok(Actor::Anonymous);
@@ -89,7 +108,9 @@ pub async fn resolve(db: &Db, headers: &HeaderMap) -> ApiResult<Actor> {
     let now = db::now();
     let sql = match kind {
         KeyKind::User => {
-            "SELECT key_hash, \"user\", expires_at FROM api_key WHERE key_hash = $1"
+            "SELECT k.key_hash, k.\"user\", k.expires_at, \
+             CASE WHEN u.is_admin THEN 1 ELSE 0 END, k.scope, k.fleet \
+             FROM api_key k JOIN \"user\" u ON u.id = k.\"user\" WHERE k.key_hash = $1"
         }
         KeyKind::Provisioning => {
             "SELECT key_hash, fleet, expires_at FROM provisioning_key WHERE key_hash = $1"
@@ -119,7 +140,12 @@ pub async fn resolve(db: &Db, headers: &HeaderMap) -> ApiResult<Actor> {
         }
     }
     Ok(match kind {
-        KeyKind::User => Actor::User(id),
+        KeyKind::User => Actor::User {
+            id,
+            admin: row.try_get::<i64, _>(3)? != 0,
+            read_only: row.try_get::<String, _>(4)? != "full",
+            fleet: row.try_get(5)?,
+        },
         KeyKind::Provisioning => Actor::ProvisioningKey { fleet: id },
         KeyKind::Device => Actor::Device {
             id,

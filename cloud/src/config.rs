@@ -59,6 +59,20 @@ pub struct ConfigArgs {
     /// estimate (main rows plus expanded rows); above it the read is a 400. Default: 50000.
     #[arg(long, global = true, env = "RESIN_CLOUD_MAX_EXPAND_ROWS")]
     pub max_expand_rows: Option<u64>,
+    /// Requests with a wrong or expired key one client address may make
+    /// per minute; beyond it every request of that address carrying a key
+    /// is answered 429 with Retry-After until the minute is over. 0: no
+    /// limit. Default: 20.
+    #[arg(long, global = true, env = "RESIN_CLOUD_AUTH_FAILURES_PER_MIN")]
+    pub auth_failures_per_min: Option<u64>,
+    /// Device-API requests (`/device/…`) one key may make per minute; beyond
+    /// it 429 with Retry-After. 0: no limit. Default: 600.
+    #[arg(long, global = true, env = "RESIN_CLOUD_DEVICE_REQUESTS_PER_MIN")]
+    pub device_requests_per_min: Option<u64>,
+    /// How often the rollout evaluator runs, ms; 0 turns it off in this
+    /// process (another replica evaluates). Default: 5000.
+    #[arg(long, global = true, env = "RESIN_CLOUD_ROLLOUT_EVAL_MS")]
+    pub rollout_eval_ms: Option<u64>,
     /// Serve plain HTTP instead of HTTPS. Default: false: HTTPS, because
     /// device and API keys travel in every request; plain HTTP is for tests,
     /// the demo, or a TLS-terminating proxy in front.
@@ -100,6 +114,9 @@ pub struct Config {
     pub page_size: u64,
     pub max_page_size: u64,
     pub max_expand_rows: u64,
+    pub auth_failures_per_min: u64,
+    pub device_requests_per_min: u64,
+    pub rollout_eval_ms: u64,
     /// HTTPS settings; `None` serves plain HTTP (`plain_http`).
     pub tls: Option<TlsSettings>,
 }
@@ -180,6 +197,9 @@ impl ConfigArgs {
             page_size: pick.page_size.unwrap_or(1000).max(1),
             max_page_size: pick.max_page_size.unwrap_or(5000).max(1),
             max_expand_rows: pick.max_expand_rows.unwrap_or(50_000).max(1),
+            auth_failures_per_min: pick.auth_failures_per_min.unwrap_or(20),
+            device_requests_per_min: pick.device_requests_per_min.unwrap_or(600),
+            rollout_eval_ms: pick.rollout_eval_ms.unwrap_or(5000),
             tls,
         })
     }
@@ -199,6 +219,9 @@ impl ConfigArgs {
             page_size: self.page_size.or(o.page_size),
             max_page_size: self.max_page_size.or(o.max_page_size),
             max_expand_rows: self.max_expand_rows.or(o.max_expand_rows),
+            auth_failures_per_min: self.auth_failures_per_min.or(o.auth_failures_per_min),
+            device_requests_per_min: self.device_requests_per_min.or(o.device_requests_per_min),
+            rollout_eval_ms: self.rollout_eval_ms.or(o.rollout_eval_ms),
             plain_http: self.plain_http.or(o.plain_http),
             tls_cert: self.tls_cert.or(o.tls_cert),
             tls_key: self.tls_key.or(o.tls_key),

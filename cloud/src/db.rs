@@ -78,6 +78,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0003_os_release_per_owner.sqlite.sql"),
         include_str!("../migrations/0003_os_release_per_owner.postgres.sql"),
     ),
+    (
+        4,
+        include_str!("../migrations/0004_rollouts.sql"),
+        include_str!("../migrations/0004_rollouts.sql"),
+    ),
+    (
+        5,
+        include_str!("../migrations/0005_roles_and_key_scopes.sql"),
+        include_str!("../migrations/0005_roles_and_key_scopes.sql"),
+    ),
 ];
 
 impl Db {

@@ -156,7 +156,8 @@ fn check_device_key(k: &str) -> ApiResult<()> {
 pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     let row = sqlx::query(
         "SELECT d.uuid, d.name, d.device_type, d.pinned_release, d.target_os_version, \
-         f.id, f.name, f.uuid, f.target_release, f.target_os_version, f.owner \
+         f.id, f.name, f.uuid, f.target_release, f.target_os_version, f.owner, \
+         d.rollout_release, d.rollout_os_version \
          FROM device d JOIN fleet f ON f.id = d.fleet WHERE d.id = $1",
     )
     .bind(id)
@@ -173,6 +174,9 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     let fleet_release: Option<i64> = row.try_get(8)?;
     let fleet_os: Option<String> = row.try_get(9)?;
     let owner: i64 = row.try_get(10)?;
+    // What a rollout assigned (crate::rollout): after a pin, before the fleet.
+    let rollout_release: Option<i64> = row.try_get(11)?;
+    let rollout_os: Option<String> = row.try_get(12)?;
 
     let mut app_target = AppTarget {
         id: fleet_id,
@@ -214,7 +218,7 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     }
     config.extend(device_config);
 
-    if let Some(rel) = pinned.or(fleet_release) {
+    if let Some(rel) = pinned.or(rollout_release).or(fleet_release) {
         if let Some(r) = sqlx::query("SELECT uuid, target_json FROM \"release\" WHERE id = $1")
             .bind(rel)
             .fetch_optional(&app.db.pool)
@@ -241,18 +245,20 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
         }
     }
 
-    let os = match dev_os.or(fleet_os) {
+    let os = match dev_os.or(rollout_os).or(fleet_os) {
         None => None,
         Some(version) => {
-            // Only the fleet owner's own OS releases: another user's 3.0 is
-            // never this fleet's 3.0.
+            // The fleet owner's own OS release, else a public one (an
+            // admin's): another user's private 3.0 is never this fleet's 3.0.
             let r = sqlx::query(
                 "SELECT id, bundle_sha256, bundle_size FROM os_release \
-                 WHERE owner = $1 AND device_type = $2 AND version = $3",
+                 WHERE (owner = $1 OR is_public) AND device_type = $2 AND version = $3 \
+                 ORDER BY CASE WHEN owner = $4 THEN 0 ELSE 1 END, id LIMIT 1",
             )
             .bind(owner)
             .bind(&device_type)
             .bind(&version)
+            .bind(owner)
             .fetch_optional(&app.db.pool)
             .await?;
             let bundle = match r {

@@ -12,13 +12,16 @@ pub mod config;
 pub mod db;
 pub mod device_api;
 pub mod error;
+pub mod linger;
 pub mod logs;
 pub mod metadata;
 pub mod os;
 pub mod perms;
 pub mod query;
+pub mod ratelimit;
 pub mod release;
 pub mod resources;
+pub mod rollout;
 pub mod schema;
 pub mod tls;
 
@@ -45,6 +48,8 @@ pub struct AppState {
     pub cache: Arc<cache::Cache>,
     /// Devices seen since the last heartbeat write ([`cache::Heartbeats`]).
     pub heartbeats: Arc<cache::Heartbeats>,
+    /// Rate limits ([`ratelimit`]).
+    pub limits: Arc<ratelimit::Limits>,
 }
 
 impl AppState {
@@ -57,6 +62,7 @@ impl AppState {
             config: Arc::new(config),
             logs,
             heartbeats: Arc::default(),
+            limits: Arc::default(),
         })
     }
 }
@@ -79,7 +85,12 @@ pub fn router(state: AppState) -> Router {
         .route(paths::LOG_STREAM_ROUTE, post(logs::log_stream))
         .route("/ping", get(|| async { "OK" }))
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::limit,
+        ))
         .layer(axum::middleware::from_fn(api::json_errors))
+        .layer(axum::middleware::from_fn(linger::close_after_refused_body))
         .with_state(state)
 }
 
@@ -88,6 +99,8 @@ pub struct App {
     pub addr: SocketAddr,
     pub state: AppState,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The rollout passes this replica evaluated.
+    pub rollout_passes: rollout::Passes,
 }
 
 impl App {
@@ -118,6 +131,14 @@ impl App {
             .context("opening the database")?;
         tokio::spawn(device_api::offline_sweeper(state.clone()));
         tokio::spawn(cache::heartbeat_flusher(state.clone()));
+        let rollout_passes = rollout::Passes::default();
+        if state.config.rollout_eval_ms > 0 {
+            tokio::spawn(rollout::evaluator(
+                state.clone(),
+                state.config.rollout_eval_ms,
+                rollout_passes.clone(),
+            ));
+        }
         if state.db.dialect == db::Dialect::Postgres {
             tokio::spawn(cache::listen(state.clone()));
         }
@@ -125,17 +146,46 @@ impl App {
         let task = match (rustls, state.config.tls.clone()) {
             (Some(rustls), Some(settings)) => {
                 let reloader = tls::spawn_reloader(settings, rustls.clone());
-                let server = axum_server::from_tcp_rustls(listener.into_std()?, rustls)?;
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                    .acceptor(linger::LingerAcceptor);
+                let server = axum_server::from_tcp(listener.into_std()?)?.acceptor(acceptor);
                 tokio::spawn(async move {
-                    let r = server.serve(app.into_make_service()).await;
+                    let r = server
+                        .serve(app.into_make_service_with_connect_info::<ratelimit::ClientAddr>())
+                        .await;
                     reloader.abort();
                     r
                 })
             }
-            _ => tokio::spawn(async move { axum::serve(listener, app).await }),
+            _ => {
+                let listener = linger::LingerListener(listener);
+                // The peer address feeds the rate limits (ratelimit::client_ip).
+                tokio::spawn(async move {
+                    axum::serve(
+                        listener,
+                        app.into_make_service_with_connect_info::<ratelimit::ClientAddr>(),
+                    )
+                    .await
+                })
+            }
         };
-        Ok(Self { addr, state, task })
+        Ok(Self {
+            addr,
+            state,
+            task,
+            rollout_passes,
+        })
     }
+}
+
+/// Makes user `user_id` an admin (or not): `resin-cloud bootstrap --admin`.
+pub async fn set_admin(db: &Db, user_id: i64, admin: bool) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE \"user\" SET is_admin = $1 WHERE id = $2")
+        .bind(admin)
+        .bind(user_id)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
 }
 
 /// What `resin-cloud bootstrap` prints.

@@ -53,6 +53,9 @@ enum Command {
         /// Device type of the fleet created by --fleet.
         #[arg(long, default_value = "qemuarm64")]
         device_type: String,
+        /// Make the user an admin (public OS releases, user management).
+        #[arg(long)]
+        admin: bool,
     },
 }
 
@@ -111,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             username,
             fleet,
             device_type,
+            admin,
         } => {
             let db = resin_cloud::db::Db::connect(&config.database_url, 2)
                 .await
@@ -122,6 +126,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             .context("bootstrapping")?;
+            if admin {
+                resin_cloud::set_admin(&db, out.user_id, true)
+                    .await
+                    .context("making the user an admin")?;
+            }
             println!("{}", serde_json::to_string(&out)?);
         }
     }

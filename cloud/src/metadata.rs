@@ -283,6 +283,7 @@ pub fn openapi() -> Value {
         );
     }
     other_routes(&mut paths, &err);
+    rollout_routes(&mut paths, &err);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "resin-cloud", "version": env!("CARGO_PKG_VERSION"),
@@ -390,6 +391,52 @@ fn other_routes(paths: &mut Map<String, Value>, err: &Value) {
             "requestBody": {"required": true, "content": {"application/x-ndjson": {"schema": {"type": "string",
                 "description": "one {timestamp, service, message, isStderr, isSystem} per line"}}}},
             "responses": {"200": {"description": "taken"}, "400": err, "401": err, "413": err}}}),
+    );
+}
+
+/// The rollout routes beside the generated read-only ones (crate::rollout).
+fn rollout_routes(paths: &mut Map<String, Value>, err: &Value) {
+    let wave = json!({"type": "object", "description": "exactly one of percent (cumulative) and tags",
+        "properties": {
+            "percent": {"type": "integer", "minimum": 1, "maximum": 100},
+            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+            "soak_secs": {"type": "integer", "minimum": 0, "default": 300},
+            "success_percent": {"type": "integer", "minimum": 1, "maximum": 100, "default": 100},
+            "pause_after": {"type": "boolean", "default": false},
+            "max_failure_percent": {"type": "integer", "minimum": 0, "maximum": 100, "default": 10},
+            "max_failures": {"type": "integer", "minimum": 0},
+            "min_sample": {"type": "integer", "minimum": 1, "default": 1},
+            "timeout_secs": {"type": "integer", "minimum": 1, "default": 3600}}});
+    let progress = json!({"type": "object", "description": "the rollout with per-wave counts and its events",
+        "properties": {"id": {"type": "integer"}, "fleet": {"type": "integer"}, "name": {"type": "string"},
+            "state": {"type": "string", "enum": ["draft", "running", "paused", "halted", "completed", "cancelled"]},
+            "release": {"type": "integer"}, "os_version": {"type": "string"}, "current_wave": {"type": "integer"},
+            "waves": {"type": "array", "items": {"type": "object", "properties": {"wave": wave, "counts": {"type": "object",
+                "properties": {"size": {"type": "integer"}, "pending": {"type": "integer"}, "in_progress": {"type": "integer"},
+                    "healthy": {"type": "integer"}, "failed": {"type": "integer"}, "reverted": {"type": "integer"}, "excluded": {"type": "integer"}}}}}},
+            "events": {"type": "array", "items": {"type": "object", "properties": {"at": {"type": "string"}, "from": {"type": "string"},
+                "to": {"type": "string"}, "action": {"type": "string"}, "reason": {"type": "string"}, "wave": {"type": "integer"}}}}}});
+    if let Some(coll) = paths.get_mut("/v1/rollout") {
+        coll["post"] = json!({"operationId": "create_rollout", "summary": "Create a draft rollout of a release or an OS version to a fleet, in waves",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["fleet", "waves"],
+                "properties": {"fleet": {"type": "integer"}, "name": {"type": "string"}, "release": {"type": "integer"},
+                    "os_version": {"type": "string"}, "waves": {"type": "array", "minItems": 1, "items": wave}}}}}},
+            "responses": {"201": ok_json("created (draft)", progress.clone()), "400": err, "409": err}});
+    }
+    paths.insert(
+        "/v1/rollout({id})/progress".into(),
+        json!({"get": {"operationId": "rollout_progress", "summary": "A rollout's per-wave counts and events",
+            "parameters": [id_param()],
+            "responses": {"200": ok_json("progress", progress.clone()), "404": err}}}),
+    );
+    paths.insert(
+        "/v1/rollout({id})/{action}".into(),
+        json!({"post": {"operationId": "rollout_action", "summary": "A transition: start, pause, resume, halt, rollback (moves updated devices back) or cancel",
+            "parameters": [id_param(), param("action", "path", true,
+                json!({"type": "string", "enum": ["start", "pause", "resume", "halt", "rollback", "cancel"]}), "the transition")],
+            "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object",
+                "properties": {"reason": {"type": "string", "description": "recorded in the event"}}}}}},
+            "responses": {"200": ok_json("progress after the transition", progress), "404": err, "409": err}}}),
     );
 }
 

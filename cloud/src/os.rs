@@ -39,6 +39,7 @@ pub async fn upload(
     kind: &str,
     body: Body,
 ) -> ApiResult<Response> {
+    perms::may_change(actor)?;
     if !resources::may_write(app, actor, "os_release", id).await? {
         return Err(ApiError::not_found(format!("os_release({id}) not found")));
     }
@@ -242,8 +243,9 @@ async fn bundle_inner(app: &AppState, id: &str, headers: &HeaderMap) -> ApiResul
     let id: i64 = id
         .parse()
         .map_err(|_| ApiError::bad_request("the bundle id must be an integer"))?;
-    // Only the owner's OS releases: for a user, their own; for a device,
-    // those of its fleet's owner. Anyone else's is answered as missing.
+    // Only the owner's OS releases and the public ones: for a user, their
+    // own; for a device, those of its fleet's owner. Anyone else's is
+    // answered as missing.
     let owner_sql = match &actor {
         Actor::Device { .. } => {
             "(SELECT f.owner FROM device d JOIN fleet f ON f.id = d.fleet WHERE d.id = $2)"
@@ -252,11 +254,12 @@ async fn bundle_inner(app: &AppState, id: &str, headers: &HeaderMap) -> ApiResul
     };
     let owner_id = match &actor {
         Actor::Device { id, .. } => *id,
-        Actor::User(uid) => *uid,
+        Actor::User { id, .. } => *id,
         _ => return Err(ApiError::unauthorized()),
     };
     let row = resources::dyn_query(format!(
-        "SELECT device_type, bundle_size FROM os_release WHERE id = $1 AND owner = {owner_sql}"
+        "SELECT device_type, bundle_size FROM os_release \
+         WHERE id = $1 AND (owner = {owner_sql} OR is_public)"
     ))
     .bind(id)
     .bind(owner_id)
@@ -410,11 +413,13 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
     })?;
     let os = sqlx::query(
         "SELECT id, image_size FROM os_release \
-         WHERE owner = $1 AND device_type = $2 AND version = $3",
+         WHERE (owner = $1 OR is_public) AND device_type = $2 AND version = $3 \
+         ORDER BY CASE WHEN owner = $4 THEN 0 ELSE 1 END, id LIMIT 1",
     )
     .bind(owner)
     .bind(&device_type)
     .bind(&version)
+    .bind(owner)
     .fetch_optional(&app.db.pool)
     .await?
     .ok_or_else(|| {

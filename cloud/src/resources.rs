@@ -77,7 +77,11 @@ pub fn row_to_json(res: &Resource, row: &AnyRow) -> ApiResult<Value> {
 
 /// Reads one entity the caller may see, or 404.
 pub async fn read_one(app: &AppState, actor: &Actor, res: &Resource, id: i64) -> ApiResult<Value> {
-    let scope = perms::read_scope(actor, res.name, "t");
+    read_one_in(app, &perms::read_scope(actor, res.name, "t"), res, id).await
+}
+
+/// Reads one entity within `scope`, or 404.
+async fn read_one_in(app: &AppState, scope: &Scope, res: &Resource, id: i64) -> ApiResult<Value> {
     let sql = format!(
         "SELECT {} FROM {} t WHERE t.id = $1 AND {}",
         select_cols(res, "t"),
@@ -325,6 +329,21 @@ async fn check_links(
                 check_slug("target_os_version", &v)?;
             }
         }
+        "api_key" => {
+            if let Some(sc) = get_text(fields, "scope") {
+                if !auth::SCOPES.contains(&sc.as_str()) {
+                    return Err(ApiError::bad_request_field(
+                        "scope",
+                        format!("api_key.scope {sc:?} must be one of {:?}", auth::SCOPES),
+                    ));
+                }
+            }
+        }
+        "user" => {
+            if let Some(u) = get_text(fields, "username") {
+                check_slug("username", &u)?;
+            }
+        }
         "os_release" => {
             if let Some(dt) = get_text(fields, "device_type") {
                 check_slug("device_type", &dt)?;
@@ -373,7 +392,7 @@ pub async fn create(
     res: &Resource,
     body: &Value,
 ) -> ApiResult<(StatusCode, Value)> {
-    let uid = perms::may_use_v1(actor)?;
+    perms::may_change(actor)?;
     if !res.writable {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -381,6 +400,8 @@ pub async fn create(
             format!("{} cannot be created directly", res.name),
         ));
     }
+    let public = res.name == "os_release" && body.get("is_public") == Some(&Value::Bool(true));
+    let uid = perms::may_create(actor, res.name, public)?;
     if res.name == "release" {
         return crate::release::create(app, actor, body).await;
     }
@@ -389,7 +410,11 @@ pub async fn create(
     let mut key = None;
     match res.name {
         "api_key" => {
-            fields.push(("user", Param::Int(Some(uid))));
+            // An admin may make a key for another user; anyone else's
+            // keys are their own.
+            if get_int(&fields, "user").is_none() {
+                fields.push(("user", Param::Int(Some(uid))));
+            }
             let (k, h) = auth::new_key(KeyKind::User);
             key = Some(k);
             fields.push(("key_hash", Param::Text(Some(h))));
@@ -442,7 +467,13 @@ pub async fn create(
     if let Some(change) = cache::change_of(app, res.name, id).await? {
         cache::changed(app, change).await;
     }
-    let mut entity = read_one(app, actor, res, id).await?;
+    // An admin's key for another user is answered although the admin
+    // cannot read it afterwards.
+    let mut entity = if key.is_some() && res.name == "api_key" {
+        read_one_in(app, &Scope::All, res, id).await?
+    } else {
+        read_one(app, actor, res, id).await?
+    };
     if let (Some(k), Some(obj)) = (key, entity.as_object_mut()) {
         obj.insert("key".into(), Value::String(k));
     }
@@ -457,12 +488,17 @@ pub async fn patch(
     id: i64,
     body: &Value,
 ) -> ApiResult<()> {
-    perms::may_use_v1(actor)?;
+    perms::may_change(actor)?;
     if !res.writable {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             format!("{} cannot be changed directly", res.name),
+        ));
+    }
+    if res.name == "os_release" && body.get("is_public").is_some() && !perms::is_admin(actor) {
+        return Err(ApiError::forbidden(
+            "only an admin may publish or withdraw a public OS release",
         ));
     }
     if !may_write(app, actor, res.name, id).await? {
@@ -545,7 +581,7 @@ pub async fn delete(
     id: i64,
     force: bool,
 ) -> ApiResult<()> {
-    perms::may_use_v1(actor)?;
+    perms::may_change(actor)?;
     if !res.writable {
         return Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -108,7 +108,12 @@ pub static RESOURCES: &[Resource] = &[
     Resource {
         name: "user",
         table: "\"user\"",
-        fields: &[ID, ro("username", Text), ro("created_at", Time)],
+        fields: &[
+            ID,
+            f("username", Text, Create, true),
+            f("is_admin", Bool, Always, false),
+            ro("created_at", Time),
+        ],
         children: &[
             Reverse {
                 name: "api_key",
@@ -121,16 +126,18 @@ pub static RESOURCES: &[Resource] = &[
                 via: "owner",
             },
         ],
-        writable: false,
+        writable: true,
     },
     Resource {
         name: "api_key",
         table: "api_key",
         fields: &[
             ID,
-            fk("user", "user", Never, false),
+            fk("user", "user", Create, false),
             f("name", Text, Always, true),
             f("expires_at", Time, Always, false),
+            f("scope", Text, Create, false),
+            fk("fleet", "fleet", Create, false),
             ro("created_at", Time),
         ],
         children: &[],
@@ -178,6 +185,11 @@ pub static RESOURCES: &[Resource] = &[
             Reverse {
                 name: "provisioning_key",
                 resource: "provisioning_key",
+                via: "fleet",
+            },
+            Reverse {
+                name: "rollout",
+                resource: "rollout",
                 via: "fleet",
             },
         ],
@@ -325,10 +337,52 @@ pub static RESOURCES: &[Resource] = &[
             ro("bundle_sha256", Text),
             ro("bundle_size", Int),
             ro("image_size", Int),
+            f("is_public", Bool, Always, false),
             ro("created_at", Time),
         ],
         children: &[],
         writable: true,
+    },
+    // Created with POST /v1/rollout and changed only through its actions
+    // (crate::rollout), so not writable through the generic handlers.
+    Resource {
+        name: "rollout",
+        table: "rollout",
+        fields: &[
+            ID,
+            fk("fleet", "fleet", Never, false),
+            ro("name", Text),
+            fk("release", "release", Never, false),
+            ro("os_version", Text),
+            ro("waves", Json),
+            ro("state", Text),
+            ro("current_wave", Int),
+            ro("created_at", Time),
+            ro("updated_at", Time),
+        ],
+        children: &[Reverse {
+            name: "rollout_event",
+            resource: "rollout_event",
+            via: "rollout",
+        }],
+        writable: false,
+    },
+    Resource {
+        name: "rollout_event",
+        table: "rollout_event",
+        fields: &[
+            ID,
+            fk("rollout", "rollout", Never, false),
+            ro("from_state", Text),
+            ro("to_state", Text),
+            ro("wave", Int),
+            ro("action", Text),
+            ro("reason", Text),
+            ro("counts", Json),
+            ro("created_at", Time),
+        ],
+        children: &[],
+        writable: false,
     },
 ];
 

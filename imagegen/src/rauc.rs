@@ -190,7 +190,37 @@ pub struct BundleSpec {
     pub output: PathBuf,
 }
 
+/// Where a resin rootfs carries the files of the boot partition (GRUB's EFI
+/// binary and grub.cfg; the Pi's firmware, DTBs and boot.scr), for OS updates.
+pub const BOOT_PAYLOAD_DIR: &str = "usr/lib/resin-boot";
+
+/// The bundle hook that installs [`BOOT_PAYLOAD_DIR`] of the new rootfs into
+/// resin-boot after RAUC has written the slot: meta-resin's own
+/// (`recipes-core/bundles/files/resin-bundle-hook`, which resin-bundle ships),
+/// so bundles made here and by bitbake update the boot partition alike.
+pub const BOOT_HOOK: &str =
+    include_str!("../../meta-resin/recipes-core/bundles/files/resin-bundle-hook");
+
+/// The manifest of a bundle; `hook`: the rootfs slot has a `post-install`
+/// hook in the bundle's `hook` file.
+fn manifest(spec: &BundleSpec, format: &str, epoch: i64, hook: bool) -> String {
+    let mut m = format!(
+        "[update]\ncompatible={}\nversion={}\ndescription=resin OS {} for {}\nbuild={epoch}\n\n[bundle]\nformat={format}\n\n",
+        spec.compatible, spec.version, spec.version, spec.compatible
+    );
+    if hook {
+        m.push_str("[hooks]\nfilename=hook\n\n");
+    }
+    m.push_str("[image.rootfs]\nfilename=rootfs.ext4\n");
+    if hook {
+        m.push_str("hooks=post-install\n");
+    }
+    m
+}
+
 /// Makes a signed RAUC bundle with an `image.rootfs` of the rootfs (as ext4).
+/// A directory or tarball rootfs that carries [`BOOT_PAYLOAD_DIR`] gets
+/// [`BOOT_HOOK`] as the slot's post-install hook, which updates resin-boot.
 pub fn make_bundle(spec: &BundleSpec) -> Result<(), RaucError> {
     if !spec.rootfs.exists() {
         return Err(RaucError::Invalid(format!(
@@ -224,6 +254,7 @@ pub fn make_bundle(spec: &BundleSpec) -> Result<(), RaucError> {
     std::fs::create_dir_all(&content).map_err(io_ctx("creating the bundle directory"))?;
     let image = content.join("rootfs.ext4");
     let epoch = source_date_epoch().unwrap_or(0);
+    let mut boot_payload = false;
     if spec.rootfs.is_file() && !crate::build::is_tarball(&spec.rootfs) {
         std::fs::copy(&spec.rootfs, &image).map_err(io_ctx("copying the rootfs image"))?;
     } else {
@@ -236,6 +267,7 @@ pub fn make_bundle(spec: &BundleSpec) -> Result<(), RaucError> {
                 .map_err(|e| RaucError::Invalid(e.to_string()))?;
             d
         };
+        boot_payload = dir.join(BOOT_PAYLOAD_DIR).is_dir();
         let used = crate::build::dir_usage(&dir).map_err(io_ctx("measuring the rootfs"))?;
         let size = spec
             .image_size
@@ -269,10 +301,14 @@ pub fn make_bundle(spec: &BundleSpec) -> Result<(), RaucError> {
         BundleFormat::Verity => "verity",
         BundleFormat::Plain => "plain",
     };
-    let manifest = format!(
-        "[update]\ncompatible={}\nversion={}\ndescription=resin OS {} for {}\nbuild={epoch}\n\n[bundle]\nformat={format}\n\n[image.rootfs]\nfilename=rootfs.ext4\n",
-        spec.compatible, spec.version, spec.version, spec.compatible
-    );
+    if boot_payload {
+        let hook = content.join("hook");
+        std::fs::write(&hook, BOOT_HOOK).map_err(io_ctx("writing the bundle hook"))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_ctx("making the bundle hook executable"))?;
+    }
+    let manifest = manifest(spec, format, epoch, boot_payload);
     std::fs::write(content.join("manifest.raucm"), manifest)
         .map_err(io_ctx("writing the manifest"))?;
     let tmp_out = work.path().join("bundle.raucb");
@@ -297,4 +333,83 @@ pub fn make_bundle(spec: &BundleSpec) -> Result<(), RaucError> {
     std::fs::rename(&tmp_out, &spec.output)
         .map_err(io_ctx(format!("renaming to {}", spec.output.display())))?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn have(tool: &str) -> bool {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+    }
+
+    /// A bundle of a rootfs that carries a boot payload has meta-resin's hook
+    /// as the rootfs slot's post-install hook (rauc accepts the manifest);
+    /// one without a payload has no hook.
+    #[test]
+    fn a_rootfs_with_a_boot_payload_gets_the_boot_hook() {
+        for t in ["rauc", "openssl", "mksquashfs", "unsquashfs", "mkfs.ext4"] {
+            assert!(have(t), "{t} is needed (RESIN_APT_PACKAGES)");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let keys = make_dev_keys(&d.path().join("k"), "test").unwrap();
+        for payload in [true, false] {
+            let root = d.path().join(format!("root-{payload}"));
+            std::fs::create_dir_all(root.join("etc")).unwrap();
+            std::fs::write(root.join("etc/os-release"), "VERSION_ID=2\n").unwrap();
+            // Incompressible filler: rauc refuses a one-block squashfs.
+            let mut x = 0x2545_f491_4f6c_dd1d_u64;
+            let filler: Vec<u8> = (0..256 * 1024)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            std::fs::write(root.join("filler.bin"), filler).unwrap();
+            if payload {
+                std::fs::create_dir_all(root.join(BOOT_PAYLOAD_DIR).join("EFI/BOOT")).unwrap();
+                std::fs::write(root.join(BOOT_PAYLOAD_DIR).join("EFI/BOOT/grub.cfg"), "x").unwrap();
+            }
+            let out = d.path().join(format!("b-{payload}.raucb"));
+            make_bundle(&BundleSpec {
+                rootfs: root,
+                cert: keys.cert.clone(),
+                key: keys.key.clone(),
+                keyring: Some(keys.keyring.clone()),
+                compatible: "resin-test".into(),
+                version: "2".into(),
+                format: BundleFormat::Verity,
+                compression: SquashfsCompression::Lz4,
+                image_size: None,
+                slot_size: None,
+                output: out.clone(),
+            })
+            .unwrap();
+            let x = d.path().join(format!("x-{payload}"));
+            // (a test-only tool, so not in preflight::TOOLS)
+            let unsquashfs = "unsquashfs";
+            let o = Command::new(unsquashfs)
+                .arg("-d")
+                .arg(&x)
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let m = std::fs::read_to_string(x.join("manifest.raucm")).unwrap();
+            if payload {
+                assert!(m.contains("[hooks]\nfilename=hook\n"), "{m}");
+                // rauc rewrites the manifest (hashes, sizes; hooks as a list).
+                let image = m.split("[image.rootfs]").nth(1).unwrap_or_default();
+                assert!(image.contains("\nhooks=post-install"), "{m}");
+                assert_eq!(std::fs::read_to_string(x.join("hook")).unwrap(), BOOT_HOOK);
+            } else {
+                assert!(!m.contains("hook"), "{m}");
+                assert!(!x.join("hook").exists());
+            }
+        }
+    }
 }

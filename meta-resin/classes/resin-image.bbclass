@@ -8,9 +8,9 @@
 # and a zstd-compressed copy (.resinimg.zst, what the cloud serves).
 #
 # Variables (defaults in conf/distro/include/resin-settings.inc):
-# RESIN_BOOT_SIZE (100MiB), RESIN_ROOTFS_SIZE (1GiB, also the maximum rootfs
-# size), RESIN_STATE_SIZE (64MiB), RESIN_DATA_MIN_SIZE (64MiB),
-# RESIN_DEVELOPMENT ("0"); here: RESIN_BOOT_FILES, RESIN_BOOT_DEPENDS.
+# RESIN_BOOT_SIZE, RESIN_ROOTFS_SIZE, RESIN_STATE_SIZE, RESIN_DATA_MIN_SIZE
+# (empty: the layout's sizes), RESIN_DEVELOPMENT ("0"); here:
+# RESIN_BOOT_FILES, RESIN_BOOT_DEPENDS.
 
 inherit resin-imagegen resin-keys
 
@@ -39,15 +39,8 @@ IMAGE_FSTYPES = "ext4 tar.zst resinimg"
 IMAGE_TYPEDEP:resinimg = "ext4"
 do_image_resinimg[depends] += "resin-imagegen-native:do_populate_sysroot ${RESIN_BOOT_DEPENDS}"
 
-# The rootfs must fit its slot: IMAGE_ROOTFS_MAXSIZE is in KiB.
-IMAGE_ROOTFS_MAXSIZE ?= "${@resin_size_kib(d.getVar('RESIN_ROOTFS_SIZE'))}"
-
-def resin_size_kib(size):
-    units = {"KiB": 1, "MiB": 1024, "GiB": 1024 * 1024, "K": 1, "M": 1024, "G": 1024 * 1024}
-    for unit in sorted(units, key=len, reverse=True):
-        if size.endswith(unit):
-            return str(int(size[:-len(unit)]) * units[unit])
-    bb.fatal("RESIN_ROOTFS_SIZE=%s: use KiB, MiB or GiB" % size)
+# The rootfs must fit its slot: resin-imagegen build refuses a rootfs larger
+# than the layout's slot (no second size parser here).
 
 # meta-rauc's rauc-mark-good marks every boot good before the supervisor's
 # health check: never install it (see recipes-core/rauc/rauc_%.bbappend).
@@ -72,6 +65,27 @@ resin_boot_links() {
     if [ ! -e ${IMAGE_ROOTFS}/boot/initrd.img ]; then
         (cd ${WORKDIR} && : | cpio -o -H newc --quiet > ${IMAGE_ROOTFS}/boot/initrd.img)
     fi
+}
+
+# U-Boot machines: the slot carries its kernel's device trees as
+# /boot/dtb/<KERNEL_DEVICETREE entry> (e.g. broadcom/bcm2711-rpi-4-b.dtb, the
+# name U-Boot's ${fdtfile} has), and boot.scr boots with them
+# (resin-bootfiles' resin_slot_devicetree), so kernel and DTB never skew.
+ROOTFS_POSTPROCESS_COMMAND:append = " resin_slot_dtbs"
+resin_slot_dtbs[doc] = "Puts the kernel's device trees under /boot/dtb/ by their KERNEL_DEVICETREE names"
+resin_slot_dtbs() {
+    [ "${RESIN_BOOTLOADER}" = "uboot" ] || return 0
+    found=0
+    for dtb in ${KERNEL_DEVICETREE}; do
+        case "$dtb" in *.dtb) ;; *) continue ;; esac
+        # kernel-devicetree installs it flat, or by its full name with KERNEL_DTBVENDORED.
+        f=${IMAGE_ROOTFS}/boot/$dtb
+        [ -f "$f" ] || f=${IMAGE_ROOTFS}/boot/$(basename $dtb)
+        [ -f "$f" ] || bbfatal "no /boot/$dtb in the rootfs: add kernel-devicetree to IMAGE_INSTALL"
+        install -D -m 0644 "$f" ${IMAGE_ROOTFS}/boot/dtb/$dtb
+        found=1
+    done
+    [ $found = 1 ] || bbfatal "KERNEL_DEVICETREE names no .dtb for the slot's /boot/dtb/"
 }
 
 do_image_resinimg[prefuncs] += "resin_check_rauc_keys"

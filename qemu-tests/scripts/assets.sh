@@ -224,26 +224,138 @@ PRUNE_MODULES=(sound drivers/gpu drivers/media drivers/net/wireless drivers/infi
   drivers/phy drivers/pinctrl drivers/clk drivers/soc drivers/regulator drivers/mfd drivers/power
   net/bluetooth net/wireless net/mac80211)
 
-# device-rootfs OUT VERSION: composes the guest rootfs directory OUT from the
-# cached base rootfs, kernel + initrd, the files in qemu-tests/guest/rootfs and
-# these optional inputs (environment variables):
-#   RESIN_QEMU_SUPERVISOR   the aarch64 resin-supervisor binary
-#   RESIN_QEMU_SUPERVISOR_UNIT  its systemd unit (supervisor/dist/resin-supervisor.service)
-#   RESIN_QEMU_RENDERED     a `resin-imagegen render` output dir (etc/fstab, etc/rauc/system.conf)
+# The one OS definition: the resin-owned files of the stand-in (units, scripts,
+# configs, docker's daemon.json, containerd's config, RAUC's system.conf, the
+# boot payload) come from meta-resin's recipes, by running their install steps
+# (recipe-install.sh); the stand-in has no copy of any of them. What Debian
+# provides instead of Yocto is the package list above. scripts/checks/70-meta-resin.sh
+# fails when a recipe of the layer with an install step (or a rootfs step of
+# the image class) is in neither list below, or when the stand-in's files differ from meta-resin's (QEMU_ONLY
+# lists what the stand-in adds, each with its reason).
+STANDIN_RECIPES=(
+  recipes-core/base-files/base-files_%.bbappend
+  recipes-containers/docker-moby/docker-moby_%.bbappend
+  recipes-containers/containerd/containerd_%.bbappend
+  recipes-core/rauc/resin-rauc-conf.bb
+  recipes-resin/resin-bootfiles/resin-bootfiles.bb
+  recipes-resin/resin-persist/resin-persist.bb
+  recipes-resin/resin-watchdog/resin-watchdog.bb
+  recipes-resin/resin-supervisor/resin-supervisor.bb
+  recipes-resin/resin-qemu-guest/resin-qemu-guest.bb
+  'resin-image.bbclass#resin_boot_payload'
+  'resin-image.bbclass#resin_slot_dtbs'
+)
+# Recipes of the layer with an install step, and steps of the image class
+# (ROOTFS_POSTPROCESS_COMMAND), that the stand-in does not run, each with why.
+NOT_IN_STANDIN=(
+  # The native image tool (resin-imagegen-native), not part of resin-image; the
+  # harness runs the workspace's own resin-imagegen.
+  recipes-resin/resin-imagegen/resin-imagegen.bb
+  # /boot/vmlinuz and /boot/initrd.img: the stand-in boots Debian's kernel with
+  # its own busybox initrd (build_kernel, build_initrd above).
+  'resin-image.bbclass#resin_boot_links'
+)
+# What the stand-in adds to meta-resin's files (path globs, relative to /):
+QEMU_ONLY=(
+  # The OS version of each test release (Yocto: DISTRO_VERSION), the hostname
+  # (Yocto: base-files) and the machine-id the initrd fills from resin-state.
+  etc/os-release etc/hostname etc/machine-id
+  # The test registry as an insecure one, through Debian's docker.service
+  # (EnvironmentFile=/etc/default/docker, $DOCKER_OPTS).
+  etc/default/docker
+  # Debian does not enable networkd (Yocto's systemd with PACKAGECONFIG
+  # networkd does), and its serial getty and periodic jobs only cost boot time.
+  etc/systemd/system/multi-user.target.wants/systemd-networkd.service
+  'etc/systemd/system/serial-getty@ttyAMA0.service' etc/systemd/system/apt-daily.timer
+  etc/systemd/system/apt-daily-upgrade.timer etc/systemd/system/e2scrub_all.timer
+  etc/systemd/system/e2scrub_reap.service etc/systemd/system/fstrim.timer
+  etc/systemd/system/dpkg-db-backup.timer etc/systemd/system/systemd-networkd-wait-online.service
+  # The stand-in's root is the initrd's overlay, not the slot's ext4, so
+  # systemd-repart cannot find the disk from /: it is named (the virtio disk).
+  etc/systemd/system/systemd-repart.service.d/qemu.conf
+  # The cross-built supervisor (Yocto: the recipe's cargo do_install) and the
+  # boot guard's timeout sized for TCG.
+  usr/bin/resin-supervisor etc/systemd/system/resin-boot-guard.service.d/qemu.conf
+)
+
+# os-layer OUT VERSION: the resin-owned files of the stand-in of OS VERSION,
+# into the empty directory OUT (device-rootfs copies it over the Debian rootfs).
+# Inputs (environment variables):
+#   RESIN_QEMU_RENDERED     a `resin-imagegen render` output dir (fstab, system.conf, grub.cfg)
 #   RESIN_QEMU_KEYRING      RAUC keyring (CA certificate, PEM)
+#   RESIN_QEMU_DEPLOY       boot files as bitbake deploys them (default: GRUB's
+#                           EFI binary as grub-efi-bootaa64.efi, from `assets.sh grub`)
+#   RESIN_QEMU_SUPERVISOR   the aarch64 resin-supervisor binary (none: its unit is masked)
 #   RESIN_QEMU_REGISTRY     the registry as the guest sees it (default 10.0.2.2:55000)
+#   RESIN_QEMU_GUARD_TIMEOUT  resin-boot-guard's timeout in seconds (default 600)
+# Nothing here is cached: every run composes it from the working tree, so an
+# edit of meta-resin is always in the next run's device.
+build_os_layer() {
+  local out=${1:?usage: os-layer OUT VERSION} version=${2:?usage: os-layer OUT VERSION}
+  local reg=${RESIN_QEMU_REGISTRY:-10.0.2.2:55000} u p deploy tmp=""
+  rm -rf "$out" && mkdir -p "$out"
+  deploy=${RESIN_QEMU_DEPLOY:-}
+  if [ -z "$deploy" ]; then
+    tmp=$(mktemp -d)
+    deploy=$tmp
+    cp "$(build_grub)" "$deploy/grub-efi-bootaa64.efi"
+  fi
+  RESIN_QEMU_DEPLOY=$deploy bash "$RESIN_ROOT/qemu-tests/scripts/recipe-install.sh" "$out" "${STANDIN_RECIPES[@]}"
+  [ -z "$tmp" ] || rm -rf "$tmp"
+
+  echo resin >"$out/etc/hostname"
+  cat >"$out/etc/os-release" <<OS
+PRETTY_NAME="resinOS $version (Debian bookworm stand-in)"
+NAME="resinOS"
+ID=resinos
+ID_LIKE=debian
+VERSION="$version"
+VERSION_ID=$version
+OS
+  : >"$out/etc/machine-id"   # the initrd fills it from resin-state
+  mkdir -p "$out/etc/default"
+  echo "DOCKER_OPTS=\"--insecure-registry=$reg\"" >"$out/etc/default/docker"
+
+  u=$out/etc/systemd/system
+  mkdir -p "$u/multi-user.target.wants"
+  ln -sf /lib/systemd/system/systemd-networkd.service "$u/multi-user.target.wants/systemd-networkd.service"
+  for p in serial-getty@ttyAMA0.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
+    e2scrub_reap.service fstrim.timer dpkg-db-backup.timer systemd-networkd-wait-online.service; do
+    ln -sf /dev/null "$u/$p"
+  done
+  if [ -n "${RESIN_QEMU_SUPERVISOR:-}" ]; then
+    install -D -m 0755 "$RESIN_QEMU_SUPERVISOR" "$out/usr/bin/resin-supervisor"
+  else
+    RESIN_QEMU_MASK="${RESIN_QEMU_MASK:-} resin-supervisor.service"
+  fi
+  mkdir -p "$u/systemd-repart.service.d"
+  printf '[Service]\nExecStart=\nExecStart=/usr/bin/systemd-repart --dry-run=no /dev/vda\n' \
+    >"$u/systemd-repart.service.d/qemu.conf"
+  mkdir -p "$u/resin-boot-guard.service.d"
+  printf '[Service]\nEnvironment=RESIN_BOOT_GUARD_TIMEOUT=%s\n' "${RESIN_QEMU_GUARD_TIMEOUT:-600}" \
+    >"$u/resin-boot-guard.service.d/qemu.conf"
+  # Units masked in this OS version (e.g. the supervisor, for the rollback test).
+  for p in ${RESIN_QEMU_MASK:-}; do
+    rm -f "$u/$p" "$u"/*.target.wants/"$p"
+    ln -s /dev/null "$u/$p"
+  done
+  echo "$out"
+}
+
+# device-rootfs OUT VERSION: composes the guest rootfs directory OUT from the
+# cached base rootfs, kernel + initrd, the OS layer (os-layer above, same
+# environment) and these optional inputs (environment variables):
 #   RESIN_QEMU_EXTRA        a directory copied over the result last
 #   RESIN_QEMU_MASK         units to mask (space-separated), e.g. resin-supervisor.service
-#   RESIN_QEMU_GUARD_TIMEOUT  resin-boot-guard's timeout in seconds (default 600)
 build_device_rootfs() {
   local out=${1:?usage: device-rootfs OUT VERSION} version=${2:?usage: device-rootfs OUT VERSION}
-  local base kdir kver initrd g reg=${RESIN_QEMU_REGISTRY:-10.0.2.2:55000} u p
+  local base kdir kver initrd p
   base=$(build_rootfs)
   kdir=$(build_kernel)
   kver=$(basename "$kdir"); kver=${kver#kernel-}
   initrd=$(build_initrd)
-  g=$RESIN_ROOT/qemu-tests/guest/rootfs
-  rm -rf "$out" && mkdir -p "$(dirname "$out")"
+  rm -rf "$out" "$out.layer" && mkdir -p "$(dirname "$out")"
+  build_os_layer "$out.layer" "$version" >/dev/null
   cp -a "$base" "$out"
   rm -f "$out/.complete"
 
@@ -255,74 +367,9 @@ build_device_rootfs() {
   for p in "${PRUNE_MODULES[@]}"; do rm -rf "$out/lib/modules/$kver/kernel/$p"; done
   depmod -b "$out" "$kver"
 
-  cp -a "$g/." "$out/"
-  mkdir -p "$out/mnt/boot" "$out/mnt/state" "$out/mnt/data" "$out/etc/docker" "$out/etc/rauc"
-  echo resin >"$out/etc/hostname"
-  rm -f "$out/etc/os-release"
-  cat >"$out/etc/os-release" <<OS
-PRETTY_NAME="resinOS $version (Debian bookworm stand-in)"
-NAME="resinOS"
-ID=resinos
-ID_LIKE=debian
-VERSION="$version"
-VERSION_ID=$version
-OS
-  cat >"$out/etc/docker/daemon.json" <<JSON
-{
-  "data-root": "/mnt/data/docker",
-  "insecure-registries": ["$reg"],
-  "log-driver": "json-file",
-  "log-opts": { "max-size": "10m", "max-file": "2" }
-}
-JSON
-  : >"$out/etc/machine-id"   # the initrd fills it from resin-state
-
-  # Units: networkd on, serial getty and periodic jobs off, the marker on.
-  u=$out/etc/systemd/system
-  mkdir -p "$u/multi-user.target.wants" "$u/sockets.target.wants"
-  ln -sf /lib/systemd/system/systemd-networkd.service "$u/multi-user.target.wants/systemd-networkd.service"
-  ln -sf /etc/systemd/system/resin-boot-marker.service "$u/multi-user.target.wants/resin-boot-marker.service"
-  ln -sf /etc/systemd/system/resin-boot-times.service "$u/multi-user.target.wants/resin-boot-times.service"
-  for p in serial-getty@ttyAMA0.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
-    e2scrub_reap.service fstrim.timer dpkg-db-backup.timer systemd-networkd-wait-online.service; do
-    ln -sf /dev/null "$u/$p"
-  done
-
-  if [ -n "${RESIN_QEMU_SUPERVISOR:-}" ]; then
-    install -m 0755 "$RESIN_QEMU_SUPERVISOR" "$out/usr/bin/resin-supervisor"
-  fi
-  if [ -n "${RESIN_QEMU_SUPERVISOR_UNIT:-}" ]; then
-    install -m 0644 "$RESIN_QEMU_SUPERVISOR_UNIT" "$u/resin-supervisor.service"
-    ln -sf /etc/systemd/system/resin-supervisor.service "$u/multi-user.target.wants/resin-supervisor.service"
-    # The boot guard beside it (supervisor/dist), with a TCG-sized timeout.
-    p=$(dirname "$RESIN_QEMU_SUPERVISOR_UNIT")
-    if [ -f "$p/resin-boot-guard" ]; then
-      install -D -m 0755 "$p/resin-boot-guard" "$out/usr/libexec/resin-boot-guard"
-      install -m 0644 "$p/resin-boot-guard.service" "$u/resin-boot-guard.service"
-      ln -sf /etc/systemd/system/resin-boot-guard.service "$u/multi-user.target.wants/resin-boot-guard.service"
-      mkdir -p "$u/resin-boot-guard.service.d"
-      printf '[Service]\nEnvironment=RESIN_BOOT_GUARD_TIMEOUT=%s\n' "${RESIN_QEMU_GUARD_TIMEOUT:-600}" \
-        >"$u/resin-boot-guard.service.d/qemu.conf"
-    fi
-    # config.json's rootCA into the system trust store (supervisor/dist).
-    if [ -f "$p/resin-ca" ]; then
-      install -D -m 0755 "$p/resin-ca" "$out/usr/libexec/resin-ca"
-      install -m 0644 "$p/resin-ca.service" "$u/resin-ca.service"
-      ln -sf /etc/systemd/system/resin-ca.service "$u/multi-user.target.wants/resin-ca.service"
-    fi
-  fi
-  # Units masked in this OS version (e.g. the supervisor, for the rollback test).
-  for p in ${RESIN_QEMU_MASK:-}; do
-    rm -f "$u/$p" "$u/multi-user.target.wants/$p"
-    ln -s /dev/null "$u/$p"
-  done
-  if [ -n "${RESIN_QEMU_RENDERED:-}" ]; then
-    [ -f "$RESIN_QEMU_RENDERED/etc/fstab" ] && install -m 0644 "$RESIN_QEMU_RENDERED/etc/fstab" "$out/etc/fstab"
-    [ -f "$RESIN_QEMU_RENDERED/etc/rauc/system.conf" ] && install -m 0644 "$RESIN_QEMU_RENDERED/etc/rauc/system.conf" "$out/etc/rauc/system.conf"
-  fi
-  if [ -n "${RESIN_QEMU_KEYRING:-}" ]; then
-    install -m 0644 "$RESIN_QEMU_KEYRING" "$out/etc/rauc/keyring.pem"
-  fi
+  rm -f "$out/etc/os-release"   # a link to ../usr/lib/os-release in Debian
+  cp -a "$out.layer/." "$out/"
+  rm -rf "$out.layer"
   if [ -n "${RESIN_QEMU_EXTRA:-}" ]; then
     cp -a "$RESIN_QEMU_EXTRA/." "$out/"
   fi
@@ -337,6 +384,11 @@ case "${1:-}" in
   supervisor) build_supervisor ;;
   busybox-deb) arm64_deb busybox-static ;;
   device-rootfs) shift; build_device_rootfs "$@" ;;
+  os-layer) shift; build_os_layer "$@" ;;
+  # For scripts/checks/70-meta-resin.sh: the lists above, one entry a line.
+  standin-recipes) printf '%s\n' "${STANDIN_RECIPES[@]}" ;;
+  not-in-standin) printf '%s\n' "${NOT_IN_STANDIN[@]}" ;;
+  qemu-only) printf '%s\n' "${QEMU_ONLY[@]}" ;;
   preflight)
     # What the steps exec: mmdebstrap (with arch-test and qemu-user for arm64),
     # dpkg/depmod/cpio for the kernel and initrd, GRUB, the cross toolchain.
@@ -345,5 +397,5 @@ case "${1:-}" in
     preflight_cross
     log "preflight: device assets ok (mmdebstrap, kernel/initrd tools, GRUB arm64-efi, aarch64 cross build)"
     ;;
-  *) die "usage: $0 rootfs|kernel|initrd|grub|supervisor|device-rootfs OUT VERSION" ;;
+  *) die "usage: $0 rootfs|kernel|initrd|grub|supervisor|device-rootfs OUT VERSION|os-layer OUT VERSION|standin-recipes|not-in-standin|qemu-only" ;;
 esac

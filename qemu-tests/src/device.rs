@@ -34,18 +34,37 @@ impl DeviceInputs {
         run(&format!("resin-imagegen {what}"), &mut c)
     }
 
-    /// `resin-imagegen render`: grub.cfg, grubenv, fstab and system.conf from the layout.
-    pub fn render(&self, out: &Path) -> Result<PathBuf, AssetError> {
+    /// `resin-imagegen render` (grub.cfg, grubenv, fstab and system.conf) and
+    /// `render-repart` (into `repart.d/`) from the layout, with the disk's kernel command line ([`QEMU_CMDLINE`]) plus
+    /// `boot_arg`: the grub.cfg an OS update installs into resin-boot (the
+    /// rootfs's boot payload) is this one.
+    pub fn render(&self, out: &Path, boot_arg: Option<&str>) -> Result<PathBuf, AssetError> {
         let o = out.display().to_string();
         let l = self.layout.display().to_string();
-        self.imagegen("render", &["render", "--layout", &l, "--output", &o])?;
+        let cmdline = match boot_arg {
+            Some(a) => format!("{QEMU_CMDLINE} {a}"),
+            None => QEMU_CMDLINE.to_string(),
+        };
+        self.imagegen(
+            "render",
+            &["render", "--layout", &l, "--set", &cmdline, "--output", &o],
+        )?;
+        // systemd-repart's definitions (resin-persist installs them).
+        let r = out.join("repart.d").display().to_string();
+        self.imagegen(
+            "render-repart",
+            &["render-repart", "--layout", &l, "--out", &r],
+        )?;
         Ok(out.into())
     }
 
-    /// The guest rootfs of OS `version`: the Debian stand-in with the
-    /// supervisor, rendered files and keyring, or the kas rootfs as given.
+    /// The guest rootfs of OS `version`: the Debian stand-in with meta-resin's
+    /// files (rendered from the layout, the test keyring, the supervisor), or
+    /// the kas rootfs as given.
     /// `extra` is copied over it last; the units in `mask` are masked (e.g.
-    /// the supervisor, for the rollback test).
+    /// the supervisor, for the rollback test); `boot_arg` is added to the
+    /// kernel command line of the grub.cfg it carries for resin-boot.
+    #[allow(clippy::too_many_arguments)]
     pub fn rootfs(
         &self,
         work: &Path,
@@ -54,36 +73,21 @@ impl DeviceInputs {
         supervisor: Option<&Path>,
         extra: Option<&Path>,
         mask: &[&str],
+        boot_arg: Option<&str>,
     ) -> Result<PathBuf, AssetError> {
         if let Some(r) = &self.rootfs_override {
             return Ok(r.clone());
         }
-        let rendered = self.render(&work.join("rendered"))?;
+        let rendered = self.render(&work.join("rendered"), boot_arg)?;
         let out = work.join(format!("rootfs-{version}"));
-        let unit = self
-            .ws
-            .root
-            .join("supervisor/dist/resin-supervisor.service");
+        // The supervisor's units and every other resin-owned file come from
+        // meta-resin's recipes (assets.sh os-layer, recipe-install.sh).
         let mut env: Vec<(&str, &Path)> = vec![
             ("RESIN_QEMU_RENDERED", rendered.as_path()),
             ("RESIN_QEMU_KEYRING", keys.ca.as_path()),
         ];
         if let Some(s) = supervisor {
             env.push(("RESIN_QEMU_SUPERVISOR", s));
-        }
-        let fallback = self
-            .ws
-            .root
-            .join("qemu-tests/guest/fallback/resin-supervisor.service");
-        if unit.exists() {
-            env.push(("RESIN_QEMU_SUPERVISOR_UNIT", unit.as_path()));
-        } else if supervisor.is_some() {
-            tracing::warn!(
-                "{} is missing; using {}",
-                unit.display(),
-                fallback.display()
-            );
-            env.push(("RESIN_QEMU_SUPERVISOR_UNIT", fallback.as_path()));
         }
         if let Some(e) = extra {
             env.push(("RESIN_QEMU_EXTRA", e));

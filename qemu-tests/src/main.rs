@@ -195,6 +195,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     Scenario::UpdateApp,
                     Scenario::BadBundle,
                     Scenario::OsUpdate,
+                    Scenario::BootUpdate,
                     Scenario::PowerCut,
                     Scenario::Rollback,
                 ];
@@ -277,7 +278,8 @@ fn run_scenarios(
     let base_image = match &c.image {
         Some(i) => abs(i),
         None => {
-            let rootfs = inputs.rootfs(work, &c.os_version, &keys, sup.as_deref(), None, &[])?;
+            let rootfs =
+                inputs.rootfs(work, &c.os_version, &keys, sup.as_deref(), None, &[], None)?;
             let disk = inputs.disk(work, &rootfs, &work.join("base.img"))?;
             let _ = std::fs::remove_dir_all(&rootfs);
             disk

@@ -29,6 +29,9 @@ pub enum Scenario {
     BadBundle,
     /// The fleet's target OS goes to v2: RAUC installs slot B, the device reboots into it.
     OsUpdate,
+    /// An OS update whose grub.cfg adds a kernel argument: the bundle's hook
+    /// installs it into resin-boot and the next boot's /proc/cmdline has it.
+    BootUpdate,
     /// qemu is killed at random points of an OS update; the device always boots, the update completes.
     PowerCut,
     /// A bundle whose supervisor cannot start: the boot counter runs out, GRUB falls back.
@@ -44,6 +47,7 @@ impl Scenario {
             Scenario::UpdateApp => "update-app",
             Scenario::BadBundle => "bad-bundle",
             Scenario::OsUpdate => "os-update",
+            Scenario::BootUpdate => "boot-update",
             Scenario::PowerCut => "power-cut",
             Scenario::Rollback => "rollback",
         }
@@ -178,6 +182,7 @@ impl Ctx {
             Scenario::UpdateApp => self.update_app(),
             Scenario::BadBundle => self.bad_bundle(),
             Scenario::OsUpdate => self.os_update(),
+            Scenario::BootUpdate => self.boot_update(),
             Scenario::PowerCut => self.power_cut(),
             Scenario::Rollback => self.rollback(),
         }
@@ -638,6 +643,8 @@ const BOOT_LINE: &str = "resin-initrd: switching";
 const INITRD_START: &str = "resin-initrd: loading modules";
 /// The boot marker: a boot is over (multi-user reached).
 const BOOT_MARKER: &str = "resin-qemu: up";
+/// What the boot marker prints just before its own line: /proc/cmdline.
+const CMDLINE_LINE: &str = "resin-qemu: cmdline ";
 
 /// Where a power cut was aimed, and whether the state it aimed at still held.
 enum Aim {
@@ -795,7 +802,14 @@ impl Ctx {
 
     /// The rootfs of OS `version` (units in `mask` masked) as a RAUC bundle
     /// signed with the device's trusted key.
-    fn build_bundle(&self, version: &str, mask: &[&str]) -> anyhow::Result<PathBuf> {
+    /// `boot_arg` is added to the kernel command line of the grub.cfg the
+    /// rootfs carries for resin-boot.
+    fn build_bundle(
+        &self,
+        version: &str,
+        mask: &[&str],
+        boot_arg: Option<&str>,
+    ) -> anyhow::Result<PathBuf> {
         self.no_kas_rootfs()?;
         let t = Instant::now();
         let rootfs = self.os.inputs.rootfs(
@@ -805,6 +819,7 @@ impl Ctx {
             self.os.supervisor.as_deref(),
             None,
             mask,
+            boot_arg,
         )?;
         let out = self.work.join(format!("os-{version}.raucb"));
         let k = &self.os.keys;
@@ -969,7 +984,7 @@ impl Ctx {
         let from = self.booted()?;
         let to = from.other_slot();
         let version = "2.0.0";
-        let bundle = self.build_bundle(version, &[])?;
+        let bundle = self.build_bundle(version, &[], None)?;
         let t = Instant::now();
         self.publish_os(version, &bundle)?;
         let mut seen: Vec<String> = Vec::new();
@@ -1013,12 +1028,58 @@ impl Ctx {
         self.wait_apps_back()
     }
 
+    /// The kernel command line of the last boot, from the line the boot
+    /// marker prints before its own.
+    fn last_cmdline(&self) -> anyhow::Result<String> {
+        let tail = self.console_tail();
+        tail.lines()
+            .rev()
+            .find_map(|l| {
+                l.split_once(CMDLINE_LINE)
+                    .map(|(_, c)| c.trim().to_string())
+            })
+            .ok_or_else(|| anyhow!("no {CMDLINE_LINE:?} line on the console"))
+    }
+
+    /// An OS update that changes grub.cfg: the new rootfs's boot payload has a
+    /// grub.cfg with one more kernel argument; the bundle's post-install hook
+    /// (meta-resin's resin-bundle-hook) copies it into resin-boot, and GRUB
+    /// boots the new slot with it.
+    fn boot_update(&mut self) -> anyhow::Result<()> {
+        self.vm()?;
+        let from = self.booted()?;
+        let to = from.other_slot();
+        let version = "2.1.0";
+        let arg = "resin.boot-update=2.1.0";
+        let before = self.last_cmdline()?;
+        if before.split_whitespace().any(|w| w == arg) {
+            bail!("the kernel already has {arg} before the update: {before}");
+        }
+        let bundle = self.build_bundle(version, &[], Some(arg))?;
+        let t = Instant::now();
+        self.publish_os(version, &bundle)?;
+        let b = self.wait_marker(self.timeouts.os_update)?;
+        if b.slot != to || b.version != version {
+            bail!("expected slot {to} with {version} after the update, booted {b:?}");
+        }
+        let after = self.last_cmdline()?;
+        if !after.split_whitespace().any(|w| w == arg) {
+            bail!("the new slot booted without the new grub.cfg's {arg}: /proc/cmdline is {after}");
+        }
+        println!(
+            "  {:.0} s: slot {to} booted with the new grub.cfg: {after}",
+            t.elapsed().as_secs_f64()
+        );
+        self.wait_committed(version, to, self.timeouts.online)?;
+        self.wait_apps_back()
+    }
+
     /// Starts an OS update round for the power-cut scenario: a new version
     /// (3.0.0, then 3.1.0, …) built, published and made the fleet's target.
     fn power_cut_round(&mut self, round: u32) -> anyhow::Result<CutRound> {
         let from = self.booted()?;
         let version = format!("3.{round}.0");
-        let bundle = self.build_bundle(&version, &[])?;
+        let bundle = self.build_bundle(&version, &[], None)?;
         self.publish_os(&version, &bundle)?;
         println!(
             "  update round {}: {} on slot {} → {version} on slot {}",
@@ -1237,7 +1298,7 @@ impl Ctx {
         let from = self.booted()?;
         let to = from.other_slot();
         let version = "4.0.0";
-        let bundle = self.build_bundle(version, &["resin-supervisor.service"])?;
+        let bundle = self.build_bundle(version, &["resin-supervisor.service"], None)?;
         self.publish_os(version, &bundle)?;
         let new_root = slot_root_line(to);
         let mut trials = 0;

@@ -40,12 +40,16 @@ validate(spec, cls=OpenAPIV31SpecValidator)
 want = ["/v1", "/v1/$metadata", "/openapi.json", "/ping", "/v1/device({id})/logs",
         "/v1/os_release({id})/bundle", "/v1/os_release({id})/image", "/v1/os/download",
         "/os/bundle/{id}", "/device/register", "/device/v3/{uuid}/state",
-        "/device/v3/state", "/device/v2/{uuid}/log-stream"]
+        "/device/v3/state", "/device/v2/{uuid}/log-stream",
+        "/v1/rollout({id})/progress", "/v1/rollout({id})/{action}"]
 for res in ["user", "api_key", "fleet", "device", "release", "service", "image", "os_release",
             "provisioning_key", "fleet_env_var", "device_env_var", "service_env_var",
-            "fleet_config_var", "device_config_var", "fleet_tag", "device_tag"]:
+            "fleet_config_var", "device_config_var", "fleet_tag", "device_tag",
+            "rollout", "rollout_event"]:
     want += [f"/v1/{res}", f"/v1/{res}({{id}})", f"/v1/{res}/$count"]
 missing = [p for p in want if p not in spec["paths"]]
+if "post" not in spec["paths"].get("/v1/rollout", {}):
+    missing.append("POST /v1/rollout")
 assert not missing, f"routes missing from /openapi.json: {missing}"
 print(f"openapi: valid OpenAPI {spec['openapi']}, {len(spec['paths'])} paths")
 PY

@@ -13,7 +13,10 @@
 #  5. resin-keys.bbclass's resin_check_rauc_keys (run with a stand-in datastore):
 #     a production build refuses unset keys and the committed development keys;
 #  6. the bundle's boot-partition hook (resin-bundle-hook) copies the new OS's
-#     boot files into a stand-in boot partition and leaves the bootloader state.
+#     boot files into a stand-in boot partition and leaves the bootloader state;
+#  7. one OS definition: the QEMU stand-in's resin-owned files are meta-resin's,
+#     from its recipes' own install steps, plus the listed QEMU-only ones
+#     (qemu-tests/scripts/os-drift.sh).
 # Tools: kas 5.5 and oelint-adv 9.11 from PyPI, in a venv under ~/.cache/resin.
 set -euo pipefail
 . "$(dirname "$0")/../lib/common.sh"
@@ -179,3 +182,6 @@ RESIN_BOOT_MOUNT=$h/boot RAUC_SLOT_CLASS=rootfs RAUC_SLOT_MOUNT_POINT=$h/slot sh
   || die "$hook overwrote the bootloader state (grubenv / uboot.env)"
 [ -z "$(find "$h/boot" -name '*.resin-new')" ] || die "$hook left a temp file in resin-boot"
 log "meta-resin: the bundle hook updates resin-boot from the new rootfs and keeps the bootloader state"
+
+# 7. One OS definition: no drift between meta-resin and the QEMU stand-in.
+bash qemu-tests/scripts/os-drift.sh

@@ -207,7 +207,8 @@ impl Engine {
         self
     }
 
-    fn in_scope(&self, app_uuid: &str) -> bool {
+    /// True when `app_uuid` is one this engine handle sees.
+    pub fn in_scope(&self, app_uuid: &str) -> bool {
         self.only_apps.as_ref().is_none_or(|a| a.contains(app_uuid))
     }
 
@@ -258,6 +259,26 @@ impl Engine {
                 image: c.image.unwrap_or_default(),
                 state,
                 created: c.created.unwrap_or_default(),
+                volumes: {
+                    let mut v: Vec<String> = c
+                        .mounts
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|m| m.typ.as_deref() == Some("volume"))
+                        .filter_map(|m| m.name)
+                        .collect();
+                    v.sort();
+                    v
+                },
+                networks: {
+                    let mut n: Vec<String> = c
+                        .network_settings
+                        .and_then(|n| n.networks)
+                        .map(|n| n.into_keys().collect())
+                        .unwrap_or_default();
+                    n.sort();
+                    n
+                },
             });
         }
         containers.retain(|c| self.in_scope(&c.app_uuid));
@@ -274,10 +295,14 @@ impl Engine {
         let mut networks: Vec<AppObject> = nets
             .into_iter()
             .filter_map(|n| {
-                let app_uuid = n.labels.as_ref()?.get(labels::APP_UUID)?.clone();
+                let all = n.labels.unwrap_or_default();
+                let app_uuid = all.get(labels::APP_UUID)?.clone();
                 Some(AppObject {
                     name: n.name?,
                     app_uuid,
+                    driver: n.driver,
+                    options: n.options.unwrap_or_default().into_iter().collect(),
+                    labels: compose_labels(all),
                 })
             })
             .collect();
@@ -301,6 +326,9 @@ impl Engine {
                 Some(AppObject {
                     name: v.name,
                     app_uuid,
+                    driver: Some(v.driver),
+                    options: v.options.into_iter().collect(),
+                    labels: compose_labels(v.labels),
                 })
             })
             .collect();
@@ -358,15 +386,14 @@ impl Engine {
             Step::CreateNetwork {
                 name,
                 app_uuid,
-                driver,
+                config,
             } => {
                 let req = NetworkCreateRequest {
                     name: name.clone(),
-                    driver: driver.clone(),
-                    labels: Some(HashMap::from([
-                        (labels::MANAGED.to_owned(), "1".to_owned()),
-                        (labels::APP_UUID.to_owned(), app_uuid.clone()),
-                    ])),
+                    driver: config.driver.clone(),
+                    options: (!config.options.is_empty())
+                        .then(|| config.options.clone().into_iter().collect()),
+                    labels: Some(object_labels(app_uuid, &config.labels)),
                     ..Default::default()
                 };
                 d.create_network(req)
@@ -376,15 +403,14 @@ impl Engine {
             Step::CreateVolume {
                 name,
                 app_uuid,
-                driver,
+                config,
             } => {
                 let req = VolumeCreateRequest {
                     name: Some(name.clone()),
-                    driver: driver.clone(),
-                    labels: Some(HashMap::from([
-                        (labels::MANAGED.to_owned(), "1".to_owned()),
-                        (labels::APP_UUID.to_owned(), app_uuid.clone()),
-                    ])),
+                    driver: config.driver.clone(),
+                    driver_opts: (!config.options.is_empty())
+                        .then(|| config.options.clone().into_iter().collect()),
+                    labels: Some(object_labels(app_uuid, &config.labels)),
                     ..Default::default()
                 };
                 d.create_volume(req)
@@ -480,6 +506,16 @@ impl Engine {
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(call(format!("remove network {name}"))(e)),
             },
+            Step::RemoveVolume { name } => {
+                match d
+                    .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(call(format!("remove volume {name}"))(e)),
+                }
+            }
             Step::WaitForLock { .. } | Step::WaitForHandover { .. } => {}
         }
         Ok(())
@@ -512,6 +548,23 @@ impl Engine {
         })
         .await
     }
+}
+
+/// The labels of a network or volume the supervisor creates: the compose
+/// labels and the resin ones.
+fn object_labels(app_uuid: &str, compose: &BTreeMap<String, String>) -> HashMap<String, String> {
+    let mut l: HashMap<String, String> = compose.clone().into_iter().collect();
+    l.insert(labels::MANAGED.to_owned(), "1".to_owned());
+    l.insert(labels::APP_UUID.to_owned(), app_uuid.to_owned());
+    l
+}
+
+/// The compose labels of an engine object: all but the two the supervisor
+/// adds ([`object_labels`]).
+fn compose_labels(all: HashMap<String, String>) -> BTreeMap<String, String> {
+    all.into_iter()
+        .filter(|(k, _)| k != labels::MANAGED && k != labels::APP_UUID)
+        .collect()
 }
 
 fn restart_policy(r: Restart) -> RestartPolicy {

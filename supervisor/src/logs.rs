@@ -41,6 +41,51 @@ pub fn split_timestamp(line: &str, fallback_ms: i64) -> (i64, &str) {
     (fallback_ms, line)
 }
 
+/// What a follower has read, so that a re-attach skips the lines it has.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The engine time (ns) of the last line taken.
+    last_ns: Option<i128>,
+    /// Set by a re-attach until the first line newer than `last_ns`.
+    resumed: bool,
+}
+
+impl Seen {
+    /// Whether to take a line with this engine time. Within one stream every
+    /// line is taken (a burst shares its timestamps); after a re-attach the
+    /// lines at or before the last one taken are repeats.
+    fn take(&mut self, ns: Option<i128>) -> bool {
+        if self.resumed {
+            if let (Some(n), Some(last)) = (ns, self.last_ns) {
+                if n <= last {
+                    return false;
+                }
+            }
+            self.resumed = false;
+        }
+        if ns.is_some() {
+            self.last_ns = ns;
+        }
+        true
+    }
+
+    /// Marks a re-attach; returns the `since` (s) to attach from, the second
+    /// of the last line taken, if any was.
+    fn resume(&mut self) -> Option<i32> {
+        let last = self.last_ns?;
+        self.resumed = true;
+        i32::try_from(last.div_euclid(1_000_000_000)).ok()
+    }
+}
+
+/// The engine time of a `--timestamps` line, in ns since the epoch.
+fn engine_nanos(line: &str) -> Option<i128> {
+    let (stamp, _) = line.split_once(' ')?;
+    time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos())
+}
+
 /// A bounded FIFO of log lines that drops the oldest when full.
 #[derive(Debug)]
 pub struct LogBuffer {
@@ -130,7 +175,11 @@ impl LogBuffer {
     }
 }
 
-/// Follows one container until its log stream ends.
+/// Follows one container for as long as it runs. A log stream can end while
+/// the container still runs (an engine error, a dropped connection on a
+/// loaded device); the follower then attaches again from the second of the
+/// last line it read and skips the lines it already has, so a service's
+/// logs never stop reaching the cloud while the service is up.
 async fn follow(
     engine: Engine,
     id: String,
@@ -138,37 +187,71 @@ async fn follow(
     since: i32,
     buf: Arc<Mutex<LogBuffer>>,
 ) {
-    let opts = LogsOptionsBuilder::default()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .since(since)
-        // The engine's own times: lines written before the follower
-        // attached (a new container's first lines) keep when they were
-        // written, not when they were read.
-        .timestamps(true)
-        .build();
-    let mut stream = engine.docker().logs(&id, Some(opts));
-    while let Some(item) = stream.next().await {
-        let Ok(out) = item else { break };
-        let (bytes, is_stderr) = match out {
-            LogOutput::StdErr { message } => (message, true),
-            LogOutput::StdOut { message } | LogOutput::Console { message } => (message, false),
-            LogOutput::StdIn { .. } => continue,
-        };
-        let text = String::from_utf8_lossy(&bytes);
-        if let Ok(mut b) = buf.lock() {
-            for l in text.lines() {
-                let (timestamp, message) = split_timestamp(l, now_ms());
-                b.push(LogLine {
-                    timestamp,
-                    service: Some(service.clone()),
-                    message: message.to_owned(),
-                    is_stderr,
-                    is_system: false,
-                });
+    let mut since = since;
+    let mut seen = Seen::default();
+    loop {
+        let opts = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .since(since)
+            // The engine's own times: lines written before the follower
+            // attached (a new container's first lines) keep when they were
+            // written, not when they were read.
+            .timestamps(true)
+            .build();
+        let mut stream = engine.docker().logs(&id, Some(opts));
+        let mut error = None;
+        while let Some(item) = stream.next().await {
+            let out = match item {
+                Ok(out) => out,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            };
+            let (bytes, is_stderr) = match out {
+                LogOutput::StdErr { message } => (message, true),
+                LogOutput::StdOut { message } | LogOutput::Console { message } => (message, false),
+                LogOutput::StdIn { .. } => continue,
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(mut b) = buf.lock() {
+                for l in text.lines() {
+                    if !seen.take(engine_nanos(l)) {
+                        continue;
+                    }
+                    let (timestamp, message) = split_timestamp(l, now_ms());
+                    b.push(LogLine {
+                        timestamp,
+                        service: Some(service.clone()),
+                        message: message.to_owned(),
+                        is_stderr,
+                        is_system: false,
+                    });
+                }
             }
         }
+        let running = match engine.docker().inspect_container(&id, None).await {
+            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+            Err(_) => false,
+        };
+        if !running {
+            tracing::debug!(service = %service, container = %id, "log stream ended with the container");
+            return;
+        }
+        match &error {
+            Some(e) => {
+                tracing::warn!(service = %service, container = %id, error = %e, "log stream failed while the container runs; attaching again")
+            }
+            None => {
+                tracing::warn!(service = %service, container = %id, "log stream ended while the container runs; attaching again")
+            }
+        }
+        if let Some(s) = seen.resume() {
+            since = s;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -236,6 +319,35 @@ pub async fn run(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reattach_skips_what_was_read_and_keeps_bursts() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.resume(), None, "nothing read: attach as before");
+        // A burst within one stream shares its timestamp: every line is kept.
+        assert!(seen.take(Some(5_000_000_100)));
+        assert!(seen.take(Some(5_000_000_100)));
+        assert!(seen.take(Some(6_500_000_000)));
+        // Re-attach from the second of the last line: 6 s.
+        assert_eq!(seen.resume(), Some(6));
+        assert!(!seen.take(Some(6_000_000_000)), "read before");
+        assert!(!seen.take(Some(6_500_000_000)), "the last line read");
+        assert!(seen.take(Some(6_500_000_001)), "new");
+        assert!(
+            seen.take(Some(6_500_000_001)),
+            "a burst after the re-attach"
+        );
+        assert!(seen.take(None), "a line without a time is kept");
+    }
+
+    #[test]
+    fn engine_nanos_reads_docker_timestamps() {
+        assert_eq!(
+            engine_nanos("2026-12-01T17:18:24.000000123Z hello"),
+            Some(1_796_145_504_000_000_123)
+        );
+        assert_eq!(engine_nanos("no stamp here"), None);
+    }
 
     #[test]
     fn engine_timestamps_become_the_line_time() {

@@ -9,196 +9,32 @@
 //! service never waits for another's steps, and a failed step holds back
 //! only the steps that depend on it.
 
+//!
+//! Rooms: [`model`] (the engine model and the context), [`steps`] (steps
+//! and the plan), [`strategies`] (one small pure function per update
+//! strategy), [`objects`] (networks and volumes), [`order`] (`depends_on`).
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use resin_api_types::labels::{self, UpdateStrategy};
-use resin_api_types::AppTarget;
-use serde::Serialize;
 
 use crate::spec::ServiceSpec;
 
-/// Target apps by app uuid (the `apps` of a device's target state).
-pub type TargetApps = BTreeMap<String, AppTarget>;
+pub mod model;
+mod objects;
+mod order;
+pub mod steps;
+mod strategies;
 
-/// The state of a container as the engine reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RunState {
-    Created,
-    Running,
-    /// Exited, paused…: not running, not fresh.
-    Stopped,
-    /// The engine could not stop or remove it cleanly: never reused, always
-    /// replaced.
-    Dead,
-}
+pub use model::{
+    adopt_releases, AppObject, Container, CurrentState, ObjectConfig, PlanContext, RunState,
+    TargetApps,
+};
+pub use steps::{is_wait, only_waiting, Plan, Step};
 
-/// A container on the engine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Container {
-    pub id: String,
-    pub name: String,
-    /// `io.resin.managed=1`; the planner never touches a container without it.
-    pub managed: bool,
-    pub app_uuid: String,
-    pub service: String,
-    pub release_uuid: String,
-    pub config_hash: String,
-    /// The image reference the container was created from.
-    pub image: String,
-    pub state: RunState,
-    /// Creation time, seconds since the epoch.
-    pub created: i64,
-}
-
-/// A network or volume the supervisor created.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct AppObject {
-    pub name: String,
-    pub app_uuid: String,
-}
-
-/// What the engine runs now.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct CurrentState {
-    pub containers: Vec<Container>,
-    /// Managed networks.
-    pub networks: Vec<AppObject>,
-    /// Managed volumes.
-    pub volumes: Vec<AppObject>,
-}
-
-/// Facts beyond the engine's state that decide the plan.
-#[derive(Debug, Clone, Default)]
-pub struct PlanContext {
-    pub device_uuid: String,
-    /// (app uuid, service) pairs whose update lock file exists.
-    pub locks_held: BTreeSet<(String, String)>,
-    /// Apps whose app-wide lock (`/tmp/resin/locks/<app>/updates.lock`)
-    /// exists: it holds every service of the app.
-    pub app_locks_held: BTreeSet<String>,
-    /// Override the update locks.
-    pub force: bool,
-    /// Image references present on the engine.
-    pub images_present: BTreeSet<String>,
-    /// Images the supervisor fetched; only these are ever removed.
-    pub managed_images: BTreeSet<String>,
-    /// (app uuid, service) pairs whose new container signalled hand-over.
-    pub handover_signalled: BTreeSet<(String, String)>,
-    /// Seconds since the epoch, for hand-over timeouts.
-    pub now: i64,
-}
-
-/// One thing the executor does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "step", rename_all = "kebab-case")]
-pub enum Step {
-    FetchImage {
-        image: String,
-    },
-    CreateNetwork {
-        name: String,
-        app_uuid: String,
-        driver: Option<String>,
-    },
-    CreateVolume {
-        name: String,
-        app_uuid: String,
-        driver: Option<String>,
-    },
-    Create {
-        spec: Box<ServiceSpec>,
-    },
-    Start {
-        id: String,
-        app_uuid: String,
-        service: String,
-    },
-    Stop {
-        id: String,
-        app_uuid: String,
-        service: String,
-    },
-    Kill {
-        id: String,
-        app_uuid: String,
-        service: String,
-    },
-    Remove {
-        id: String,
-        app_uuid: String,
-        service: String,
-    },
-    RemoveImage {
-        image: String,
-    },
-    RemoveNetwork {
-        name: String,
-    },
-    /// The service's update lock blocks the next step; nothing is done.
-    WaitForLock {
-        app_uuid: String,
-        service: String,
-    },
-    /// Hand-over: the new container runs; the old one waits for the signal
-    /// or the timeout.
-    WaitForHandover {
-        app_uuid: String,
-        service: String,
-    },
-}
-
-impl Step {
-    /// The (app uuid, service) this step acts on; `None` for steps on what
-    /// services share (images, networks, volumes).
-    pub fn service_key(&self) -> Option<(&str, &str)> {
-        match self {
-            Step::Create { spec } => Some((&spec.app_uuid, &spec.service)),
-            Step::Start {
-                app_uuid, service, ..
-            }
-            | Step::Stop {
-                app_uuid, service, ..
-            }
-            | Step::Kill {
-                app_uuid, service, ..
-            }
-            | Step::Remove {
-                app_uuid, service, ..
-            }
-            | Step::WaitForLock { app_uuid, service }
-            | Step::WaitForHandover { app_uuid, service } => Some((app_uuid, service)),
-            Step::FetchImage { .. }
-            | Step::CreateNetwork { .. }
-            | Step::CreateVolume { .. }
-            | Step::RemoveImage { .. }
-            | Step::RemoveNetwork { .. } => None,
-        }
-    }
-
-    /// A short human description, for logs and systemd's STATUS=.
-    pub fn describe(&self) -> String {
-        match self {
-            Step::FetchImage { image } => format!("fetch image {image}"),
-            Step::CreateNetwork { name, .. } => format!("create network {name}"),
-            Step::CreateVolume { name, .. } => format!("create volume {name}"),
-            Step::Create { spec } => format!("create {}/{}", spec.app_uuid, spec.service),
-            Step::Start { service, .. } => format!("start {service}"),
-            Step::Stop { service, .. } => format!("stop {service}"),
-            Step::Kill { service, .. } => format!("kill {service}"),
-            Step::Remove { service, .. } => format!("remove {service}"),
-            Step::RemoveImage { image } => format!("remove image {image}"),
-            Step::RemoveNetwork { name } => format!("remove network {name}"),
-            Step::WaitForLock { app_uuid, service } => {
-                format!("wait for update lock of {app_uuid}/{service}")
-            }
-            Step::WaitForHandover { app_uuid, service } => {
-                format!("wait for hand-over of {app_uuid}/{service}")
-            }
-        }
-    }
-}
-
+use objects::{network_config, recreate_changed_objects, remove_unused_volumes, volume_config};
+use order::order_by_depends_on;
+use steps::{stop_then_remove, wait_for_lock};
 /// The wanted services, one spec per (app, service), from the target apps.
 pub fn target_specs(device_uuid: &str, target: &TargetApps) -> Vec<ServiceSpec> {
     let mut out = Vec::new();
@@ -263,100 +99,25 @@ fn engine_network_mode(
     spec
 }
 
-/// The steps left to reach the target, and what each waits for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub steps: Vec<Step>,
-    /// `after[i]`: the indices of the steps that must succeed before
-    /// `steps[i]` runs.
-    pub after: Vec<Vec<usize>>,
-}
-
-impl std::ops::Deref for Plan {
-    type Target = [Step];
-    fn deref(&self) -> &[Step] {
-        &self.steps
-    }
-}
-
-impl Plan {
-    /// Adds `step` after `after`; a step already planned (a shared image
-    /// fetch or network) is planned once, after everything it was asked to
-    /// wait for.
-    pub fn add(&mut self, step: Step, after: &[usize]) -> usize {
-        if let Some(i) = self.steps.iter().position(|s| *s == step) {
-            for &a in after {
-                if a != i && !self.after[i].contains(&a) {
-                    self.after[i].push(a);
-                }
-            }
-            return i;
-        }
-        self.steps.push(step);
-        let mut deps: Vec<usize> = after.to_vec();
-        deps.sort_unstable();
-        deps.dedup();
-        self.after.push(deps);
-        self.steps.len() - 1
-    }
-
-    /// For each step, true when it cannot run because a step in `failed`
-    /// (or one it depends on, transitively) is in its way.
-    pub fn blocked_by(&self, failed: &[bool]) -> Vec<bool> {
-        let mut out: Vec<bool> = (0..self.steps.len())
-            .map(|i| failed.get(i).copied().unwrap_or(false))
-            .collect();
-        let mut changed = true;
-        while changed {
-            changed = false;
-            for i in 0..self.steps.len() {
-                if !out[i] && self.after[i].iter().any(|&d| out.get(d) == Some(&true)) {
-                    out[i] = true;
-                    changed = true;
-                }
-            }
-        }
-        out
-    }
-}
-
-fn stop_then_remove(p: &mut Plan, c: &Container, after: &[usize]) -> usize {
-    let (id, app_uuid, service) = (c.id.clone(), c.app_uuid.clone(), c.service.clone());
-    let mut after = after.to_vec();
-    if c.state == RunState::Running {
-        after.push(p.add(
-            Step::Stop {
-                id: id.clone(),
-                app_uuid: app_uuid.clone(),
-                service: service.clone(),
-            },
-            &after,
-        ));
-    }
-    p.add(
-        Step::Remove {
-            id,
-            app_uuid,
-            service,
-        },
-        &after,
+/// Plans what is left. An empty plan means current equals target.
+pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> Plan {
+    plan_specs(
+        current,
+        target,
+        &target_specs(&ctx.device_uuid, target),
+        ctx,
     )
 }
 
-fn wait_for_lock(p: &mut Plan, app: &str, svc: &str, after: &[usize]) {
-    p.add(
-        Step::WaitForLock {
-            app_uuid: app.into(),
-            service: svc.into(),
-        },
-        after,
-    );
-}
-
-/// Plans what is left. An empty plan means current equals target.
-pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> Plan {
+/// [`plan`] with the target's specs already built ([`target_specs`]): the
+/// executor builds them once per apply, not once per round.
+pub fn plan_specs(
+    current: &CurrentState,
+    target: &TargetApps,
+    specs: &[ServiceSpec],
+    ctx: &PlanContext,
+) -> Plan {
     let mut p = Plan::default();
-    let specs = target_specs(&ctx.device_uuid, target);
     let managed: Vec<&Container> = current.containers.iter().filter(|c| c.managed).collect();
     let wanted: BTreeSet<(&str, &str)> = specs
         .iter()
@@ -370,8 +131,9 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
     let networks: BTreeSet<&str> = current.networks.iter().map(|n| n.name.as_str()).collect();
     let volumes: BTreeSet<&str> = current.volumes.iter().map(|n| n.name.as_str()).collect();
     let target_images: BTreeSet<&str> = specs.iter().map(|s| s.image.as_str()).collect();
+    let objects = recreate_changed_objects(&mut p, current, target, specs, &locked);
 
-    for spec in &specs {
+    for spec in specs {
         let (app, svc) = (spec.app_uuid.as_str(), spec.service.as_str());
         let app_target = target.get(app);
         let mine: Vec<&Container> = managed
@@ -394,18 +156,20 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
         let strategy = UpdateStrategy::from_labels(&spec.labels);
         let image_ok = ctx.images_present.contains(&spec.image);
 
+        // A service that uses a network or volume being recreated waits
+        // for the next round (its containers are being removed with it).
+        if objects.busy.contains(&(app, svc)) {
+            continue;
+        }
         // Networks and volumes the new container needs.
         let mut prerequisites = Vec::new();
-        let release = app_target.and_then(|a| a.releases.values().next());
         for n in &spec.networks {
             if !networks.contains(n.as_str()) {
-                let short = n.strip_prefix(&format!("{app}_")).unwrap_or(n);
-                let driver = release.and_then(|r| r.networks.get(short)?.driver.clone());
                 prerequisites.push(p.add(
                     Step::CreateNetwork {
                         name: n.clone(),
                         app_uuid: app.into(),
-                        driver,
+                        config: network_config(app_target, app, n),
                     },
                     &[],
                 ));
@@ -413,13 +177,11 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
         }
         for v in &spec.volumes {
             if !volumes.contains(v.as_str()) {
-                let short = v.strip_prefix(&format!("{app}_")).unwrap_or(v);
-                let driver = release.and_then(|r| r.volumes.get(short)?.driver.clone());
                 prerequisites.push(p.add(
                     Step::CreateVolume {
                         name: v.clone(),
                         app_uuid: app.into(),
-                        driver,
+                        config: volume_config(app_target, app, v),
                     },
                     &[],
                 ));
@@ -534,100 +296,46 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
                     .copied()
                     .filter(|o| o.state != RunState::Dead)
                     .collect();
-                let fetch = |p: &mut Plan, after: &[usize]| -> Vec<usize> {
-                    if image_ok {
-                        Vec::new()
-                    } else {
-                        vec![p.add(
-                            Step::FetchImage {
-                                image: spec.image.clone(),
-                            },
-                            after,
-                        )]
-                    }
-                };
-                let create_step = Step::Create {
-                    spec: Box::new(engine_network_mode(spec, &specs, &managed)),
-                };
-                let kill_first = matches!(
+                // delete-then-download removes the old images no one else
+                // uses and the target does not need.
+                let old_images: Vec<String> = old
+                    .iter()
+                    .filter(|o| {
+                        let used_elsewhere = managed
+                            .iter()
+                            .any(|c| c.image == o.image && !old.iter().any(|x| x.id == c.id));
+                        o.image != spec.image
+                            && !used_elsewhere
+                            && !target_images.contains(o.image.as_str())
+                            && ctx.images_present.contains(&o.image)
+                    })
+                    .map(|o| o.image.clone())
+                    .collect();
+                strategies::replace(
+                    &mut p,
                     strategy,
-                    UpdateStrategy::KillThenDownload | UpdateStrategy::DeleteThenDownload
+                    strategies::Replacement {
+                        app,
+                        service: svc,
+                        create: Step::Create {
+                            spec: Box::new(engine_network_mode(spec, specs, &managed)),
+                        },
+                        start: start_step(&spec.name),
+                        fetch: (!image_ok).then(|| Step::FetchImage {
+                            image: spec.image.clone(),
+                        }),
+                        prerequisites,
+                        dead,
+                        old: live_old,
+                        locked: locked(app, svc),
+                        old_images,
+                    },
                 );
-                if live_old.is_empty() || !kill_first {
-                    // download-then-kill and hand-over: the old ones keep
-                    // running until the new image is there and the new
-                    // container exists.
-                    let mut after = fetch(&mut p, &[]);
-                    after.extend(&prerequisites);
-                    after.extend(&dead);
-                    let create = p.add(create_step, &after);
-                    if live_old.is_empty() || strategy == UpdateStrategy::HandOver {
-                        p.add(start_step(&spec.name), &[create]);
-                    } else if locked(app, svc) {
-                        wait_for_lock(&mut p, app, svc, &[create]);
-                    } else {
-                        let mut start_after = vec![create];
-                        for o in live_old.iter().filter(|o| o.state == RunState::Running) {
-                            start_after.push(p.add(
-                                Step::Stop {
-                                    id: o.id.clone(),
-                                    app_uuid: app.into(),
-                                    service: svc.into(),
-                                },
-                                &[create],
-                            ));
-                        }
-                        let start = p.add(start_step(&spec.name), &start_after);
-                        for o in &live_old {
-                            p.add(
-                                Step::Remove {
-                                    id: o.id.clone(),
-                                    app_uuid: app.into(),
-                                    service: svc.into(),
-                                },
-                                &[start],
-                            );
-                        }
-                    }
-                } else if locked(app, svc) {
-                    wait_for_lock(&mut p, app, svc, &[]);
-                } else {
-                    // kill-then-download, delete-then-download.
-                    let mut removed: Vec<usize> = dead.clone();
-                    for o in &live_old {
-                        removed.push(stop_then_remove(&mut p, o, &[]));
-                    }
-                    let mut before_fetch = removed.clone();
-                    if strategy == UpdateStrategy::DeleteThenDownload {
-                        for o in &old {
-                            let used_elsewhere = managed
-                                .iter()
-                                .any(|c| c.image == o.image && !old.iter().any(|x| x.id == c.id));
-                            if o.image != spec.image
-                                && !used_elsewhere
-                                && !target_images.contains(o.image.as_str())
-                                && ctx.images_present.contains(&o.image)
-                            {
-                                before_fetch.push(p.add(
-                                    Step::RemoveImage {
-                                        image: o.image.clone(),
-                                    },
-                                    &removed,
-                                ));
-                            }
-                        }
-                    }
-                    let mut after = fetch(&mut p, &before_fetch);
-                    after.extend(&prerequisites);
-                    after.extend(&before_fetch);
-                    let create = p.add(create_step, &after);
-                    p.add(start_step(&spec.name), &[create]);
-                }
             }
         }
     }
 
-    order_by_depends_on(&mut p, &specs);
+    order_by_depends_on(&mut p, specs);
 
     // Containers of services (or apps) that are no longer wanted.
     for c in &managed {
@@ -690,6 +398,8 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
         }
     }
 
+    remove_unused_volumes(&mut p, current, target, specs, ctx);
+
     // Unused images, only once everything else is done.
     if p.steps.is_empty() {
         for image in &ctx.managed_images {
@@ -706,131 +416,6 @@ pub fn plan(current: &CurrentState, target: &TargetApps, ctx: &PlanContext) -> P
         }
     }
     p
-}
-
-/// Compose `depends_on` within one app: a service starts after the services
-/// it depends on have started (when they start in this plan), and its old
-/// container stops before theirs. An app whose `depends_on` has a cycle (or
-/// names a service it does not have) is planned without that order.
-fn order_by_depends_on(p: &mut Plan, specs: &[ServiceSpec]) {
-    let mut by_app: BTreeMap<&str, BTreeMap<&str, &[String]>> = BTreeMap::new();
-    for s in specs {
-        by_app
-            .entry(s.app_uuid.as_str())
-            .or_default()
-            .insert(s.service.as_str(), &s.depends_on);
-    }
-    let find = |p: &Plan, app: &str, svc: &str, start: bool| -> Vec<usize> {
-        p.steps
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| match s {
-                Step::Start {
-                    app_uuid, service, ..
-                } => start && app_uuid == app && service == svc,
-                Step::Stop {
-                    app_uuid, service, ..
-                }
-                | Step::Kill {
-                    app_uuid, service, ..
-                } => !start && app_uuid == app && service == svc,
-                _ => false,
-            })
-            .map(|(i, _)| i)
-            .collect()
-    };
-    for (app, deps) in by_app {
-        if deps.values().all(|d| d.is_empty()) || !depends_on_is_acyclic(&deps) {
-            continue;
-        }
-        for (svc, on) in &deps {
-            for d in on.iter() {
-                // Start after the dependency's start.
-                let before = find(p, app, d, true);
-                for i in find(p, app, svc, true) {
-                    for &b in &before {
-                        if !p.after[i].contains(&b) {
-                            p.after[i].push(b);
-                        }
-                    }
-                }
-                // The dependency's old container stops after this one's.
-                let before = find(p, app, svc, false);
-                for i in find(p, app, d, false) {
-                    for &b in &before {
-                        if !p.after[i].contains(&b) {
-                            p.after[i].push(b);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// True when every `depends_on` names a service of the app and there is no
-/// cycle.
-fn depends_on_is_acyclic(deps: &BTreeMap<&str, &[String]>) -> bool {
-    // Kahn's algorithm over "service → what it depends on".
-    let mut left: BTreeMap<&str, usize> = BTreeMap::new();
-    for (svc, on) in deps {
-        if on
-            .iter()
-            .any(|d| !deps.contains_key(d.as_str()) || d == svc)
-        {
-            return false;
-        }
-        left.insert(svc, on.len());
-    }
-    let mut done: Vec<&str> = left
-        .iter()
-        .filter(|(_, n)| **n == 0)
-        .map(|(s, _)| *s)
-        .collect();
-    let mut seen = 0;
-    while let Some(d) = done.pop() {
-        seen += 1;
-        for (svc, on) in deps {
-            let n = on.iter().filter(|x| x.as_str() == d).count();
-            if n > 0 {
-                if let Some(c) = left.get_mut(svc) {
-                    *c -= n;
-                    if *c == 0 {
-                        done.push(svc);
-                    }
-                }
-            }
-        }
-    }
-    seen == deps.len()
-}
-
-/// A service's containers as the target's release sees them: a container
-/// whose config hash equals the target spec's is that release's container,
-/// whatever release it was created in (the engine cannot relabel a
-/// container, so its `io.resin.release-uuid` label keeps the release it was
-/// created for; the supervisor's view and its state report use the target's).
-pub fn adopt_releases(current: &mut CurrentState, specs: &[ServiceSpec]) {
-    for c in current.containers.iter_mut().filter(|c| c.managed) {
-        if let Some(s) = specs.iter().find(|s| {
-            s.app_uuid == c.app_uuid && s.service == c.service && s.config_hash == c.config_hash
-        }) {
-            c.release_uuid = s.release_uuid.clone();
-        }
-    }
-}
-
-/// True when a step only waits (for a lock or a hand-over).
-pub fn is_wait(step: &Step) -> bool {
-    matches!(
-        step,
-        Step::WaitForLock { .. } | Step::WaitForHandover { .. }
-    )
-}
-
-/// True when only waits are left: the executor can do nothing now.
-pub fn only_waiting(steps: &[Step]) -> bool {
-    !steps.is_empty() && steps.iter().all(is_wait)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -17,9 +18,10 @@ use resin_api_types::labels;
 
 use crate::engine::{Engine, EngineError};
 use crate::planner::{
-    adopt_releases, is_wait, only_waiting, plan, target_specs, CurrentState, Plan, PlanContext,
-    Step, TargetApps,
+    adopt_releases, is_wait, only_waiting, plan_specs, target_specs, CurrentState, Plan,
+    PlanContext, Step, TargetApps,
 };
+use crate::spec::ServiceSpec;
 use crate::store;
 
 /// Rounds one `apply` may take before it gives up as "not converging".
@@ -62,6 +64,8 @@ pub struct Reconciler {
     device_uuid: String,
     images_file: PathBuf,
     managed_images: Mutex<BTreeSet<String>>,
+    /// [`PlanContext::remove_volumes`], from the target's config.
+    remove_volumes: AtomicBool,
 }
 
 fn more_failures(n: usize) -> String {
@@ -103,7 +107,14 @@ impl Reconciler {
             device_uuid: device_uuid.into(),
             images_file,
             managed_images: Mutex::new(managed),
+            remove_volumes: AtomicBool::new(false),
         })
+    }
+
+    /// Removes (or keeps) volumes a release dropped and those of removed
+    /// apps, from the next plan on (`RESIN_SUPERVISOR_REMOVE_VOLUMES`).
+    pub fn set_remove_volumes(&self, on: bool) {
+        self.remove_volumes.store(on, Ordering::Relaxed);
     }
 
     pub fn engine(&self) -> &Engine {
@@ -140,10 +151,9 @@ impl Reconciler {
     pub async fn context(
         &self,
         current: &CurrentState,
-        target: &TargetApps,
+        specs: &[ServiceSpec],
         force: bool,
     ) -> Result<PlanContext, ReconcileError> {
-        let specs = target_specs(&self.device_uuid, target);
         let mut pairs: BTreeSet<(String, String)> = specs
             .iter()
             .map(|s| (s.app_uuid.clone(), s.service.clone()))
@@ -200,6 +210,7 @@ impl Reconciler {
             managed_images,
             handover_signalled,
             now,
+            remove_volumes: self.remove_volumes.load(Ordering::Relaxed),
         })
     }
 
@@ -220,9 +231,20 @@ impl Reconciler {
         target: &TargetApps,
         force: bool,
     ) -> Result<Plan, ReconcileError> {
+        let specs = target_specs(&self.device_uuid, target);
+        self.next_plan(target, &specs, force).await
+    }
+
+    /// The next round's plan with the target's specs already built.
+    async fn next_plan(
+        &self,
+        target: &TargetApps,
+        specs: &[ServiceSpec],
+        force: bool,
+    ) -> Result<Plan, ReconcileError> {
         let current = self.engine.current().await?;
-        let ctx = self.context(&current, target, force).await?;
-        Ok(plan(&current, target, &ctx))
+        let ctx = self.context(&current, specs, force).await?;
+        Ok(plan_specs(&current, target, specs, &ctx))
     }
 
     /// Plans and runs until converged or blocked by locks. `on_step` sees
@@ -236,8 +258,10 @@ impl Reconciler {
         on_step: &(dyn Fn(&Step) + Sync),
     ) -> Result<Outcome, ReconcileError> {
         let mut failed: Vec<(Step, EngineError)> = Vec::new();
+        // The specs depend on the target only: built once per apply.
+        let specs = target_specs(&self.device_uuid, target);
         for _ in 0..MAX_ROUNDS {
-            let plan = self.next_steps(target, force).await?;
+            let plan = self.next_plan(target, &specs, force).await?;
             let failed_before: Vec<bool> = plan
                 .steps
                 .iter()

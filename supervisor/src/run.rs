@@ -8,96 +8,29 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use resin_api_types::{ConfigJson, DeviceTarget, OsTarget, OsUpdateReport, TargetState};
-use serde::{Deserialize, Serialize};
+use resin_api_types::{ConfigJson, OsTarget, OsUpdateReport};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::cloud::{Cloud, Fetched};
+use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::logs::{self, LogBuffer};
 use crate::notify::Notifier;
-use crate::planner::CurrentState;
 use crate::provision::{self, backoff};
 use crate::reconcile::{Outcome, Reconciler};
 use crate::report::Reporter;
 use crate::{api, store, system};
 
+use crate::poller::poll_interval;
+pub use crate::poller::{
+    next_poll_delay, os_downgrade_allowed, volumes_removed, PersistedTarget, Poller,
+    OS_ALLOW_DOWNGRADE, REMOVE_VOLUMES,
+};
+use crate::reboot;
+pub use crate::reboot::wait_for_update_locks;
+
 /// The supervisor's version, reported to the cloud and on `/v2/version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// `target.json`: the last good target state and its ETag.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PersistedTarget {
-    pub etag: Option<String>,
-    pub target: TargetState,
-}
-
-/// The delay before the next poll: `interval` times `jitter` when the last
-/// poll worked, exponential backoff from 5 s (capped at 15 min, never
-/// below the interval's cap) after `failures` failed polls.
-pub fn next_poll_delay(interval: Duration, failures: u32, jitter: f64) -> Duration {
-    if failures == 0 {
-        interval.mul_f64(jitter.clamp(0.0, 2.0))
-    } else {
-        backoff(
-            Duration::from_secs(5),
-            failures - 1,
-            Duration::from_secs(900).max(interval),
-            jitter,
-        )
-    }
-}
-
-fn poll_interval(cfg: &Config, cj: &ConfigJson, target: Option<&DeviceTarget>) -> Duration {
-    let from_target = target
-        .and_then(|t| t.config.get("RESIN_SUPERVISOR_POLL_INTERVAL"))
-        .and_then(|v| v.parse::<u64>().ok());
-    let ms = cfg
-        .poll_interval_ms
-        .or(from_target)
-        .unwrap_or(cj.poll_interval_ms);
-    Duration::from_millis(ms.max(1000))
-}
-
-/// Device config var that lets the OS-update agent install an OS version
-/// older than the running one.
-pub const OS_ALLOW_DOWNGRADE: &str = "RESIN_SUPERVISOR_OS_ALLOW_DOWNGRADE";
-
-/// True when the device's config allows OS downgrades (`1` or `true`).
-pub fn os_downgrade_allowed(target: Option<&DeviceTarget>) -> bool {
-    target
-        .and_then(|t| t.config.get(OS_ALLOW_DOWNGRADE))
-        .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
-}
-
-/// Waits until no update lock holds a managed container (an OS update's
-/// reboot stops every app); returns the locks it waited for. Looks again
-/// every `every` and whenever the engine's state changes.
-pub async fn wait_for_update_locks(
-    current: &mut watch::Receiver<CurrentState>,
-    every: Duration,
-) -> Vec<String> {
-    let mut waited = Vec::new();
-    loop {
-        let held = api::locks_held(&current.borrow_and_update());
-        if held.is_empty() {
-            return waited;
-        }
-        if held != waited {
-            tracing::info!(locks = ?held, "the OS update's reboot waits for update locks");
-            waited = held;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            r = current.changed() => {
-                if r.is_err() {
-                    return waited;
-                }
-            }
-        }
-    }
-}
 
 fn local_api_key(state_dir: &Path) -> anyhow::Result<String> {
     let path = state_dir.join("local-api.key");
@@ -110,6 +43,44 @@ fn local_api_key(state_dir: &Path) -> anyhow::Result<String> {
     let key = hex::encode(rand::random::<[u8; 24]>());
     store::write_atomic(&path, key.as_bytes(), 0o600)?;
     Ok(key)
+}
+
+/// Connects to the Docker engine, waiting (1 s doubling to 30 s) while it
+/// is not reachable; systemd's watchdog is fed meanwhile.
+async fn connect_engine(cfg: &Config, notifier: &Notifier) -> Engine {
+    let mut failures = 0;
+    loop {
+        match Engine::connect(cfg.docker_host.as_deref()).await {
+            Ok(e) => match &cfg.only_apps {
+                Some(apps) => return e.scoped_to(apps.iter().cloned()),
+                None => return e,
+            },
+            Err(e) => {
+                notifier.status(&format!("waiting for the Docker engine: {e}"));
+                tracing::warn!(error = %e, "Docker engine not reachable");
+                notifier.send("WATCHDOG=1");
+                tokio::time::sleep(backoff(
+                    Duration::from_secs(1),
+                    failures,
+                    Duration::from_secs(30),
+                    1.0,
+                ))
+                .await;
+                failures += 1;
+            }
+        }
+    }
+}
+
+/// The wait before retrying after the `failures`-th failed reconcile in a
+/// row (1 or more): 2 s doubling to 5 min.
+pub fn retry_delay(failures: u32) -> Duration {
+    backoff(
+        Duration::from_secs(2),
+        failures.saturating_sub(1),
+        Duration::from_secs(300),
+        1.0,
+    )
 }
 
 /// Runs the supervisor until it is killed.
@@ -153,28 +124,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(%uuid, "registered");
 
     // The engine.
-    let mut failures = 0;
-    let engine = loop {
-        match Engine::connect(cfg.docker_host.as_deref()).await {
-            Ok(e) => match &cfg.only_apps {
-                Some(apps) => break e.scoped_to(apps.iter().cloned()),
-                None => break e,
-            },
-            Err(e) => {
-                notifier.status(&format!("waiting for the Docker engine: {e}"));
-                tracing::warn!(error = %e, "Docker engine not reachable");
-                notifier.send("WATCHDOG=1");
-                tokio::time::sleep(backoff(
-                    Duration::from_secs(1),
-                    failures,
-                    Duration::from_secs(30),
-                    1.0,
-                ))
-                .await;
-                failures += 1;
-            }
-        }
-    };
+    let engine = connect_engine(&cfg, &notifier).await;
     let reconciler = Reconciler::new(engine.clone(), &uuid, &cfg.state_dir)?;
 
     // The last good target, so apps run offline and across reboots.
@@ -204,7 +154,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let force = Arc::new(AtomicBool::new(false));
     let last_loop = Arc::new(AtomicI64::new(crate::now_secs()));
     let cloud_ok = Arc::new(AtomicBool::new(false));
-    let (reboot_tx, mut reboot_rx) = mpsc::channel::<String>(4);
+    let (reboot_tx, reboot_rx) = mpsc::channel::<String>(4);
     let poll_now = Arc::new(Notify::new());
 
     // OS updates.
@@ -214,7 +164,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     )));
     let (health_tx, health_rx) = watch::channel(resin_osupdate::Health::default());
     let os_report_rx = if cfg.os_updates {
-        let (os_reboot_tx, mut os_reboot_rx) = mpsc::channel::<resin_osupdate::RebootRequest>(2);
+        let (os_reboot_tx, os_reboot_rx) = mpsc::channel::<resin_osupdate::RebootRequest>(2);
         let agent = resin_osupdate::AgentConfig {
             state_dir: cfg.state_dir.clone(),
             download_dir: cfg.download_dir.clone(),
@@ -229,21 +179,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         };
         let (rx, _h) =
             resin_osupdate::spawn_with(agent, opts, os_target_rx, health_rx, os_reboot_tx);
-        let rtx = reboot_tx.clone();
-        let mut cur = current_rx.clone();
-        let n = notifier.clone();
-        tokio::spawn(async move {
-            while let Some(r) = os_reboot_rx.recv().await {
-                // Update locks hold the reboot (it stops every app); a
-                // forced reboot through the local API does not wait.
-                n.status("OS update: reboot waits for update locks");
-                let waited = wait_for_update_locks(&mut cur, Duration::from_secs(5)).await;
-                if !waited.is_empty() {
-                    tracing::info!(locks = ?waited, "update locks released: rebooting");
-                }
-                let _ = rtx.send(format!("OS update: {}", r.reason)).await;
-            }
-        });
+        reboot::spawn_os_reboots(
+            os_reboot_rx,
+            current_rx.clone(),
+            reboot_tx.clone(),
+            notifier.clone(),
+        );
         rx
     } else {
         let (tx, rx) = watch::channel(OsUpdateReport::default());
@@ -254,95 +195,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Reboots, through logind, once the reporter has sent the state that
     // led to it (an OS update's `rebooting`), or after 10 s without a cloud.
     let (flush_tx, flush_rx) = mpsc::channel::<tokio::sync::oneshot::Sender<()>>(1);
-    let dbus = cfg.dbus_address.clone();
-    let n = notifier.clone();
-    tokio::spawn(async move {
-        while let Some(reason) = reboot_rx.recv().await {
-            let (ack, sent) = tokio::sync::oneshot::channel();
-            if flush_tx.send(ack).await.is_ok() {
-                let _ = tokio::time::timeout(Duration::from_secs(10), sent).await;
-            }
-            tracing::info!(%reason, "rebooting through logind");
-            n.status(&format!("rebooting: {reason}"));
-            if let Err(e) = system::logind("Reboot", dbus.as_deref()).await {
-                tracing::error!(error = %e, "reboot through logind failed");
-            }
-        }
-    });
+    reboot::spawn_rebooter(
+        reboot_rx,
+        flush_tx,
+        cfg.dbus_address.clone(),
+        notifier.clone(),
+    );
 
     // Target poller.
-    {
-        let (cloud, uuid, key, cfg2, cj2) = (
-            cloud.clone(),
-            uuid.clone(),
-            device_key.clone(),
-            cfg.clone(),
-            cj.clone(),
-        );
-        let (target_tx, poll_now, cloud_ok, target_path) = (
-            target_tx.clone(),
-            poll_now.clone(),
-            cloud_ok.clone(),
-            target_path.clone(),
-        );
-        let os_target_tx = os_target_tx.clone();
-        let allow_downgrade = allow_downgrade.clone();
-        tokio::spawn(async move {
-            let mut etag = etag;
-            let mut failures = 0u32;
-            loop {
-                let (c, u, k, e) = (cloud.clone(), uuid.clone(), key.clone(), etag.clone());
-                let r = tokio::task::spawn_blocking(move || c.target(&u, &k, e.as_deref())).await;
-                match r {
-                    Ok(Ok(Fetched::New {
-                        target,
-                        etag: new_etag,
-                    })) => {
-                        failures = 0;
-                        cloud_ok.store(true, Ordering::Relaxed);
-                        let p = PersistedTarget {
-                            etag: new_etag.clone(),
-                            target: target.clone(),
-                        };
-                        if let Err(e) = store::write_json(&target_path, &p) {
-                            tracing::error!(error = %e, "cannot persist target.json");
-                        }
-                        tracing::info!(etag = ?new_etag, "new target state");
-                        etag = new_etag;
-                        let dev = target.get(&uuid).cloned();
-                        // The policy first: the agent reads it when it
-                        // looks at the new OS target.
-                        allow_downgrade.store(os_downgrade_allowed(dev.as_ref()), Ordering::SeqCst);
-                        let _ = os_target_tx.send(dev.as_ref().and_then(|d| d.os.clone()));
-                        target_tx.send_if_modified(|t| {
-                            let changed = *t != dev;
-                            *t = dev;
-                            changed
-                        });
-                    }
-                    Ok(Ok(Fetched::NotModified)) => {
-                        tracing::debug!("target state not modified (304)");
-                        failures = 0;
-                        cloud_ok.store(true, Ordering::Relaxed);
-                        let os = target_tx.borrow().as_ref().and_then(|d| d.os.clone());
-                        let _ = os_target_tx.send(os);
-                    }
-                    Ok(Err(e)) => {
-                        failures += 1;
-                        cloud_ok.store(false, Ordering::Relaxed);
-                        tracing::warn!(error = %e, failures, "target poll failed");
-                    }
-                    Err(e) => tracing::error!(error = %e, "poll task failed"),
-                }
-                let interval = poll_interval(&cfg2, &cj2, target_tx.borrow().as_ref());
-                let delay = next_poll_delay(interval, failures, rand::random_range(0.9..1.1));
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = poll_now.notified() => {}
-                }
-            }
-        });
-    }
+    tokio::spawn(
+        Poller {
+            cloud: cloud.clone(),
+            uuid: uuid.clone(),
+            key: device_key.clone(),
+            cfg: cfg.clone(),
+            cj: cj.clone(),
+            etag,
+            target_path: target_path.clone(),
+            target: target_tx.clone(),
+            os_target: os_target_tx.clone(),
+            allow_downgrade: allow_downgrade.clone(),
+            cloud_ok: cloud_ok.clone(),
+        }
+        .run(poll_now.clone()),
+    );
 
     // Reporter.
     let reporter = Reporter {
@@ -396,6 +272,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
 
+    // Engine events: a managed container that dies or is removed outside
+    // a reconcile starts one at once (not at the next poll); a `die` is
+    // logged with its exit code.
+    {
+        let (refresh, log_buf) = (refresh.clone(), log_buf.clone());
+        tokio::spawn(crate::events::watch(engine.clone(), move |ev| {
+            if let crate::events::EngineEvent::Container {
+                service,
+                action,
+                exit_code,
+                ..
+            } = &ev
+            {
+                if action == "die" {
+                    let code = exit_code.map_or("unknown".to_owned(), |c| c.to_string());
+                    logs::system_line(&log_buf, format!("{service} exited with code {code}"));
+                }
+            }
+            refresh.notify_one();
+        }));
+    }
+
     // The main loop.
     let mut ready = false;
     let mut failures = 0u32;
@@ -417,6 +315,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 n.status(&what);
                 logs::system_line(&steps_log, what);
             };
+            reconciler.set_remove_volumes(volumes_removed(Some(t)));
             match reconciler.apply(&t.apps, force_now, &on_step).await {
                 Ok(Outcome::Converged) => {
                     failures = 0;
@@ -433,12 +332,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 Err(e) => {
                     failures += 1;
                     engine_ok = !matches!(e, crate::reconcile::ReconcileError::Engine(_));
-                    let wait = backoff(
-                        Duration::from_secs(2),
-                        failures - 1,
-                        Duration::from_secs(300),
-                        1.0,
-                    );
+                    let wait = retry_delay(failures);
                     tracing::warn!(error = %e, retry_in = ?wait, "reconcile failed");
                     logs::system_line(
                         &log_buf,
@@ -493,6 +387,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::planner::CurrentState;
+    use resin_api_types::DeviceTarget;
 
     #[tokio::test]
     async fn an_os_reboot_waits_until_no_update_lock_is_held() {
@@ -513,6 +409,8 @@ mod tests {
                 image: "img".into(),
                 state: crate::planner::RunState::Running,
                 created: 0,
+                volumes: vec![],
+                networks: vec![],
             }],
             ..Default::default()
         };
@@ -530,6 +428,16 @@ mod tests {
             .unwrap();
         assert_eq!(waited, [lock]);
         let _ = std::fs::remove_dir_all(format!("/tmp/resin/locks/{app}"));
+    }
+
+    #[test]
+    fn volumes_are_removed_only_when_the_config_asks() {
+        let mut t = DeviceTarget::default();
+        assert!(!volumes_removed(Some(&t)) && !volumes_removed(None));
+        t.config.insert(REMOVE_VOLUMES.into(), "1".into());
+        assert!(volumes_removed(Some(&t)));
+        t.config.insert(REMOVE_VOLUMES.into(), "0".into());
+        assert!(!volumes_removed(Some(&t)));
     }
 
     #[test]

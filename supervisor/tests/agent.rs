@@ -354,6 +354,61 @@ fn kill_9_mid_update_then_restart_converges_without_orphans() {
     let _ = docker_ok(&["rmi", &img]);
 }
 
+/// A service container removed behind the supervisor's back (`docker rm
+/// -f`) is back within seconds: the engine's event stream starts a
+/// reconcile at once, not at the next poll (10 minutes here).
+#[test]
+fn a_container_removed_outside_the_supervisor_is_back_within_seconds() {
+    let root = tempfile::tempdir().unwrap();
+    let app = app_uuid();
+    let uuid = app_uuid();
+    let img = local_image(&format!("sv-test/events-{}", &app[..8]));
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("device.json"),
+        json!({"uuid": uuid, "apiKey": "k", "id": 1}).to_string(),
+    )
+    .unwrap();
+    let services = json!({"web": svc(&img), "side": svc(&img)});
+    let t = json!({"etag": null, "target": {uuid.clone(): {"name": "d", "apps": {app.clone(): {"name": "a",
+        "releases": {"rel1": {"services": services}}}}}}});
+    std::fs::write(state.join("target.json"), t.to_string()).unwrap();
+    let cj = json!({"apiEndpoint": format!("http://127.0.0.1:{}", free_port()), "fleetId": 1, "fleetName": "f",
+                    "deviceType": "qemuarm64", "provisioningKey": "unused", "pollIntervalMs": 600000});
+    let mut sup = SupervisorProc::new(root.path(), &cj, &[&app], &[]);
+    sup.start();
+    let id_of = |svc: &str| {
+        docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=io.resin.app-uuid={app}"),
+            "--filter",
+            &format!("label=io.resin.service-name={svc}"),
+        ])
+    };
+    wait_until(60, "both running", || {
+        (containers_of(&app) == ["side running rel1", "web running rel1"]).then_some(())
+    });
+    // Settle: the first round's own events are handled.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (web, side) = (id_of("web"), id_of("side"));
+    let t0 = std::time::Instant::now();
+    docker(&["rm", "-f", &web]);
+    wait_until(15, "web back after docker rm -f", || {
+        let now = id_of("web");
+        (!now.is_empty() && now != web).then_some(())
+    });
+    let took = t0.elapsed();
+    eprintln!("web back {took:?} after docker rm -f");
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    assert_eq!(id_of("side"), side, "the other service is untouched");
+    sup.kill9();
+    cleanup(&app);
+    let _ = docker_ok(&["rmi", &img]);
+}
+
 /// Before a reboot the supervisor flushes the state report: the cloud shows
 /// an OS update's `rebooting` even with a long debounce, and the flush is
 /// answered once the report is out.

@@ -681,7 +681,8 @@ async fn a_dead_container_is_replaced() {
     // planner sees the engine's state, so feed it one.
     let mut cur = f.rec.engine().current().await.unwrap();
     cur.containers[0].state = resin_supervisor::planner::RunState::Dead;
-    let ctx = f.rec.context(&cur, &t, false).await.unwrap();
+    let specs = resin_supervisor::planner::target_specs("testdevice", &t);
+    let ctx = f.rec.context(&cur, &specs, false).await.unwrap();
     let plan = resin_supervisor::planner::plan(&cur, &t, &ctx);
     let kinds: Vec<String> = plan.steps.iter().map(Step::describe).collect();
     assert_eq!(kinds.len(), 3, "{kinds:?}");
@@ -850,5 +851,175 @@ async fn a_network_dropped_from_the_release_is_removed() {
     assert_eq!(out, Outcome::Converged, "{steps:?}");
     assert_eq!(nets(), [format!("{}_back", f.app)], "{steps:?}");
     assert_eq!(containers_of(&f.app), ["web running rel2"]);
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+/// `docker volume inspect` / `network inspect` of one field, or None when
+/// the object is gone.
+fn inspect(kind: &str, name: &str, format: &str) -> Option<String> {
+    docker_ok(&[kind, "inspect", "--format", format, name])
+}
+
+fn container_id(app: &str, service: &str) -> String {
+    docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.resin.app-uuid={app}"),
+        "--filter",
+        &format!("label=io.resin.service-name={service}"),
+    ])
+}
+
+/// Changed volume labels recreate the volume: the containers that mount it
+/// are stopped, removed and created again (db, which web depends on, starts
+/// first), a service that does not use it keeps its container, and the
+/// volume is empty again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_whose_labels_changed_is_recreated_with_only_its_users() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/volcfg-{}", &f.app[..8]));
+    let release = |label: &str| {
+        let mut web = svc(&img);
+        web.volumes = vec!["data:/data".into()];
+        web.depends_on = vec!["db".into()];
+        web.command = Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "touch /data/mark; trap 'exit 0' TERM; while true; do sleep 1; done".into(),
+        ]);
+        let mut db = svc(&img);
+        db.volumes = vec!["data:/db".into()];
+        let mut t = target(
+            &f.app,
+            "rel1",
+            &[("web", web), ("db", db), ("side", svc(&img))],
+        );
+        let rel = t.get_mut(&f.app).unwrap().releases.get_mut("rel1").unwrap();
+        let mut v = resin_api_types::VolumeTarget::default();
+        v.labels.insert("team".into(), label.into());
+        rel.volumes.insert("data".into(), v);
+        t
+    };
+    let (out, _) = apply(&f, &release("a"), false).await;
+    assert_eq!(out, Outcome::Converged);
+    let vol = format!("{}_data", f.app);
+    assert_eq!(
+        inspect("volume", &vol, "{{index .Labels \"team\"}}").as_deref(),
+        Some("a")
+    );
+    let (web1, side1) = (container_id(&f.app, "web"), container_id(&f.app, "side"));
+    // A file the volume holds now, and must not after the recreation.
+    docker(&["exec", &web1, "sh", "-c", "echo old > /data/old"]);
+
+    let (out, steps) = apply(&f, &release("b"), false).await;
+    assert_eq!(out, Outcome::Converged, "{steps:?}");
+    assert_eq!(
+        inspect("volume", &vol, "{{index .Labels \"team\"}}").as_deref(),
+        Some("b"),
+        "{steps:?}"
+    );
+    assert!(
+        pos(&steps, "remove-volume") < pos(&steps, "create-volume"),
+        "{steps:?}"
+    );
+    assert!(
+        pos(&steps, "start:db") < pos(&steps, "start:web"),
+        "{steps:?}"
+    );
+    let web2 = container_id(&f.app, "web");
+    assert_ne!(web1, web2, "web mounts the volume: a new container");
+    assert_eq!(container_id(&f.app, "side"), side1, "side does not use it");
+    assert!(
+        docker_ok(&["exec", &web2, "cat", "/data/old"]).is_none(),
+        "the volume was recreated empty"
+    );
+    assert_eq!(
+        containers_of(&f.app),
+        ["db running rel1", "side running rel1", "web running rel1"]
+    );
+    // Nothing left to do.
+    let (_, steps) = apply(&f, &release("b"), false).await;
+    assert!(steps.is_empty(), "{steps:?}");
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+/// Changed network labels recreate the network and only its users.
+#[tokio::test]
+async fn a_network_whose_labels_changed_is_recreated_with_only_its_users() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/netcfg-{}", &f.app[..8]));
+    let release = |label: &str| {
+        let mut web = svc(&img);
+        web.networks = vec!["back".into()];
+        let mut t = target(&f.app, "rel1", &[("web", web), ("side", svc(&img))]);
+        let rel = t.get_mut(&f.app).unwrap().releases.get_mut("rel1").unwrap();
+        let mut n = resin_api_types::NetworkTarget::default();
+        n.labels.insert("team".into(), label.into());
+        rel.networks.insert("back".into(), n);
+        t
+    };
+    let (out, _) = apply(&f, &release("a"), false).await;
+    assert_eq!(out, Outcome::Converged);
+    let net = format!("{}_back", f.app);
+    let id1 = inspect("network", &net, "{{.Id}}").unwrap();
+    let (web1, side1) = (container_id(&f.app, "web"), container_id(&f.app, "side"));
+    let (out, steps) = apply(&f, &release("b"), false).await;
+    assert_eq!(out, Outcome::Converged, "{steps:?}");
+    assert_eq!(
+        inspect("network", &net, "{{index .Labels \"team\"}}").as_deref(),
+        Some("b"),
+        "{steps:?}"
+    );
+    assert_ne!(inspect("network", &net, "{{.Id}}").unwrap(), id1);
+    assert_ne!(container_id(&f.app, "web"), web1);
+    assert_eq!(container_id(&f.app, "side"), side1);
+    assert_eq!(
+        containers_of(&f.app),
+        ["side running rel1", "web running rel1"]
+    );
+    let _ = docker_ok(&["rmi", &img]);
+}
+
+/// With `RESIN_SUPERVISOR_REMOVE_VOLUMES`, a volume the release drops goes
+/// once its containers are gone, and so do a removed app's volumes;
+/// without it, both stay.
+#[tokio::test]
+async fn dropped_volumes_are_removed_only_when_the_setting_asks() {
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/voldrop-{}", &f.app[..8]));
+    let mut web = svc(&img);
+    web.volumes = vec!["one:/one".into(), "two:/two".into()];
+    apply(&f, &target(&f.app, "rel1", &[("web", web.clone())]), false).await;
+    let vols = || {
+        let mut v: Vec<String> = docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=io.resin.app-uuid={}", f.app),
+        ])
+        .lines()
+        .map(|l| l.trim_start_matches(&format!("{}_", f.app)).to_owned())
+        .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(vols(), ["one", "two"]);
+    // Off (the default): dropping `two` keeps it.
+    web.volumes = vec!["one:/one".into()];
+    let (out, _) = apply(&f, &target(&f.app, "rel2", &[("web", web.clone())]), false).await;
+    assert_eq!(out, Outcome::Converged);
+    assert_eq!(vols(), ["one", "two"]);
+    // On: it goes.
+    f.rec.set_remove_volumes(true);
+    let (out, steps) = apply(&f, &target(&f.app, "rel2", &[("web", web.clone())]), false).await;
+    assert_eq!(out, Outcome::Converged, "{steps:?}");
+    assert_eq!(vols(), ["one"], "{steps:?}");
+    // The app removed: its containers, then its volumes.
+    let (out, steps) = apply(&f, &Default::default(), false).await;
+    assert_eq!(out, Outcome::Converged, "{steps:?}");
+    assert!(containers_of(&f.app).is_empty());
+    assert!(vols().is_empty(), "{steps:?}");
     let _ = docker_ok(&["rmi", &img]);
 }

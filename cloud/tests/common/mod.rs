@@ -10,6 +10,8 @@ use resin_cloud::config::Config;
 use serde_json::Value;
 use sqlx::Executor;
 
+pub mod fleet;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -24,6 +26,8 @@ pub struct Server {
     pg: Option<(String, String)>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     agent: ureq::Agent,
+    /// The rollout passes this server's evaluator ran (when it runs one).
+    pub rollout_passes: resin_cloud::rollout::Passes,
 }
 
 pub struct Resp {
@@ -129,6 +133,10 @@ impl Server {
             page_size: 1000,
             max_page_size: 5000,
             max_expand_rows: 50_000,
+            auth_failures_per_min: 20,
+            device_requests_per_min: 600,
+            // Rollout tests drive the evaluator with their own clock.
+            rollout_eval_ms: 0,
             tls: None,
         };
         tweak(&mut config);
@@ -157,7 +165,37 @@ impl Server {
             pg,
             task: app.task,
             agent,
+            rollout_passes: app.rollout_passes,
         }
+    }
+
+    /// Stops the server and starts it again on the same database (a cloud
+    /// restart: nothing survives but what is in the database).
+    pub fn restart(&mut self) {
+        self.task.abort();
+        let pool = self.app.db.pool.clone();
+        self.rt.block_on(pool.close());
+        let mut config = (*self.app.config).clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.public_url = "http://127.0.0.1:0".into();
+        let app = self
+            .rt
+            .block_on(resin_cloud::App::start(config))
+            .expect("server restarts");
+        self.base = format!("http://{}", app.addr);
+        self.app = app.state;
+        self.task = app.task;
+        self.rollout_passes = app.rollout_passes;
+    }
+
+    /// Another replica on the same database (its own pool and evaluator).
+    pub fn replica(&self) -> resin_cloud::App {
+        let mut config = (*self.app.config).clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.public_url = "http://127.0.0.1:0".into();
+        self.rt
+            .block_on(resin_cloud::App::start(config))
+            .expect("replica starts")
     }
 
     pub fn req(&self, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> Resp {

@@ -19,7 +19,7 @@ IMAGE_INSTALL = "\
     ca-certificates \
     e2fsprogs-e2fsck \
     e2fsprogs-resize2fs \
-    ${@'libubootenv-bin resin-bootfiles' if d.getVar('RESIN_BOOTLOADER') == 'uboot' else 'grub-editenv'} \
+    ${@'libubootenv-bin resin-bootfiles kernel-devicetree' if d.getVar('RESIN_BOOTLOADER') == 'uboot' else 'grub-editenv'} \
     ${CORE_IMAGE_EXTRA_INSTALL} \
 "
 

@@ -28,9 +28,34 @@ RESIN_UBOOT_ENV_FILE ??= "/mnt/boot/uboot.env"
 RESIN_UBOOT_ENV_REDUND_FILE ??= "/mnt/boot/uboot-redund.env"
 RESIN_UBOOT_ENV_SIZE ??= "0x4000"
 
+# resin_slot_devicetree BOOT_CMD: the kernel boots with the device tree of
+# its own slot, /boot/dtb/${fdtfile} (resin-image.bbclass puts the
+# KERNEL_DEVICETREE there), so kernel and DTB are always of one OS version,
+# also after a fallback to the old slot; the firmware's device tree
+# (${fdt_addr}) is used only when the slot has none (an OS from before this
+# change). This belongs in imagegen's boot.cmd.j2; until then it is made here.
+resin_slot_devicetree[doc] = "Makes boot.cmd boot with the device tree from the booted slot"
+resin_slot_devicetree() {
+    cmd=$1
+    dev=$(sed -n 's/^ext4load \(.*\):\${resin_part} \${kernel_addr_r} .*/\1/p' $cmd)
+    last=$(tail -n 1 $cmd)
+    boot=${last%% *}
+    [ -n "$dev" ] && [ "$last" = "$boot \${kernel_addr_r} - \${fdt_addr}" ] \
+        || bbfatal "$cmd: no 'ext4load DEV:\${resin_part}' line, or its last line is not '$boot \${kernel_addr_r} - \${fdt_addr}'"
+    sed -i '$d' $cmd
+    printf '%s\n' \
+        "if test -n \"\${fdtfile}\" && ext4load $dev:\${resin_part} \${fdt_addr_r} /boot/dtb/\${fdtfile}; then" \
+        "  $boot \${kernel_addr_r} - \${fdt_addr_r}" \
+        "else" \
+        "  echo \"resin: no /boot/dtb/\${fdtfile} in slot \${resin_slot}: the firmware's device tree\"" \
+        "  $boot \${kernel_addr_r} - \${fdt_addr}" \
+        "fi" >> $cmd
+}
+
 do_compile() {
     resin_imagegen_render ${B}/rendered
     if [ "${RESIN_BOOTLOADER}" = "uboot" ]; then
+        resin_slot_devicetree ${B}/rendered/boot.cmd
         mkimage -A arm64 -T script -C none -n "resin A/B boot script" \
             -d ${B}/rendered/boot.cmd ${B}/boot.scr
         printf '%s 0x0000 %s\n%s 0x0000 %s\n' "${RESIN_UBOOT_ENV_FILE}" "${RESIN_UBOOT_ENV_SIZE}" \

@@ -44,18 +44,26 @@ fn converged(t: &TargetApps) -> CurrentState {
     let mut cur = CurrentState::default();
     for (i, s) in target_specs("dev", t).into_iter().enumerate() {
         for n in &s.networks {
+            let c = network_config(t.get(&s.app_uuid), &s.app_uuid, n);
             let o = AppObject {
                 name: n.clone(),
                 app_uuid: s.app_uuid.clone(),
+                driver: c.driver,
+                options: c.options,
+                labels: c.labels,
             };
             if !cur.networks.contains(&o) {
                 cur.networks.push(o);
             }
         }
         for v in &s.volumes {
+            let c = volume_config(t.get(&s.app_uuid), &s.app_uuid, v);
             let o = AppObject {
                 name: v.clone(),
                 app_uuid: s.app_uuid.clone(),
+                driver: c.driver,
+                options: c.options,
+                labels: c.labels,
             };
             if !cur.volumes.contains(&o) {
                 cur.volumes.push(o);
@@ -72,6 +80,8 @@ fn converged(t: &TargetApps) -> CurrentState {
             image: s.image.clone(),
             state: RunState::Running,
             created: 900,
+            volumes: s.volumes.clone(),
+            networks: s.networks.clone(),
         });
     }
     cur
@@ -136,6 +146,7 @@ fn fresh_device_fetches_image_then_creates_network_then_container_then_starts() 
     cur.networks.push(AppObject {
         name: "app1_default".into(),
         app_uuid: APP.into(),
+        ..Default::default()
     });
     let steps = plan(&cur, &t, &ctx_with_images(&["img:1"]));
     assert_eq!(kinds(&steps), ["create:", "start:web"]);
@@ -694,4 +705,152 @@ fn a_network_the_release_drops_is_removed_after_the_containers_on_it() {
     assert!(!steps
         .iter()
         .any(|s| matches!(s, Step::RemoveNetwork { .. })));
+}
+
+/// `web` and `db` mount volume `data`, `side` does not; `db` depends on
+/// nothing, `web` on `db`.
+fn with_volume(labels: &[(&str, &str)]) -> TargetApps {
+    let mut web = svc("img:1");
+    web.volumes = vec!["data:/data".into()];
+    web.depends_on = vec!["db".into()];
+    let mut db = svc("img:2");
+    db.volumes = vec!["data:/db".into()];
+    let mut t = target("r1", &[("web", web), ("db", db), ("side", svc("img:3"))]);
+    let rel = t.get_mut(APP).unwrap().releases.get_mut("r1").unwrap();
+    rel.volumes.insert(
+        "data".into(),
+        VolumeTarget {
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+            ..Default::default()
+        },
+    );
+    t
+}
+
+#[test]
+fn a_volume_whose_labels_changed_is_recreated_with_only_its_users() {
+    let images = ctx_with_images(&["img:1", "img:2", "img:3"]);
+    let t1 = with_volume(&[("v", "1")]);
+    let cur = converged(&t1);
+    // The engine reports the default driver by name: still converged.
+    let mut named = cur.clone();
+    named.volumes[0].driver = Some("local".into());
+    assert!(plan(&named, &t1, &images).is_empty());
+
+    let t2 = with_volume(&[("v", "2")]);
+    let p = plan(&cur, &t2, &images);
+    assert_eq!(
+        kinds(&p),
+        [
+            "stop:db",
+            "remove:db",
+            "stop:web",
+            "remove:web",
+            "remove-volume:",
+            "create-volume:"
+        ],
+        "side is untouched, and nothing is created before the next round"
+    );
+    // Reverse depends_on: web (which depends on db) stops first.
+    assert!(deps(&p, index(&p, "stop:db")).contains(&"stop:web".to_owned()));
+    assert_eq!(
+        deps(&p, index(&p, "remove-volume:")),
+        ["remove:db", "remove:web"]
+    );
+    assert_eq!(deps(&p, index(&p, "create-volume:")), ["remove-volume:"]);
+    let Step::CreateVolume { config, .. } = &p.steps[index(&p, "create-volume:")] else {
+        unreachable!()
+    };
+    assert_eq!(config.labels["v"], "2");
+
+    // Driver options count too.
+    let mut t3 = with_volume(&[("v", "1")]);
+    let rel = t3.get_mut(APP).unwrap().releases.get_mut("r1").unwrap();
+    rel.volumes
+        .get_mut("data")
+        .unwrap()
+        .driver_opts
+        .insert("type".into(), "tmpfs".into());
+    assert!(kinds(&plan(&cur, &t3, &images)).contains(&"remove-volume:".to_owned()));
+}
+
+#[test]
+fn an_update_lock_holds_a_volume_recreation() {
+    let t1 = with_volume(&[("v", "1")]);
+    let cur = converged(&t1);
+    let mut ctx = ctx_with_images(&["img:1", "img:2", "img:3"]);
+    ctx.locks_held.insert((APP.into(), "db".into()));
+    let p = plan(&cur, &with_volume(&[("v", "2")]), &ctx);
+    assert_eq!(kinds(&p), ["wait-for-lock:db"]);
+}
+
+#[test]
+fn a_changed_network_driver_recreates_the_network_and_its_users() {
+    let mut web = svc("img:1");
+    web.networks = vec!["backend".into()];
+    let mut follower = svc("img:2");
+    follower.network_mode = Some("service:web".into());
+    let mut t = target(
+        "r1",
+        &[("web", web), ("f", follower), ("other", svc("img:3"))],
+    );
+    let rel = t.get_mut(APP).unwrap().releases.get_mut("r1").unwrap();
+    rel.networks
+        .insert("backend".into(), resin_api_types::NetworkTarget::default());
+    let cur = converged(&t);
+    let rel = t.get_mut(APP).unwrap().releases.get_mut("r1").unwrap();
+    rel.networks.get_mut("backend").unwrap().driver = Some("macvlan".into());
+    let p = plan(&cur, &t, &ctx_with_images(&["img:1", "img:2", "img:3"]));
+    let k = kinds(&p);
+    assert!(k.contains(&"remove:web".to_owned()), "{k:?}");
+    assert!(
+        k.contains(&"remove:f".to_owned()),
+        "the follower goes too: {k:?}"
+    );
+    assert!(!k.iter().any(|s| s.ends_with(":other")), "{k:?}");
+    let Step::CreateNetwork { config, .. } = &p.steps[index(&p, "create-network:")] else {
+        unreachable!()
+    };
+    assert_eq!(config.driver.as_deref(), Some("macvlan"));
+}
+
+#[test]
+fn dropped_volumes_and_those_of_removed_apps_go_only_when_asked() {
+    let images = ctx_with_images(&["img:1", "img:2", "img:3"]);
+    let t1 = with_volume(&[]);
+    let cur = converged(&t1);
+    // r2 drops the volume from web, db and the release.
+    let t2 = target(
+        "r2",
+        &[
+            ("web", svc("img:1")),
+            ("db", svc("img:2")),
+            ("side", svc("img:3")),
+        ],
+    );
+    let p = plan(&cur, &t2, &images);
+    assert!(
+        !kinds(&p).contains(&"remove-volume:".to_owned()),
+        "off by default"
+    );
+    let mut ctx = images.clone();
+    ctx.remove_volumes = true;
+    let p = plan(&cur, &t2, &ctx);
+    let i = index(&p, "remove-volume:");
+    assert_eq!(deps(&p, i), ["remove:db", "remove:web"]);
+
+    // The app removed: its volume goes once its containers are.
+    let p = plan(&cur, &TargetApps::new(), &ctx);
+    let i = index(&p, "remove-volume:");
+    assert_eq!(deps(&p, i), ["remove:db", "remove:web"]);
+    let p = plan(&cur, &TargetApps::new(), &images);
+    assert!(!kinds(&p).contains(&"remove-volume:".to_owned()));
+    // Nothing mounts it any more: removed right away.
+    let mut gone = cur.clone();
+    gone.containers.clear();
+    let p = plan(&gone, &TargetApps::new(), &ctx);
+    assert!(kinds(&p).contains(&"remove-volume:".to_owned()));
 }
