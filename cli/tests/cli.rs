@@ -1442,6 +1442,8 @@ fn https_with_the_clouds_ca() {
     // A CA file that is no certificate is a clear error.
     let e = c.fails(&["fleet", "list", "--ca", "/etc/hostname"]);
     assert!(e.contains("CA file /etc/hostname"), "{e}");
+}
+
 #[test]
 fn a_rollout_from_the_cli() {
     let c = start_cloud();
