@@ -15,6 +15,11 @@ pub enum ApiError {
         #[source]
         source: ureq::Error,
     },
+    #[error("CA file {path}: {message}")]
+    Ca {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("{method} {path} failed: HTTP {status}: {message}")]
     Status {
         method: &'static str,
@@ -81,18 +86,70 @@ pub struct Api {
 
 type Resp = ureq::http::Response<ureq::Body>;
 
+/// A TLS client config that trusts only the CA certificate(s) in the PEM
+/// file `path` (`resin --ca`).
+pub fn trust_only(path: &std::path::Path) -> Result<ureq::tls::TlsConfig, ApiError> {
+    let err = |message: String| ApiError::Ca {
+        path: path.to_path_buf(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| err(e.to_string()))? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in it".into()));
+    }
+    Ok(ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .build())
+}
+
+impl ApiError {
+    /// The TLS handshake failed (most often: the cloud's certificate is not
+    /// signed by a trusted CA).
+    pub fn is_tls(&self) -> bool {
+        match self {
+            ApiError::Transport { source, .. } => match source {
+                ureq::Error::Rustls(_) => true,
+                // ureq reports a failed handshake as an I/O error around rustls'.
+                ureq::Error::Io(e) => e.get_ref().is_some_and(|i| i.is::<rustls::Error>()),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 impl Api {
+    /// A client that trusts the public roots.
     pub fn new(base: &str, key: &str, timeout: Duration) -> Self {
-        let agent = ureq::Agent::config_builder()
+        Self::with_tls(base, key, timeout, None)
+    }
+
+    /// A client with the given TLS trust ([`trust_only`]), or the public
+    /// roots for `None`.
+    pub fn with_tls(
+        base: &str,
+        key: &str,
+        timeout: Duration,
+        tls: Option<ureq::tls::TlsConfig>,
+    ) -> Self {
+        let mut agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .build()
-            .new_agent();
-        let streaming = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout));
+        let mut streaming = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(timeout))
-            .build()
-            .new_agent();
+            .timeout_connect(Some(timeout));
+        if let Some(tls) = tls {
+            agent = agent.tls_config(tls.clone());
+            streaming = streaming.tls_config(tls);
+        }
+        let agent = agent.build().new_agent();
+        let streaming = streaming.build().new_agent();
         Self {
             agent,
             streaming,

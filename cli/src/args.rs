@@ -16,12 +16,17 @@ use crate::compose;
 #[derive(Debug, Parser)]
 #[command(name = "resin", version, about, long_about)]
 pub struct Cli {
-    /// Cloud API URL, e.g. http://127.0.0.1:8080 [default: the stored login]
+    /// Cloud API URL, e.g. https://cloud.example.com:8080 [default: the stored login]
     #[arg(long, global = true, env = "RESIN_API_URL")]
     pub api_url: Option<String>,
     /// API key of a user [default: the stored login]
     #[arg(long, global = true, env = "RESIN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// PEM file of the CA to trust for the cloud (e.g. the ca.pem of
+    /// `resin-cloud init`): then only that CA is trusted [default: the stored
+    /// login's, else the public roots]
+    #[arg(long, global = true, env = "RESIN_CA")]
+    pub ca: Option<PathBuf>,
     /// Where `resin login` stores URL and key [default: ~/.config/resin/cli.json]
     #[arg(long, global = true, env = "RESIN_CLI_CONFIG")]
     pub config: Option<PathBuf>,

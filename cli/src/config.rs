@@ -13,6 +13,9 @@ use crate::fsutil;
 pub struct StoredLogin {
     pub api_url: String,
     pub api_key: String,
+    /// The CA file given to `resin login --ca` (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +98,7 @@ mod tests {
         let p = d.path().join("a/b/cli.json");
         assert_eq!(load(&p).unwrap(), None);
         let l = StoredLogin {
+            ca: None,
             api_url: "http://127.0.0.1:1".into(),
             api_key: "k".into(),
         };

@@ -68,6 +68,9 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 fn hint(e: &anyhow::Error, url: Option<&str>) -> Option<String> {
     let api = e.chain().find_map(|c| c.downcast_ref::<ApiError>())?;
     Some(match api {
+        e if e.is_tls() => "the cloud's TLS certificate is not trusted: give the CA that signed it with --ca FILE \
+             (RESIN_CA; `resin-cloud init` writes <data-dir>/tls/ca.pem), or store it with `resin login --ca FILE`"
+            .into(),
         ApiError::Transport { url, .. } => format!(
             "is resin-cloud running at {url}? Check --api-url / RESIN_API_URL or run `resin login` again"
         ),
@@ -114,7 +117,17 @@ fn connect(cli: &Cli) -> Result<Api> {
         .ok_or_else(|| {
             usage("no API key: run `resin login --api-url URL --api-key KEY` or set RESIN_API_KEY")
         })?;
-    Ok(Api::new(&url, &key, Duration::from_secs(cli.timeout)))
+    let ca = cli
+        .ca
+        .clone()
+        .or_else(|| stored.as_ref().and_then(|s| s.ca.clone()));
+    let tls = ca.as_deref().map(resin_cli::api::trust_only).transpose()?;
+    Ok(Api::with_tls(
+        &url,
+        &key,
+        Duration::from_secs(cli.timeout),
+        tls,
+    ))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -212,7 +225,15 @@ fn login(cli: &Cli) -> Result<()> {
         ));
     };
     let url = url.trim_end_matches('/').to_string();
-    let api = Api::new(&url, key, Duration::from_secs(cli.timeout));
+    // Stored absolute, so later commands find it from any directory.
+    let ca = match &cli.ca {
+        Some(p) => {
+            Some(std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?)
+        }
+        None => None,
+    };
+    let tls = ca.as_deref().map(resin_cli::api::trust_only).transpose()?;
+    let api = Api::with_tls(&url, key, Duration::from_secs(cli.timeout), tls);
     api.list(&with_query("/v1/fleet", &[("$top", "1")]))
         .with_context(|| format!("checking the API key against {url}"))?;
     let path = config_path(cli)?;
@@ -221,6 +242,7 @@ fn login(cli: &Cli) -> Result<()> {
         &StoredLogin {
             api_url: url.clone(),
             api_key: key.clone(),
+            ca,
         },
     )?;
     if cli.json {

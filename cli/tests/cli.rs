@@ -64,13 +64,22 @@ fn free_port() -> u16 {
 }
 
 fn start_cloud() -> Cloud {
+    start_cloud_with(false)
+}
+
+/// A cloud on plain HTTP, or with `https` on HTTPS with the certificate of
+/// `resin-cloud init` (CA in `<data>/tls/ca.pem`).
+fn start_cloud_with(https: bool) -> Cloud {
     let bin = cloud_binary();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!(
+        "{}://127.0.0.1:{port}",
+        if https { "https" } else { "http" }
+    );
     let env = |c: &mut Command| {
         c.env("RESIN_CLOUD_DATA_DIR", &data)
             .env("RESIN_CLOUD_LISTEN", format!("127.0.0.1:{port}"))
@@ -94,10 +103,23 @@ fn start_cloud() -> Cloud {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let key = v["api_key"].as_str().unwrap().to_string();
+    if https {
+        let mut init = Command::new(&bin);
+        env(&mut init);
+        let out = init.args(["init", "--host", "127.0.0.1"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let mut serve = Command::new(&bin);
     env(&mut serve);
+    serve.arg("serve");
+    if !https {
+        serve.arg("--plain-http");
+    }
     let child = serve
-        .args(["serve", "--plain-http"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -114,7 +136,7 @@ fn start_cloud() -> Cloud {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if ureq::get(format!("{}/ping", cloud.url)).call().is_ok() {
+        if std::net::TcpStream::connect(("127.0.0.1", cloud.port)).is_ok() {
             break;
         }
         assert!(
@@ -1364,6 +1386,62 @@ fn destructive_commands_ask_on_a_terminal() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("removed tag env from fleet ops"), "{out}");
     assert_eq!(c.json_as(k, &["tag", "list", "--fleet", "ops"]), json!([]));
+}
+
+/// Over HTTPS the CLI trusts the CA given with `--ca` (kept by `login`), and
+/// refuses a cloud whose certificate it cannot verify, with a hint.
+#[test]
+fn https_with_the_clouds_ca() {
+    let c = start_cloud_with(true);
+    assert!(c.url.starts_with("https://"), "{}", c.url);
+    let ca = c.data.join("tls/ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    // The public roots do not know a private CA.
+    let e = c.fails(&["login", "--api-url", &c.url, "--api-key", &c.key]);
+    assert!(
+        e.contains("hint: the cloud's TLS certificate is not trusted"),
+        "{e}"
+    );
+    assert!(e.contains("--ca"), "{e}");
+
+    // With its CA: logged in, and later commands use the stored CA.
+    let out = c.ok(&[
+        "login",
+        "--api-url",
+        &c.url,
+        "--api-key",
+        &c.key,
+        "--ca",
+        ca,
+    ]);
+    assert!(out.contains("logged in"), "{out}");
+    let stored: Value = serde_json::from_str(
+        &std::fs::read_to_string(c.home.join(".config/resin/cli.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored["ca"], ca);
+    c.ok(&["fleet", "create", "tls-fleet", "--device-type", "qemuarm64"]);
+    let fleets = c.json(&["fleet", "list"]);
+    assert!(fleets.to_string().contains("tls-fleet"), "{fleets}");
+
+    // Another CA is refused, the flag beating the stored one.
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(&c.bin)
+        .args(["init", "--host", "127.0.0.1", "--out-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let other_ca = other.path().join("ca.pem");
+    let e = c.fails(&["fleet", "list", "--ca", other_ca.to_str().unwrap()]);
+    assert!(
+        e.contains("hint: the cloud's TLS certificate is not trusted"),
+        "{e}"
+    );
+    // A CA file that is no certificate is a clear error.
+    let e = c.fails(&["fleet", "list", "--ca", "/etc/hostname"]);
+    assert!(e.contains("CA file /etc/hostname"), "{e}");
 }
 
 #[test]

@@ -1005,7 +1005,13 @@ pub async fn evaluator(app: AppState, interval_ms: u64, passes: Passes) {
 
 /// Loads rollout `id` if the caller may see it, locked for a change.
 async fn load(tx: &mut Tx, db: &Db, actor: &Actor, id: i64, lock: bool) -> ApiResult<RolloutRow> {
-    let scope = perms::read_scope(actor, "rollout", "r").to_sql();
+    // A change needs write access (a read-only key may only look).
+    let scope = if lock {
+        perms::write_scope(actor, "rollout", "r")
+    } else {
+        perms::read_scope(actor, "rollout", "r")
+    }
+    .to_sql();
     let lock = if lock && db.dialect == Dialect::Postgres {
         " FOR UPDATE"
     } else {

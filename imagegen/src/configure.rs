@@ -43,6 +43,25 @@ pub enum ConfigureError {
     InvalidJson(serde_json::Error),
     #[error("the config must be a JSON object")]
     NotObject,
+    #[error("the root CA holds no PEM certificate (-----BEGIN CERTIFICATE-----)")]
+    RootCaNotPem,
+}
+
+/// config.json with `rootCA` set to `ca_pem` (base64 of the PEM text, the
+/// only CA the device then trusts for the cloud); other fields are kept.
+pub fn with_root_ca(config_json: &[u8], ca_pem: &[u8]) -> Result<Vec<u8>, ConfigureError> {
+    let text = String::from_utf8_lossy(ca_pem);
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ConfigureError::RootCaNotPem);
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_slice(config_json).map_err(ConfigureError::InvalidJson)?;
+    let obj = v.as_object_mut().ok_or(ConfigureError::NotObject)?;
+    obj.insert(
+        "rootCA".into(),
+        resin_api_types::encode_root_ca(ca_pem).into(),
+    );
+    serde_json::to_vec(&v).map_err(ConfigureError::InvalidJson)
 }
 
 /// Where the config lives in an image.
@@ -198,4 +217,29 @@ pub fn configured_reader_compressed(
 ) -> Result<Box<dyn Read + Send>, ConfigureError> {
     let r = configured_reader(base, config_json)?;
     Ok(compress_reader(r, compression)?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_ca_goes_into_config_json_as_base64_pem() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let cfg = br#"{"apiEndpoint":"https://10.0.2.2:8443","fleetId":1,"fleetName":"f","deviceType":"qemuarm64","provisioningKey":"k","x":1}"#;
+        let out = with_root_ca(cfg, pem).unwrap();
+        let c = resin_api_types::ConfigJson::parse(std::str::from_utf8(&out).unwrap()).unwrap();
+        assert_eq!(c.root_ca_pem().unwrap().unwrap(), pem);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["x"], 1, "other fields are kept");
+        assert!(matches!(
+            with_root_ca(cfg, b"not a cert"),
+            Err(ConfigureError::RootCaNotPem)
+        ));
+        assert!(matches!(
+            with_root_ca(b"[1]", pem),
+            Err(ConfigureError::NotObject)
+        ));
+    }
 }

@@ -200,6 +200,11 @@ enum Cmd {
         /// Compression of the --output copy.
         #[arg(long, value_enum, default_value_t = Compression::None)]
         compress: Compression,
+        /// PEM CA certificate to put into config.json as `rootCA` (the only
+        /// CA the device then trusts for the cloud, e.g. the ca.pem of
+        /// `resin-cloud init`).
+        #[arg(long)]
+        root_ca: Option<PathBuf>,
     },
 }
 
@@ -352,9 +357,16 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             config,
             output,
             compress,
+            root_ca,
         } => {
-            let cfg =
+            let mut cfg =
                 std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+            if let Some(ca) = &root_ca {
+                let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+                cfg = configure::with_root_ca(&cfg, &pem).with_context(|| {
+                    format!("adding {} to {} as rootCA", ca.display(), config.display())
+                })?;
+            }
             match output {
                 None => {
                     if compress != Compression::None {

@@ -62,6 +62,9 @@ pub struct AgentOptions {
     /// it). `resin-boot-guard` reboots a boot that never gets it. `None`:
     /// no file.
     pub confirm_marker: Option<PathBuf>,
+    /// TLS trust of bundle downloads (the supervisor passes config.json's
+    /// `rootCA`); `None`: ureq's public roots.
+    pub tls: Option<ureq::tls::TlsConfig>,
 }
 
 impl Default for AgentOptions {
@@ -81,6 +84,7 @@ impl Default for AgentOptions {
             allow_downgrade: Arc::new(AtomicBool::new(false)),
             failpoints: Vec::new(),
             confirm_marker: Some(PathBuf::from(BOOT_CONFIRMED)),
+            tls: None,
         }
     }
 }
@@ -596,6 +600,7 @@ impl Agent {
             attempts: self.opts.download_attempts,
             retry_delay: self.opts.download_retry_delay,
             read_timeout: self.opts.download_read_timeout,
+            tls: self.opts.tls.clone(),
         };
         let cancel = Arc::new(AtomicBool::new(false));
         let report = self.report.clone();

@@ -35,6 +35,8 @@ pub struct DownloadRequest {
     /// Longest wait for the next bytes of the body: a stream stalled this
     /// long counts as interrupted (and is resumed by the next attempt).
     pub read_timeout: Duration,
+    /// TLS trust (config.json's `rootCA`); `None`: ureq's public roots.
+    pub tls: Option<ureq::tls::TlsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,13 +199,15 @@ pub fn download(
         });
     }
 
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let mut agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
-        .timeout_per_read(Some(req.read_timeout))
-        .build()
-        .into();
+        .timeout_per_read(Some(req.read_timeout));
+    if let Some(tls) = &req.tls {
+        agent = agent.tls_config(tls.clone());
+    }
+    let agent: ureq::Agent = agent.build().into();
     let mut attempt = 0;
     loop {
         attempt += 1;

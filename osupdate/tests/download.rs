@@ -22,6 +22,7 @@ fn request(url: &str, body: &[u8], dir: &std::path::Path) -> DownloadRequest {
         attempts: 1,
         retry_delay: Duration::from_millis(10),
         read_timeout: Duration::from_secs(60),
+        tls: None,
     }
 }
 

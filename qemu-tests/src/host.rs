@@ -111,8 +111,13 @@ pub fn dies_with_runner(program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 /// Waits until `url` answers (any HTTP status) or the timeout passes.
 pub fn wait_http(url: &str, timeout: Duration) -> bool {
+    wait_http_with(url, timeout, None)
+}
+
+/// [`wait_http`] with a TLS trust (for the HTTPS cloud).
+fn wait_http_with(url: &str, timeout: Duration, tls: Option<&ureq::tls::TlsConfig>) -> bool {
     let deadline = Instant::now() + timeout;
-    let agent = agent(Duration::from_secs(2));
+    let agent = agent(Duration::from_secs(2), tls);
     while Instant::now() < deadline {
         if agent.get(url).call().is_ok() {
             return true;
@@ -122,12 +127,35 @@ pub fn wait_http(url: &str, timeout: Duration) -> bool {
     false
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+fn agent(timeout: Duration, tls: Option<&ureq::tls::TlsConfig>) -> ureq::Agent {
+    let mut b = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
+        .timeout_global(Some(timeout));
+    if let Some(tls) = tls {
+        b = b.tls_config(tls.clone());
+    }
+    b.build().into()
+}
+
+/// A TLS client config that trusts only the CA in the PEM file `ca`.
+pub fn trust_only(ca: &Path) -> Result<ureq::tls::TlsConfig, HostError> {
+    let failed = |detail: String| HostError::Failed {
+        what: format!("reading the CA {}", ca.display()),
+        detail,
+    };
+    let pem = std::fs::read(ca).map_err(|e| failed(e.to_string()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| failed(e.to_string()))? {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(failed("no PEM certificate".into()));
+    }
+    Ok(ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .build())
 }
 
 /// Docker Distribution on 127.0.0.1:`port`. An already running registry on that
@@ -160,13 +188,18 @@ pub fn ensure_registry(port: u16, dir: &Path) -> Result<Option<Service>, HostErr
     Ok(Some(svc))
 }
 
-/// A running resin-cloud with its own SQLite database.
+/// A running resin-cloud with its own SQLite database, serving HTTPS with a
+/// certificate of `resin-cloud init` for 10.0.2.2 (the guest's view of the
+/// host) and 127.0.0.1; configured images carry its CA as `rootCA`.
 pub struct Cloud {
     pub service: Service,
-    /// Where the host reaches it (http://127.0.0.1:port).
+    /// Where the host reaches it (https://127.0.0.1:port).
     pub url: String,
-    /// Where the guest reaches it (http://10.0.2.2:port).
+    /// Where the guest reaches it (https://10.0.2.2:port).
     pub public_url: String,
+    /// The CA of the cloud's certificate (PEM), `<data_dir>/tls/ca.pem`.
+    pub ca: PathBuf,
+    tls: ureq::tls::TlsConfig,
     pub data_dir: PathBuf,
     pub api_key: String,
     pub user_id: i64,
@@ -177,8 +210,8 @@ impl Cloud {
     pub fn start(bin: &Path, data_dir: &Path, port: u16) -> Result<Self, HostError> {
         std::fs::create_dir_all(data_dir).map_err(io("creating the cloud data dir"))?;
         let port = if port == 0 { free_port()? } else { port };
-        let url = format!("http://127.0.0.1:{port}");
-        let public_url = format!("http://10.0.2.2:{port}");
+        let url = format!("https://127.0.0.1:{port}");
+        let public_url = format!("https://10.0.2.2:{port}");
         let common = |c: &mut Command| {
             c.arg("--listen")
                 .arg(format!("127.0.0.1:{port}"))
@@ -192,6 +225,21 @@ impl Cloud {
                 .env_remove("RESIN_CLOUD_CONFIG")
                 .env_remove("RESIN_CLOUD_DATABASE_URL");
         };
+        // The certificate names the host as the guest sees it (10.0.2.2).
+        let mut init = Command::new(bin);
+        common(&mut init);
+        init.args(["init", "--force", "--host", "10.0.2.2,127.0.0.1,localhost"]);
+        let out = init
+            .output()
+            .map_err(io(format!("running {} init", bin.display())))?;
+        if !out.status.success() {
+            return Err(HostError::Failed {
+                what: "resin-cloud init".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        let ca = data_dir.join("tls/ca.pem");
+        let tls = trust_only(&ca)?;
         let mut boot = Command::new(bin);
         common(&mut boot);
         boot.args(["bootstrap", "--username", "qemu-tests"]);
@@ -212,9 +260,13 @@ impl Cloud {
         let user_id = v["user_id"].as_i64().unwrap_or_default();
         let mut serve = dies_with_runner(bin);
         common(&mut serve);
-        serve.args(["serve", "--plain-http"]);
+        serve.arg("serve");
         let service = Service::spawn("resin-cloud", serve, data_dir.join("cloud.log"))?;
-        if !wait_http(&format!("{url}/v1/$metadata"), Duration::from_secs(30)) {
+        if !wait_http_with(
+            &format!("{url}/v1/$metadata"),
+            Duration::from_secs(30),
+            Some(&tls),
+        ) {
             return Err(HostError::Failed {
                 what: "resin-cloud did not answer".into(),
                 detail: service.log_tail(30),
@@ -224,6 +276,8 @@ impl Cloud {
             service,
             url,
             public_url,
+            ca,
+            tls,
             data_dir: data_dir.into(),
             api_key,
             user_id,
@@ -232,7 +286,7 @@ impl Cloud {
 
     /// An API client for this cloud with the bootstrap user's key.
     pub fn client(&self) -> Api {
-        Api::new(&self.url, &self.api_key)
+        Api::new(&self.url, &self.api_key, Some(&self.tls))
     }
 }
 
@@ -245,11 +299,11 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(base: &str, key: &str) -> Self {
+    pub fn new(base: &str, key: &str, tls: Option<&ureq::tls::TlsConfig>) -> Self {
         Self {
             base: base.trim_end_matches('/').into(),
             key: key.into(),
-            agent: agent(Duration::from_secs(600)),
+            agent: agent(Duration::from_secs(600), tls),
         }
     }
 

@@ -258,6 +258,19 @@ impl Ctx {
                 self.os_version
             );
         }
+        // The device reached the cloud over HTTPS trusting only config.json's
+        // rootCA; the OS also put that CA into the system trust store.
+        let console = self.vm.as_ref().map(|v| v.console()).unwrap_or_default();
+        let ca = console
+            .lines()
+            .find(|l| l.contains("resin-ca: added the CA"))
+            .ok_or_else(|| {
+                anyhow!(
+                    "resin-ca did not add config.json's rootCA to the system trust store; console:\n{}",
+                    self.console_tail()
+                )
+            })?;
+        println!("  {}", ca.trim());
         self.device = Some((id, uuid));
         Ok(())
     }

@@ -16,6 +16,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum CloudError {
     #[error("cloud unreachable at {url}: {message}")]
     Unreachable { url: String, message: String },
+    /// The TLS handshake failed: most often the cloud's certificate is not
+    /// signed by the CA this device trusts (config.json `rootCA`).
+    #[error("refusing the cloud at {url}: its TLS certificate is not trusted (this device trusts {trust}): {message}")]
+    Tls {
+        url: String,
+        trust: &'static str,
+        message: String,
+    },
     #[error("{url} answered {status}: {body}")]
     Status {
         url: String,
@@ -69,18 +77,55 @@ pub enum Fetched {
 pub struct Cloud {
     agent: ureq::Agent,
     base: String,
+    trust: &'static str,
+}
+
+/// config.json's `rootCA` that is no usable CA certificate.
+#[derive(Debug, thiserror::Error)]
+#[error("config.json rootCA: {0}")]
+pub struct RootCaError(String);
+
+/// A TLS client config that trusts only the CA certificate(s) in `pem`: no
+/// public roots, so a cloud with any other certificate is refused.
+pub fn trust_only(pem: &[u8]) -> Result<ureq::tls::TlsConfig, RootCaError> {
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(RootCaError(e.to_string())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(RootCaError("no certificate in the PEM text".into()));
+    }
+    Ok(ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .build())
 }
 
 impl Cloud {
+    /// A client that trusts the public (Mozilla) roots built into ureq.
     pub fn new(api_endpoint: &str) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        Self::with_tls(api_endpoint, None)
+    }
+
+    /// A client with the given TLS trust (`trust_only(config.json rootCA)`),
+    /// or the public roots for `None`.
+    pub fn with_tls(api_endpoint: &str, tls: Option<ureq::tls::TlsConfig>) -> Self {
+        let mut b = ureq::Agent::config_builder()
             .timeout_global(Some(REQUEST_TIMEOUT))
-            .http_status_as_error(false)
-            .build()
-            .into();
+            .http_status_as_error(false);
+        let trust = if let Some(tls) = tls {
+            b = b.tls_config(tls);
+            "only the CA in config.json rootCA"
+        } else {
+            "the public roots"
+        };
         Self {
-            agent,
+            agent: b.build().into(),
             base: api_endpoint.trim_end_matches('/').to_owned(),
+            trust,
         }
     }
 
@@ -89,12 +134,30 @@ impl Cloud {
     }
 
     fn check(
+        &self,
         url: &str,
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<ureq::http::Response<ureq::Body>, CloudError> {
-        let mut resp = r.map_err(|e| CloudError::Unreachable {
-            url: url.into(),
-            message: e.to_string(),
+        let mut resp = r.map_err(|e| {
+            // ureq reports a failed handshake as rustls' error, or as an I/O
+            // error around it.
+            let tls = match &e {
+                ureq::Error::Rustls(_) => true,
+                ureq::Error::Io(io) => io.get_ref().is_some_and(|i| i.is::<rustls::Error>()),
+                _ => false,
+            };
+            if tls {
+                CloudError::Tls {
+                    url: url.into(),
+                    trust: self.trust,
+                    message: e.to_string(),
+                }
+            } else {
+                CloudError::Unreachable {
+                    url: url.into(),
+                    message: e.to_string(),
+                }
+            }
         })?;
         let status = resp.status().as_u16();
         if status >= 400 {
@@ -123,7 +186,7 @@ impl Cloud {
             .post(&url)
             .header("Authorization", &format!("Bearer {provisioning_key}"))
             .send_json(RegisterBody { req, proof });
-        let mut resp = Self::check(&url, r)?;
+        let mut resp = self.check(&url, r)?;
         resp.body_mut().read_json().map_err(|e| CloudError::Body {
             url,
             message: e.to_string(),
@@ -140,7 +203,7 @@ impl Cloud {
         if let Some(e) = etag {
             req = req.header("If-None-Match", e);
         }
-        let mut resp = Self::check(&url, req.call())?;
+        let mut resp = self.check(&url, req.call())?;
         if resp.status().as_u16() == 304 {
             return Ok(Fetched::NotModified);
         }
@@ -175,7 +238,7 @@ impl Cloud {
             .patch(&url)
             .header("Authorization", &format!("Bearer {key}"))
             .send_json(report);
-        Self::check(&url, r).map(|_| ())
+        self.check(&url, r).map(|_| ())
     }
 
     /// `POST /device/v2/{uuid}/log-stream`, NDJSON, gzip.
@@ -197,6 +260,6 @@ impl Cloud {
             .header("Content-Type", "application/x-ndjson")
             .header("Content-Encoding", "gzip")
             .send(&body[..]);
-        Self::check(&url, r).map(|_| ())
+        self.check(&url, r).map(|_| ())
     }
 }

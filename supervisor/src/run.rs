@@ -98,7 +98,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let api_key = local_api_key(&cfg.state_dir)?;
-    let cloud = Cloud::new(&cj.api_endpoint);
+    // config.json's rootCA: then the cloud and bundle downloads are trusted
+    // only with that CA (docs/cloud-tls.md).
+    let tls = match cj.root_ca_pem()? {
+        Some(pem) => Some(
+            crate::cloud::trust_only(&pem)
+                .with_context(|| format!("in {}", cfg.config_json.display()))?,
+        ),
+        None => None,
+    };
+    let cloud = Cloud::with_tls(&cj.api_endpoint, tls.clone());
     let os_version = system::os_version(&cfg.os_release);
 
     // Provisioning.
@@ -165,6 +174,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         };
         let opts = resin_osupdate::AgentOptions {
             allow_downgrade: allow_downgrade.clone(),
+            tls: tls.clone(),
             ..Default::default()
         };
         let (rx, _h) =

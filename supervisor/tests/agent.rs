@@ -36,7 +36,7 @@ fn fleet_with_release(
 
 fn config_json(cloud: &CloudProc, fleet: i64, prov: &str) -> serde_json::Value {
     json!({"apiEndpoint": cloud.url(), "fleetId": fleet, "fleetName": "f", "deviceType": "qemuarm64",
-           "provisioningKey": prov, "pollIntervalMs": 1000})
+           "provisioningKey": prov, "pollIntervalMs": 1000, "rootCA": cloud.root_ca()})
 }
 
 fn device_row(cloud: &CloudProc, uuid: &str) -> Option<serde_json::Value> {
@@ -425,7 +425,8 @@ fn a_flush_sends_the_state_at_once_despite_the_debounce() {
         json!({"name": "flush", "device_type": "qemuarm64"}),
     );
     let p = cloud.create("provisioning_key", json!({"fleet": f["id"], "name": "p"}));
-    let client = resin_supervisor::cloud::Cloud::new(&cloud.url());
+    let client =
+        resin_supervisor::cloud::Cloud::with_tls(&cloud.url(), Some(trust_only(&cloud.ca_pem())));
     let uuid = app_uuid();
     let reg = client
         .register(
@@ -503,7 +504,8 @@ fn provision_for(
     api: &str,
 ) -> Option<(String, String)> {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let cloud = resin_supervisor::cloud::Cloud::new(api);
+    let tls = config.root_ca_pem().unwrap().map(|pem| trust_only(&pem));
+    let cloud = resin_supervisor::cloud::Cloud::with_tls(api, tls);
     rt.block_on(async {
         tokio::time::timeout(
             std::time::Duration::from_secs(secs),
@@ -629,4 +631,41 @@ fn a_refused_uuid_from_config_json_is_kept() {
     let saved = device_json(state.path());
     assert_eq!(saved["uuid"], taken.as_str(), "{saved}");
     assert!(saved.get("id").is_none(), "{saved}");
+}
+
+/// A device whose config.json names another CA refuses the cloud: it never
+/// registers, and its log says that the cloud's certificate is not trusted.
+#[test]
+fn a_device_with_another_ca_refuses_the_cloud() {
+    let cloud = CloudProc::start();
+    let root = tempfile::tempdir().unwrap();
+    let f = cloud.create(
+        "fleet",
+        json!({"name": "wrong-ca", "device_type": "qemuarm64"}),
+    );
+    let p = cloud.create("provisioning_key", json!({"fleet": f["id"], "name": "p"}));
+    let mut cj = config_json(
+        &cloud,
+        f["id"].as_i64().unwrap(),
+        p["key"].as_str().unwrap(),
+    );
+    let other = other_ca(&root.path().join("other-ca"));
+    cj["rootCA"] = json!(resin_api_types::encode_root_ca(&other));
+    let mut sup = SupervisorProc::new(&root.path().join("dev"), &cj, &[], &[]);
+    sup.start();
+    let line = wait_until(30, "the refusal in the supervisor's log", || {
+        sup.log_text()
+            .lines()
+            .find(|l| l.contains("registration failed"))
+            .map(str::to_owned)
+    });
+    assert!(
+        line.contains("refusing the cloud at https://127.0.0.1")
+            && line.contains("not trusted")
+            && line.contains("invalid peer certificate"),
+        "{line}"
+    );
+    let devices = cloud.get("/v1/device");
+    assert_eq!(devices["value"], json!([]), "nothing registered");
+    sup.kill9();
 }

@@ -11,7 +11,7 @@ CARGO_SRC_DIR = "supervisor"
 
 inherit systemd
 
-SYSTEMD_SERVICE:${PN} = "resin-supervisor.service resin-boot-guard.service"
+SYSTEMD_SERVICE:${PN} = "resin-supervisor.service resin-boot-guard.service resin-ca.service"
 
 do_install:append() {
     # The unit lives beside the code (supervisor/dist/); there is no copy of it
@@ -22,6 +22,9 @@ do_install:append() {
     install -m 0644 ${S}/supervisor/dist/resin-boot-guard.service ${D}${systemd_system_unitdir}/
     install -d ${D}${libexecdir}
     install -m 0755 ${S}/supervisor/dist/resin-boot-guard ${D}${libexecdir}/
+    # config.json's rootCA into the system trust store (for dockerd and RAUC).
+    install -m 0644 ${S}/supervisor/dist/resin-ca.service ${D}${systemd_system_unitdir}/
+    install -m 0755 ${S}/supervisor/dist/resin-ca ${D}${libexecdir}/
 }
 
-RDEPENDS:${PN} += "docker-moby rauc"
+RDEPENDS:${PN} += "docker-moby rauc ca-certificates"

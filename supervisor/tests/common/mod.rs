@@ -219,12 +219,64 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A client that trusts the test clouds' CA ([`tls_dir`]).
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .tls_config(trust_only(
+            &std::fs::read(tls_dir().join("ca.pem")).unwrap(),
+        ))
         .build()
         .into()
+}
+
+/// The TLS client config of a device whose config.json carries `ca_pem`.
+pub fn trust_only(ca_pem: &[u8]) -> ureq::tls::TlsConfig {
+    resin_supervisor::cloud::trust_only(ca_pem).unwrap()
+}
+
+/// One CA and server certificate (for 127.0.0.1) per test process, made by
+/// `resin-cloud init`; every CloudProc of the process serves it over HTTPS.
+pub fn tls_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("resin-sv-tls-{}", std::process::id()));
+        let out = Command::new(cloud_bin())
+            .args([
+                "init",
+                "--force",
+                "--host",
+                "127.0.0.1,localhost",
+                "--out-dir",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "resin-cloud init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+    .clone()
+}
+
+/// A CA other than the test clouds' (for a device that must refuse them).
+pub fn other_ca(dir: &std::path::Path) -> Vec<u8> {
+    let out = Command::new(cloud_bin())
+        .args(["init", "--host", "127.0.0.1", "--out-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(dir.join("ca.pem")).unwrap()
 }
 
 /// (status, body) of a request with an optional bearer key and JSON body.
@@ -325,8 +377,17 @@ impl CloudProc {
         c
     }
 
+    /// config.json's `rootCA` for devices of this cloud.
+    pub fn root_ca(&self) -> String {
+        resin_api_types::encode_root_ca(&self.ca_pem())
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(tls_dir().join("ca.pem")).unwrap()
+    }
+
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     /// (Re)starts `serve` on the same port and data dir.
@@ -341,7 +402,13 @@ impl CloudProc {
                 "--data-dir",
             ])
             .arg(self.dir.path())
-            .args(["serve", "--plain-http"])
+            .arg("--tls-cert")
+            .arg(tls_dir().join("server.pem"))
+            .arg("--tls-key")
+            .arg(tls_dir().join("server.key"))
+            .arg("--tls-ca")
+            .arg(tls_dir().join("ca.pem"))
+            .arg("serve")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
