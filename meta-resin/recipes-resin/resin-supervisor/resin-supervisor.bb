@@ -27,4 +27,4 @@ do_install:append() {
     install -m 0755 ${S}/supervisor/dist/resin-ca ${D}${libexecdir}/
 }
 
-RDEPENDS:${PN} += "docker-moby rauc ca-certificates"
+RDEPENDS:${PN} += "ca-certificates docker-moby rauc"
