@@ -10,8 +10,10 @@
 //! - [`compose`]: the compose parser and validator (CLI, cloud, supervisor)
 //! - [`labels`]: container labels and update strategies the supervisor uses
 //! - [`rollout`]: staged rollouts (`/v1/rollout`)
+//! - [`actions`]: device actions (reboot, restart) and device moves
 //! - [`paths`]: the device-API paths, built in one place
 
+pub mod actions;
 pub mod compose;
 pub mod config;
 pub mod labels;
@@ -22,6 +24,7 @@ pub mod report;
 pub mod rollout;
 pub mod target;
 
+pub use actions::{ActionKind, ActionOutcome, ActionState, DeviceAction};
 pub use config::{encode_root_ca, ConfigJson, ConfigJsonError};
 pub use logs::LogLine;
 pub use register::{RegisterProof, RegisterRequest, RegisterResponse};

@@ -47,6 +47,9 @@ pub struct DeviceReport {
     /// Degrees Celsius, where the device exposes a thermal zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_temp: Option<f64>,
+    /// What became of the target state's open actions ([`crate::actions`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<crate::actions::ActionOutcome>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

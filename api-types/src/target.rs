@@ -28,6 +28,10 @@ pub struct DeviceTarget {
     /// The OS the device should run; `None` leaves the OS alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os: Option<OsTarget>,
+    /// Open device actions (reboot, restart), oldest first
+    /// ([`crate::actions`]). Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<crate::actions::DeviceAction>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

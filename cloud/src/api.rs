@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::auth::{self, Actor};
 use crate::error::{ApiError, ApiResult};
 use crate::schema::{self, Resource};
-use crate::{logs, metadata, os, perms, query, resources, rollout, AppState};
+use crate::{actions, logs, metadata, os, perms, query, resources, rollout, AppState};
 
 /// `name` or `name(<integer key>)`.
 pub fn parse_segment(seg: &str) -> ApiResult<(&'static Resource, Option<i64>)> {
@@ -166,6 +166,19 @@ pub async fn v1_sub(
                     .filter(|p| !p.is_empty() && !p.starts_with("follow="))
                     .collect();
                 logs::get_logs(&app, &actor, id, Some(&q.join("&"))).await
+            }
+            (Method::GET, "device", Some(id), "actions") => actions::list(&app, &actor, id).await,
+            (Method::POST, "device", Some(id), "actions" | "move") => {
+                let body = axum::body::to_bytes(body, 64 * 1024)
+                    .await
+                    .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+                if sub == "move" {
+                    Ok(actions::move_device(&app, &actor, id, &body)
+                        .await?
+                        .into_response())
+                } else {
+                    actions::create(&app, &actor, id, &body).await
+                }
             }
             (Method::GET, "rollout", Some(id), "progress") => {
                 Ok(Json(rollout::progress(&app.db, &actor, id).await?).into_response())

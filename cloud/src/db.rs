@@ -88,6 +88,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0005_roles_and_key_scopes.sql"),
         include_str!("../migrations/0005_roles_and_key_scopes.sql"),
     ),
+    (
+        9,
+        include_str!("../migrations/0009_device_actions.sql"),
+        include_str!("../migrations/0009_device_actions.sql"),
+    ),
 ];
 
 impl Db {

@@ -157,7 +157,7 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     let row = sqlx::query(
         "SELECT d.uuid, d.name, d.device_type, d.pinned_release, d.target_os_version, \
          f.id, f.name, f.uuid, f.target_release, f.target_os_version, f.owner, \
-         d.rollout_release, d.rollout_os_version \
+         d.rollout_release, d.rollout_os_version, d.action \
          FROM device d JOIN fleet f ON f.id = d.fleet WHERE d.id = $1",
     )
     .bind(id)
@@ -177,6 +177,8 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     // What a rollout assigned (crate::rollout): after a pin, before the fleet.
     let rollout_release: Option<i64> = row.try_get(11)?;
     let rollout_os: Option<String> = row.try_get(12)?;
+    // Open device actions (crate::actions), kept on the row for this read.
+    let open_actions: Option<String> = row.try_get(13)?;
 
     let mut app_target = AppTarget {
         id: fleet_id,
@@ -290,6 +292,7 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
             config,
             apps,
             os,
+            actions: crate::actions::open_actions(open_actions.as_deref()),
         },
     );
     Ok(state)
@@ -438,10 +441,14 @@ pub async fn report_state(
                 sets.push(("boot_slot", text(&os.boot_slot)));
             }
         }
-        updates.push((id, sets));
+        updates.push((id, sets, r.actions.as_deref().unwrap_or_default()));
     }
     let mut tx = app.db.begin_write().await?;
-    for (id, sets) in updates {
+    let mut changed = Vec::new();
+    for (id, sets, outcomes) in updates {
+        if !outcomes.is_empty() && crate::actions::apply_outcomes(&mut tx, id, outcomes).await? {
+            changed.push(id);
+        }
         let cols: Vec<String> = sets
             .iter()
             .enumerate()
@@ -457,6 +464,9 @@ pub async fn report_state(
         bind_all(dyn_query(sql), &params).execute(&mut *tx).await?;
     }
     tx.commit().await?;
+    for id in changed {
+        crate::cache::changed(&app, crate::cache::Change::Device(id)).await;
+    }
     Ok((StatusCode::OK, Json(serde_json::json!({}))).into_response())
 }
 
@@ -476,6 +486,8 @@ pub mod caps {
     pub const IP_LEN: usize = 64;
     /// `apps` as stored JSON.
     pub const APPS_JSON: usize = 256 * 1024;
+    /// `actions`: outcomes in one report.
+    pub const ACTIONS: usize = 64;
 }
 
 fn too_long(field: &str, max: usize) -> ApiError {
@@ -495,6 +507,12 @@ pub fn check_len(field: &str, v: Option<&str>, max: usize) -> ApiResult<()> {
 /// stored when one is over: the caller checks before it writes.
 fn check_report_sizes(r: &resin_api_types::DeviceReport) -> ApiResult<()> {
     check_len("status", r.status.as_deref(), caps::STATUS)?;
+    if r.actions.as_ref().is_some_and(|a| a.len() > caps::ACTIONS) {
+        return Err(ApiError::bad_request_field(
+            "actions",
+            format!("actions has more than {} entries", caps::ACTIONS),
+        ));
+    }
     check_len("os_version", r.os_version.as_deref(), caps::VERSION)?;
     check_len(
         "supervisor_version",

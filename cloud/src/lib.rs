@@ -5,6 +5,7 @@
 //! Entry points: [`Config`](config::Config), [`App::start`] (used by the
 //! binary and the tests) and [`bootstrap`].
 
+pub mod actions;
 pub mod api;
 pub mod auth;
 pub mod cache;

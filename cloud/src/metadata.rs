@@ -284,6 +284,7 @@ pub fn openapi() -> Value {
     }
     other_routes(&mut paths, &err);
     rollout_routes(&mut paths, &err);
+    device_action_routes(&mut paths, &err);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "resin-cloud", "version": env!("CARGO_PKG_VERSION"),
@@ -437,6 +438,45 @@ fn rollout_routes(paths: &mut Map<String, Value>, err: &Value) {
             "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object",
                 "properties": {"reason": {"type": "string", "description": "recorded in the event"}}}}}},
             "responses": {"200": ok_json("progress after the transition", progress), "404": err, "409": err}}}),
+    );
+}
+
+/// Device actions and moves (crate::actions, api-types `actions`).
+fn device_action_routes(paths: &mut Map<String, Value>, err: &Value) {
+    let action = json!({"type": "object", "properties": {
+        "id": {"type": "integer"}, "device": {"type": "integer"},
+        "action": {"type": "string", "enum": ["reboot", "restart"]},
+        "service": {"type": ["string", "null"], "description": "restart: only this service"},
+        "state": {"type": "string", "enum": ["pending", "started", "done", "failed"]},
+        "result": {"type": ["string", "null"], "description": "the device's message"},
+        "requested_by": {"type": ["integer", "null"]},
+        "requested_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"}}});
+    paths.insert(
+        "/v1/device({id})/actions".into(),
+        json!({
+            "get": {"operationId": "device_actions", "summary": "A device's actions, newest first (the last 100)",
+                "parameters": [id_param()],
+                "responses": {"200": ok_json("the actions", json!({"type": "object",
+                    "properties": {"value": {"type": "array", "items": action.clone()}}})), "404": err}},
+            "post": {"operationId": "create_device_action",
+                "summary": "Ask the device to reboot (after its update locks are released) or to restart its services (or one); it runs the action once",
+                "parameters": [id_param()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["action"],
+                    "properties": {"action": {"type": "string", "enum": ["reboot", "restart"]},
+                        "service": {"type": "string", "description": "restart: only this service of the device's target release"}}}}}},
+                "responses": {"201": ok_json("the pending action", action), "400": err, "403": err, "404": err, "409": err}}}),
+    );
+    paths.insert(
+        "/v1/device({id})/move".into(),
+        json!({"post": {"operationId": "move_device",
+            "summary": "Move a device to another fleet of the same owner and device type; its pin and rollout assignment are dropped",
+            "parameters": [id_param()],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["fleet"],
+                "properties": {"fleet": {"type": "integer"}}}}}},
+            "responses": {"200": ok_json("moved", json!({"type": "object", "properties": {
+                "device": {"type": "integer"}, "from_fleet": {"type": "integer"}, "fleet": {"type": "integer"}}})),
+                "400": err, "403": err, "404": err, "409": err}}}),
     );
 }
 

@@ -65,7 +65,7 @@ fn owner_expr(resource: &str, alias: &str) -> Option<String> {
             "(SELECT pf.owner FROM \"release\" pr JOIN fleet pf ON pf.id = pr.fleet \
              WHERE pr.id = {t}.\"release\")"
         ),
-        "device_env_var" | "device_config_var" | "device_tag" => format!(
+        "device_env_var" | "device_config_var" | "device_tag" | "device_action" => format!(
             "(SELECT pf.owner FROM device pd JOIN fleet pf ON pf.id = pd.fleet \
              WHERE pd.id = {t}.device)"
         ),
@@ -92,7 +92,7 @@ fn fleet_expr(resource: &str, alias: &str) -> Option<String> {
         "service" | "image" => {
             format!("(SELECT pr.fleet FROM \"release\" pr WHERE pr.id = {t}.\"release\")")
         }
-        "device_env_var" | "device_config_var" | "device_tag" => {
+        "device_env_var" | "device_config_var" | "device_tag" | "device_action" => {
             format!("(SELECT pd.fleet FROM device pd WHERE pd.id = {t}.device)")
         }
         "service_env_var" => format!(

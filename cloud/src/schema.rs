@@ -241,6 +241,11 @@ pub static RESOURCES: &[Resource] = &[
                 resource: "device_tag",
                 via: "device",
             },
+            Reverse {
+                name: "device_action",
+                resource: "device_action",
+                via: "device",
+            },
         ],
         writable: true,
     },
@@ -365,6 +370,25 @@ pub static RESOURCES: &[Resource] = &[
             resource: "rollout_event",
             via: "rollout",
         }],
+        writable: false,
+    },
+    // Created with POST /v1/device({id})/actions and changed only by the
+    // device's reports (crate::actions).
+    Resource {
+        name: "device_action",
+        table: "device_action",
+        fields: &[
+            ID,
+            fk("device", "device", Never, false),
+            ro("action", Text),
+            ro("service", Text),
+            ro("state", Text),
+            ro("result", Text),
+            fk("requested_by", "user", Never, false),
+            ro("requested_at", Time),
+            ro("updated_at", Time),
+        ],
+        children: &[],
         writable: false,
     },
     Resource {

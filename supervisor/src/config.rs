@@ -87,6 +87,14 @@ pub struct Config {
     /// D-Bus address for RAUC and logind; unset means the system bus.
     #[arg(long, env = "RESIN_SUPERVISOR_DBUS_ADDRESS")]
     pub dbus_address: Option<String>,
+    /// The kernel's boot id, which tells a reboot action that the device
+    /// rebooted.
+    #[arg(
+        long,
+        env = "RESIN_SUPERVISOR_BOOT_ID",
+        default_value = "/proc/sys/kernel/random/boot_id"
+    )]
+    pub boot_id_path: PathBuf,
     /// Drop the capabilities the supervisor does not need at start.
     #[arg(long, env = "RESIN_SUPERVISOR_DROP_CAPABILITIES", default_value_t = true, action = clap::ArgAction::Set)]
     pub drop_capabilities: bool,

@@ -196,6 +196,20 @@ impl Engine {
         })
     }
 
+    /// An engine client for `host` that has not talked to the engine yet
+    /// (no version negotiation; nothing is sent until the first call).
+    pub fn unconnected(host: &str) -> Result<Self, EngineError> {
+        let docker = Docker::connect_with_host(host).map_err(|source| EngineError::Connect {
+            host: host.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            docker,
+            only_apps: None,
+            pulls: Arc::new(watch::channel(BTreeMap::new()).0),
+        })
+    }
+
     /// The images being pulled right now, with their progress in percent.
     pub fn pulls(&self) -> watch::Receiver<BTreeMap<String, u8>> {
         self.pulls.subscribe()

@@ -2,6 +2,7 @@
 //! target state, reconciles the Docker engine towards it with a pure planner
 //! and an executor, reports state, forwards logs and serves a local API.
 
+pub mod actions;
 pub mod api;
 pub mod cloud;
 pub mod config;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use resin_api_types::{
-    AppReport, DeviceReport, DeviceTarget, OsUpdateReport, ServiceReport, ServiceStatus,
-    StateReport,
+    ActionOutcome, AppReport, DeviceReport, DeviceTarget, OsUpdateReport, ServiceReport,
+    ServiceStatus, StateReport,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -105,6 +105,9 @@ pub struct Reporter {
     /// Requests to send the current state now, without the debounce (before
     /// a reboot); answered once it was sent or the attempt failed.
     pub flush: mpsc::Receiver<oneshot::Sender<()>>,
+    /// Outcomes of device actions ([`crate::actions`]); those still in the
+    /// target state are reported.
+    pub actions: watch::Receiver<Vec<ActionOutcome>>,
 }
 
 impl Reporter {
@@ -123,6 +126,10 @@ impl Reporter {
             os_update: Some(os.clone()),
             supervisor_version: Some(self.version.clone()),
             ip_address: Some(system::ip_addresses()),
+            actions: crate::actions::Actions::report_for(
+                &self.actions.borrow(),
+                self.target.borrow().as_ref(),
+            ),
             ..Default::default()
         }
     }
@@ -197,6 +204,7 @@ impl Reporter {
                 r = os.changed() => if r.is_err() { return },
                 r = self.pulls.changed() => if r.is_err() { return },
                 r = self.target.changed() => if r.is_err() { return },
+                r = self.actions.changed() => if r.is_err() { return },
                 Some(ack) = self.flush.recv() => {
                     flushed = Some(ack);
                     continue;

@@ -202,6 +202,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         notifier.clone(),
     );
 
+    // Device actions (reboot, restart) from the target state, once each.
+    let actions =
+        crate::actions::Actions::load(&cfg.state_dir, &crate::actions::boot_id(&cfg.boot_id_path))
+            .context("reading the device actions record")?;
+    tokio::spawn(
+        crate::actions::Runner {
+            actions: actions.clone(),
+            engine: engine.clone(),
+            target: target_tx.subscribe(),
+            current: current_rx.clone(),
+            reboot: reboot_tx.clone(),
+            boot_id_path: cfg.boot_id_path.clone(),
+            notifier: notifier.clone(),
+            refresh: refresh.clone(),
+            lock_poll: Duration::from_secs(5),
+        }
+        .run(),
+    );
+
     // Target poller.
     tokio::spawn(
         Poller {
@@ -233,6 +252,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pulls: engine.pulls(),
         target: target_tx.subscribe(),
         flush: flush_rx,
+        actions: actions.subscribe(),
     };
     tokio::spawn(reporter.run(current_rx.clone(), status_rx, os_report_rx));
 

@@ -448,6 +448,7 @@ fn a_flush_sends_the_state_at_once_despite_the_debounce() {
     let (_pulls_tx, pulls) = watch::channel(Default::default());
     let (_target_tx, target) = watch::channel(None);
     let (flush_tx, flush) = mpsc::channel(1);
+    let (_actions_tx, actions) = watch::channel(Vec::new());
     let reporter = Reporter {
         cloud: client,
         uuid: uuid.clone(),
@@ -460,6 +461,7 @@ fn a_flush_sends_the_state_at_once_despite_the_debounce() {
         pulls,
         target,
         flush,
+        actions,
     };
     rt.spawn(reporter.run(current, status, os));
     let state = || device_row(&cloud, &uuid).unwrap()["os_update_state"].clone();
@@ -668,4 +670,133 @@ fn a_device_with_another_ca_refuses_the_cloud() {
     let devices = cloud.get("/v1/device");
     assert_eq!(devices["value"], json!([]), "nothing registered");
     sup.kill9();
+}
+
+/// Device actions end to end (real cloud, real dockerd): a restart of one
+/// service restarts that container and not its sibling, and the cloud shows
+/// it done; a reboot is asked of logind once, reported `started` first, and
+/// `done` after the next start in a new boot, and never asked again.
+#[test]
+fn device_actions_restart_one_service_and_reboot_once() {
+    let mut cloud = CloudProc::start();
+    let root = tempfile::tempdir().unwrap();
+    let img = local_image(&format!("sv-test/actions-{}", &app_uuid()[..8]));
+    let f = cloud.create(
+        "fleet",
+        json!({"name": "actions", "device_type": "qemuarm64"}),
+    );
+    let fleet = f["id"].as_i64().unwrap();
+    let app = f["uuid"].as_str().unwrap().to_owned();
+    let p = cloud.create("provisioning_key", json!({"fleet": fleet, "name": "p"}));
+    let cmd = json!([
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done"
+    ]);
+    let rel = cloud.create(
+        "release",
+        json!({"fleet": fleet, "composition": {"services": {
+            "web": {"image": img, "command": cmd}, "side": {"image": img, "command": cmd}}}}),
+    );
+    cloud.patch(
+        &format!("/v1/fleet({fleet})"),
+        json!({"target_release": rel["id"]}),
+    );
+    let rel = rel["uuid"].as_str().unwrap().to_owned();
+    let boot = root.path().join("boot_id");
+    std::fs::write(&boot, "boot-1\n").unwrap();
+    let boot_env = boot.display().to_string();
+    // No logind at this address: the reboot is asked for and fails.
+    let dbus = format!("unix:path={}", root.path().join("no-bus").display());
+    let mut sup = SupervisorProc::new(
+        root.path(),
+        &config_json(&cloud, fleet, p["key"].as_str().unwrap()),
+        &[&app],
+        &[
+            ("RESIN_SUPERVISOR_BOOT_ID", &boot_env),
+            ("RESIN_SUPERVISOR_DBUS_ADDRESS", &dbus),
+        ],
+    );
+    sup.start();
+    wait_until(60, "both running", || {
+        (containers_of(&app) == [format!("side running {rel}"), format!("web running {rel}")])
+            .then_some(())
+    });
+    let dev: serde_json::Value = wait_until(30, "device.json", || {
+        serde_json::from_str(&std::fs::read_to_string(sup.state.join("device.json")).ok()?).ok()
+    });
+    let dev_id = dev["id"].as_i64().unwrap();
+    let started = |svc: &str| {
+        let id = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=io.resin.app-uuid={app}"),
+            "--filter",
+            &format!("label=io.resin.service-name={svc}"),
+        ]);
+        let at = docker(&["inspect", "--format", "{{.State.StartedAt}}", &id]);
+        (id, at)
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (web0, side0) = (started("web"), started("side"));
+    let action = |id: i64| {
+        let list = cloud.get(&format!("/v1/device({dev_id})/actions"));
+        list["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+
+    let a = cloud.create(
+        &format!("device({dev_id})/actions"),
+        json!({"action": "restart", "service": "web"}),
+    );
+    let id = a["id"].as_i64().unwrap();
+    let done = wait_until(30, "the restart reported done", || {
+        let a = action(id);
+        (a["state"] == "done").then_some(a)
+    });
+    assert_eq!(done["result"], "restarted web");
+    let (web1, side1) = (started("web"), started("side"));
+    assert_eq!(web1.0, web0.0, "restarted, not recreated");
+    assert_ne!(web1.1, web0.1, "web was restarted");
+    assert_eq!(side1, side0, "side was not touched");
+    // Its outcome leaves the target, and it is not run again.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(started("web"), web1);
+
+    let a = cloud.create(
+        &format!("device({dev_id})/actions"),
+        json!({"action": "reboot"}),
+    );
+    let id = a["id"].as_i64().unwrap();
+    let s = wait_until(30, "the reboot reported started", || {
+        let a = action(id);
+        (a["state"] == "started" && a["result"] == "rebooting").then_some(a)
+    });
+    assert_eq!(s["action"], "reboot");
+    wait_until(30, "the reboot asked of logind", || {
+        sup.log_text()
+            .contains("rebooting through logind")
+            .then_some(())
+    });
+    // The "reboot": a restart in a new boot.
+    sup.kill9();
+    std::fs::write(&boot, "boot-2\n").unwrap();
+    sup.start();
+    wait_until(60, "the reboot reported done", || {
+        let a = action(id);
+        (a["state"] == "done" && a["result"] == "rebooted").then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let asked = sup.log_text().matches("rebooting through logind").count();
+    assert_eq!(asked, 1, "the reboot was asked for {asked} times");
+    sup.kill9();
+    cloud.stop();
+    cleanup(&app);
+    let _ = docker_ok(&["rmi", &img]);
 }
