@@ -54,7 +54,7 @@ pub enum Cmd {
     /// Fleets
     #[command(subcommand)]
     Fleet(FleetCmd),
-    /// Devices: list, show, rename, pin, remove
+    /// Devices: list, show, rename, pin, move, restart, reboot, remove
     #[command(subcommand)]
     Device(DeviceCmd),
     /// List devices (the same as `resin device list`)
@@ -156,6 +156,34 @@ pub enum DeviceCmd {
     },
     /// Let a pinned device follow its fleet's target release again
     Unpin {
+        /// Device uuid or numeric id
+        device: String,
+    },
+    /// Move a device to another fleet of the same owner and device type
+    /// (asks first unless --yes); its pin is dropped and it follows the new
+    /// fleet's target
+    Move {
+        /// Device uuid or numeric id
+        device: String,
+        /// The fleet to move it to (name or id)
+        fleet: String,
+    },
+    /// Restart a device's services, or one service (asks first unless
+    /// --yes); the supervisor restarts the containers once
+    Restart {
+        /// Device uuid or numeric id
+        device: String,
+        /// Only this service (its compose name)
+        #[arg(long, short = 's')]
+        service: Option<String>,
+    },
+    /// Reboot a device once no update lock is held (asks first unless --yes)
+    Reboot {
+        /// Device uuid or numeric id
+        device: String,
+    },
+    /// A device's actions (restart, reboot), newest first, and where each is
+    Actions {
         /// Device uuid or numeric id
         device: String,
     },

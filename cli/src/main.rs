@@ -24,6 +24,7 @@ use resin_cli::config::{self, StoredLogin};
 use resin_cli::fsutil::AtomicFile;
 use resin_cli::table::{cell, render};
 
+mod device_cmd;
 mod rollout_cmd;
 
 fn main() -> ExitCode {
@@ -175,6 +176,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Device(DeviceCmd::Pin { device, release }) => device_pin(&cli, device, Some(release)),
         Cmd::Device(DeviceCmd::Unpin { device }) => device_pin(&cli, device, None),
         Cmd::Device(DeviceCmd::Rm { devices }) => device_rm(&cli, devices),
+        Cmd::Device(DeviceCmd::Move { device, fleet }) => device_cmd::move_to(&cli, device, fleet),
+        Cmd::Device(DeviceCmd::Restart { device, service }) => {
+            device_cmd::restart(&cli, device, service.as_deref())
+        }
+        Cmd::Device(DeviceCmd::Reboot { device }) => device_cmd::reboot(&cli, device),
+        Cmd::Device(DeviceCmd::Actions { device }) => device_cmd::list(&cli, device),
         Cmd::Whoami => whoami(&cli),
         Cmd::Tag(t) => tag(&cli, t),
         Cmd::Env(EnvCmd::List(o)) => env_list(&cli, o),

@@ -1556,3 +1556,75 @@ fn a_rollout_from_the_cli() {
     assert_eq!(show["events"][2]["reason"], "lunch");
     let _ = d1;
 }
+
+#[test]
+fn device_restart_reboot_and_move_from_the_cli() {
+    let c = start_cloud();
+    let k = c.key.as_str();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let compose = data.join("docker-compose.yml");
+    for (name, ty) in [
+        ("one", "qemuarm64"),
+        ("two", "qemuarm64"),
+        ("pi", "raspberrypi4-64"),
+    ] {
+        c.ok_as(k, &["fleet", "create", name, "--device-type", ty]);
+    }
+    c.ok_as(
+        k,
+        &[
+            "release",
+            "create",
+            "--fleet",
+            "one",
+            "--compose",
+            compose.to_str().unwrap(),
+            "--image",
+            "web=127.0.0.1:55000/web:1",
+            "--pin",
+        ],
+    );
+    let pk = c.json_as(k, &["provisioning-key", "create", "p", "--fleet", "one"]);
+    register(&c, pk["key"].as_str().unwrap(), D1);
+
+    // Without --yes on a non-terminal stdin: usage error, nothing asked.
+    let e = c.fails_as(k, 2, &["device", "reboot", D1]);
+    assert!(e.contains("--yes"), "{e}");
+    let e = c.fails_as(k, 1, &["device", "restart", D1, "--service", "nope", "-y"]);
+    assert!(e.contains("no service named"), "{e}");
+    let a = c.json_as(k, &["device", "restart", D1, "--service", "web", "-y"]);
+    assert_eq!(a["action"], "restart", "{a}");
+    assert_eq!(a["service"], "web", "{a}");
+    assert_eq!(a["state"], "pending", "{a}");
+    let out = c.ok_as(k, &["device", "reboot", D1, "--yes"]);
+    assert!(out.contains("reboot once no update lock is held"), "{out}");
+    let list = c.json_as(k, &["device", "actions", D1]);
+    let kinds: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["reboot", "restart"], "newest first: {list}");
+    let text = c.ok_as(k, &["device", "actions", D1]);
+    assert!(text.contains("STATE") && text.contains("pending"), "{text}");
+
+    // Moves: not to another device type, nor to a fleet that is not there.
+    let e = c.fails_as(k, 1, &["device", "move", D1, "pi", "-y"]);
+    assert!(e.contains("device type"), "{e}");
+    let e = c.fails_as(k, 1, &["device", "move", D1, "nowhere", "-y"]);
+    assert!(e.contains("resin fleet list"), "{e}");
+    c.fails_as(k, 2, &["device", "move", D1]);
+    let m = c.json_as(k, &["device", "move", D1, "two", "--yes"]);
+    let two = c.json_as(k, &["fleet", "list"]);
+    let two_id = two
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "two")
+        .unwrap()["id"]
+        .clone();
+    assert_eq!(m["fleet"], two_id, "{m}");
+    let d = c.json_as(k, &["device", "show", D1]);
+    assert_eq!(d["fleet_name"], "two", "{d}");
+}

@@ -20,6 +20,9 @@ fn docs_cli_md_is_generated_from_clap() {
     );
     for cmd in [
         "resin device pin",
+        "resin device restart",
+        "resin device reboot",
+        "resin device move",
         "resin provisioning-key revoke",
         "resin logs",
     ] {

@@ -41,11 +41,12 @@ want = ["/v1", "/v1/$metadata", "/openapi.json", "/ping", "/v1/device({id})/logs
         "/v1/os_release({id})/bundle", "/v1/os_release({id})/image", "/v1/os/download",
         "/os/bundle/{id}", "/device/register", "/device/v3/{uuid}/state",
         "/device/v3/state", "/device/v2/{uuid}/log-stream",
-        "/v1/rollout({id})/progress", "/v1/rollout({id})/{action}"]
+        "/v1/rollout({id})/progress", "/v1/rollout({id})/{action}",
+        "/v1/device({id})/actions", "/v1/device({id})/move"]
 for res in ["user", "api_key", "fleet", "device", "release", "service", "image", "os_release",
             "provisioning_key", "fleet_env_var", "device_env_var", "service_env_var",
             "fleet_config_var", "device_config_var", "fleet_tag", "device_tag",
-            "rollout", "rollout_event"]:
+            "rollout", "rollout_event", "device_action"]:
     want += [f"/v1/{res}", f"/v1/{res}({{id}})", f"/v1/{res}/$count"]
 missing = [p for p in want if p not in spec["paths"]]
 if "post" not in spec["paths"].get("/v1/rollout", {}):
