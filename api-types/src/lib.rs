@@ -30,6 +30,6 @@ pub use report::{
     StateReport,
 };
 pub use target::{
-    AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget, ReleaseTarget,
-    ServiceTarget, TargetState, VolumeTarget,
+    config_flag, AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget,
+    ReleaseTarget, ServiceTarget, TargetState, VolumeTarget, OS_ALLOW_DOWNGRADE_VAR,
 };
