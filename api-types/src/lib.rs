@@ -12,6 +12,7 @@
 //! - [`rollout`]: staged rollouts (`/v1/rollout`)
 //! - [`paths`]: the device-API paths, built in one place
 
+pub mod build;
 pub mod compose;
 pub mod config;
 pub mod labels;

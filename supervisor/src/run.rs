@@ -40,7 +40,7 @@ fn local_api_key(state_dir: &Path) -> anyhow::Result<String> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     let key = hex::encode(rand::random::<[u8; 24]>());
-    store::write_atomic(&path, key.as_bytes(), 0o600)?;
+    resin_fsutil::write_atomic(&path, key.as_bytes(), 0o600)?;
     Ok(key)
 }
 
