@@ -13,6 +13,7 @@
 //! - [`paths`]: the device-API paths, built in one place
 //! - [`tunnel`]: the remote-access tunnel's frames (`/device/v1/tunnel`)
 
+pub mod build;
 pub mod compose;
 pub mod config;
 pub mod labels;
@@ -32,6 +33,6 @@ pub use report::{
     StateReport,
 };
 pub use target::{
-    AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget, ReleaseTarget,
-    ServiceTarget, TargetState, VolumeTarget,
+    config_flag, AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget,
+    ReleaseTarget, ServiceTarget, TargetState, VolumeTarget, OS_ALLOW_DOWNGRADE_VAR,
 };
