@@ -48,7 +48,7 @@ struct Fixture {
     device_key: String,
     prov_key: String,
     poll_now: Arc<tokio::sync::Notify>,
-    reboots: std::sync::Mutex<tokio::sync::mpsc::Receiver<String>>,
+    reboots: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<String>>,
     home: tempfile::TempDir,
 }
 
@@ -109,7 +109,7 @@ impl Fixture {
             device_key,
             prov_key,
             poll_now,
-            reboots: std::sync::Mutex::new(reboots),
+            reboots: tokio::sync::Mutex::new(reboots),
             home: tempfile::tempdir().unwrap(),
         };
         // Connected once the device answers a session (the cloud answers
@@ -631,7 +631,7 @@ fn a_target_state_change_sends_poll_now_and_a_reboot_goes_down_the_tunnel() {
     let (s, b) = http("POST", &url, Some(&fx.cloud.admin_key), None);
     assert_eq!(s, 202, "{b}");
     let why = fx.rt.block_on(async {
-        let mut rx = fx.reboots.lock().unwrap();
+        let mut rx = fx.reboots.lock().await;
         tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
     });
     assert_eq!(
