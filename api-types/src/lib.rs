@@ -12,8 +12,10 @@
 //! - [`rollout`]: staged rollouts (`/v1/rollout`)
 //! - [`actions`]: device actions (reboot, restart) and device moves
 //! - [`paths`]: the device-API paths, built in one place
+//! - [`tunnel`]: the remote-access tunnel's frames (`/device/v1/tunnel`)
 
 pub mod actions;
+pub mod build;
 pub mod compose;
 pub mod config;
 pub mod labels;
@@ -23,6 +25,7 @@ pub mod register;
 pub mod report;
 pub mod rollout;
 pub mod target;
+pub mod tunnel;
 
 pub use actions::{ActionKind, ActionOutcome, ActionState, DeviceAction};
 pub use config::{encode_root_ca, ConfigJson, ConfigJsonError};
@@ -33,6 +36,6 @@ pub use report::{
     StateReport,
 };
 pub use target::{
-    AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget, ReleaseTarget,
-    ServiceTarget, TargetState, VolumeTarget,
+    config_flag, AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget,
+    ReleaseTarget, ServiceTarget, TargetState, VolumeTarget, OS_ALLOW_DOWNGRADE_VAR,
 };

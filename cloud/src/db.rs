@@ -89,6 +89,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0005_roles_and_key_scopes.sql"),
     ),
     (
+        8,
+        include_str!("../migrations/0008_tunnel.sql"),
+        include_str!("../migrations/0008_tunnel.sql"),
+    ),
+    (
         9,
         include_str!("../migrations/0009_device_actions.sql"),
         include_str!("../migrations/0009_device_actions.sql"),
