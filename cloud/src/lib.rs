@@ -24,6 +24,7 @@ pub mod resources;
 pub mod rollout;
 pub mod schema;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::STATE_REPORT, patch(device_api::report_state))
         .route(paths::LOG_STREAM_ROUTE, post(logs::log_stream))
         .route("/ping", get(|| async { "OK" }))
+        .merge(web::router())
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
