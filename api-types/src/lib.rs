@@ -12,6 +12,7 @@
 //! - [`rollout`]: staged rollouts (`/v1/rollout`)
 //! - [`paths`]: the device-API paths, built in one place
 
+pub mod build;
 pub mod compose;
 pub mod config;
 pub mod labels;
@@ -30,6 +31,6 @@ pub use report::{
     StateReport,
 };
 pub use target::{
-    AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget, ReleaseTarget,
-    ServiceTarget, TargetState, VolumeTarget,
+    config_flag, AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget,
+    ReleaseTarget, ServiceTarget, TargetState, VolumeTarget, OS_ALLOW_DOWNGRADE_VAR,
 };

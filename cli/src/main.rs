@@ -21,8 +21,8 @@ use resin_cli::args::{
 };
 use resin_cli::compose;
 use resin_cli::config::{self, StoredLogin};
-use resin_cli::fsutil::AtomicFile;
 use resin_cli::table::{cell, render};
+use resin_fsutil::AtomicFile;
 
 mod rollout_cmd;
 
@@ -664,11 +664,10 @@ fn os_download(cli: &Cli, fleet: &str, version: &str, c: Compression, output: &P
         ],
     );
     let (len, body) = api.get_stream(&path, "application/octet-stream")?;
-    let mut out = AtomicFile::create(output, 0o644)
-        .with_context(|| format!("creating a temp file next to {}", output.display()))?;
+    let mut out = AtomicFile::create(output, 0o644)?;
     let pb = bar(len, format!("{}", output.display()));
     let mut reader = pb.wrap_read(body);
-    let copied = std::io::copy(&mut reader, out.file()?);
+    let copied = std::io::copy(&mut reader, out.file());
     pb.finish_and_clear();
     let n = copied.with_context(|| format!("downloading into {}", output.display()))?;
     if let Some(want) = len {
@@ -679,8 +678,7 @@ fn os_download(cli: &Cli, fleet: &str, version: &str, c: Compression, output: &P
             );
         }
     }
-    out.commit()
-        .with_context(|| format!("writing {}", output.display()))?;
+    out.commit()?;
     if cli.json {
         print_json(&json!({"output": output, "bytes": n, "compression": c.as_str()}))
     } else {

@@ -1,0 +1,357 @@
+//! resin's builder: turns a project (a docker-compose.yml with `build:`
+//! contexts, or a single Dockerfile) into images for the fleet's
+//! architecture, pushes them to the registry under one repository per fleet
+//! and service, and yields the release composition with every image pinned
+//! by digest. `git push` and `resin push` both end here.
+//!
+//! Steps of [`run`]: load and validate the project (api-types' compose
+//! validator) → check the registry answers → build each `build:` service
+//! with the engine's classic builder for the fleet's platform (binfmt runs
+//! foreign `RUN` steps) and check the architecture the engine recorded →
+//! pull and pin each `image:` service → only then push the built images →
+//! read each pushed manifest's config back from the registry and check its
+//! architecture → pin the composition. Nothing is pushed unless every
+//! service built, so a failed build leaves no half-made release behind.
+
+pub mod context;
+pub mod engine;
+pub mod error;
+pub mod project;
+pub mod registry;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bollard::Docker;
+use resin_api_types::build::{BuildLogLine, BuildState, ServiceSource};
+use resin_api_types::ReleaseTarget;
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use error::BuildError;
+
+/// Limits of one build.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The whole build, from loading the project to the last push.
+    pub timeout: Duration,
+    /// The largest context (sum of file sizes) of one service.
+    pub max_context_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(30 * 60),
+            max_context_bytes: 500 << 20,
+        }
+    }
+}
+
+/// What to build and where the images go.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The unpacked project.
+    pub project_dir: PathBuf,
+    /// The registry (`host[:port]`).
+    pub registry: String,
+    /// The fleet's namespace in the registry: repositories are
+    /// `<registry>/<namespace>/<service>`; lowercase, `[a-z0-9._-]`.
+    pub namespace: String,
+    /// e.g. `linux/arm64`, from the fleet's device type.
+    pub platform: String,
+    /// The tag pushed (unique per build, e.g. `build-42`).
+    pub tag: String,
+    /// Build without the fleet's layer cache.
+    pub nocache: bool,
+    pub limits: Limits,
+}
+
+/// A successful build.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    /// The release composition, every image pinned (`repo@sha256:…`).
+    pub composition: Value,
+    pub target: ReleaseTarget,
+    /// Service → pinned image.
+    pub images: BTreeMap<String, String>,
+}
+
+/// A build's state machine: each transition is checked against
+/// [`BuildState::can_go`], logged with tracing and sent to the build log.
+#[derive(Debug)]
+pub struct Machine {
+    state: BuildState,
+    log: UnboundedSender<BuildLogLine>,
+}
+
+impl Machine {
+    pub fn new(log: UnboundedSender<BuildLogLine>) -> Machine {
+        Machine {
+            state: BuildState::Queued,
+            log,
+        }
+    }
+
+    pub fn state(&self) -> BuildState {
+        self.state
+    }
+
+    /// Moves to `to`, or refuses (and changes nothing) when the transition
+    /// is not allowed.
+    pub fn go(&mut self, to: BuildState, why: &str) -> Result<(), BuildError> {
+        if !self.state.can_go(to) {
+            return Err(BuildError::Invalid(format!(
+                "a build cannot go from {} to {to}",
+                self.state
+            )));
+        }
+        tracing::info!(from = %self.state, to = %to, "build: {why}");
+        self.state = to;
+        let _ = self.log.send(BuildLogLine {
+            service: None,
+            message: why.to_owned(),
+            state: Some(to),
+            release: None,
+            is_error: to == BuildState::Failed,
+        });
+        Ok(())
+    }
+}
+
+/// Repository for one service of a namespace: `<registry>/<ns>/<service>`.
+pub fn repository(registry: &str, namespace: &str, service: &str) -> String {
+    let s: String = service
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{registry}/{namespace}/{s}")
+}
+
+/// Runs a build under its timeout. The caller drives the state machine:
+/// see [`run_machine`] for the usual wrapping.
+pub async fn run(
+    docker: &Docker,
+    req: &BuildRequest,
+    log: &UnboundedSender<BuildLogLine>,
+) -> Result<BuildOutput, BuildError> {
+    let secs = req.limits.timeout.as_secs();
+    let mut tags = Vec::new();
+    let r = match tokio::time::timeout(req.limits.timeout, run_inner(docker, req, log, &mut tags))
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(BuildError::Timeout(secs)),
+    };
+    // The build's own tags go; a failed build leaves no image behind, a
+    // successful one its pushed image and the fleet cache's `latest`.
+    for t in &tags {
+        engine::untag(docker, t).await;
+    }
+    r
+}
+
+/// [`run`] inside the state machine: queued → building → success or
+/// failed; the error is also the last log line.
+pub async fn run_machine(
+    docker: &Docker,
+    req: &BuildRequest,
+    log: &UnboundedSender<BuildLogLine>,
+) -> Result<BuildOutput, BuildError> {
+    let mut m = Machine::new(log.clone());
+    m.go(BuildState::Building, "building")?;
+    match run(docker, req, log).await {
+        Ok(out) => {
+            m.go(BuildState::Success, "build succeeded")?;
+            Ok(out)
+        }
+        Err(e) => {
+            m.go(BuildState::Failed, &format!("build failed: {e}"))?;
+            Err(e)
+        }
+    }
+}
+
+async fn run_inner(
+    docker: &Docker,
+    req: &BuildRequest,
+    log: &UnboundedSender<BuildLogLine>,
+    tags: &mut Vec<String>,
+) -> Result<BuildOutput, BuildError> {
+    let dir = req.project_dir.clone();
+    let project = tokio::task::spawn_blocking(move || project::load(&dir))
+        .await
+        .map_err(|e| BuildError::Invalid(format!("loading the project: {e}")))??;
+    let registry = req.registry.clone();
+    tokio::task::spawn_blocking(move || registry::reachable(&registry))
+        .await
+        .map_err(|e| BuildError::Invalid(format!("checking the registry: {e}")))??;
+    let arch = engine::arch_of(&req.platform).to_owned();
+    engine::say(
+        log,
+        None,
+        format!(
+            "{} service(s) for {}: {}",
+            project.project.services.len(),
+            req.platform,
+            project
+                .project
+                .services
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let mut built: Vec<(String, String)> = Vec::new(); // (service, repo)
+    let mut images = BTreeMap::new();
+    for (service, source) in &project.project.services {
+        match source {
+            ServiceSource::Build(spec) => {
+                let repo = repository(&req.registry, &req.namespace, service);
+                let ctx_dir = project.root.join(&spec.context);
+                let (svc, df, limit) = (
+                    service.clone(),
+                    spec.dockerfile.clone(),
+                    req.limits.max_context_bytes,
+                );
+                let tar = tokio::task::spawn_blocking(move || {
+                    context::tar_context(&svc, &ctx_dir, &[df.as_str()], limit)
+                })
+                .await
+                .map_err(|e| BuildError::Invalid(format!("packing the context: {e}")))??;
+                engine::say(
+                    log,
+                    Some(service),
+                    format!(
+                        "building {} ({} KiB context, {})",
+                        spec.context,
+                        tar.len() / 1024,
+                        if req.nocache {
+                            "no cache"
+                        } else {
+                            "fleet cache"
+                        }
+                    ),
+                );
+                // The fleet's layer cache: with `cachefrom` set, the classic
+                // builder takes cache only from those images (one that does
+                // not exist yet gives none), never from other fleets' images.
+                let cache_from = vec![format!("{repo}:latest")];
+                let image = format!("{repo}:{}", req.tag);
+                tags.push(image.clone());
+                engine::build(
+                    docker,
+                    engine::BuildArgs {
+                        service,
+                        tag: &image,
+                        dockerfile: &spec.dockerfile,
+                        platform: &req.platform,
+                        nocache: req.nocache,
+                        cache_from,
+                        args: spec.args.clone().into_iter().collect::<HashMap<_, _>>(),
+                    },
+                    tar,
+                    log,
+                )
+                .await?;
+                let found = engine::architecture(docker, &image).await?;
+                if found != arch {
+                    return Err(BuildError::WrongArchitecture {
+                        service: service.clone(),
+                        expected: arch.clone(),
+                        found,
+                    });
+                }
+                built.push((service.clone(), repo));
+            }
+            ServiceSource::Image(image) => {
+                let pinned =
+                    engine::pull_pinned(docker, service, image, &req.platform, log).await?;
+                images.insert(service.clone(), pinned);
+            }
+        }
+    }
+    for (service, repo) in &built {
+        engine::say(log, Some(service), format!("pushing {repo}:{}", req.tag));
+        let digest = engine::push(docker, repo, &req.tag, service, log).await?;
+        let (r, d) = (repo.clone(), digest.clone());
+        let found = tokio::task::spawn_blocking(move || registry::architecture(&r, &d))
+            .await
+            .map_err(|e| BuildError::Invalid(format!("reading the manifest: {e}")))??;
+        if found != arch {
+            return Err(BuildError::WrongArchitecture {
+                service: service.clone(),
+                expected: arch.clone(),
+                found,
+            });
+        }
+        images.insert(service.clone(), format!("{repo}@{digest}"));
+    }
+    // The fleet's layer cache: the last successful build of each service.
+    // The previous cache image goes once nothing names it.
+    for (_, repo) in &built {
+        let latest = format!("{repo}:latest");
+        let old = docker.inspect_image(&latest).await.ok().and_then(|i| i.id);
+        engine::tag(docker, &format!("{repo}:{}", req.tag), repo, "latest").await?;
+        let new = docker.inspect_image(&latest).await.ok().and_then(|i| i.id);
+        if let Some(old) = old.filter(|o| Some(o) != new.as_ref()) {
+            engine::untag(docker, &old).await;
+        }
+    }
+    let (composition, target) =
+        project
+            .project
+            .pin(&images)
+            .map_err(|source| BuildError::Compose {
+                file: "the pinned composition".into(),
+                source,
+            })?;
+    for (s, i) in &images {
+        engine::say(log, Some(s), format!("image {i}"));
+    }
+    Ok(BuildOutput {
+        composition,
+        target,
+        images,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machine_refuses_a_transition_it_does_not_have() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut m = Machine::new(tx);
+        assert!(m.go(BuildState::Success, "x").is_err());
+        assert_eq!(m.state(), BuildState::Queued);
+        m.go(BuildState::Building, "building").unwrap();
+        m.go(BuildState::Failed, "boom").unwrap();
+        assert!(m.go(BuildState::Success, "late").is_err());
+        assert_eq!(m.state(), BuildState::Failed);
+        let first = rx.try_recv().unwrap();
+        assert_eq!(first.state, Some(BuildState::Building));
+        let second = rx.try_recv().unwrap();
+        assert!(second.is_error);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn repositories_are_per_namespace_and_service() {
+        assert_eq!(
+            repository("r:5000", "fleet-1", "Web_App"),
+            "r:5000/fleet-1/web_app"
+        );
+    }
+}
