@@ -285,6 +285,7 @@ pub fn openapi() -> Value {
     other_routes(&mut paths, &err);
     rollout_routes(&mut paths, &err);
     dashboard_routes(&mut paths);
+    crate::tunnel::openapi_paths(&mut paths, &err);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "resin-cloud", "version": env!("CARGO_PKG_VERSION"),

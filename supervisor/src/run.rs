@@ -197,6 +197,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         notifier.clone(),
     );
 
+    // Remote access: one outbound WebSocket to the cloud (tunnel.rs).
+    tokio::spawn(crate::tunnel::run(crate::tunnel::TunnelOptions {
+        api_endpoint: cj.api_endpoint.clone(),
+        device_key: device_key.clone(),
+        root_ca: cj.root_ca_pem()?,
+        settings: cj.tunnel.clone().unwrap_or_default(),
+        docker: Some(engine.docker().clone()),
+        poll_now: poll_now.clone(),
+        reboot: Some(reboot_tx.clone()),
+    }));
+
     // Target poller.
     tokio::spawn(
         Poller {
