@@ -52,6 +52,7 @@ pub fn router() -> Router<AppState> {
         .route(DEVICE_PATH, get(device_socket))
         .route("/v1/{seg}/tunnel", get(user_socket))
         .route("/v1/{seg}/tunnel/sessions", get(sessions))
+        .route("/v1/{seg}/tunnel/reboot", axum::routing::post(reboot_now))
 }
 
 /// One connected device.
@@ -577,6 +578,30 @@ async fn audit_end(app: &AppState, id: i64, up: u64, down: u64, end: &CloseInfo)
     }
 }
 
+/// `POST /v1/device(<id>)/tunnel/reboot`: a Reboot frame down the device's
+/// tunnel (write rights on its fleet); 409 when it has no tunnel here.
+async fn reboot_now(
+    State(app): State<AppState>,
+    Path(seg): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let actor = auth::resolve(&app.db, &headers).await?;
+        let device = device_of(&seg)?;
+        writable_device(&app, &actor, device).await?;
+        check_origin(&app, &headers)?;
+        if !reboot(&app, device) {
+            return Err(ApiError::conflict(format!(
+                "device({device}) has no tunnel to this cloud: it is offline, or its tunnel is off"
+            )));
+        }
+        tracing::info!(device, "reboot sent down the tunnel");
+        Ok((StatusCode::ACCEPTED, Json(json!({"sent": true}))).into_response())
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
 /// `GET /v1/device(<id>)/tunnel/sessions`: the audit of a device's sessions,
 /// newest first (whoever may read the device).
 async fn sessions(
@@ -649,6 +674,14 @@ pub fn openapi_paths(paths: &mut serde_json::Map<String, Value>, err: &Value) {
             "parameters": [id],
             "responses": {"101": {"description": "switching to WebSocket"}, "401": err, "403": err, "404": err,
                 "409": err, "426": err, "429": err}}}),
+    );
+    paths.insert(
+        "/v1/device({id})/tunnel/reboot".into(),
+        json!({"post": {"operationId": "device_tunnel_reboot",
+            "summary": "Reboot a connected device now, through its tunnel (the device honours its update locks)",
+            "parameters": [id.clone()],
+            "responses": {"202": {"description": "sent", "content": {"application/json": {"schema": {"type": "object",
+                "properties": {"sent": {"type": "boolean"}}}}}}, "401": err, "403": err, "404": err, "409": err}}}),
     );
     paths.insert(
         "/v1/device({id})/tunnel/sessions".into(),

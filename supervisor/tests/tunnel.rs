@@ -48,6 +48,7 @@ struct Fixture {
     device_key: String,
     prov_key: String,
     poll_now: Arc<tokio::sync::Notify>,
+    reboots: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<String>>,
     home: tempfile::TempDir,
 }
 
@@ -89,6 +90,7 @@ impl Fixture {
             .build()
             .unwrap();
         let poll_now = Arc::new(tokio::sync::Notify::new());
+        let (reboot_tx, reboots) = tokio::sync::mpsc::channel(4);
         rt.spawn(resin_supervisor::tunnel::run(TunnelOptions {
             api_endpoint: cloud.url(),
             device_key: device_key.clone(),
@@ -96,7 +98,7 @@ impl Fixture {
             settings,
             docker: None,
             poll_now: poll_now.clone(),
-            reboot: None,
+            reboot: Some(reboot_tx),
         }));
         let fx = Fixture {
             cloud,
@@ -107,6 +109,7 @@ impl Fixture {
             device_key,
             prov_key,
             poll_now,
+            reboots: tokio::sync::Mutex::new(reboots),
             home: tempfile::tempdir().unwrap(),
         };
         // Connected once the device answers a session (the cloud answers
@@ -598,7 +601,7 @@ fn only_users_with_rights_on_the_fleet_open_sessions() {
 }
 
 #[test]
-fn a_target_state_change_sends_poll_now_down_the_tunnel() {
+fn a_target_state_change_sends_poll_now_and_a_reboot_goes_down_the_tunnel() {
     let fx = Fixture::start(TunnelSettings::default());
     let notified = |secs| {
         fx.rt.block_on(async {
@@ -621,6 +624,36 @@ fn a_target_state_change_sends_poll_now_down_the_tunnel() {
         json!({"fleet": fx.fleet, "name": "B", "value": "2"}),
     );
     assert!(notified(5), "no poll-now after a fleet env var");
+
+    // A reboot goes down the tunnel at once, to the supervisor's rebooter.
+    let url = format!("{}/v1/device({})/tunnel/reboot", fx.cloud.url(), fx.id);
+    let t0 = Instant::now();
+    let (s, b) = http("POST", &url, Some(&fx.cloud.admin_key), None);
+    assert_eq!(s, 202, "{b}");
+    let why = fx.rt.block_on(async {
+        let mut rx = fx.reboots.lock().await;
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+    });
+    assert_eq!(
+        why.expect("a reboot within 5 s").as_deref(),
+        Some("reboot asked through the tunnel")
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // Only with write rights on the device; a device without a tunnel is 409.
+    let (s, _) = http("POST", &url, Some(&fx.device_key), None);
+    assert_eq!(s, 403);
+    register(&fx.cloud, &fx.prov_key);
+    let other = fx.cloud.get("/v1/device?$orderby=id%20desc&$top=1")["value"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let (s, b) = http(
+        "POST",
+        &format!("{}/v1/device({other})/tunnel/reboot", fx.cloud.url()),
+        Some(&fx.cloud.admin_key),
+        None,
+    );
+    assert_eq!(s, 409, "{b}");
+    assert!(b.contains("has no tunnel"), "{b}");
 }
 
 #[test]
