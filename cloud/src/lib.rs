@@ -26,6 +26,7 @@ pub mod rollout;
 pub mod schema;
 pub mod tls;
 pub mod tunnel;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route(paths::STATE_REPORT, patch(device_api::report_state))
         .route(paths::LOG_STREAM_ROUTE, post(logs::log_stream))
         .route("/ping", get(|| async { "OK" }))
+        .merge(web::router())
         .merge(tunnel::router())
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(

@@ -14,6 +14,8 @@ RESIN_APT_PACKAGES=(
   build-essential pkg-config git ca-certificates curl python3-venv python3-pip
   # cloud tests, benchmarks
   postgresql nginx-light wrk
+  # dashboard browser tests (WebDriver, headless)
+  chromium chromium-driver
   # supervisor tests
   docker.io docker-registry dbus busybox-static
   # OS updates

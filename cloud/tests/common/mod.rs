@@ -11,6 +11,8 @@ use serde_json::Value;
 use sqlx::Executor;
 
 pub mod fleet;
+pub mod image;
+pub mod web;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
