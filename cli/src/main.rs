@@ -24,6 +24,7 @@ use resin_cli::config::{self, StoredLogin};
 use resin_cli::fsutil::AtomicFile;
 use resin_cli::table::{cell, render};
 
+mod push_cmd;
 mod rollout_cmd;
 
 fn main() -> ExitCode {
@@ -215,6 +216,8 @@ fn run(cli: Cli) -> Result<()> {
         }) => os_download(&cli, fleet, version, *compression, output),
         Cmd::Logs(a) => logs(&cli, a),
         Cmd::Rollout(r) => rollout_cmd::run(&cli, r),
+        Cmd::Push(p) => push_cmd::push(&cli, p),
+        Cmd::Release(ReleaseCmd::Logs { release }) => push_cmd::release_logs(&cli, release),
     }
 }
 

@@ -138,6 +138,7 @@ impl Server {
             // Rollout tests drive the evaluator with their own clock.
             rollout_eval_ms: 0,
             tls: None,
+            builder: None,
         };
         tweak(&mut config);
         // With TLS the harness's client trusts exactly the configured CA.
