@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
-
 /// What `resin login` stores.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredLogin {
@@ -37,6 +35,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Atomic(#[from] resin_fsutil::Error),
 }
 
 /// `$XDG_CONFIG_HOME/resin/cli.json`, else `$HOME/.config/resin/cli.json`.
@@ -83,7 +83,7 @@ pub fn save(path: &Path, login: &StoredLogin) -> Result<(), ConfigError> {
     }
     let mut body = serde_json::to_vec_pretty(login).map_err(|e| werr(std::io::Error::other(e)))?;
     body.push(b'\n');
-    fsutil::write_atomic(path, &body, 0o600).map_err(werr)
+    Ok(resin_fsutil::write_atomic(path, &body, 0o600)?)
 }
 
 #[cfg(test)]

@@ -7,6 +7,5 @@ pub mod args;
 pub mod compose;
 pub mod config;
 pub mod docs;
-pub mod fsutil;
 pub mod since;
 pub mod table;

@@ -21,11 +21,12 @@ use resin_cli::args::{
 };
 use resin_cli::compose;
 use resin_cli::config::{self, StoredLogin};
-use resin_cli::fsutil::AtomicFile;
 use resin_cli::table::{cell, render};
+use resin_fsutil::AtomicFile;
 
 mod push_cmd;
 mod rollout_cmd;
+mod ssh_cmd;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -96,8 +97,8 @@ fn config_path(cli: &Cli) -> Result<PathBuf> {
     }
 }
 
-/// The API client from flags/env, falling back to the stored login.
-fn connect(cli: &Cli) -> Result<Api> {
+/// The API URL, key and CA file from flags/env, falling back to the stored login.
+fn credentials(cli: &Cli) -> Result<(String, String, Option<PathBuf>)> {
     let stored = if cli.api_url.is_some() && cli.api_key.is_some() {
         None
     } else {
@@ -122,6 +123,12 @@ fn connect(cli: &Cli) -> Result<Api> {
         .ca
         .clone()
         .or_else(|| stored.as_ref().and_then(|s| s.ca.clone()));
+    Ok((url, key, ca))
+}
+
+/// The API client from flags/env, falling back to the stored login.
+fn connect(cli: &Cli) -> Result<Api> {
+    let (url, key, ca) = credentials(cli)?;
     let tls = ca.as_deref().map(resin_cli::api::trust_only).transpose()?;
     Ok(Api::with_tls(
         &url,
@@ -218,6 +225,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Rollout(r) => rollout_cmd::run(&cli, r),
         Cmd::Push(p) => push_cmd::push(&cli, p),
         Cmd::Release(ReleaseCmd::Logs { release }) => push_cmd::release_logs(&cli, release),
+        Cmd::Ssh(a) => {
+            let code = ssh_cmd::ssh(&cli, a)?;
+            std::process::exit(code)
+        }
+        Cmd::Tunnel(a) => ssh_cmd::tunnel(&cli, a),
     }
 }
 
@@ -667,11 +679,10 @@ fn os_download(cli: &Cli, fleet: &str, version: &str, c: Compression, output: &P
         ],
     );
     let (len, body) = api.get_stream(&path, "application/octet-stream")?;
-    let mut out = AtomicFile::create(output, 0o644)
-        .with_context(|| format!("creating a temp file next to {}", output.display()))?;
+    let mut out = AtomicFile::create(output, 0o644)?;
     let pb = bar(len, format!("{}", output.display()));
     let mut reader = pb.wrap_read(body);
-    let copied = std::io::copy(&mut reader, out.file()?);
+    let copied = std::io::copy(&mut reader, out.file());
     pb.finish_and_clear();
     let n = copied.with_context(|| format!("downloading into {}", output.display()))?;
     if let Some(want) = len {
@@ -682,8 +693,7 @@ fn os_download(cli: &Cli, fleet: &str, version: &str, c: Compression, output: &P
             );
         }
     }
-    out.commit()
-        .with_context(|| format!("writing {}", output.display()))?;
+    out.commit()?;
     if cli.json {
         print_json(&json!({"output": output, "bytes": n, "compression": c.as_str()}))
     } else {

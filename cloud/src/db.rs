@@ -93,6 +93,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0006_builder.sql"),
         include_str!("../migrations/0006_builder.sql"),
     ),
+    (
+        7,
+        include_str!("../migrations/0007_dashboard.sql"),
+        include_str!("../migrations/0007_dashboard.sql"),
+    ),
+    (
+        8,
+        include_str!("../migrations/0008_tunnel.sql"),
+        include_str!("../migrations/0008_tunnel.sql"),
+    ),
 ];
 
 impl Db {

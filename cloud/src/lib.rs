@@ -26,6 +26,8 @@ pub mod resources;
 pub mod rollout;
 pub mod schema;
 pub mod tls;
+pub mod tunnel;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub builds: Arc<tokio::sync::Notify>,
     /// The secret git hooks of this process present on its hook socket ([`git`]).
     pub hook_token: Arc<String>,
+    /// Devices connected through the remote-access tunnel ([`tunnel`]).
+    pub tunnels: Arc<tunnel::Tunnels>,
 }
 
 impl AppState {
@@ -71,6 +75,7 @@ impl AppState {
             limits: Arc::default(),
             builds: Arc::default(),
             hook_token: Arc::new(auth::new_key(auth::KeyKind::User).0),
+            tunnels: Arc::default(),
         })
     }
 }
@@ -94,6 +99,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ping", get(|| async { "OK" }))
         .merge(build::router())
         .merge(git::router())
+        .merge(web::router())
+        .merge(tunnel::router())
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

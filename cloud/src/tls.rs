@@ -8,7 +8,6 @@
 //! what configured images carry in config.json as `rootCA`), `ca.key`,
 //! `server.pem` and `server.key` (what the server serves). Keys are 0600.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -51,6 +50,8 @@ pub enum TlsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Atomic(#[from] resin_fsutil::Error),
     #[error("{path} exists; pass --force to replace it")]
     Exists { path: PathBuf },
     #[error("{path}: {source}")]
@@ -284,15 +285,15 @@ pub fn init(req: &InitRequest) -> Result<InitDone, TlsError> {
     create_dir(&req.dir)?;
     // Keys first: a certificate is never on disk without its key.
     if let Some(ca_pem) = &ca_cert_pem {
-        write_atomic(&path(CA_KEY), ca_key.serialize_pem().as_bytes(), 0o600)?;
-        write_atomic(&path(CA_CERT), ca_pem.as_bytes(), 0o644)?;
+        resin_fsutil::write_atomic(&path(CA_KEY), ca_key.serialize_pem().as_bytes(), 0o600)?;
+        resin_fsutil::write_atomic(&path(CA_CERT), ca_pem.as_bytes(), 0o644)?;
     }
-    write_atomic(
+    resin_fsutil::write_atomic(
         &path(SERVER_KEY),
         server_key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    write_atomic(&path(SERVER_CERT), server_cert.pem().as_bytes(), 0o644)?;
+    resin_fsutil::write_atomic(&path(SERVER_CERT), server_cert.pem().as_bytes(), 0o644)?;
     Ok(InitDone {
         ca_cert: path(CA_CERT),
         server_cert: path(SERVER_CERT),
@@ -329,38 +330,6 @@ fn create_dir(dir: &Path) -> Result<(), TlsError> {
             path: dir.to_owned(),
             source,
         })
-}
-
-/// Temp file in the same directory (created with `mode`), fsync, rename,
-/// fsync the directory.
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| TlsError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)
 }
 
 /// The CA file as config.json's `rootCA`: base64 of the PEM text.

@@ -34,6 +34,8 @@ pub enum BuildError {
     Config(ConfigureError),
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    #[error(transparent)]
+    Write(#[from] resin_fsutil::Error),
     #[error("extracting {path}: {msg}")]
     Tar { path: PathBuf, msg: String },
     #[error("writing the GPT: {0}")]
@@ -509,8 +511,7 @@ pub fn build_format(
     let bmap_path = opts.bmap.then(|| sibling(&opts.output, ".bmap"));
     if let Some(bp) = &bmap_path {
         let text = crate::bmap::bmap_for(disk, &blocks).map_err(io_ctx("computing the bmap"))?;
-        crate::util::write_atomic(bp, text.as_bytes())
-            .map_err(io_ctx(format!("writing {}", bp.display())))?;
+        resin_fsutil::write_atomic(bp, text.as_bytes(), 0o644)?;
     }
     if format == ImageFormat::Qcow2 {
         to_qcow2(tmp_img.path(), &opts.output, &out_dir)?;

@@ -323,8 +323,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                             );
                         }
                     }
-                    resin_imagegen::util::write_atomic(o, imported.layout.as_bytes())
-                        .with_context(|| format!("writing {}", o.display()))?;
+                    resin_fsutil::write_atomic(o, imported.layout.as_bytes(), 0o644)?;
                     println!("{}", o.display());
                 }
                 None => print!("{}", imported.layout),

@@ -32,11 +32,8 @@ pub enum RenderError {
     GrubenvTooLarge { name: String, len: usize },
     #[error("the layout has no `{0}` partition, which the templates need")]
     MissingRole(&'static str),
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Write(#[from] resin_fsutil::Error),
 }
 
 /// One rendered file.
@@ -312,8 +309,7 @@ pub fn grubenv_block(text: &[u8]) -> Result<Vec<u8>, usize> {
 pub fn write_all(files: &[Rendered], out: &Path) -> Result<(), RenderError> {
     for f in files {
         let path = out.join(&f.path);
-        crate::util::write_atomic(&path, &f.bytes)
-            .map_err(|source| RenderError::Write { path, source })?;
+        resin_fsutil::write_atomic(&path, &f.bytes, 0o644)?;
     }
     Ok(())
 }

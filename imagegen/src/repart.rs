@@ -2,17 +2,14 @@
 //! first-boot repartitioning (grow resin-data) and any image systemd-repart makes agree with
 //! the layout file, the single source of partition labels, types and sizes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::layout::{Fs, Plan, ESP_TYPE, LINUX_TYPE};
 
 /// Why the definitions could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write {path}: {source}")]
-pub struct RepartError {
-    pub path: PathBuf,
-    pub source: std::io::Error,
-}
+#[error(transparent)]
+pub struct RepartError(#[from] pub resin_fsutil::Error);
 
 /// One rendered definition file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +87,7 @@ pub fn repart_files(plan: &Plan) -> (Vec<RepartFile>, Vec<String>) {
 pub fn write_files(files: &[RepartFile], dir: &Path) -> Result<(), RepartError> {
     for f in files {
         let path = dir.join(&f.name);
-        crate::util::write_atomic(&path, f.text.as_bytes())
-            .map_err(|source| RepartError { path, source })?;
+        resin_fsutil::write_atomic(&path, f.text.as_bytes(), 0o644)?;
     }
     Ok(())
 }

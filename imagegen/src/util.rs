@@ -1,27 +1,9 @@
-//! Small helpers: atomic file writes, deterministic UUIDs, SOURCE_DATE_EPOCH, progress bars.
+//! Small helpers: deterministic UUIDs, SOURCE_DATE_EPOCH, progress bars.
 
-use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
-
-/// Writes `bytes` to `path` through a temp file in the same directory, fsynced, then renamed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".resin-imagegen-")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    make_readable(tmp.as_file())?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
 
 /// A UUID derived from `seed` and `what` (same inputs, same UUID).
 pub fn derived_uuid(seed: &[u8], what: &str) -> uuid::Uuid {

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use resin_api_types::{BundleRef, OsUpdateReport, OsUpdateState};
@@ -466,6 +465,8 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Atomic(#[from] resin_fsutil::Error),
+    #[error(transparent)]
     Transition(#[from] TransitionError),
 }
 
@@ -607,26 +608,14 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes `data` as JSON to `path` through a temp file: write, fsync,
-/// rename, fsync the directory. A crash leaves the old or the new file.
+/// Writes `data` as JSON to `path` atomically (resin-fsutil: temp file,
+/// fsync, rename, fsync the directory). A crash leaves the old or the new file.
 fn write_atomic(path: &Path, data: &Persisted) -> Result<(), StoreError> {
-    let werr = |source| StoreError::Write {
+    let bytes = serde_json::to_vec_pretty(data).map_err(|e| StoreError::Write {
         path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(werr)?;
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec_pretty(data).map_err(|e| werr(std::io::Error::other(e)))?;
-    let mut f = fs::File::create(&tmp).map_err(werr)?;
-    f.write_all(&bytes).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(werr)?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(werr)?;
-    Ok(())
+        source: std::io::Error::other(e),
+    })?;
+    Ok(resin_fsutil::write_atomic(path, &bytes, 0o644)?)
 }
 
 #[cfg(test)]
@@ -784,7 +773,11 @@ mod tests {
             drop(m); // "crash"
             let again = Machine::load(dir.path()).unwrap();
             assert_eq!(again.state(), &st);
-            assert!(!dir.path().join("osupdate.json.tmp").exists());
+            let names: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, [STATE_FILE], "no temp file is left behind");
         }
         let text = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
         assert!(text.contains("\"format\": 1"), "{text}");

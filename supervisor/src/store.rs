@@ -1,9 +1,8 @@
-//! Files on the state partition, written atomically: temp file, fsync,
-//! rename, fsync of the directory. A crash leaves the old file or the new
-//! one, never half of one.
+//! Files on the state partition, written atomically with resin-fsutil: temp
+//! file, fsync, rename, fsync of the directory. A crash leaves the old file or
+//! the new one, never half of one.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -29,38 +28,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Writes `bytes` to `path` atomically with `mode` (e.g. 0o600).
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let werr = |source| StoreError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    fs::create_dir_all(dir).map_err(werr)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(werr)
+    #[error(transparent)]
+    Atomic(#[from] resin_fsutil::Error),
 }
 
 /// Serialises `value` as pretty JSON into `path`, atomically, mode 0600.
@@ -69,7 +38,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError
         path: path.to_path_buf(),
         source: e.into(),
     })?;
-    write_atomic(path, &bytes, 0o600)
+    Ok(resin_fsutil::write_atomic(path, &bytes, 0o600)?)
 }
 
 /// Reads JSON from `path`; `None` when the file does not exist.
