@@ -269,6 +269,7 @@ fn run_scenarios(
         disk_size: c.disk_size.clone(),
         guest_registry: guest_registry.clone(),
     };
+    let disk = inputs.disk_layout()?;
     let keys = make_keys(&work.join("keys"))?;
     let sup = if c.rootfs.is_none() && c.image.is_none() {
         Some(ws.step("supervisor", &[], &[])?)
@@ -345,6 +346,7 @@ fn run_scenarios(
         release: None,
         booted: None,
         boot_time: None,
+        disk,
         os: OsInputs {
             inputs,
             keys,

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::apps::{composition, TestImage};
 use crate::assets::Keys;
 use crate::device::DeviceInputs;
+use crate::disk::DiskLayout;
 use crate::host::{poll, Api, Cloud};
 use crate::qemu::{QemuConfig, Vm};
 
@@ -118,6 +119,8 @@ pub struct Ctx {
     /// The first boot's time (qemu start to the boot marker), once seen.
     pub boot_time: Option<Duration>,
     pub os: OsInputs,
+    /// The disk's slots and partition labels (imagegen's layout).
+    pub disk: DiskLayout,
 }
 
 impl Ctx {
@@ -623,15 +626,6 @@ impl Booted {
             version: field("version=")?,
         })
     }
-
-    /// The other slot's bootname.
-    pub fn other_slot(&self) -> &'static str {
-        if self.slot == "A" {
-            "B"
-        } else {
-            "A"
-        }
-    }
 }
 
 /// The test release's services (qemu-tests/src/apps.rs).
@@ -666,20 +660,6 @@ impl CutRound {
     fn good(&self, b: &Booted) -> bool {
         (b.slot == self.from.slot && b.version == self.from.version)
             || (b.slot == self.to && b.version == self.version)
-    }
-}
-
-/// The initrd's line naming the root it mounts: slot `bootname` boots.
-fn slot_root_line(bootname: &str) -> String {
-    format!("resin-initrd: root PARTLABEL=resin-root{bootname}")
-}
-
-/// RAUC's slot name of a bootname in resin's layout (`rootfs.0` is A).
-pub fn rauc_slot(bootname: &str) -> &'static str {
-    if bootname == "A" {
-        "rootfs.0"
-    } else {
-        "rootfs.1"
     }
 }
 
@@ -745,7 +725,7 @@ impl Ctx {
         bootname: &str,
         timeout: Duration,
     ) -> anyhow::Result<Value> {
-        let slot = rauc_slot(bootname);
+        let slot = self.disk.rauc(bootname)?;
         self.wait_device(&format!("{version} committed on {slot}"), timeout, |d| {
             d["os_version"] == version
                 && d["boot_slot"] == slot
@@ -917,14 +897,16 @@ impl Ctx {
                     )
                 })
         };
-        Ok((hash("resin-rootA")?, hash("resin-rootB")?))
+        let [a, b] = self.disk.slots();
+        Ok((hash(&a.label)?, hash(&b.label)?))
     }
 
     fn bad_bundle(&mut self) -> anyhow::Result<()> {
         self.vm()?;
         let from = self.booted()?;
+        let slot = self.disk.rauc(&from.slot)?.to_string();
         let before = self.wait_device("the booted slot", self.timeouts.online, |d| {
-            d["boot_slot"].as_str() == Some(rauc_slot(&from.slot))
+            d["boot_slot"].as_str() == Some(slot.as_str())
         })?;
         let slots = self.slot_hashes()?;
         let boots = self.boots()?;
@@ -982,7 +964,7 @@ impl Ctx {
     fn os_update(&mut self) -> anyhow::Result<()> {
         self.vm()?;
         let from = self.booted()?;
-        let to = from.other_slot();
+        let to = self.disk.other(&from.slot)?.bootname.clone();
         let version = "2.0.0";
         let bundle = self.build_bundle(version, &[], None)?;
         let t = Instant::now();
@@ -1014,7 +996,7 @@ impl Ctx {
         if b.slot != to || b.version != version {
             bail!("expected slot {to} with {version} after the update, booted {b:?}");
         }
-        let d = self.wait_committed(version, to, self.timeouts.online)?;
+        let d = self.wait_committed(version, &to, self.timeouts.online)?;
         println!(
             "  {:.0} s after the target change: {}",
             t.elapsed().as_secs_f64(),
@@ -1048,7 +1030,7 @@ impl Ctx {
     fn boot_update(&mut self) -> anyhow::Result<()> {
         self.vm()?;
         let from = self.booted()?;
-        let to = from.other_slot();
+        let to = self.disk.other(&from.slot)?.bootname.clone();
         let version = "2.1.0";
         let arg = "resin.boot-update=2.1.0";
         let before = self.last_cmdline()?;
@@ -1070,7 +1052,7 @@ impl Ctx {
             "  {:.0} s: slot {to} booted with the new grub.cfg: {after}",
             t.elapsed().as_secs_f64()
         );
-        self.wait_committed(version, to, self.timeouts.online)?;
+        self.wait_committed(version, &to, self.timeouts.online)?;
         self.wait_apps_back()
     }
 
@@ -1081,18 +1063,14 @@ impl Ctx {
         let version = format!("3.{round}.0");
         let bundle = self.build_bundle(&version, &[], None)?;
         self.publish_os(&version, &bundle)?;
+        let to = self.disk.other(&from.slot)?.bootname.clone();
         println!(
-            "  update round {}: {} on slot {} → {version} on slot {}",
+            "  update round {}: {} on slot {} → {version} on slot {to}",
             round + 1,
             from.version,
             from.slot,
-            from.other_slot()
         );
-        Ok(CutRound {
-            to: from.other_slot().to_string(),
-            from,
-            version,
-        })
+        Ok(CutRound { to, from, version })
     }
 
     /// Waits until the update is in one of `states` with at least
@@ -1269,7 +1247,7 @@ impl Ctx {
     /// seeded part of the measured boot time later, provided the boot marker
     /// (the boot is over) has not come first.
     fn aim_first_boot(&mut self, to: &str, rng: &mut rand::rngs::StdRng) -> anyhow::Result<Aim> {
-        let needle = slot_root_line(to);
+        let needle = self.disk.root_line(to)?;
         let t = self.timeouts.os_update;
         self.vm()?.wait_for(&needle, t)?;
         let seen = Instant::now();
@@ -1296,11 +1274,11 @@ impl Ctx {
     fn rollback(&mut self) -> anyhow::Result<()> {
         self.vm()?;
         let from = self.booted()?;
-        let to = from.other_slot();
+        let to = self.disk.other(&from.slot)?.bootname.clone();
         let version = "4.0.0";
         let bundle = self.build_bundle(version, &["resin-supervisor.service"], None)?;
         self.publish_os(version, &bundle)?;
-        let new_root = slot_root_line(to);
+        let new_root = self.disk.root_line(&to)?;
         let mut trials = 0;
         let mut guard_reboots = 0;
         let mut timeout = self.timeouts.os_update;
@@ -1339,13 +1317,14 @@ impl Ctx {
             "  GRUB fell back to slot {} after {trials} boots of slot {to}",
             from.slot
         );
+        let from_rauc = self.disk.rauc(&from.slot)?.to_string();
         let d = self.wait_device(
             "the update rolled back, with the reason",
             self.timeouts.online,
             |d| {
                 state_is(d, &["rolled-back"])
                     && d["os_version"] == from.version.as_str()
-                    && d["boot_slot"] == rauc_slot(&from.slot)
+                    && d["boot_slot"] == from_rauc.as_str()
                     && d["os_update_reason"]
                         .as_str()
                         .is_some_and(|r| r.contains("fell back"))
@@ -1444,8 +1423,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!((b.slot.as_str(), b.version.as_str()), ("B", "2.0.0"));
-        assert_eq!(b.other_slot(), "A");
-        assert_eq!(rauc_slot("A"), "rootfs.0");
         assert!(Booted::parse("resin-qemu: up").is_none());
     }
 
