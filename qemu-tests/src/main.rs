@@ -198,6 +198,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     Scenario::BootUpdate,
                     Scenario::PowerCut,
                     Scenario::Rollback,
+                    Scenario::WrongCa,
                 ];
             }
             scenarios.sort();
@@ -312,7 +313,11 @@ fn run_scenarios(
                 48,
             )?,
         )),
-        Err(_) if scenarios.iter().any(|s| *s >= Scenario::Deploy) => {
+        Err(_)
+            if scenarios
+                .iter()
+                .any(|s| Scenario::Deploy <= *s && *s < Scenario::WrongCa) =>
+        {
             bail!("{} is unset: start the private dockerd with scripts/services.sh and source /tmp/resin-run/env.sh", apps::DOCKER_HOST_VAR)
         }
         Err(_) => None,

@@ -37,6 +37,11 @@ pub enum Scenario {
     PowerCut,
     /// A bundle whose supervisor cannot start: the boot counter runs out, GRUB falls back.
     Rollback,
+    /// The fleet's configured image with another CA as config.json's rootCA
+    /// (imagegen's config injection): the supervisor refuses the cloud's
+    /// certificate and the device never registers. Last: it replaces the
+    /// shared device.
+    WrongCa,
 }
 
 impl Scenario {
@@ -51,6 +56,7 @@ impl Scenario {
             Scenario::BootUpdate => "boot-update",
             Scenario::PowerCut => "power-cut",
             Scenario::Rollback => "rollback",
+            Scenario::WrongCa => "wrong-ca",
         }
     }
 }
@@ -188,6 +194,7 @@ impl Ctx {
             Scenario::BootUpdate => self.boot_update(),
             Scenario::PowerCut => self.power_cut(),
             Scenario::Rollback => self.rollback(),
+            Scenario::WrongCa => self.wrong_ca(),
         }
     }
 
@@ -205,32 +212,7 @@ impl Ctx {
         let osr_id = osr["id"].as_i64().context("os_release id")?;
         self.api
             .put_file(&format!("/v1/os_release({osr_id})/image"), &self.base_image)?;
-        // zstd: the image is mostly zeros (empty slot B, data), so the transfer
-        // shrinks about 17-fold; `zstd -d` writes the result sparse.
-        let zst = self.work.join("device.img.zst");
-        let n = self.api.download(
-            &format!(
-                "/v1/os/download?fleet={fleet_id}&version={}&compression=zstd",
-                self.os_version
-            ),
-            &zst,
-        )?;
-        let disk = self.work.join("device.img");
-        let st = std::process::Command::new("zstd")
-            .args(["-q", "-d", "-f", "--sparse"])
-            .arg(&zst)
-            .arg("-o")
-            .arg(&disk)
-            .status()
-            .context("running zstd -d (apt-get install zstd)")?;
-        if !st.success() {
-            bail!("zstd -d {} failed", zst.display());
-        }
-        let _ = std::fs::remove_file(&zst);
-        println!(
-            "  downloaded the configured image ({} MiB compressed)",
-            n >> 20
-        );
+        let disk = self.download_configured(fleet_id, "device.img")?;
         self.boot(disk)?;
         let api = self.api.clone();
         let t0 = Instant::now();
@@ -275,6 +257,146 @@ impl Ctx {
             })?;
         println!("  {}", ca.trim());
         self.device = Some((id, uuid));
+        Ok(())
+    }
+
+    /// `GET /v1/os/download`: the fleet's configured image (a fresh
+    /// provisioning key and the cloud's CA in config.json) as `<work>/name`.
+    fn download_configured(&self, fleet_id: i64, name: &str) -> anyhow::Result<PathBuf> {
+        // zstd: the image is mostly zeros (empty slot B, data), so the transfer
+        // shrinks about 17-fold; `zstd -d` writes the result sparse.
+        let zst = self.work.join(format!("{name}.zst"));
+        let n = self.api.download(
+            &format!(
+                "/v1/os/download?fleet={fleet_id}&version={}&compression=zstd",
+                self.os_version
+            ),
+            &zst,
+        )?;
+        let disk = self.work.join(name);
+        let st = std::process::Command::new("zstd")
+            .args(["-q", "-d", "-f", "--sparse"])
+            .arg(&zst)
+            .arg("-o")
+            .arg(&disk)
+            .status()
+            .context("running zstd -d (apt-get install zstd)")?;
+        if !st.success() {
+            bail!("zstd -d {} failed", zst.display());
+        }
+        let _ = std::fs::remove_file(&zst);
+        println!(
+            "  downloaded the configured image ({} MiB compressed)",
+            n >> 20
+        );
+        Ok(disk)
+    }
+
+    /// The fleet's configured image, but with config.json's rootCA replaced
+    /// by another CA of the same name (written with imagegen's config
+    /// injection): the device must refuse the cloud and never register, and
+    /// its supervisor must say why. `provision` showed the same image with
+    /// the cloud's CA registering.
+    fn wrong_ca(&mut self) -> anyhow::Result<()> {
+        use resin_imagegen::configure;
+        let fleet = self
+            .fleet
+            .ok_or_else(|| anyhow!("no fleet (run provision first)"))?;
+        let dir = self.work.join("wrong-ca");
+        std::fs::create_dir_all(&dir).context("creating the wrong-ca dir")?;
+        // Another CA with the cloud CA's name: trust must come from the key,
+        // not the name.
+        crate::assets::openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=resin-cloud private CA",
+                "-addext",
+                "basicConstraints=critical,CA:true",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        )?;
+        let other = std::fs::read(dir.join("ca.pem")).context("reading the other CA")?;
+        let disk = self.download_configured(fleet, "wrong-ca/device.img")?;
+        let read = || -> anyhow::Result<Value> {
+            let f = std::fs::File::open(&disk)?;
+            Ok(serde_json::from_slice(&configure::read_config(&f)?)?)
+        };
+        let right = read().context("reading config.json from the configured image")?;
+        let cloud_ca = std::fs::read(&self.cloud.ca).context("reading the cloud's CA")?;
+        if right["rootCA"] != resin_api_types::encode_root_ca(&cloud_ca).as_str() {
+            bail!("the configured image's rootCA is not the cloud's CA: {right}");
+        }
+        let cfg = configure::with_root_ca(&serde_json::to_vec(&right)?, &other)?;
+        configure::configure_in_place(&disk, &cfg)
+            .with_context(|| format!("configuring {}", disk.display()))?;
+        let wrong = read().context("reading config.json back")?;
+        if wrong["rootCA"] == right["rootCA"] || wrong["uuid"] != right["uuid"] {
+            bail!("config.json after the injection: {wrong}");
+        }
+        let devices = |api: &Api| -> anyhow::Result<Vec<String>> {
+            Ok(api
+                .list(&format!("/v1/device?$filter=fleet%20eq%20{fleet}"))?
+                .iter()
+                .map(|d| d["uuid"].as_str().unwrap_or_default().to_string())
+                .collect())
+        };
+        let before = devices(&self.api)?;
+        println!(
+            "  config.json's rootCA is now another CA named \"resin-cloud private CA\"; booting it"
+        );
+        // The shared device goes: this scenario is the last of a run.
+        self.boot(disk)?;
+        let t = Instant::now();
+        let timeout = self.timeouts.online;
+        let line = self.vm()?.wait_for("invalid peer certificate", timeout)?;
+        println!(
+            "  {:.0} s after the boot marker the supervisor said: {}",
+            t.elapsed().as_secs_f64(),
+            line.trim()
+        );
+        if !line.contains("refusing the cloud at https://10.0.2.2") || !line.contains("not trusted")
+        {
+            bail!("the supervisor's refusal does not name the cloud and the trust: {line}");
+        }
+        // Past the first refusal, a retry comes and fails the same way.
+        let refusals = self.vm()?.count("invalid peer certificate");
+        let seen = poll(timeout, Duration::from_secs(1), || {
+            let n = self.vm.as_ref()?.count("invalid peer certificate");
+            (n > refusals).then_some(n)
+        })
+        .ok_or_else(|| anyhow!("no second registration attempt within {timeout:?}"))?;
+        let after = devices(&self.api)?;
+        if after != before {
+            bail!("the device with the wrong CA registered: fleet devices {before:?} -> {after:?}");
+        }
+        if let Some(u) = wrong["uuid"].as_str() {
+            if after.iter().any(|a| a == u) {
+                bail!("a device with the configured uuid {u} is in the fleet");
+            }
+        }
+        println!(
+            "  {seen} refusals in {:.0} s, and the fleet still has only {before:?}",
+            t.elapsed().as_secs_f64()
+        );
+        if let Some(mut vm) = self.vm.take() {
+            vm.kill()?;
+        }
+        self.booted = None;
         Ok(())
     }
 
@@ -1435,5 +1557,15 @@ mod tests {
             vec![Scenario::Provision, Scenario::Deploy, Scenario::UpdateApp]
         );
         assert_eq!(Scenario::UpdateApp.name(), "update-app");
+        // wrong-ca replaces the shared device: it comes last.
+        let mut v = vec![Scenario::WrongCa, Scenario::Rollback, Scenario::Provision];
+        v.sort();
+        assert_eq!(v.last(), Some(&Scenario::WrongCa));
+        assert_eq!(Scenario::WrongCa.name(), "wrong-ca");
+        use clap::ValueEnum;
+        assert_eq!(
+            Scenario::from_str("wrong-ca", false).ok(),
+            Some(Scenario::WrongCa)
+        );
     }
 }
