@@ -97,6 +97,9 @@ run_backend() {
     --anchor-url "http://127.0.0.1:$NGINX_PORT" --label "$name" --devices "$DEVICES" \
     --connections "$CONNECTIONS" --duration "$DURATION" --interval "$INTERVAL" \
     --open-duration "$OPEN_DURATION" >"$OUT/$name.jsonl" 2> >(tee "$OUT/$name.log" >&2)
+  # Memory: the cloud's resident set now (with every device's cached target
+  # state) and its peak during the run, from the kernel.
+  grep -E '^Vm(RSS|HWM):' "/proc/$cloud_pid/status" | tr -s ' \t' ' ' | tee "$OUT/$name.rss" >&2 || true
   kill "$cloud_pid"; wait "$cloud_pid" 2>/dev/null || true
 }
 

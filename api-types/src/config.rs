@@ -37,6 +37,10 @@ pub struct ConfigJson {
     /// trust store for dockerd and RAUC.
     #[serde(rename = "rootCA", default, skip_serializing_if = "Option::is_none")]
     pub root_ca: Option<String>,
+    /// Remote access through the cloud (`crate::tunnel`): which sessions
+    /// this device accepts. Unset: every kind, TCP forwards to loopback only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<crate::tunnel::TunnelSettings>,
 }
 
 /// Default poll interval: 60 s, as balena and Mender ship.

@@ -11,6 +11,7 @@
 //! - [`labels`]: container labels and update strategies the supervisor uses
 //! - [`rollout`]: staged rollouts (`/v1/rollout`)
 //! - [`paths`]: the device-API paths, built in one place
+//! - [`tunnel`]: the remote-access tunnel's frames (`/device/v1/tunnel`)
 
 pub mod build;
 pub mod compose;
@@ -22,6 +23,7 @@ pub mod register;
 pub mod report;
 pub mod rollout;
 pub mod target;
+pub mod tunnel;
 
 pub use config::{encode_root_ca, ConfigJson, ConfigJsonError};
 pub use logs::LogLine;
@@ -31,6 +33,6 @@ pub use report::{
     StateReport,
 };
 pub use target::{
-    AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget, ReleaseTarget,
-    ServiceTarget, TargetState, VolumeTarget,
+    config_flag, AppTarget, BundleRef, DeviceTarget, EnvLayers, NetworkTarget, OsTarget,
+    ReleaseTarget, ServiceTarget, TargetState, VolumeTarget, OS_ALLOW_DOWNGRADE_VAR,
 };

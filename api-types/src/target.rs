@@ -158,6 +158,25 @@ pub struct OsTarget {
     /// for the device's type (the device then reports and waits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<BundleRef>,
+    /// The cloud allows installing this version although it is older than
+    /// the running one (a downgrade). The device refuses an older version
+    /// without it. Set when the fleet's or device's config var
+    /// [`OS_ALLOW_DOWNGRADE_VAR`] is true, or when the device runs the OS of
+    /// a rollout that was rolled back. Absent means false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_downgrade: bool,
+}
+
+/// Fleet or device config var: `1`/`true`/`yes` lets the cloud send an OS
+/// target older than the device's running OS ([`OsTarget::allow_downgrade`]).
+pub const OS_ALLOW_DOWNGRADE_VAR: &str = "RESIN_SUPERVISOR_OS_ALLOW_DOWNGRADE";
+
+/// Is a boolean config var's value on (`1`, `true` or `yes`)?
+pub fn config_flag(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes"
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +193,23 @@ pub struct BundleRef {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allow_downgrade_is_false_when_absent_and_only_sent_when_true() {
+        let t: OsTarget = serde_json::from_str(r#"{"version":"2.0"}"#).unwrap();
+        assert!(!t.allow_downgrade);
+        assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"version":"2.0"}"#);
+        let t = OsTarget {
+            allow_downgrade: true,
+            ..t
+        };
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"version":"2.0","allow_downgrade":true}"#
+        );
+        assert!(config_flag(" TRUE") && config_flag("1") && config_flag("yes"));
+        assert!(!config_flag("0") && !config_flag("") && !config_flag("off"));
+    }
 
     #[test]
     fn target_state_round_trips_and_defaults_missing_fields() {

@@ -82,6 +82,10 @@ pub enum Cmd {
     Rollout(RolloutCmd),
     /// Show a device's logs (DEVICE is its uuid or numeric id)
     Logs(LogsArgs),
+    /// A shell on a device (or in one of its services), or one command run there, through the cloud's tunnel
+    Ssh(SshArgs),
+    /// Forward a local TCP port to a port on a device (or one the device reaches), through the cloud's tunnel
+    Tunnel(TunnelArgs),
     /// Print a shell completion script: `resin completions bash > /etc/bash_completion.d/resin`
     Completions {
         #[arg(value_enum)]
@@ -487,6 +491,35 @@ impl Compression {
             Self::None => "none",
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// Device uuid or numeric id
+    pub device: String,
+    /// Run in this service's container instead of on the host OS
+    #[arg(long, short = 's', value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// Give a command a terminal too (when stdin and stdout are terminals)
+    #[arg(short = 't', conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never allocate a terminal (pipes: stdout and stderr stay apart)
+    #[arg(short = 'T')]
+    pub no_tty: bool,
+    /// The command (after `--`); none: an interactive shell. Exits with its exit code
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TunnelArgs {
+    /// Device uuid or numeric id
+    pub device: String,
+    /// `[LOCAL_ADDR:]LOCAL_PORT:[HOST:]PORT`: listen on LOCAL (127.0.0.1 unless given) and
+    /// forward each connection to HOST:PORT as seen from the device (HOST default 127.0.0.1;
+    /// the device's config.json tunnel.tcpAllow decides what it may reach)
+    #[arg(value_name = "LOCAL:REMOTE")]
+    pub mapping: String,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ use resin_cli::table::{cell, render};
 use resin_fsutil::AtomicFile;
 
 mod rollout_cmd;
+mod ssh_cmd;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -95,8 +96,8 @@ fn config_path(cli: &Cli) -> Result<PathBuf> {
     }
 }
 
-/// The API client from flags/env, falling back to the stored login.
-fn connect(cli: &Cli) -> Result<Api> {
+/// The API URL, key and CA file from flags/env, falling back to the stored login.
+fn credentials(cli: &Cli) -> Result<(String, String, Option<PathBuf>)> {
     let stored = if cli.api_url.is_some() && cli.api_key.is_some() {
         None
     } else {
@@ -121,6 +122,12 @@ fn connect(cli: &Cli) -> Result<Api> {
         .ca
         .clone()
         .or_else(|| stored.as_ref().and_then(|s| s.ca.clone()));
+    Ok((url, key, ca))
+}
+
+/// The API client from flags/env, falling back to the stored login.
+fn connect(cli: &Cli) -> Result<Api> {
+    let (url, key, ca) = credentials(cli)?;
     let tls = ca.as_deref().map(resin_cli::api::trust_only).transpose()?;
     Ok(Api::with_tls(
         &url,
@@ -215,6 +222,11 @@ fn run(cli: Cli) -> Result<()> {
         }) => os_download(&cli, fleet, version, *compression, output),
         Cmd::Logs(a) => logs(&cli, a),
         Cmd::Rollout(r) => rollout_cmd::run(&cli, r),
+        Cmd::Ssh(a) => {
+            let code = ssh_cmd::ssh(&cli, a)?;
+            std::process::exit(code)
+        }
+        Cmd::Tunnel(a) => ssh_cmd::tunnel(&cli, a),
     }
 }
 

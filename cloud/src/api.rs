@@ -73,6 +73,7 @@ pub async fn v1(
             }
             (Method::POST, None) if res.name == "rollout" => {
                 let v = rollout::create(&app, &actor, &body).await?;
+                audited(&app, &actor, "create", format!("rollout({})", v.id)).await;
                 let mut resp = (StatusCode::CREATED, Json(&v)).into_response();
                 let location = format!("{}/v1/rollout({})", app.config.public_url, v.id);
                 if let Ok(h) = axum::http::HeaderValue::from_str(&location) {
@@ -82,6 +83,9 @@ pub async fn v1(
             }
             (Method::POST, None) => {
                 let (status, v) = resources::create(&app, &actor, res, &body_json(&body)?).await?;
+                if let Some(id) = v.get("id").and_then(Value::as_i64) {
+                    audited(&app, &actor, "create", format!("{}({id})", res.name)).await;
+                }
                 let mut resp = (status, Json(&v)).into_response();
                 if let Some(id) = v.get("id").and_then(Value::as_i64) {
                     let location = format!("{}/v1/{}({id})", app.config.public_url, res.name);
@@ -92,12 +96,15 @@ pub async fn v1(
                 Ok(resp)
             }
             (Method::PATCH, Some(id)) => {
-                resources::patch(&app, &actor, res, id, &body_json(&body)?).await?;
+                let body = body_json(&body)?;
+                resources::patch(&app, &actor, res, id, &body).await?;
+                audited(&app, &actor, "update", format!("{}({id})", res.name)).await;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             (Method::DELETE, Some(id)) => {
                 let force = force_param(q.as_deref())?;
                 resources::delete(&app, &actor, res, id, force).await?;
+                audited(&app, &actor, "delete", format!("{}({id})", res.name)).await;
                 Ok(StatusCode::NO_CONTENT.into_response())
             }
             (m, _) => Err(ApiError::new(
@@ -109,6 +116,21 @@ pub async fn v1(
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Writes an audit-log entry for a successful API write.
+async fn audited(app: &AppState, actor: &Actor, action: &str, target: String) {
+    crate::web::audit::record(
+        &app.db,
+        actor,
+        crate::web::audit::Entry {
+            via: "api",
+            action,
+            target: &target,
+            detail: None,
+        },
+    )
+    .await;
 }
 
 /// The `Prefer` header, if it is text.
@@ -174,7 +196,9 @@ pub async fn v1_sub(
                 let body = axum::body::to_bytes(body, 64 * 1024)
                     .await
                     .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
-                Ok(Json(rollout::act(&app, &actor, id, action, &body).await?).into_response())
+                let v = rollout::act(&app, &actor, id, action, &body).await?;
+                audited(&app, &actor, action, format!("rollout({id})")).await;
+                Ok(Json(v).into_response())
             }
             (Method::PUT, "os_release", Some(id), "bundle" | "image") => {
                 os::upload(&app, &actor, id, &sub, body).await
@@ -207,11 +231,12 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
     }
     let resp = next.run(req).await;
     let status = resp.status();
+    // JSON errors, and the dashboard's HTML error pages, stay as they are.
     let is_json = resp
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }

@@ -205,6 +205,7 @@ impl Cache {
 /// happened. Call it after the write's transaction has committed.
 pub async fn changed(app: &AppState, change: Change) {
     app.cache.apply(change);
+    crate::tunnel::poll_now(app, change);
     if app.db.dialect == Dialect::Postgres {
         notify(app, &format!("c {}", change.encode())).await;
     }
@@ -326,7 +327,10 @@ async fn handle(app: &AppState, payload: &str) {
     }
     match kind {
         "c" => match Change::decode(rest) {
-            Some(c) => app.cache.apply(c),
+            Some(c) => {
+                app.cache.apply(c);
+                crate::tunnel::poll_now(app, c);
+            }
             None => {
                 tracing::warn!("unknown change {rest:?}: dropping the whole cache");
                 app.cache.apply(Change::All);

@@ -73,6 +73,12 @@ pub struct ConfigArgs {
     /// process (another replica evaluates). Default: 5000.
     #[arg(long, global = true, env = "RESIN_CLOUD_ROLLOUT_EVAL_MS")]
     pub rollout_eval_ms: Option<u64>,
+    /// A tunnel session with no data either way for this long is closed, s. Default: 1800.
+    #[arg(long, global = true, env = "RESIN_CLOUD_TUNNEL_IDLE_SECS")]
+    pub tunnel_idle_secs: Option<u64>,
+    /// Tunnel sessions one device may have open at once. Default: 8.
+    #[arg(long, global = true, env = "RESIN_CLOUD_TUNNEL_MAX_SESSIONS")]
+    pub tunnel_max_sessions: Option<usize>,
     /// Serve plain HTTP instead of HTTPS. Default: false: HTTPS, because
     /// device and API keys travel in every request; plain HTTP is for tests,
     /// the demo, or a TLS-terminating proxy in front.
@@ -117,6 +123,8 @@ pub struct Config {
     pub auth_failures_per_min: u64,
     pub device_requests_per_min: u64,
     pub rollout_eval_ms: u64,
+    pub tunnel_idle_secs: u64,
+    pub tunnel_max_sessions: usize,
     /// HTTPS settings; `None` serves plain HTTP (`plain_http`).
     pub tls: Option<TlsSettings>,
 }
@@ -200,6 +208,8 @@ impl ConfigArgs {
             auth_failures_per_min: pick.auth_failures_per_min.unwrap_or(20),
             device_requests_per_min: pick.device_requests_per_min.unwrap_or(600),
             rollout_eval_ms: pick.rollout_eval_ms.unwrap_or(5000),
+            tunnel_idle_secs: pick.tunnel_idle_secs.unwrap_or(1800).max(1),
+            tunnel_max_sessions: pick.tunnel_max_sessions.unwrap_or(8),
             tls,
         })
     }
@@ -222,6 +232,8 @@ impl ConfigArgs {
             auth_failures_per_min: self.auth_failures_per_min.or(o.auth_failures_per_min),
             device_requests_per_min: self.device_requests_per_min.or(o.device_requests_per_min),
             rollout_eval_ms: self.rollout_eval_ms.or(o.rollout_eval_ms),
+            tunnel_idle_secs: self.tunnel_idle_secs.or(o.tunnel_idle_secs),
+            tunnel_max_sessions: self.tunnel_max_sessions.or(o.tunnel_max_sessions),
             plain_http: self.plain_http.or(o.plain_http),
             tls_cert: self.tls_cert.or(o.tls_cert),
             tls_key: self.tls_key.or(o.tls_key),

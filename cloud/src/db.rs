@@ -88,6 +88,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0005_roles_and_key_scopes.sql"),
         include_str!("../migrations/0005_roles_and_key_scopes.sql"),
     ),
+    (
+        7,
+        include_str!("../migrations/0007_dashboard.sql"),
+        include_str!("../migrations/0007_dashboard.sql"),
+    ),
+    (
+        8,
+        include_str!("../migrations/0008_tunnel.sql"),
+        include_str!("../migrations/0008_tunnel.sql"),
+    ),
 ];
 
 impl Db {

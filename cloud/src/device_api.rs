@@ -11,13 +11,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use resin_api_types::{
-    AppTarget, BundleRef, DeviceTarget, OsTarget, RegisterProof, RegisterRequest, RegisterResponse,
-    ReleaseTarget, StateReport, TargetState,
+    config_flag, AppTarget, BundleRef, DeviceTarget, OsTarget, RegisterProof, RegisterRequest,
+    RegisterResponse, ReleaseTarget, StateReport, TargetState, OS_ALLOW_DOWNGRADE_VAR,
 };
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::auth::{self, KeyKind};
+use crate::cache::{self, Change};
 use crate::error::{ApiError, ApiResult};
 use crate::resources::{bind_all, check_slug, check_uuid, dyn_query, Param};
 use crate::{db, perms, AppState};
@@ -157,7 +158,10 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     let row = sqlx::query(
         "SELECT d.uuid, d.name, d.device_type, d.pinned_release, d.target_os_version, \
          f.id, f.name, f.uuid, f.target_release, f.target_os_version, f.owner, \
-         d.rollout_release, d.rollout_os_version \
+         d.rollout_release, d.rollout_os_version, \
+         CASE WHEN EXISTS (SELECT 1 FROM rollout_device rd JOIN rollout r ON r.id = rd.rollout \
+           WHERE rd.device = d.id AND rd.state = 'reverted' AND r.os_version = d.os_version) \
+           THEN 1 ELSE 0 END \
          FROM device d JOIN fleet f ON f.id = d.fleet WHERE d.id = $1",
     )
     .bind(id)
@@ -177,6 +181,13 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
     // What a rollout assigned (crate::rollout): after a pin, before the fleet.
     let rollout_release: Option<i64> = row.try_get(11)?;
     let rollout_os: Option<String> = row.try_get(12)?;
+    // The device runs the OS of a rollout that was rolled back: going back
+    // down is what the rollback asked for.
+    let on_reverted_os = row
+        .try_get::<i32, _>(13)
+        .map(i64::from)
+        .or_else(|_| row.try_get::<i64, _>(13))?
+        == 1;
 
     let mut app_target = AppTarget {
         id: fleet_id,
@@ -277,7 +288,15 @@ pub async fn build_target(app: &AppState, id: i64) -> ApiResult<TargetState> {
                 }
                 None => None,
             };
-            Some(OsTarget { version, bundle })
+            let allow_downgrade = on_reverted_os
+                || config
+                    .get(OS_ALLOW_DOWNGRADE_VAR)
+                    .is_some_and(|v| config_flag(v));
+            Some(OsTarget {
+                version,
+                bundle,
+                allow_downgrade,
+            })
         }
     };
     let mut apps = BTreeMap::new();
@@ -384,6 +403,7 @@ pub async fn report_state(
         return Err(ApiError::bad_request("the report names no device"));
     }
     let mut updates = Vec::new();
+    let mut os_versions = Vec::new();
     for (uuid, r) in &report {
         let id = perms::device_may_access(&actor, uuid)?;
         check_report_sizes(r)?;
@@ -396,8 +416,8 @@ pub async fn report_state(
         if r.status.is_some() {
             sets.push(("status", text(&r.status)));
         }
-        if r.os_version.is_some() {
-            sets.push(("os_version", text(&r.os_version)));
+        if let Some(v) = &r.os_version {
+            os_versions.push((id, v.clone()));
         }
         if r.supervisor_version.is_some() {
             sets.push(("supervisor_version", text(&r.supervisor_version)));
@@ -456,7 +476,30 @@ pub async fn report_state(
         params.push(Param::Int(Some(id)));
         bind_all(dyn_query(sql), &params).execute(&mut *tx).await?;
     }
+    // The OS version is written only when it changed, because the target
+    // depends on it (a rolled-back OS rollout allows the downgrade of a
+    // device that runs its version): a changed version drops the device's
+    // cached target.
+    let mut os_changed = Vec::new();
+    for (id, v) in os_versions {
+        let n = sqlx::query(
+            "UPDATE device SET os_version = $1 WHERE id = $2 \
+             AND (os_version IS NULL OR os_version <> $3)",
+        )
+        .bind(&v)
+        .bind(id)
+        .bind(&v)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            os_changed.push(id);
+        }
+    }
     tx.commit().await?;
+    for id in os_changed {
+        cache::changed(&app, Change::Device(id)).await;
+    }
     Ok((StatusCode::OK, Json(serde_json::json!({}))).into_response())
 }
 

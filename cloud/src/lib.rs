@@ -24,6 +24,8 @@ pub mod resources;
 pub mod rollout;
 pub mod schema;
 pub mod tls;
+pub mod tunnel;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +52,8 @@ pub struct AppState {
     pub heartbeats: Arc<cache::Heartbeats>,
     /// Rate limits ([`ratelimit`]).
     pub limits: Arc<ratelimit::Limits>,
+    /// Devices connected through the remote-access tunnel ([`tunnel`]).
+    pub tunnels: Arc<tunnel::Tunnels>,
 }
 
 impl AppState {
@@ -63,6 +67,7 @@ impl AppState {
             logs,
             heartbeats: Arc::default(),
             limits: Arc::default(),
+            tunnels: Arc::default(),
         })
     }
 }
@@ -84,6 +89,8 @@ pub fn router(state: AppState) -> Router {
         .route(paths::STATE_REPORT, patch(device_api::report_state))
         .route(paths::LOG_STREAM_ROUTE, post(logs::log_stream))
         .route("/ping", get(|| async { "OK" }))
+        .merge(web::router())
+        .merge(tunnel::router())
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -57,6 +57,40 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Dashboard users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Set a user's dashboard password (argon2id): prompted for on a
+    /// terminal, else read as the first line of standard input. The user's
+    /// open dashboard sessions end.
+    Passwd {
+        /// The user (made by `bootstrap`).
+        username: String,
+    },
+}
+
+/// The new password: a prompt (twice, not echoed) on a terminal, else the
+/// first line of standard input.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let a = rpassword::prompt_password("New password: ").context("reading the password")?;
+        let b = rpassword::prompt_password("Again: ").context("reading the password")?;
+        anyhow::ensure!(a == b, "the passwords differ");
+        Ok(a)
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    }
 }
 
 #[tokio::main]
@@ -132,6 +166,18 @@ async fn main() -> anyhow::Result<()> {
                     .context("making the user an admin")?;
             }
             println!("{}", serde_json::to_string(&out)?);
+        }
+        Command::User {
+            command: UserCommand::Passwd { username },
+        } => {
+            let password = read_password()?;
+            let db = resin_cloud::db::Db::connect(&config.database_url, 2)
+                .await
+                .context("opening the database")?;
+            resin_cloud::web::session::set_password(&db, &username, &password)
+                .await
+                .with_context(|| format!("setting the password of {username:?}"))?;
+            eprintln!("password set for {username}");
         }
     }
     Ok(())

@@ -284,6 +284,8 @@ pub fn openapi() -> Value {
     }
     other_routes(&mut paths, &err);
     rollout_routes(&mut paths, &err);
+    dashboard_routes(&mut paths);
+    crate::tunnel::openapi_paths(&mut paths, &err);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "resin-cloud", "version": env!("CARGO_PKG_VERSION"),
@@ -292,10 +294,53 @@ pub fn openapi() -> Value {
             "schemas": schemas,
             "responses": {"error": ok_json("an error in the OData JSON shape", json!({"$ref": "#/components/schemas/error"}))},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                "description": "a user's API key for /v1, a provisioning key for /device/register, a device key for the rest of /device"}}},
+                "description": "a user's API key for /v1, a provisioning key for /device/register, a device key for the rest of /device"},
+                "session": {"type": "apiKey", "in": "cookie", "name": crate::web::session::COOKIE,
+                "description": "the dashboard's session cookie (log in at /login)"}}},
         "security": [{"bearer": []}],
         "paths": paths
     })
+}
+
+/// The dashboard's HTML pages ([`crate::web::ROUTES`]).
+fn dashboard_routes(paths: &mut Map<String, Value>) {
+    for (path, method, summary) in crate::web::ROUTES {
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| {
+                let schema = if matches!(name, "file" | "action") {
+                    json!({"type": "string"})
+                } else {
+                    json!({"type": "integer"})
+                };
+                param(name, "path", true, schema, name)
+            })
+            .collect();
+        let public = matches!(*path, "/" | "/login" | "/static/{file}");
+        let security = if public {
+            json!([])
+        } else {
+            json!([{"session": []}])
+        };
+        let op_id = format!(
+            "web_{method}{}",
+            path.replace(['/', '{', '}', '.', '-'], "_")
+        );
+        let mut op = json!({"operationId": op_id, "summary": summary, "tags": ["dashboard"],
+            "security": security, "parameters": params,
+            "responses": {
+                "200": {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                "303": {"description": "a redirect (to /login without a session)"},
+                "403": {"description": "a missing or wrong CSRF token"},
+                "404": {"description": "not found, or not the user's"}}});
+        if *method == "post" {
+            op["requestBody"] = json!({"content": {"application/x-www-form-urlencoded":
+                {"schema": {"type": "object", "properties": {"csrf": {"type": "string"}}, "required": ["csrf"]}}}});
+        }
+        let entry = paths.entry((*path).to_owned()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
 }
 
 /// Everything beside the generated resource routes.

@@ -456,6 +456,7 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
         uuid: None,
         device_name: None,
         root_ca,
+        tunnel: None,
     };
     let json = serde_json::to_vec_pretty(&config).map_err(ApiError::internal)?;
     let mut tx = app.db.begin_write().await?;

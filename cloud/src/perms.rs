@@ -19,6 +19,8 @@
 //!   is a 403) and/or limited to one fleet (`fleet`: only that fleet and
 //!   what hangs off it, the user's own row and the OS releases; no API keys,
 //!   no new fleets); an expired key is a 401 ([`crate::auth`]);
+//! - the audit log (`audit_log`, the dashboard's) is read by the user whose
+//!   data each entry is about (its `owner`);
 //! - provisioning keys and device keys reach no `/v1` resource at all: a
 //!   provisioning key may only register a device into its own fleet and a
 //!   device key only its own device's device-API endpoints (enforced in
@@ -56,7 +58,7 @@ fn owner_expr(resource: &str, alias: &str) -> Option<String> {
     Some(match resource {
         "user" => format!("{t}.id"),
         "api_key" => format!("{t}.\"user\""),
-        "fleet" | "os_release" => format!("{t}.owner"),
+        "fleet" | "os_release" | "audit_log" => format!("{t}.owner"),
         "device" | "release" | "fleet_env_var" | "fleet_config_var" | "fleet_tag"
         | "provisioning_key" | "rollout" => {
             format!("(SELECT pf.owner FROM fleet pf WHERE pf.id = {t}.fleet)")

@@ -26,7 +26,8 @@ both!(
     roll_back_moves_devices_back,
     restart_mid_rollout_continues,
     bad_input_changes_nothing,
-    device_sees_its_wave_through_the_target_state
+    device_sees_its_wave_through_the_target_state,
+    os_rollback_allows_the_downgrade_only_where_needed
 );
 
 const N: usize = 1000;
@@ -682,4 +683,97 @@ fn two_replicas_evaluate_each_pass_once() {
     eprintln!("passes: {mine} on one replica, {theirs} on the other");
     replica.task.abort();
     s.rt.block_on(replica.state.db.pool.close());
+}
+
+/// The device's OS target, as its supervisor polls it.
+fn os_target(s: &Server, uuid: &str, key: &str) -> Value {
+    let r = s.get(&format!("/device/v3/{uuid}/state"), key);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()[uuid]["os"].clone()
+}
+
+fn report_os(s: &Server, uuid: &str, key: &str, version: &str) {
+    let r = s.req(
+        "PATCH",
+        "/device/v3/state",
+        Some(key),
+        Some(&json!({uuid: {"os_version": version}})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// Rolling back an OS rollout sends the updated devices the older version,
+/// which a device refuses unless the target allows the downgrade: the
+/// target allows it exactly for the devices that run the rolled-back
+/// version (also one that reports it only after the rollback), and for
+/// everyone when the fleet's config var says so.
+fn os_rollback_allows_the_downgrade_only_where_needed(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, alice) = s.user("alice");
+    let (fleet, prov) = s.fleet(&alice, "os-back");
+    for v in ["1.0", "2.0"] {
+        s.create(
+            &alice,
+            "os_release",
+            json!({"device_type": "qemuarm64", "version": v}),
+        );
+    }
+    let r = s.patch(
+        &format!("/v1/fleet({fleet})"),
+        &alice,
+        json!({"target_os_version": "1.0"}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    let (_, a, akey) = s.device(&prov);
+    let (_, b, bkey) = s.device(&prov);
+    report_os(&s, &a, &akey, "1.0");
+    report_os(&s, &b, &bkey, "1.0");
+    assert_eq!(os_target(&s, &a, &akey), json!({"version": "1.0"}));
+
+    let r = s.post(
+        "/v1/rollout",
+        &alice,
+        json!({"fleet": fleet, "os_version": "2.0", "waves": waves(&[100], 2, 60)}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_i64().unwrap();
+    assert_eq!(act(&s, &alice, id, "start").0, 200);
+    assert_eq!(os_target(&s, &a, &akey), json!({"version": "2.0"}));
+    // Device a installs and commits 2.0; b is still downloading.
+    report_os(&s, &a, &akey, "2.0");
+    let (status, p) = act(&s, &alice, id, "rollback");
+    assert_eq!(status, 200, "{p}");
+
+    assert_eq!(
+        os_target(&s, &a, &akey),
+        json!({"version": "1.0", "allow_downgrade": true}),
+        "a runs the rolled-back 2.0: it may go back down"
+    );
+    assert_eq!(
+        os_target(&s, &b, &bkey),
+        json!({"version": "1.0"}),
+        "b never left 1.0: no downgrade allowed"
+    );
+    // b finishes its install after the rollback: its report of 2.0 drops
+    // its cached target, and the next poll allows the way back.
+    report_os(&s, &b, &bkey, "2.0");
+    assert_eq!(
+        os_target(&s, &b, &bkey),
+        json!({"version": "1.0", "allow_downgrade": true})
+    );
+
+    // Without a rollback, a lower fleet target is not a downgrade the
+    // device may take, until the fleet's config var allows it.
+    let (_, c, ckey) = s.device(&prov);
+    report_os(&s, &c, &ckey, "2.0");
+    assert_eq!(os_target(&s, &c, &ckey), json!({"version": "1.0"}));
+    s.create(
+        &alice,
+        "fleet_config_var",
+        json!({"fleet": fleet, "name": "RESIN_SUPERVISOR_OS_ALLOW_DOWNGRADE", "value": "1"}),
+    );
+    assert_eq!(
+        os_target(&s, &c, &ckey),
+        json!({"version": "1.0", "allow_downgrade": true})
+    );
 }

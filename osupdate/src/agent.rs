@@ -50,11 +50,6 @@ pub struct AgentOptions {
     /// Agent starts in `verifying` before the update is given up
     /// (default 3).
     pub max_verify_attempts: u32,
-    /// Install OS versions older than the running one (a downgrade). Read
-    /// at every look at the target, so the supervisor can set it from the
-    /// device's config (`RESIN_SUPERVISOR_OS_ALLOW_DOWNGRADE`) as it
-    /// publishes each target. Default: off, an older version is refused.
-    pub allow_downgrade: Arc<AtomicBool>,
     /// Failpoints armed for this agent (only with the `failpoints` feature).
     pub failpoints: Vec<(String, FailAction)>,
     /// Written once the booted slot is confirmed good in this boot (default
@@ -81,7 +76,6 @@ impl Default for AgentOptions {
             download_retry_delay: Duration::from_secs(2),
             download_read_timeout: Duration::from_secs(60),
             max_verify_attempts: 3,
-            allow_downgrade: Arc::new(AtomicBool::new(false)),
             failpoints: Vec::new(),
             confirm_marker: Some(PathBuf::from(BOOT_CONFIRMED)),
             tls: None,
@@ -125,6 +119,12 @@ pub fn is_downgrade(running: &str, target: &str) -> bool {
     r.resize(n, 0);
     t.resize(n, 0);
     t < r
+}
+
+/// Does the device refuse to install `target` over `running`? Only an older
+/// version, and only when the cloud's target does not allow a downgrade.
+fn refuses_downgrade(running: &str, target: &str, allowed: bool) -> bool {
+    !allowed && is_downgrade(running, target)
 }
 
 /// Why one step of the agent stopped early.
@@ -325,13 +325,17 @@ impl Agent {
                         Some(OsTarget {
                             version: ref tv,
                             bundle: Some(ref tb),
+                            ..
                         }) if tv == version && tb == bundle => {
                             self.do_download(&rauc, version, bundle).await?;
                         }
                         Some(OsTarget {
                             version: ref tv,
                             bundle: Some(ref tb),
-                        }) if *tv != running && !self.refuses_downgrade(&running, tv) => {
+                            allow_downgrade,
+                        }) if *tv != running
+                            && !refuses_downgrade(&running, tv, allow_downgrade) =>
+                        {
                             let cloud = self.health.borrow().cloud_reachable;
                             self.machine.apply(|s| s.start_download(tv, tb, cloud))?;
                         }
@@ -550,10 +554,11 @@ impl Agent {
             ));
             return Ok(false);
         };
-        if self.refuses_downgrade(&running, &target.version) {
+        if refuses_downgrade(&running, &target.version, target.allow_downgrade) {
             self.note = Some(format!(
-                "OS version {} is older than the running {running}: not installed (downgrades need RESIN_SUPERVISOR_OS_ALLOW_DOWNGRADE=1)",
-                target.version
+                "OS version {} is older than the running {running}: not installed (the target does not allow a downgrade: set {}=1 on the fleet or device)",
+                target.version,
+                resin_api_types::OS_ALLOW_DOWNGRADE_VAR
             ));
             return Ok(false);
         }
@@ -803,10 +808,6 @@ impl Agent {
             }
         }
         Ok(())
-    }
-
-    fn refuses_downgrade(&self, running: &str, target: &str) -> bool {
-        !self.opts.allow_downgrade.load(Ordering::Relaxed) && is_downgrade(running, target)
     }
 
     /// Marks the booted (new) slot bad, trying [`MARK_BAD_ATTEMPTS`] times,

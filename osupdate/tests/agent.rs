@@ -29,7 +29,6 @@ struct Harness {
     payload: Vec<u8>,
     target: watch::Sender<Option<OsTarget>>,
     health: watch::Sender<Health>,
-    allow_downgrade: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Running {
@@ -104,7 +103,6 @@ impl Harness {
                 cloud_reachable: true,
             })
             .0,
-            allow_downgrade: Default::default(),
         };
         h.set_os("1.0");
         h.set_boot_id("boot-1");
@@ -131,6 +129,7 @@ impl Harness {
         self.target.send_replace(Some(OsTarget {
             version: "2.0".into(),
             bundle: Some(self.bundle.clone()),
+            allow_downgrade: false,
         }));
     }
 
@@ -152,7 +151,6 @@ impl Harness {
             recheck_interval: Duration::from_millis(200),
             download_retry_delay: Duration::from_millis(20),
             confirm_marker: Some(self.p("run/boot-confirmed")),
-            allow_downgrade: self.allow_downgrade.clone(),
             failpoints: failpoints
                 .iter()
                 .map(|f| (f.to_string(), FailAction::Stop))
@@ -432,6 +430,7 @@ async fn bundle_rauc_rejects_fails_with_raucs_reason_and_leaves_the_slots_alone(
     h.target.send_replace(Some(OsTarget {
         version: "3.0".into(),
         bundle: None,
+        allow_downgrade: false,
     }));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(a.report.borrow().state, OsUpdateState::Failed);
@@ -440,6 +439,7 @@ async fn bundle_rauc_rejects_fails_with_raucs_reason_and_leaves_the_slots_alone(
     h.target.send_replace(Some(OsTarget {
         version: "1.0".into(),
         bundle: None,
+        allow_downgrade: false,
     }));
     a.wait_for("idle", |r| r.state == OsUpdateState::Idle).await;
     a.kill().await;
@@ -627,6 +627,7 @@ async fn terminal_states_survive_a_restart_without_doing_anything() {
     h.target.send_replace(Some(OsTarget {
         version: "1.0".into(),
         bundle: None,
+        allow_downgrade: false,
     }));
     for st in [
         State::Committed {
@@ -661,6 +662,7 @@ async fn terminal_states_survive_a_restart_without_doing_anything() {
     h.target.send_replace(Some(OsTarget {
         version: "1.0".into(),
         bundle: None,
+        allow_downgrade: false,
     }));
     // An unreadable state file is moved aside, not fatal.
     std::fs::write(h.p("state/osupdate.json"), "{garbage").unwrap();
@@ -763,8 +765,8 @@ async fn a_fallback_after_commit_is_reported_rolled_back_and_not_installed_again
     a.kill().await;
 }
 
-/// An OS version older than the running one is refused unless downgrades
-/// are allowed; then it installs as any other.
+/// An OS version older than the running one is refused unless the target
+/// allows the downgrade; then it installs as any other.
 #[tokio::test]
 async fn an_older_version_is_refused_unless_downgrades_are_allowed() {
     let h = Harness::new(COMPATIBLE, vec![]).await;
@@ -781,10 +783,12 @@ async fn an_older_version_is_refused_unless_downgrades_are_allowed() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(h.server.requests.lock().unwrap().is_empty());
     assert_eq!(h.installed_count_b().await, 0);
-    // Allowed: the next look at the target installs it.
-    h.allow_downgrade
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    h.target_v2();
+    // Allowed by the target: it installs as any other.
+    h.target.send_replace(Some(OsTarget {
+        version: "2.0".into(),
+        bundle: Some(h.bundle.clone()),
+        allow_downgrade: true,
+    }));
     let req = a.wait_reboot().await;
     assert!(req.reason.contains("2.0"), "{req:?}");
     assert!(h.slot_b_holds_payload());

@@ -19,6 +19,7 @@ pub mod run;
 pub mod spec;
 pub mod store;
 pub mod system;
+pub mod tunnel;
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> i64 {

@@ -55,17 +55,6 @@ pub(crate) fn poll_interval(
     Duration::from_millis(ms.max(1000))
 }
 
-/// Device config var that lets the OS-update agent install an OS version
-/// older than the running one.
-pub const OS_ALLOW_DOWNGRADE: &str = "RESIN_SUPERVISOR_OS_ALLOW_DOWNGRADE";
-
-/// True when the device's config allows OS downgrades (`1` or `true`).
-pub fn os_downgrade_allowed(target: Option<&DeviceTarget>) -> bool {
-    target
-        .and_then(|t| t.config.get(OS_ALLOW_DOWNGRADE))
-        .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
-}
-
 /// Fleet (or device) config var: `1`/`true` removes the volumes a release
 /// no longer declares or mounts, and the volumes of removed apps. Off by
 /// default: data outlives its app until the operator asks.
@@ -90,7 +79,6 @@ pub struct Poller {
     pub target_path: PathBuf,
     pub target: watch::Sender<Option<DeviceTarget>>,
     pub os_target: watch::Sender<Option<OsTarget>>,
-    pub allow_downgrade: Arc<AtomicBool>,
     pub cloud_ok: Arc<AtomicBool>,
 }
 
@@ -107,7 +95,6 @@ impl Poller {
             target_path,
             target: target_tx,
             os_target: os_target_tx,
-            allow_downgrade,
             cloud_ok,
         } = self;
         let mut failures = 0u32;
@@ -131,9 +118,6 @@ impl Poller {
                     tracing::info!(etag = ?new_etag, "new target state");
                     etag = new_etag;
                     let dev = target.get(&uuid).cloned();
-                    // The policy first: the agent reads it when it looks
-                    // at the new OS target.
-                    allow_downgrade.store(os_downgrade_allowed(dev.as_ref()), Ordering::SeqCst);
                     let _ = os_target_tx.send(dev.as_ref().and_then(|d| d.os.clone()));
                     target_tx.send_if_modified(|t| {
                         let changed = *t != dev;

@@ -23,8 +23,7 @@ use crate::{api, store, system};
 
 use crate::poller::poll_interval;
 pub use crate::poller::{
-    next_poll_delay, os_downgrade_allowed, volumes_removed, PersistedTarget, Poller,
-    OS_ALLOW_DOWNGRADE, REMOVE_VOLUMES,
+    next_poll_delay, volumes_removed, PersistedTarget, Poller, REMOVE_VOLUMES,
 };
 use crate::reboot;
 pub use crate::reboot::wait_for_update_locks;
@@ -159,9 +158,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // OS updates.
     let (os_target_tx, os_target_rx) = watch::channel::<Option<OsTarget>>(None);
-    let allow_downgrade = Arc::new(AtomicBool::new(os_downgrade_allowed(
-        target_rx.borrow().as_ref(),
-    )));
     let (health_tx, health_rx) = watch::channel(resin_osupdate::Health::default());
     let os_report_rx = if cfg.os_updates {
         let (os_reboot_tx, os_reboot_rx) = mpsc::channel::<resin_osupdate::RebootRequest>(2);
@@ -173,7 +169,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             dbus_address: cfg.dbus_address.clone(),
         };
         let opts = resin_osupdate::AgentOptions {
-            allow_downgrade: allow_downgrade.clone(),
             tls: tls.clone(),
             ..Default::default()
         };
@@ -202,6 +197,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         notifier.clone(),
     );
 
+    // Remote access: one outbound WebSocket to the cloud (tunnel.rs).
+    tokio::spawn(crate::tunnel::run(crate::tunnel::TunnelOptions {
+        api_endpoint: cj.api_endpoint.clone(),
+        device_key: device_key.clone(),
+        root_ca: cj.root_ca_pem()?,
+        settings: cj.tunnel.clone().unwrap_or_default(),
+        docker: Some(engine.docker().clone()),
+        poll_now: poll_now.clone(),
+        reboot: Some(reboot_tx.clone()),
+    }));
+
     // Target poller.
     tokio::spawn(
         Poller {
@@ -214,7 +220,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             target_path: target_path.clone(),
             target: target_tx.clone(),
             os_target: os_target_tx.clone(),
-            allow_downgrade: allow_downgrade.clone(),
             cloud_ok: cloud_ok.clone(),
         }
         .run(poll_now.clone()),
@@ -438,17 +443,6 @@ mod tests {
         assert!(volumes_removed(Some(&t)));
         t.config.insert(REMOVE_VOLUMES.into(), "0".into());
         assert!(!volumes_removed(Some(&t)));
-    }
-
-    #[test]
-    fn os_downgrades_are_allowed_only_by_the_device_config() {
-        let mut t = DeviceTarget::default();
-        assert!(!os_downgrade_allowed(Some(&t)));
-        assert!(!os_downgrade_allowed(None));
-        t.config.insert(OS_ALLOW_DOWNGRADE.into(), "1".into());
-        assert!(os_downgrade_allowed(Some(&t)));
-        t.config.insert(OS_ALLOW_DOWNGRADE.into(), "0".into());
-        assert!(!os_downgrade_allowed(Some(&t)));
     }
 
     #[test]

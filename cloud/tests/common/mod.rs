@@ -11,6 +11,8 @@ use serde_json::Value;
 use sqlx::Executor;
 
 pub mod fleet;
+pub mod image;
+pub mod web;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -137,6 +139,8 @@ impl Server {
             device_requests_per_min: 600,
             // Rollout tests drive the evaluator with their own clock.
             rollout_eval_ms: 0,
+            tunnel_idle_secs: 1800,
+            tunnel_max_sessions: 8,
             tls: None,
         };
         tweak(&mut config);

@@ -1,0 +1,1102 @@
+//! The dashboard's page handlers. Reads are scoped by
+//! [`perms::read_scope`] and writes go through [`resources`] (which asks
+//! [`perms`]), with the session's [`Actor`], so a page shows and changes
+//! exactly what the same user's API key would.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use minijinja::context;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use super::audit::{self, Entry};
+use super::session::{self, Session};
+use super::{check_csrf, render, see_other, Auth, WebError, WebResult};
+use crate::auth::Actor;
+use crate::error::ApiError;
+use crate::resources::{self, bind_all, dyn_query, Param};
+use crate::{db, logs, os, perms, ratelimit, schema, AppState};
+
+type FormMap = HashMap<String, String>;
+
+/// Devices per page of the fleet page.
+pub const PAGE_SIZE: i64 = 50;
+
+fn res(name: &str) -> Result<&'static schema::Resource, WebError> {
+    schema::resource(name)
+        .ok_or_else(|| WebError(ApiError::internal(format!("no resource {name}"))))
+}
+
+/// What every page's layout needs.
+fn base(s: &Session) -> minijinja::Value {
+    context! {
+        user => s.username.clone(),
+        admin => s.admin,
+        csrf => s.csrf.clone(),
+        read_at => db::now(),
+    }
+}
+
+/// Any serde value as a template value.
+fn sv<T: Serialize>(x: &T) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(x))
+}
+
+fn field<'a>(form: &'a FormMap, name: &str) -> &'a str {
+    form.get(name).map(|s| s.trim()).unwrap_or_default()
+}
+
+async fn log_change(app: &AppState, s: &Session, action: &str, target: &str, detail: Option<&str>) {
+    audit::record(
+        &app.db,
+        &s.actor(),
+        Entry {
+            via: "web",
+            action,
+            target,
+            detail,
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------- login
+
+pub async fn home() -> Response {
+    see_other("/fleets")
+}
+
+#[derive(serde::Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+fn login_page(status: StatusCode, next: &str, error: Option<&str>, secure: bool) -> Response {
+    let token = session::random_token();
+    let mut r = super::render_status(
+        status,
+        "login.html",
+        context! {
+            csrf => token.clone(),
+            next => next,
+            error => error,
+            read_at => db::now(),
+        },
+    );
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(
+        session::LOGIN_CSRF_COOKIE,
+        &token,
+        Duration::from_secs(3600),
+        secure,
+    )) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+pub async fn login_form(State(app): State<AppState>, Query(q): Query<NextQuery>) -> Response {
+    login_page(
+        StatusCode::OK,
+        &super::safe_next(q.next.as_deref()),
+        None,
+        app.config.tls.is_some(),
+    )
+}
+
+/// `POST /login`: wrong passwords are refused with 401, counted per client
+/// address in the API's auth-failure window ([`ratelimit::Limits`]) and
+/// slowed by a second; over the limit the address gets 429 for the rest of
+/// the minute, right password or not.
+pub async fn login(State(app): State<AppState>, req: Request) -> WebResult {
+    let secure = app.config.tls.is_some();
+    let ip = ratelimit::client_ip(&req);
+    let headers = req.headers().clone();
+    let Form(form): Form<FormMap> = Form::from_request(req, &app)
+        .await
+        .map_err(|e| WebError(ApiError::bad_request(e.body_text())))?;
+    let next = super::safe_next(form.get("next").map(String::as_str));
+    let cookie_token = session::cookie(&headers, session::LOGIN_CSRF_COOKIE);
+    let form_token = form.get("csrf").map(String::as_str);
+    if !matches!((cookie_token, form_token), (Some(c), Some(f)) if crate::auth::constant_time_eq(c.as_bytes(), f.as_bytes()))
+    {
+        return Ok(login_page(
+            StatusCode::FORBIDDEN,
+            &next,
+            Some("The login form expired (missing or wrong CSRF token): please try again."),
+            secure,
+        ));
+    }
+    let limit = app.config.auth_failures_per_min;
+    let now = Instant::now();
+    if let Some(ip) = ip {
+        if let Some(left) = app.limits.auth_failures.blocked(&ip, limit, now) {
+            let mut r = login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                &next,
+                Some(&format!(
+                    "Too many failed logins from this address: try again in {} s.",
+                    left.as_secs().max(1)
+                )),
+                secure,
+            );
+            if let Ok(v) = HeaderValue::from_str(&left.as_secs().max(1).to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Ok(r);
+        }
+    }
+    let username = field(&form, "username");
+    let password = form.get("password").map(String::as_str).unwrap_or_default();
+    match session::check_login(&app.db, username, password).await? {
+        Some(user) => {
+            let token = session::create(&app.db, user).await?;
+            audit::record_for(
+                &app.db,
+                user,
+                user,
+                Entry {
+                    via: "web",
+                    action: "login",
+                    target: &format!("user({user})"),
+                    detail: ip.map(|i| i.to_string()).as_deref(),
+                },
+            )
+            .await;
+            let mut r = see_other(&next);
+            let h = r.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&session::set_cookie(
+                session::COOKIE,
+                &token,
+                session::SESSION_TTL,
+                secure,
+            )) {
+                h.append(header::SET_COOKIE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&session::set_cookie(
+                session::LOGIN_CSRF_COOKIE,
+                "",
+                Duration::ZERO,
+                secure,
+            )) {
+                h.append(header::SET_COOKIE, v);
+            }
+            Ok(r)
+        }
+        None => {
+            if let Some(ip) = ip {
+                if app.limits.auth_failures.hit(&ip, limit, now).is_some() {
+                    tracing::warn!(%ip, "too many failed dashboard logins: refusing for a minute");
+                }
+            }
+            tracing::info!(username, ?ip, "dashboard login refused");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(login_page(
+                StatusCode::UNAUTHORIZED,
+                &next,
+                Some("Wrong username or password."),
+                secure,
+            ))
+        }
+    }
+}
+
+pub async fn logout(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    session::destroy(&app.db, &headers).await?;
+    let mut r = see_other("/login");
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(
+        session::COOKIE,
+        "",
+        Duration::ZERO,
+        app.config.tls.is_some(),
+    )) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------- fleets
+
+#[derive(Serialize)]
+struct FleetRow {
+    id: i64,
+    name: String,
+    device_type: String,
+    target_release: Option<i64>,
+    target_os_version: Option<String>,
+    devices: i64,
+    online: i64,
+}
+
+pub async fn fleets(State(app): State<AppState>, Auth(s): Auth) -> WebResult {
+    let actor = s.actor();
+    let scope = perms::read_scope(&actor, "fleet", "f");
+    let rows = dyn_query(format!(
+        "SELECT f.id, f.name, f.device_type, f.target_release, f.target_os_version, \
+         (SELECT COUNT(*) FROM device d WHERE d.fleet = f.id), \
+         (SELECT COUNT(*) FROM device d WHERE d.fleet = f.id AND d.is_online) \
+         FROM fleet f WHERE {} ORDER BY f.name, f.id",
+        scope.to_sql()
+    ))
+    .fetch_all(&app.db.pool)
+    .await
+    .map_err(ApiError::from)?;
+    let mut list = Vec::new();
+    for r in rows {
+        list.push(FleetRow {
+            id: r.try_get(0).map_err(ApiError::from)?,
+            name: r.try_get(1).map_err(ApiError::from)?,
+            device_type: r.try_get(2).map_err(ApiError::from)?,
+            target_release: r.try_get(3).map_err(ApiError::from)?,
+            target_os_version: r.try_get(4).map_err(ApiError::from)?,
+            devices: r.try_get(5).map_err(ApiError::from)?,
+            online: r.try_get(6).map_err(ApiError::from)?,
+        });
+    }
+    Ok(render(
+        "fleets.html",
+        context! { ..base(&s), ..context! { fleets => sv(&list) } },
+    ))
+}
+
+pub async fn create_fleet(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    let body = json!({
+        "name": field(&form, "name"),
+        "device_type": field(&form, "device_type"),
+    });
+    let (_, v) = resources::create(&app, &s.actor(), res("fleet")?, &body).await?;
+    let id = v.get("id").and_then(Value::as_i64).unwrap_or_default();
+    log_change(
+        &app,
+        &s,
+        "create",
+        &format!("fleet({id})"),
+        Some(field(&form, "name")),
+    )
+    .await;
+    Ok(see_other(&format!("/fleets/{id}")))
+}
+
+pub async fn new_provisioning_key(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    resources::read_one(&app, &s.actor(), res("fleet")?, id).await?;
+    let body = json!({"fleet": id, "name": "dashboard"});
+    let (_, v) = resources::create(&app, &s.actor(), res("provisioning_key")?, &body).await?;
+    let key = v.get("key").and_then(Value::as_str).unwrap_or_default();
+    let key_id = v.get("id").and_then(Value::as_i64).unwrap_or_default();
+    log_change(
+        &app,
+        &s,
+        "create",
+        &format!("provisioning_key({key_id})"),
+        Some(&format!("fleet({id})")),
+    )
+    .await;
+    Ok(render(
+        "key_shown.html",
+        context! { ..base(&s), ..context! {
+            what => "provisioning key",
+            key => key,
+            back => format!("/fleets/{id}"),
+        }},
+    ))
+}
+
+#[derive(serde::Deserialize)]
+pub struct ImageQuery {
+    version: Option<String>,
+    compression: Option<String>,
+}
+
+/// The fleet's configured image: the API's `/v1/os/download`, as the user.
+pub async fn fleet_image(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    Query(q): Query<ImageQuery>,
+) -> WebResult {
+    let mut query = format!("fleet={id}");
+    if let Some(v) = q.version.as_deref().filter(|v| !v.is_empty()) {
+        query.push_str(&format!("&version={}", super::encode_query(v)));
+    }
+    if let Some(c) = q.compression.as_deref().filter(|c| !c.is_empty()) {
+        query.push_str(&format!("&compression={}", super::encode_query(c)));
+    }
+    let actor = s.actor();
+    let resp = os::download(&app, &actor, Some(&query)).await?;
+    log_change(&app, &s, "download image", &format!("fleet({id})"), None).await;
+    Ok(resp)
+}
+
+/// Sets the fleet's target release and/or target OS version.
+pub async fn fleet_target(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    let mut body = serde_json::Map::new();
+    if let Some(r) = form.get("target_release") {
+        let v = if r.trim().is_empty() {
+            Value::Null
+        } else {
+            Value::from(parse_id("target_release", r)?)
+        };
+        body.insert("target_release".into(), v);
+    }
+    if let Some(o) = form.get("target_os_version") {
+        let v = if o.trim().is_empty() {
+            Value::Null
+        } else {
+            Value::from(o.trim())
+        };
+        body.insert("target_os_version".into(), v);
+    }
+    let body = Value::Object(body);
+    resources::patch(&app, &s.actor(), res("fleet")?, id, &body).await?;
+    log_change(
+        &app,
+        &s,
+        "update",
+        &format!("fleet({id})"),
+        Some(&body.to_string()),
+    )
+    .await;
+    Ok(see_other(&format!("/fleets/{id}")))
+}
+
+fn parse_id(what: &str, v: &str) -> Result<i64, WebError> {
+    v.trim().parse::<i64>().map_err(|_| {
+        WebError(ApiError::bad_request_field(
+            what,
+            format!("{what} must be an id"),
+        ))
+    })
+}
+
+/// The fleet page's filters, sort and page (its query string).
+#[derive(Debug, Default, Clone, serde::Deserialize, Serialize)]
+pub struct DeviceFilter {
+    /// `key` or `key=value`.
+    #[serde(default)]
+    pub tag: String,
+    #[serde(default)]
+    pub status: String,
+    /// online, offline or empty.
+    #[serde(default)]
+    pub online: String,
+    /// A release id: devices whose target (pin, rollout, fleet) is it.
+    #[serde(default)]
+    pub release: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub sort: String,
+    #[serde(default)]
+    pub dir: String,
+    #[serde(default)]
+    pub page: Option<i64>,
+}
+
+impl DeviceFilter {
+    /// The query string for page `page` (same filters and sort).
+    fn href(&self, fleet: i64, page: i64) -> String {
+        let mut q = vec![];
+        for (k, v) in [
+            ("tag", &self.tag),
+            ("status", &self.status),
+            ("online", &self.online),
+            ("release", &self.release),
+            ("os", &self.os),
+            ("sort", &self.sort),
+            ("dir", &self.dir),
+        ] {
+            if !v.is_empty() {
+                q.push(format!("{k}={}", super::encode_query(v)));
+            }
+        }
+        q.push(format!("page={page}"));
+        format!("/fleets/{fleet}?{}", q.join("&"))
+    }
+}
+
+#[derive(Serialize)]
+pub struct DeviceRow {
+    pub id: i64,
+    pub uuid: String,
+    pub name: String,
+    pub online: bool,
+    pub status: Option<String>,
+    pub last_seen: Option<String>,
+    pub os_version: Option<String>,
+    pub target_release: Option<String>,
+    pub running_release: Option<String>,
+    pub os_update_state: Option<String>,
+    pub os_update_progress: Option<i64>,
+    /// The lowest download progress of a service still downloading.
+    pub download_progress: Option<i64>,
+}
+
+/// One page of a fleet's devices and the number that match, filtered,
+/// sorted and paged in the database.
+pub async fn fleet_devices(
+    app: &AppState,
+    actor: &Actor,
+    fleet: i64,
+    f: &DeviceFilter,
+) -> Result<(Vec<DeviceRow>, i64), ApiError> {
+    let scope = perms::read_scope(actor, "device", "d");
+    let mut cond = vec!["d.fleet = $1".to_owned(), scope.to_sql()];
+    let mut params = vec![Param::Int(Some(fleet))];
+    let next = |p: Param, params: &mut Vec<Param>| {
+        params.push(p);
+        format!("${}", params.len())
+    };
+    if !f.status.is_empty() {
+        let m = next(Param::Text(Some(f.status.clone())), &mut params);
+        cond.push(format!("d.status = {m}"));
+    }
+    match f.online.as_str() {
+        "online" => cond.push("d.is_online".into()),
+        "offline" => cond.push("NOT d.is_online".into()),
+        _ => {}
+    }
+    if !f.os.is_empty() {
+        let m = next(Param::Text(Some(f.os.clone())), &mut params);
+        cond.push(format!("d.os_version = {m}"));
+    }
+    if !f.release.is_empty() {
+        let id =
+            f.release.trim().parse::<i64>().map_err(|_| {
+                ApiError::bad_request_field("release", "release must be a release id")
+            })?;
+        let m = next(Param::Int(Some(id)), &mut params);
+        cond.push(format!(
+            "COALESCE(d.pinned_release, d.rollout_release, \
+             (SELECT tf.target_release FROM fleet tf WHERE tf.id = d.fleet)) = {m}"
+        ));
+    }
+    if !f.tag.is_empty() {
+        let (k, v) = match f.tag.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (f.tag.trim(), None),
+        };
+        let mk = next(Param::Text(Some(k.to_owned())), &mut params);
+        let mut e = format!(
+            "EXISTS (SELECT 1 FROM device_tag dt WHERE dt.device = d.id AND dt.tag_key = {mk}"
+        );
+        if let Some(v) = v {
+            let mv = next(Param::Text(Some(v.to_owned())), &mut params);
+            e.push_str(&format!(" AND dt.value = {mv}"));
+        }
+        e.push(')');
+        cond.push(e);
+    }
+    let order = match f.sort.as_str() {
+        "status" => "d.status",
+        "last_seen" => "d.last_seen",
+        "os" => "d.os_version",
+        "online" => "CASE WHEN d.is_online THEN 1 ELSE 0 END",
+        _ => "d.name",
+    };
+    let dir = if f.dir == "desc" { "DESC" } else { "ASC" };
+    let wher = cond.join(" AND ");
+    let total: i64 = bind_all(
+        dyn_query(format!("SELECT COUNT(*) FROM device d WHERE {wher}")),
+        &params,
+    )
+    .fetch_one(&app.db.pool)
+    .await?
+    .try_get(0)?;
+    let page = f.page.unwrap_or(1).max(1);
+    let offset = (page - 1).saturating_mul(PAGE_SIZE);
+    let sql = format!(
+        "SELECT d.id, d.uuid, d.name, CASE WHEN d.is_online THEN 1 ELSE 0 END, d.status, \
+         d.last_seen, d.os_version, \
+         (SELECT r.uuid FROM \"release\" r WHERE r.id = COALESCE(d.pinned_release, \
+           d.rollout_release, (SELECT tf.target_release FROM fleet tf WHERE tf.id = d.fleet))), \
+         d.os_update_state, d.os_update_progress, d.apps \
+         FROM device d WHERE {wher} ORDER BY {order} {dir}, d.id {dir} \
+         LIMIT {PAGE_SIZE} OFFSET {offset}"
+    );
+    let rows = bind_all(dyn_query(sql), &params)
+        .fetch_all(&app.db.pool)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let apps: Option<String> = r.try_get(10)?;
+        let (running, progress) = summarize_apps(apps.as_deref());
+        out.push(DeviceRow {
+            id: r.try_get(0)?,
+            uuid: r.try_get(1)?,
+            name: r.try_get(2)?,
+            online: r.try_get::<i64, _>(3)? != 0,
+            status: r.try_get(4)?,
+            last_seen: r.try_get(5)?,
+            os_version: r.try_get(6)?,
+            target_release: r.try_get(7)?,
+            running_release: running,
+            os_update_state: r.try_get(8)?,
+            os_update_progress: r.try_get(9)?,
+            download_progress: progress,
+        });
+    }
+    Ok((out, total))
+}
+
+type Apps = BTreeMap<String, resin_api_types::AppReport>;
+
+/// The release the device's apps run (when they agree) and the lowest
+/// download progress of a downloading service.
+fn summarize_apps(apps: Option<&str>) -> (Option<String>, Option<i64>) {
+    let Some(apps) = apps.and_then(|a| serde_json::from_str::<Apps>(a).ok()) else {
+        return (None, None);
+    };
+    let running = apps.values().find_map(|a| a.release_uuid.clone());
+    let progress = apps
+        .values()
+        .flat_map(|a| a.services.values())
+        .filter_map(|s| s.download_progress)
+        .map(i64::from)
+        .min();
+    (running, progress)
+}
+
+async fn distinct(app: &AppState, sql: &str, fleet: i64) -> Result<Vec<String>, ApiError> {
+    let rows = dyn_query(sql.to_owned())
+        .bind(fleet)
+        .fetch_all(&app.db.pool)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(ApiError::from))
+        .collect()
+}
+
+pub async fn fleet(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    Query(f): Query<DeviceFilter>,
+    headers: HeaderMap,
+) -> WebResult {
+    let actor = s.actor();
+    let fleet = resources::read_one(&app, &actor, res("fleet")?, id).await?;
+    let (devices, total) = fleet_devices(&app, &actor, id, &f).await?;
+    let page = f.page.unwrap_or(1).max(1);
+    let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
+    let table = context! {
+        fleet_id => id,
+        devices => sv(&devices),
+        total => total,
+        page => page,
+        pages => pages,
+        prev => (page > 1).then(|| f.href(id, page - 1)),
+        next => (page < pages).then(|| f.href(id, page + 1)),
+        self_href => f.href(id, page),
+        filter => sv(&f),
+        read_at => db::now(),
+    };
+    if headers.contains_key("hx-request") {
+        return Ok(render("devices_table.html", table));
+    }
+    let statuses = distinct(
+        &app,
+        "SELECT DISTINCT status FROM device WHERE fleet = $1 AND status IS NOT NULL ORDER BY status",
+        id,
+    )
+    .await?;
+    let os_versions = distinct(
+        &app,
+        "SELECT DISTINCT os_version FROM device WHERE fleet = $1 AND os_version IS NOT NULL \
+         ORDER BY os_version",
+        id,
+    )
+    .await?;
+    let releases = fleet_releases(&app, &actor, id).await?;
+    let os_releases = resources::read_all(&app, &actor, res("os_release")?).await?;
+    let device_type = fleet
+        .get("device_type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let os_releases: Vec<Value> = os_releases
+        .into_iter()
+        .filter(|o| o.get("device_type").and_then(Value::as_str) == Some(device_type))
+        .collect();
+    let rollouts = dyn_query(format!(
+        "SELECT t.id FROM rollout t WHERE t.fleet = $1 AND {} ORDER BY t.id DESC LIMIT 10",
+        perms::read_scope(&actor, "rollout", "t").to_sql()
+    ))
+    .bind(id)
+    .fetch_all(&app.db.pool)
+    .await
+    .map_err(ApiError::from)?;
+    let mut rollout_list = Vec::new();
+    for r in rollouts {
+        let rid: i64 = r.try_get(0).map_err(ApiError::from)?;
+        rollout_list.push(crate::rollout::progress(&app.db, &actor, rid).await?);
+    }
+    Ok(render(
+        "fleet.html",
+        context! { ..base(&s), ..table, ..context! {
+            fleet => sv(&fleet),
+            statuses => sv(&statuses),
+            os_versions => sv(&os_versions),
+            releases => sv(&releases),
+            os_releases => sv(&os_releases),
+            rollouts => sv(&rollout_list),
+        }},
+    ))
+}
+
+async fn fleet_releases(app: &AppState, actor: &Actor, fleet: i64) -> Result<Vec<Value>, ApiError> {
+    let r = schema::resource("release").ok_or_else(|| ApiError::internal("no release resource"))?;
+    let rows = dyn_query(format!(
+        "SELECT {} FROM \"release\" t WHERE t.fleet = $1 AND {} ORDER BY t.id DESC",
+        resources::select_cols(r, "t"),
+        perms::read_scope(actor, "release", "t").to_sql()
+    ))
+    .bind(fleet)
+    .fetch_all(&app.db.pool)
+    .await?;
+    rows.iter()
+        .map(|row| resources::row_to_json(r, row))
+        .collect()
+}
+
+pub async fn releases(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+) -> WebResult {
+    let actor = s.actor();
+    let fleet = resources::read_one(&app, &actor, res("fleet")?, id).await?;
+    let releases = fleet_releases(&app, &actor, id).await?;
+    Ok(render(
+        "releases.html",
+        context! { ..base(&s), ..context! { fleet => sv(&fleet), releases => sv(&releases) } },
+    ))
+}
+
+/// Rows of `resource` under `parent_col = id`, within the caller's read scope.
+async fn children(
+    app: &AppState,
+    actor: &Actor,
+    resource: &str,
+    parent_col: &str,
+    id: i64,
+) -> Result<Vec<Value>, ApiError> {
+    let r = schema::resource(resource)
+        .ok_or_else(|| ApiError::internal(format!("no resource {resource}")))?;
+    let rows = dyn_query(format!(
+        "SELECT {} FROM {} t WHERE t.\"{parent_col}\" = $1 AND {} ORDER BY t.id",
+        resources::select_cols(r, "t"),
+        r.table,
+        perms::read_scope(actor, resource, "t").to_sql()
+    ))
+    .bind(id)
+    .fetch_all(&app.db.pool)
+    .await?;
+    rows.iter()
+        .map(|row| resources::row_to_json(r, row))
+        .collect()
+}
+
+pub async fn release(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<i64>) -> WebResult {
+    let actor = s.actor();
+    let release = resources::read_one(&app, &actor, res("release")?, id).await?;
+    let services = children(&app, &actor, "service", "release", id).await?;
+    let images = children(&app, &actor, "image", "release", id).await?;
+    let composition = release
+        .get("composition")
+        .map(|c| serde_json::to_string_pretty(c).unwrap_or_default())
+        .unwrap_or_default();
+    Ok(render(
+        "release.html",
+        context! { ..base(&s), ..context! {
+            release => sv(&release),
+            composition => composition,
+            services => sv(&services),
+            images => sv(&images),
+        }},
+    ))
+}
+
+// ---------------------------------------------------------------- devices
+
+#[derive(Serialize)]
+struct LogRow {
+    time: String,
+    service: Option<String>,
+    message: String,
+    stderr: bool,
+}
+
+async fn recent_logs(app: &AppState, device: i64, n: i64) -> Result<Vec<LogRow>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT timestamp, service, message, CASE WHEN is_stderr THEN 1 ELSE 0 END \
+         FROM device_log WHERE device = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(device)
+    .bind(n)
+    .fetch_all(&app.db.pool)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows.iter().rev() {
+        let ts: i64 = r.try_get(0)?;
+        out.push(LogRow {
+            time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ts) * 1_000_000)
+                .map(db::format_ts)
+                .unwrap_or_default(),
+            service: r.try_get(1)?,
+            message: r.try_get(2)?,
+            stderr: r.try_get::<i64, _>(3)? != 0,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn device(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<i64>) -> WebResult {
+    let actor = s.actor();
+    let device = resources::read_one(&app, &actor, res("device")?, id).await?;
+    let fleet_id = device
+        .get("fleet")
+        .and_then(Value::as_i64)
+        .unwrap_or_default();
+    let fleet = resources::read_one(&app, &actor, res("fleet")?, fleet_id).await?;
+    let env = children(&app, &actor, "device_env_var", "device", id).await?;
+    let tags = children(&app, &actor, "device_tag", "device", id).await?;
+    let releases = fleet_releases(&app, &actor, fleet_id).await?;
+    let apps: Option<Apps> = device
+        .get("apps")
+        .filter(|a| !a.is_null())
+        .and_then(|a| serde_json::from_value(a.clone()).ok());
+    let logs = recent_logs(&app, id, 200).await?;
+    Ok(render(
+        "device.html",
+        context! { ..base(&s), ..context! {
+            device => sv(&device),
+            fleet => sv(&fleet),
+            env => sv(&env),
+            tags => sv(&tags),
+            releases => sv(&releases),
+            apps => sv(&apps),
+            logs => sv(&logs),
+        }},
+    ))
+}
+
+pub async fn device_pin(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    let r = field(&form, "release");
+    let v = if r.is_empty() {
+        Value::Null
+    } else {
+        Value::from(parse_id("release", r)?)
+    };
+    resources::patch(
+        &app,
+        &s.actor(),
+        res("device")?,
+        id,
+        &json!({"pinned_release": v}),
+    )
+    .await?;
+    log_change(
+        &app,
+        &s,
+        "pin",
+        &format!("device({id})"),
+        Some(&v.to_string()),
+    )
+    .await;
+    Ok(see_other(&format!("/devices/{id}")))
+}
+
+/// Sets (creates or changes) or, with `delete`, removes one of a device's
+/// env vars or tags, through the API's generic writes.
+async fn set_child(
+    app: &AppState,
+    s: &Session,
+    device: i64,
+    resource: &str,
+    key_col: &str,
+    name: &str,
+    value: Option<&str>,
+) -> Result<(), WebError> {
+    let actor = s.actor();
+    // A device the user cannot see is a 404, as on its page.
+    resources::read_one(app, &actor, res("device")?, device).await?;
+    let existing = children(app, &actor, resource, "device", device)
+        .await?
+        .into_iter()
+        .find(|v| v.get(key_col).and_then(Value::as_str) == Some(name))
+        .and_then(|v| v.get("id").and_then(Value::as_i64));
+    let r = res(resource)?;
+    match (existing, value) {
+        (Some(cid), None) => resources::delete(app, &actor, r, cid, false).await?,
+        (None, None) => {}
+        (Some(cid), Some(v)) => resources::patch(app, &actor, r, cid, &json!({"value": v})).await?,
+        (None, Some(v)) => {
+            resources::create(
+                app,
+                &actor,
+                r,
+                &json!({"device": device, key_col: name, "value": v}),
+            )
+            .await?;
+        }
+    }
+    log_change(
+        app,
+        s,
+        if value.is_some() { "set" } else { "delete" },
+        &format!("device({device})"),
+        Some(&format!("{resource} {name}")),
+    )
+    .await;
+    Ok(())
+}
+
+pub async fn device_env(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    let value = (!form.contains_key("delete")).then(|| field(&form, "value"));
+    set_child(
+        &app,
+        &s,
+        id,
+        "device_env_var",
+        "name",
+        field(&form, "name"),
+        value,
+    )
+    .await?;
+    Ok(see_other(&format!("/devices/{id}")))
+}
+
+pub async fn device_tag(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    let value = (!form.contains_key("delete")).then(|| field(&form, "value"));
+    set_child(
+        &app,
+        &s,
+        id,
+        "device_tag",
+        "tag_key",
+        field(&form, "key"),
+        value,
+    )
+    .await?;
+    Ok(see_other(&format!("/devices/{id}")))
+}
+
+/// The device's live logs: the API's SSE stream (`/v1/device(id)/logs?follow=true`)
+/// for the session's user.
+pub async fn device_log_stream(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+) -> WebResult {
+    Ok(logs::get_logs(&app, &s.actor(), id, Some("follow=true&count=0")).await?)
+}
+
+/// The device's stored log lines as a text file.
+pub async fn device_log_download(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+) -> WebResult {
+    let device = resources::read_one(&app, &s.actor(), res("device")?, id).await?;
+    let n = i64::try_from(app.config.log_retention).unwrap_or(i64::MAX);
+    let mut text = String::new();
+    for l in recent_logs(&app, id, n).await? {
+        text.push_str(&format!(
+            "{} {} {}\n",
+            l.time,
+            l.service.as_deref().unwrap_or("-"),
+            l.message
+        ));
+    }
+    let uuid = device
+        .get("uuid")
+        .and_then(Value::as_str)
+        .unwrap_or("device");
+    let disposition = format!("attachment; filename=\"{uuid}.log\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+// ---------------------------------------------------------------- the rest
+
+pub async fn os_releases(State(app): State<AppState>, Auth(s): Auth) -> WebResult {
+    let list = resources::read_all(&app, &s.actor(), res("os_release")?).await?;
+    Ok(render(
+        "os_releases.html",
+        context! { ..base(&s), ..context! { os_releases => sv(&list) } },
+    ))
+}
+
+#[derive(Serialize)]
+struct AuditRow {
+    at: String,
+    actor: Option<String>,
+    via: String,
+    action: String,
+    target: String,
+    detail: Option<String>,
+}
+
+pub async fn audit_page(State(app): State<AppState>, Auth(s): Auth) -> WebResult {
+    let actor = s.actor();
+    let rows = dyn_query(format!(
+        "SELECT a.at, u.username, a.via, a.action, a.target, a.detail FROM audit_log a \
+         LEFT JOIN \"user\" u ON u.id = a.actor WHERE {} ORDER BY a.id DESC LIMIT 500",
+        perms::read_scope(&actor, "audit_log", "a").to_sql()
+    ))
+    .fetch_all(&app.db.pool)
+    .await
+    .map_err(ApiError::from)?;
+    let mut list = Vec::new();
+    for r in rows {
+        list.push(AuditRow {
+            at: r.try_get(0).map_err(ApiError::from)?,
+            actor: r.try_get(1).map_err(ApiError::from)?,
+            via: r.try_get(2).map_err(ApiError::from)?,
+            action: r.try_get(3).map_err(ApiError::from)?,
+            target: r.try_get(4).map_err(ApiError::from)?,
+            detail: r.try_get(5).map_err(ApiError::from)?,
+        });
+    }
+    Ok(render(
+        "audit.html",
+        context! { ..base(&s), ..context! { entries => sv(&list) } },
+    ))
+}
+
+pub async fn settings(State(app): State<AppState>, Auth(s): Auth) -> WebResult {
+    let keys = resources::read_all(&app, &s.actor(), res("api_key")?).await?;
+    let fleets = resources::read_all(&app, &s.actor(), res("fleet")?).await?;
+    Ok(render(
+        "settings.html",
+        context! { ..base(&s), ..context! { keys => sv(&keys), fleets => sv(&fleets) } },
+    ))
+}
+
+pub async fn create_key(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    let mut body = json!({"name": field(&form, "name")});
+    let scope = field(&form, "scope");
+    if !scope.is_empty() {
+        body["scope"] = Value::from(scope);
+    }
+    let fleet = field(&form, "fleet");
+    if !fleet.is_empty() {
+        body["fleet"] = Value::from(parse_id("fleet", fleet)?);
+    }
+    let (_, v) = resources::create(&app, &s.actor(), res("api_key")?, &body).await?;
+    let key = v.get("key").and_then(Value::as_str).unwrap_or_default();
+    let id = v.get("id").and_then(Value::as_i64).unwrap_or_default();
+    log_change(
+        &app,
+        &s,
+        "create",
+        &format!("api_key({id})"),
+        Some(field(&form, "name")),
+    )
+    .await;
+    Ok(render(
+        "key_shown.html",
+        context! { ..base(&s), ..context! {
+            what => "API key",
+            key => key,
+            back => "/settings",
+        }},
+    ))
+}
+
+pub async fn revoke_key(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    resources::delete(&app, &s.actor(), res("api_key")?, id, false).await?;
+    log_change(&app, &s, "revoke", &format!("api_key({id})"), None).await;
+    Ok(see_other("/settings"))
+}
+
+/// A rollout action (pause, resume, halt, …) from the fleet page: the
+/// API's own state machine ([`crate::rollout::act`]).
+pub async fn rollout_action(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path((fleet, id, action)): Path<(i64, i64, String)>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    let reason = field(&form, "reason");
+    let body = if reason.is_empty() {
+        Vec::new()
+    } else {
+        json!({"reason": reason}).to_string().into_bytes()
+    };
+    crate::rollout::act(&app, &s.actor(), id, &action, &body).await?;
+    log_change(&app, &s, &action, &format!("rollout({id})"), None).await;
+    Ok(see_other(&format!("/fleets/{fleet}")))
+}

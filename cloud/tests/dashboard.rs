@@ -1,0 +1,536 @@
+//! The web dashboard over HTTP against a real resin-cloud, without a
+//! browser: pages parsed with `scraper`. Login and logout, CSRF, failed
+//! logins counted and slowed, expired sessions, tenants kept apart, HTML
+//! escaping, paging and filters, API keys, the CSP header.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::web::Browser;
+use common::{Backend, Server};
+use serde_json::json;
+
+const PW: &str = "correct horse battery";
+
+fn login_logout_csrf_and_audit(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    let mut b = Browser::new(&s);
+
+    // Not logged in: every page sends to the login page, remembering where.
+    let p = b.get("/fleets/1?page=2");
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location(), "/login?next=/fleets/1%3Fpage%3D2");
+
+    // The login page: strict CSP, no inline script, a CSRF cookie.
+    let p = b.get("/login");
+    assert_eq!(p.status, 200);
+    let csp = p.header("content-security-policy").expect("CSP header");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert_eq!(p.header("x-frame-options").as_deref(), Some("DENY"));
+    for src in p.attrs("script", "src") {
+        assert!(src.starts_with("/static/"), "{src}");
+    }
+    assert_eq!(p.texts("script").concat().trim(), "", "inline script");
+
+    // The login form without its CSRF token: 403.
+    let p = b.post("/login", &[("username", "alice"), ("password", PW)]);
+    assert_eq!(p.status, 403, "{}", p.body);
+    assert!(!b.cookies.contains_key("resin_session"));
+    // Each login form comes with a fresh token.
+    let csrf = p.csrf();
+
+    // A wrong password: refused, slowed, no session.
+    let t = Instant::now();
+    let p = b.post(
+        "/login",
+        &[
+            ("csrf", &csrf),
+            ("username", "alice"),
+            ("password", "wrong"),
+        ],
+    );
+    assert_eq!(p.status, 401);
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(p.text("#login-error"), "Wrong username or password.");
+    assert!(!b.cookies.contains_key("resin_session"));
+    // An unknown user looks the same.
+    let csrf = p.csrf();
+    let p = b.post(
+        "/login",
+        &[("csrf", &csrf), ("username", "nobody"), ("password", PW)],
+    );
+    assert_eq!(p.status, 401);
+
+    // The right password: a strict, HttpOnly session cookie (no Secure on
+    // plain HTTP), and back to where the user was going.
+    let csrf = p.csrf();
+    let p = b.post(
+        "/login",
+        &[
+            ("csrf", &csrf),
+            ("next", "/fleets/1?page=2"),
+            ("username", "alice"),
+            ("password", PW),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location(), "/fleets/1?page=2");
+    let cookie = p
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("resin_session="))
+        .expect("session cookie");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "{cookie}");
+
+    let p = b.get("/fleets");
+    assert_eq!(p.status, 200);
+    assert!(p.header("content-security-policy").is_some());
+    assert_eq!(p.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(p.text(".who"), "alice");
+    assert!(!p.text("footer").is_empty() && p.text("footer").contains("Data read at"));
+    let csrf = p.csrf();
+
+    // Creating a fleet without the CSRF token: 403 and nothing made.
+    let p = b.post("/fleets", &[("name", "f1"), ("device_type", "qemuarm64")]);
+    assert_eq!(p.status, 403, "{}", p.body);
+    assert!(p.text("#error-message").contains("CSRF"));
+    let p = b.post(
+        "/fleets",
+        &[("csrf", "x"), ("name", "f1"), ("device_type", "qemuarm64")],
+    );
+    assert_eq!(p.status, 403);
+    assert_eq!(s.get("/v1/fleet/$count", &key).body, "0");
+
+    // With it: made, through the API's rules (a bad name is the API's 400).
+    let p = b.post(
+        "/fleets",
+        &[
+            ("csrf", &csrf),
+            ("name", "f1"),
+            ("device_type", "qemuarm64"),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    let fleet_path = p.location();
+    let p = b.get(&fleet_path);
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(p.text("#fleet-name"), "f1");
+    assert_eq!(s.get("/v1/fleet/$count", &key).body, "1");
+    let p = b.post(
+        "/fleets",
+        &[
+            ("csrf", &csrf),
+            ("name", "f1"),
+            ("device_type", "qemuarm64"),
+        ],
+    );
+    assert_eq!(p.status, 409, "a second f1: {}", p.body);
+
+    // The audit log names the login and the fleet, web and API alike.
+    s.create(
+        &key,
+        "fleet",
+        json!({"name": "f2", "device_type": "qemuarm64"}),
+    );
+    let p = b.get("/audit");
+    assert_eq!(p.status, 200);
+    let rows = p.texts("#audit tbody tr");
+    let fleet_id = fleet_path.trim_start_matches("/fleets/");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("web") && r.contains(&format!("fleet({fleet_id})"))),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("api") && r.contains("create")),
+        "{rows:?}"
+    );
+    assert!(rows.iter().any(|r| r.contains("login")), "{rows:?}");
+
+    // Logging out needs the token too, and ends the session for good.
+    let old = b.cookies.clone();
+    assert_eq!(b.post("/logout", &[]).status, 403);
+    let p = b.post("/logout", &[("csrf", &csrf)]);
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location(), "/login");
+    assert!(!b.cookies.contains_key("resin_session"));
+    b.cookies = old;
+    let p = b.get("/fleets");
+    assert_eq!(p.status, 303, "the old cookie is dead");
+    assert!(p.location().starts_with("/login"));
+}
+
+fn expired_sessions_go_to_login(backend: Backend) {
+    let s = Server::start(backend);
+    s.web_user("alice", PW);
+    let mut b = Browser::new(&s);
+    assert_eq!(b.login("alice", PW).status, 303);
+    assert_eq!(b.get("/fleets").status, 200);
+    s.rt.block_on(
+        sqlx::query("UPDATE web_session SET expires_at = '2000-01-01T00:00:00Z'")
+            .execute(&s.app.db.pool),
+    )
+    .unwrap();
+    let p = b.get("/settings");
+    assert_eq!(p.status, 303);
+    assert_eq!(p.location(), "/login?next=/settings");
+    // An htmx request is told where to go, too.
+    let p = b.request_with("GET", "/fleets", None, &[("HX-Request", "true")]);
+    assert_eq!(p.status, 303);
+    assert_eq!(
+        p.header("hx-redirect").as_deref(),
+        Some("/login?next=/fleets")
+    );
+    // A new password ends every session.
+    assert_eq!(b.login("alice", PW).status, 303);
+    assert_eq!(b.get("/fleets").status, 200);
+    s.rt.block_on(resin_cloud::web::session::set_password(
+        &s.app.db,
+        "alice",
+        "another long password",
+    ))
+    .unwrap();
+    assert_eq!(b.get("/fleets").status, 303);
+}
+
+fn failed_logins_are_limited() {
+    let s = Server::start_with(Backend::Sqlite, |c| c.auth_failures_per_min = 3);
+    s.web_user("alice", PW);
+    let mut b = Browser::new(&s);
+    for _ in 0..3 {
+        assert_eq!(b.login("alice", "wrong").status, 401);
+    }
+    // Over the limit: refused even with the right password.
+    let p = b.login("alice", PW);
+    assert_eq!(p.status, 429, "{}", p.body);
+    assert!(p.header("retry-after").is_some());
+    assert!(p.text("#login-error").contains("Too many failed logins"));
+    assert!(!b.cookies.contains_key("resin_session"));
+}
+
+fn users_never_see_each_other(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, a_key) = s.web_user("alice", PW);
+    s.web_user("bob", PW);
+    let (fleet, prov) = s.fleet(&a_key, "alice-secret-fleet");
+    let (dev, uuid, dev_key) = s.device(&prov);
+    assert_eq!(
+        s.patch(
+            &format!("/v1/device({dev})"),
+            &a_key,
+            json!({"name": "alice-secret-device"})
+        )
+        .status,
+        204
+    );
+    let rel = s.create(
+        &a_key,
+        "release",
+        json!({"fleet": fleet, "composition": {"services": {"main": {"image": "127.0.0.1:1/secret@sha256:0001"}}}}),
+    );
+    let rel = rel["id"].as_i64().unwrap();
+    let r = s.raw(
+        "POST",
+        &format!("/device/v2/{uuid}/log-stream"),
+        Some(&dev_key),
+        &[("Content-Type", "application/x-ndjson")],
+        b"{\"timestamp\":1,\"service\":\"main\",\"message\":\"alice-secret-log\"}\n".to_vec(),
+    );
+    assert_eq!(r.status, 200);
+
+    // Alice sees her things.
+    let mut a = Browser::new(&s);
+    assert_eq!(a.login("alice", PW).status, 303);
+    let p = a.get(&format!("/devices/{dev}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(p.text("#device-name"), "alice-secret-device");
+    assert!(p.body.contains("alice-secret-log"));
+
+    // Bob sees none of them, by any id.
+    let mut b = Browser::new(&s);
+    assert_eq!(b.login("bob", PW).status, 303);
+    let p = b.get("/fleets");
+    assert!(!p.body.contains("alice-secret"), "{}", p.body);
+    for path in [
+        format!("/fleets/{fleet}"),
+        format!("/fleets/{fleet}/releases"),
+        format!("/fleets/{fleet}/image?version=1.0"),
+        format!("/devices/{dev}"),
+        format!("/devices/{dev}/logs.txt"),
+        format!("/devices/{dev}/logs/stream"),
+        format!("/releases/{rel}"),
+    ] {
+        let p = b.get(&path);
+        assert_eq!(p.status, 404, "{path}: {}", p.body);
+        for secret in ["alice-secret", &uuid, "sha256:0001"] {
+            assert!(
+                !p.body.contains(secret),
+                "{path} shows {secret}: {}",
+                p.body
+            );
+        }
+    }
+    // Nor can he change them.
+    let csrf = b.csrf();
+    for (path, fields) in [
+        (format!("/devices/{dev}/pin"), vec![("release", "")]),
+        (
+            format!("/devices/{dev}/env"),
+            vec![("name", "X"), ("value", "1")],
+        ),
+        (
+            format!("/devices/{dev}/tags"),
+            vec![("key", "k"), ("value", "v")],
+        ),
+        (
+            format!("/fleets/{fleet}/target"),
+            vec![("target_release", "")],
+        ),
+        (format!("/fleets/{fleet}/provisioning-key"), vec![]),
+    ] {
+        let mut f = fields.clone();
+        f.push(("csrf", &csrf));
+        let p = b.post(&path, &f);
+        assert_eq!(p.status, 404, "{path}: {}", p.body);
+    }
+    // Pinning alice's release on a device of his own is refused too.
+    let (bfleet, bprov) = s.fleet(&s.user("bob").1, "bob-fleet");
+    let _ = bfleet;
+    let (bdev, _, _) = s.device(&bprov);
+    let p = b.post(
+        &format!("/devices/{bdev}/pin"),
+        &[("csrf", &csrf), ("release", &rel.to_string())],
+    );
+    assert!(matches!(p.status, 400 | 404), "{}: {}", p.status, p.body);
+    let d = s.get(&format!("/v1/device({dev})"), &a_key).json();
+    assert!(d["pinned_release"].is_null());
+    let envs = s.get("/v1/device_env_var", &a_key).json();
+    assert_eq!(envs["value"].as_array().unwrap().len(), 0);
+    let p = b.get("/audit");
+    assert!(!p.body.contains("alice"), "{}", p.body);
+}
+
+const XSS: &str = "<script>alert(1)</script>";
+
+fn script_in_names_and_logs_is_escaped(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    let (fleet, prov) = s.fleet(&key, "f");
+    let (dev, uuid, dev_key) = s.device(&prov);
+    assert_eq!(
+        s.patch(&format!("/v1/device({dev})"), &key, json!({"name": XSS}))
+            .status,
+        204
+    );
+    let line = json!({"timestamp": 1, "service": "main", "message": format!("log {XSS}")});
+    let r = s.raw(
+        "POST",
+        &format!("/device/v2/{uuid}/log-stream"),
+        Some(&dev_key),
+        &[("Content-Type", "application/x-ndjson")],
+        format!("{line}\n").into_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    for path in [format!("/fleets/{fleet}"), format!("/devices/{dev}")] {
+        let p = b.get(&path);
+        assert_eq!(p.status, 200, "{}", p.body);
+        assert!(!p.body.contains(XSS), "{path}: unescaped");
+        // The only scripts are the static files, none inline.
+        for src in p.attrs("script", "src") {
+            assert!(src.starts_with("/static/"), "{src}");
+        }
+        assert_eq!(p.texts("script").concat().trim(), "");
+        // And the user sees the name as typed.
+        assert!(
+            p.texts("a, span").iter().any(|t| t == XSS),
+            "{path}: the name is not shown as text"
+        );
+    }
+    let p = b.get(&format!("/devices/{dev}"));
+    assert_eq!(p.text("#device-name"), XSS);
+    assert!(p.text("#log-lines").contains(&format!("main log {XSS}")));
+    // The download is plain text, not HTML.
+    let p = b.get(&format!("/devices/{dev}/logs.txt"));
+    assert_eq!(p.status, 200);
+    assert!(p.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(p.body.contains(&format!("main log {XSS}")));
+}
+
+fn fleet_page_filters_sorts_and_pages(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    let sim = common::fleet::SimFleet::new(&s, &key, "big", 120, |_| common::fleet::Script::Good);
+    let fleet = sim.fleet;
+    let (first, _) = sim.devices[0];
+    let (second, _) = sim.devices[1];
+    s.create(
+        &key,
+        "device_tag",
+        json!({"device": first, "tag_key": "site", "value": "north"}),
+    );
+    s.rt.block_on(
+        sqlx::query("UPDATE device SET status = 'Updating', os_version = '9.9' WHERE id = $1")
+            .bind(second)
+            .execute(&s.app.db.pool),
+    )
+    .unwrap();
+    let apps = json!({"app": {"release_uuid": sim.old_uuid, "services": {"main": {
+        "status": "downloading", "release_uuid": sim.new_uuid, "image": "x", "download_progress": 42}}}});
+    s.rt.block_on(
+        sqlx::query("UPDATE device SET apps = $1 WHERE id = $2")
+            .bind(apps.to_string())
+            .bind(second)
+            .execute(&s.app.db.pool),
+    )
+    .unwrap();
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+
+    let p = b.get(&format!("/fleets/{fleet}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(p.text("#device-count"), "120");
+    assert_eq!(p.texts("#device-table tbody tr").len(), 50);
+    let next = p.attrs("a[rel=next]", "href");
+    assert_eq!(next, vec![format!("/fleets/{fleet}?page=2")]);
+    let p = b.get(&format!("/fleets/{fleet}?page=3"));
+    assert_eq!(p.texts("#device-table tbody tr").len(), 20);
+    assert!(p.attrs("a[rel=next]", "href").is_empty());
+
+    let p = b.get(&format!("/fleets/{fleet}?tag=site%3Dnorth"));
+    assert_eq!(p.text("#device-count"), "1");
+    assert_eq!(
+        p.attrs("#device-table tbody tr", "data-device-id"),
+        vec![first.to_string()]
+    );
+    let p = b.get(&format!("/fleets/{fleet}?tag=site%3Dsouth"));
+    assert_eq!(p.text("#device-count"), "0");
+    let p = b.get(&format!("/fleets/{fleet}?status=Updating"));
+    assert_eq!(
+        p.attrs("#device-table tbody tr", "data-device-id"),
+        vec![second.to_string()]
+    );
+    let row = p.texts("#device-table tbody tr").concat();
+    assert!(row.contains("apps 42%"), "{row}");
+    let p = b.get(&format!("/fleets/{fleet}?os=9.9&sort=status&dir=desc"));
+    assert_eq!(p.text("#device-count"), "1");
+    let p = b.get(&format!("/fleets/{fleet}?release={}", sim.old_release));
+    assert_eq!(p.text("#device-count"), "120");
+    let p = b.get(&format!("/fleets/{fleet}?release={}", sim.new_release));
+    assert_eq!(p.text("#device-count"), "0");
+    let p = b.get(&format!("/fleets/{fleet}?release=abc"));
+    assert_eq!(p.status, 400);
+
+    // Sorted by status descending, the one device with a status comes
+    // first (NULLs sort low in SQLite and high in PostgreSQL, so ascending
+    // is not compared).
+    let p = b.get(&format!("/fleets/{fleet}?sort=name"));
+    let names = p.texts("#device-table tbody tr td:first-child");
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+
+    // The htmx refresh gets only the table.
+    let p = b.request_with(
+        "GET",
+        &format!("/fleets/{fleet}?page=2"),
+        None,
+        &[("HX-Request", "true")],
+    );
+    assert!(!p.body.contains("<html"), "{}", p.body);
+    assert_eq!(p.texts("#device-table tbody tr").len(), 50);
+
+    // The device page shows the service's download progress.
+    let p = b.get(&format!("/devices/{second}"));
+    assert!(p.text("#services").contains("downloading"));
+    assert!(p.text("#services").contains("42%"));
+}
+
+fn api_keys_from_the_settings_page(backend: Backend) {
+    let s = Server::start(backend);
+    s.web_user("alice", PW);
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let csrf = b.csrf();
+    let p = b.post(
+        "/settings/keys",
+        &[("csrf", &csrf), ("name", "ci"), ("scope", "read-only")],
+    );
+    assert_eq!(p.status, 200, "{}", p.body);
+    let new_key = p.text("#new-key");
+    assert!(new_key.starts_with("resin_u_"), "{new_key}");
+    assert_eq!(s.get("/v1/fleet", &new_key).status, 200);
+    let r = s.post(
+        "/v1/fleet",
+        &new_key,
+        json!({"name": "x", "device_type": "qemuarm64"}),
+    );
+    assert_eq!(r.status, 403, "read-only: {}", r.body);
+    let p = b.get("/settings");
+    let ids = p.attrs("#api-keys tbody tr", "data-key-id");
+    assert_eq!(ids.len(), 2, "bootstrap's and the new one");
+    let id = ids.last().unwrap();
+    assert_eq!(
+        b.post(&format!("/settings/keys/{id}/revoke"), &[]).status,
+        403
+    );
+    let p = b.post(&format!("/settings/keys/{id}/revoke"), &[("csrf", &csrf)]);
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(s.get("/v1/fleet", &new_key).status, 401);
+}
+
+fn static_files_and_unknown_pages() {
+    let s = Server::start(Backend::Sqlite);
+    let mut b = Browser::new(&s);
+    let p = b.get("/static/htmx.min.js");
+    assert_eq!(p.status, 200);
+    assert!(p
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
+    assert!(p.body.starts_with("var htmx="));
+    assert!(p.header("content-security-policy").is_some());
+    let p = b.get("/static/logs.js");
+    assert_eq!(p.status, 200);
+    let p = b.get("/static/nope.js");
+    assert_eq!(p.status, 404);
+    assert!(p.header("content-type").unwrap().starts_with("text/html"));
+    // The API keeps its JSON errors.
+    let p = b.get("/v1/nope");
+    assert_eq!(p.status, 401);
+    assert!(p
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+}
+
+#[test]
+fn sqlite_failed_logins_are_limited() {
+    failed_logins_are_limited()
+}
+
+#[test]
+fn sqlite_static_files_and_unknown_pages() {
+    static_files_and_unknown_pages()
+}
+
+both!(
+    login_logout_csrf_and_audit,
+    expired_sessions_go_to_login,
+    users_never_see_each_other,
+    script_in_names_and_logs_is_escaped,
+    fleet_page_filters_sorts_and_pages,
+    api_keys_from_the_settings_page,
+);
