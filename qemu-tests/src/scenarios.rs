@@ -1558,7 +1558,7 @@ mod tests {
         );
         assert_eq!(Scenario::UpdateApp.name(), "update-app");
         // wrong-ca replaces the shared device: it comes last.
-        let mut v = vec![Scenario::WrongCa, Scenario::Rollback, Scenario::Provision];
+        let mut v = [Scenario::WrongCa, Scenario::Rollback, Scenario::Provision];
         v.sort();
         assert_eq!(v.last(), Some(&Scenario::WrongCa));
         assert_eq!(Scenario::WrongCa.name(), "wrong-ca");
