@@ -4,6 +4,11 @@
 # new target state to all containers running for 1, 10 and 50 services
 # (images already present). Uses the private dockerd of scripts/services.sh.
 #   scripts/bench-supervisor.sh            # prints a Markdown table
+#   BASELINE_REV=<commit> ROUNDS=3 scripts/bench-supervisor.sh
+#       also builds the supervisor of <commit> (in its own worktree and
+#       target dir under $BASELINE_DIR) and times both binaries on the same
+#       targets, alternating, ROUNDS times each: medians and the ratio
+#       (this tree ÷ baseline), so a loaded machine loads both alike.
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 cd "$RESIN_ROOT"
@@ -40,12 +45,12 @@ print(json.dumps({"etag": None, "target": {dev: {"name": "bench", "apps": {app: 
   "releases": {rel: {"services": {f"s{i}": svc for i in range(n)}}}}}}}}))
 PY
 }
-start_sup() {
+start_sup() { # [BIN]
   RESIN_SUPERVISOR_CONFIG_JSON=$W/config.json RESIN_SUPERVISOR_STATE_DIR=$W/state \
   RESIN_SUPERVISOR_DOCKER_HOST=$DOCKER_HOST RESIN_SUPERVISOR_LISTEN=127.0.0.1:0 \
   RESIN_SUPERVISOR_OS_RELEASE=$W/os-release RESIN_SUPERVISOR_DATA_PATH=$W \
   RESIN_SUPERVISOR_OS_UPDATES=false RESIN_SUPERVISOR_ONLY_APPS=$APP RESIN_SUPERVISOR_LOG=warn \
-    "$BIN" >"$W/sup.log" 2>&1 &
+    "${1:-$BIN}" >"$W/sup.log" 2>&1 &
   SUP=$!
 }
 running() { docker ps -q --filter "label=io.resin.app-uuid=$APP" --filter status=running | wc -l; }
@@ -60,13 +65,36 @@ echo "| measurement | value |"
 echo "|---|---|"
 echo "| release binary size (x86_64, stripped) | $(( size / 1024 )) KiB |"
 
-for n in 1 10 50; do
-  clean; target "$n" "rel$n"; start_sup
-  ms=$(wait_running "$n")
+time_run() { # time_run N BIN: ms from supervisor start to N containers running
+  local ms
+  clean; target "$1" "rel$1"; start_sup "$2"
+  ms=$(wait_running "$1")
   # let the last round finish before the next run
   sleep 1; kill $SUP; wait $SUP 2>/dev/null || true
-  echo "| target change → $n services running (images present) | $ms ms |"
-done
+  echo "$ms"
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
+
+if [ -z "${BASELINE_REV:-}" ]; then
+  for n in 1 10 50; do
+    echo "| target change → $n services running (images present) | $(time_run "$n" "$BIN") ms |"
+  done
+else
+  rev=$(git rev-parse --short "$BASELINE_REV")
+  base_dir=${BASELINE_DIR:-/var/tmp/resin-bench-baseline}/$rev
+  [ -d "$base_dir/src" ] || git worktree add -q --detach "$base_dir/src" "$rev" >&2
+  (cd "$base_dir/src" && CARGO_TARGET_DIR=$base_dir/target cargo build --release -p resin-supervisor >&2)
+  BASE_BIN=$base_dir/target/release/resin-supervisor
+  echo "| release binary size of $rev (x86_64, stripped) | $(( $(stat -c %s "$BASE_BIN") / 1024 )) KiB |"
+  for n in 1 10 50; do
+    new=() old=()
+    for _ in $(seq "${ROUNDS:-3}"); do
+      new+=("$(time_run "$n" "$BIN")"); old+=("$(time_run "$n" "$BASE_BIN")")
+    done
+    mn=$(median "${new[@]}"); mo=$(median "${old[@]}")
+    echo "| target change → $n services running: this tree / $rev, median of ${ROUNDS:-3} alternating (ms: ${new[*]} / ${old[*]}) | $mn / $mo ms = $(awk -v a="$mn" -v b="$mo" 'BEGIN{printf "%.2f", a/b}')× |"
+  done
+fi
 
 clean; target 5 rel5; start_sup; wait_running 5 >/dev/null; sleep 10
 rss=$(awk '/VmRSS/{print $2}' /proc/$SUP/status)

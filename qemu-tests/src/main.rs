@@ -408,6 +408,12 @@ fn run_scenarios(
 /// The demo's end: print where things are and follow the device's logs.
 fn hold_and_tail(ctx: &Ctx) -> anyhow::Result<()> {
     println!("cloud:   {} (API key {})", ctx.cloud.url, ctx.cloud.api_key);
+    println!(
+        "dashboard: {}/ (log in as qemu-tests, one-time password {}; the browser must trust {})",
+        ctx.cloud.url,
+        ctx.cloud.dashboard_password,
+        ctx.cloud.ca.display()
+    );
     if let Some((id, uuid)) = &ctx.device {
         println!("device:  {uuid} (id {id})");
         println!("console: {}", ctx.qemu.console_log().display());
