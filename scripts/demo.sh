@@ -2,6 +2,7 @@
 # The demo: builds what it needs (cached), starts resin-cloud and the registry
 # on loopback, boots one emulated ARM64 device from a configured image the
 # cloud hands out, deploys a sample release (two services), prints where the
+# dashboard is (with a one-time login for this run), where the
 # cloud is and the device's uuid, then follows the device's logs until Ctrl-C.
 #
 #   scripts/demo.sh               # the device demo (the first run installs packages and
@@ -89,6 +90,9 @@ API_KEY=$(printf '%s' "$BOOT_JSON" | python3 -c 'import json,sys; print(json.loa
 FLEET_ID=$(printf '%s' "$BOOT_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["fleet_id"])')
 printf '%s\n' "$API_KEY" > "$DEMO_DIR/api-key"
 chmod 600 "$DEMO_DIR/api-key"
+# A one-time dashboard password for this run.
+WEB_PASSWORD=$(head -c 15 /dev/urandom | base64 | tr -d '/+=')
+printf '%s\n' "$WEB_PASSWORD" | "$CLOUD" user passwd demo
 
 log "starting resin-cloud on $URL (log: $DEMO_DIR/cloud.log)"
 "$CLOUD" serve >"$DEMO_DIR/cloud.log" 2>&1 &
@@ -101,6 +105,7 @@ cat <<MSG
   resin-cloud is running at $URL  (SQLite: $RESIN_CLOUD_DATA_DIR/resin.db)
   user: demo    fleet: demo (id $FLEET_ID, qemuarm64)
   API key: $API_KEY   (also in $DEMO_DIR/api-key)
+  dashboard: $URL/   (log in as demo, one-time password $WEB_PASSWORD)
 
   Try:
     curl -s -H "Authorization: Bearer $API_KEY" '$URL/v1/fleet?\$expand=device'

@@ -39,7 +39,12 @@ impl axum::serve::Listener for LingerListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.0.accept().await {
-                Ok((stream, addr)) => return (Linger(Some(stream)), addr),
+                Ok((stream, addr)) => {
+                    // Small writes (tunnel keystrokes, SSE lines) go out at once
+                    // rather than waiting for the peer's delayed ACK (Nagle).
+                    let _ = stream.set_nodelay(true);
+                    return (Linger(Some(stream)), addr);
+                }
                 Err(e) => {
                     // Per-connection errors (the peer went away before the
                     // accept) need no pause; others (out of descriptors) do.
@@ -188,6 +193,7 @@ impl<S> axum_server::accept::Accept<TcpStream, S> for LingerAcceptor {
     type Future = std::future::Ready<io::Result<(Linger, S)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let _ = stream.set_nodelay(true);
         std::future::ready(Ok((Linger(Some(stream)), service)))
     }
 }

@@ -309,7 +309,7 @@ fn dashboard_routes(paths: &mut Map<String, Value>) {
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| {
-                let schema = if matches!(name, "file" | "action") {
+                let schema = if matches!(name, "file" | "action" | "kind") {
                     json!({"type": "string"})
                 } else {
                     json!({"type": "integer"})

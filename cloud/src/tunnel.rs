@@ -43,6 +43,9 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const DEVICE_SILENCE: Duration = Duration::from_secs(75);
 /// A user's socket must send its Open frame within this time.
 const OPEN_WITHIN: Duration = Duration::from_secs(10);
+/// The WebSocket's read buffer (tungstenite allocates it per connection;
+/// its 128 KiB default would dominate an idle device's memory).
+const WS_BUFFER: usize = 8 * 1024;
 /// The largest WebSocket message accepted (one frame).
 const MAX_MESSAGE: usize = HEADER_LEN + MAX_DATA + 1024;
 
@@ -218,6 +221,8 @@ async fn device_socket(
         let ws = ws.map_err(upgrade_error)?;
         Ok(ws
             .max_message_size(MAX_MESSAGE)
+            .read_buffer_size(WS_BUFFER)
+            .write_buffer_size(0)
             .on_upgrade(move |s| serve_device(app, id, fleet, s)))
     }
     .await;
@@ -384,6 +389,8 @@ async fn user_socket(
         let ws = ws.map_err(upgrade_error)?;
         Ok(ws
             .max_message_size(MAX_MESSAGE)
+            .read_buffer_size(WS_BUFFER)
+            .write_buffer_size(0)
             .on_upgrade(move |s| serve_user(app, link, user, s)))
     }
     .await;

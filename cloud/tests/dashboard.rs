@@ -526,7 +526,160 @@ fn sqlite_static_files_and_unknown_pages() {
     static_files_and_unknown_pages()
 }
 
+fn bulk_actions_and_fleet_vars(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    let (_, bob_key) = s.web_user("bob", PW);
+    let (fleet, prov) = s.fleet(&key, "f");
+    let (a, _, _) = s.device(&prov);
+    let (b2, _, _) = s.device(&prov);
+    let (c, _, _) = s.device(&prov);
+    let (_, bob_prov) = s.fleet(&bob_key, "bf");
+    let (bob_dev, _, _) = s.device(&bob_prov);
+    let rel = s.create(
+        &key,
+        "release",
+        json!({"fleet": fleet, "composition": {"services": {"main": {"image": "127.0.0.1:1/app@sha256:0001"}}}}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let csrf = b.csrf();
+    let path = format!("/fleets/{fleet}/bulk");
+    let (a_s, b_s, rel_s) = (a.to_string(), b2.to_string(), rel.to_string());
+    let pinned =
+        |id: i64| s.get(&format!("/v1/device({id})"), &key).json()["pinned_release"].clone();
+
+    // Without the token: nothing changes.
+    let p = b.post(
+        &path,
+        &[("device", &a_s), ("action", "pin"), ("release", &rel_s)],
+    );
+    assert_eq!(p.status, 403);
+    assert!(pinned(a).is_null());
+    // Pin two of three.
+    let p = b.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("device", &a_s),
+            ("device", &b_s),
+            ("action", "pin"),
+            ("release", &rel_s),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(pinned(a), json!(rel));
+    assert_eq!(pinned(b2), json!(rel));
+    assert!(pinned(c).is_null());
+    // Tag them, filter by the tag, untag.
+    let p = b.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("device", &a_s),
+            ("device", &b_s),
+            ("action", "tag"),
+            ("tag", "site=north"),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(
+        b.get(&format!("/fleets/{fleet}?tag=site%3Dnorth"))
+            .text("#device-count"),
+        "2"
+    );
+    let p = b.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("device", &a_s),
+            ("action", "untag"),
+            ("tag", "site"),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(
+        b.get(&format!("/fleets/{fleet}?tag=site"))
+            .text("#device-count"),
+        "1"
+    );
+    // Another user's device in the list: refused, nothing changed.
+    let p = b.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("device", &bob_dev.to_string()),
+            ("action", "pin"),
+            ("release", ""),
+        ],
+    );
+    assert_eq!(p.status, 404, "{}", p.body);
+    // Unpin through the bulk form.
+    let p = b.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("device", &a_s),
+            ("action", "pin"),
+            ("release", ""),
+        ],
+    );
+    assert_eq!(p.status, 303);
+    assert!(pinned(a).is_null());
+    let p = b.post(&path, &[("csrf", &csrf), ("action", "pin")]);
+    assert_eq!(p.status, 400, "no device selected");
+
+    // Fleet env and config vars.
+    let p = b.post(
+        &format!("/fleets/{fleet}/env"),
+        &[("csrf", &csrf), ("name", "MODE"), ("value", "fast")],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    let p = b.post(
+        &format!("/fleets/{fleet}/config"),
+        &[
+            ("csrf", &csrf),
+            ("name", "RESIN_SUPERVISOR_POLL_INTERVAL"),
+            ("value", "30000"),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    let p = b.get(&format!("/fleets/{fleet}"));
+    assert!(p.text("#fleet-env").contains("MODE"));
+    assert!(p.text("#fleet-config").contains("30000"));
+    let envs = s.get("/v1/fleet_env_var", &key).json();
+    assert_eq!(envs["value"][0]["value"], "fast");
+    let p = b.post(
+        &format!("/fleets/{fleet}/env"),
+        &[("csrf", &csrf), ("name", "MODE"), ("delete", "1")],
+    );
+    assert_eq!(p.status, 303);
+    assert_eq!(s.get("/v1/fleet_env_var/$count", &key).body, "0");
+    // Bob cannot set alice's fleet vars.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    let bcsrf = bob.csrf();
+    let p = bob.post(
+        &format!("/fleets/{fleet}/env"),
+        &[("csrf", &bcsrf), ("name", "X"), ("value", "1")],
+    );
+    assert_eq!(p.status, 404);
+    let p = bob.post(
+        &path,
+        &[
+            ("csrf", &bcsrf),
+            ("device", &a_s),
+            ("action", "pin"),
+            ("release", ""),
+        ],
+    );
+    assert_eq!(p.status, 404);
+}
+
 both!(
+    bulk_actions_and_fleet_vars,
     login_logout_csrf_and_audit,
     expired_sessions_go_to_login,
     users_never_see_each_other,
@@ -534,3 +687,112 @@ both!(
     fleet_page_filters_sorts_and_pages,
     api_keys_from_the_settings_page,
 );
+
+/// Median and 95th percentile of `n` timed runs of `f` (after 2 warm-ups).
+fn timed(n: usize, mut f: impl FnMut()) -> (Duration, Duration) {
+    f();
+    f();
+    let mut t: Vec<Duration> = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    t.sort();
+    (t[n / 2], t[(n * 95).div_ceil(100) - 1])
+}
+
+/// The benchmark of BENCHMARKS.md ("Dashboard"): the fleet page of a fleet
+/// of 10 000 devices, rendered on the server, next to the same page of the
+/// same query through OData. Run with
+/// `cargo test -p resin-cloud --test dashboard -- --ignored --nocapture bench_`.
+#[test]
+#[ignore]
+fn bench_fleet_page_10k_devices() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let s = Server::start(backend);
+        let (_, key) = s.web_user("alice", PW);
+        let sim =
+            common::fleet::SimFleet::new(&s, &key, "big", 10_000, |_| common::fleet::Script::Good);
+        let fleet = sim.fleet;
+        // A tag on every tenth device, a status on all.
+        s.rt.block_on(async {
+            sqlx::query("UPDATE device SET status = 'Idle', os_version = '1.0', is_online = TRUE")
+                .execute(&s.app.db.pool)
+                .await
+                .unwrap();
+            let mut tx = s.app.db.begin_write().await.unwrap();
+            for (i, (id, _)) in sim.devices.iter().enumerate().filter(|(i, _)| i % 10 == 0) {
+                sqlx::query(
+                    "INSERT INTO device_tag (device, tag_key, value) VALUES ($1, 'site', $2)",
+                )
+                .bind(*id)
+                .bind(if i % 20 == 0 { "north" } else { "south" })
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            }
+            tx.commit().await.unwrap();
+        });
+        let mut b = Browser::new(&s);
+        assert_eq!(b.login("alice", PW).status, 303);
+        let n = 30;
+        let mut rows = Vec::new();
+        for (what, path, htmx) in [
+            (
+                "fleet page, page 1 by name",
+                format!("/fleets/{fleet}"),
+                false,
+            ),
+            (
+                "devices table only (htmx refresh)",
+                format!("/fleets/{fleet}"),
+                true,
+            ),
+            (
+                "fleet page, last page (200)",
+                format!("/fleets/{fleet}?page=200"),
+                false,
+            ),
+            (
+                "fleet page, tag site=north, by last seen desc",
+                format!("/fleets/{fleet}?tag=site%3Dnorth&sort=last_seen&dir=desc"),
+                false,
+            ),
+        ] {
+            let (p50, p95) = timed(n, || {
+                let h: &[(&str, &str)] = if htmx { &[("HX-Request", "true")] } else { &[] };
+                let p = b.request_with("GET", &path, None, h);
+                assert_eq!(p.status, 200);
+            });
+            rows.push((what.to_owned(), p50, p95));
+        }
+        let odata =
+            format!("/v1/device?$filter=fleet eq {fleet}&$orderby=name&$top=50&$count=true");
+        let (p50, p95) = timed(n, || {
+            let r = s.get(&odata, &key);
+            assert_eq!(r.status, 200);
+        });
+        rows.push((
+            "OData: same page ($filter, $orderby, $top 50, $count)".into(),
+            p50,
+            p95,
+        ));
+        let odata_last = format!(
+            "/v1/device?$filter=fleet eq {fleet}&$orderby=name&$top=50&$skip=9950&$count=true"
+        );
+        let (p50, p95) = timed(n, || {
+            let r = s.get(&odata_last, &key);
+            assert_eq!(r.status, 200);
+        });
+        rows.push(("OData: last page ($skip 9950)".into(), p50, p95));
+        for (what, p50, p95) in rows {
+            println!(
+                "| {backend:?} | {what} | {:.1} | {:.1} |",
+                p50.as_secs_f64() * 1000.0,
+                p95.as_secs_f64() * 1000.0
+            );
+        }
+    }
+}

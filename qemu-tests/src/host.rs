@@ -203,6 +203,9 @@ pub struct Cloud {
     pub data_dir: PathBuf,
     pub api_key: String,
     pub user_id: i64,
+    /// The bootstrap user's dashboard password, new for each run (the demo
+    /// prints it as a one-time login).
+    pub dashboard_password: String,
 }
 
 impl Cloud {
@@ -258,6 +261,36 @@ impl Cloud {
         })?;
         let api_key = v["api_key"].as_str().unwrap_or_default().to_string();
         let user_id = v["user_id"].as_i64().unwrap_or_default();
+        // A dashboard password for the bootstrap user, random for this run.
+        let dashboard_password = {
+            use rand::distr::{Alphanumeric, SampleString};
+            Alphanumeric.sample_string(&mut rand::rng(), 20)
+        };
+        let mut passwd = Command::new(bin);
+        common(&mut passwd);
+        passwd
+            .args(["user", "passwd", "qemu-tests"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = passwd
+            .spawn()
+            .map_err(io(format!("running {} user passwd", bin.display())))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin
+                .write_all(format!("{dashboard_password}\n").as_bytes())
+                .map_err(io("writing the dashboard password"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(io(format!("running {} user passwd", bin.display())))?;
+        if !out.status.success() {
+            return Err(HostError::Failed {
+                what: "resin-cloud user passwd".into(),
+                detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
         let mut serve = dies_with_runner(bin);
         common(&mut serve);
         serve.arg("serve");
@@ -281,6 +314,7 @@ impl Cloud {
             data_dir: data_dir.into(),
             api_key,
             user_id,
+            dashboard_password,
         })
     }
 

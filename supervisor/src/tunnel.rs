@@ -188,7 +188,12 @@ pub async fn connect_ws(
     } else {
         Box::new(tcp)
     };
-    let (ws, _) = tokio_tungstenite::client_async(req, io)
+    // tungstenite allocates its read buffer up front: 128 KiB by default,
+    // more than the rest of an idle tunnel.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, io, Some(config))
         .await
         .map_err(|e| TunnelError::Handshake {
             url: url.to_owned(),

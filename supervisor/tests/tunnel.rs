@@ -687,3 +687,154 @@ fn switched_off_features_are_refused_by_the_device() {
         }
     });
 }
+
+/// Resident set size of a process, KiB (VmRSS of /proc/<pid>/status).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// BENCHMARKS.md, "Remote access": keystroke round trip and port-forward
+/// throughput next to direct loopback, idle memory per tunnel in the
+/// supervisor's module and per connected device in the cloud. Run with
+/// `cargo test -p resin-supervisor --test tunnel -- --ignored --nocapture bench`.
+#[test]
+#[ignore]
+fn bench_tunnel() {
+    let fx = Fixture::start(TunnelSettings::default());
+    const ROUNDS: usize = 300;
+    // 1. Keystroke round trip: one byte to `cat` through the tunnel and back,
+    // next to a direct TCP echo on loopback.
+    let direct = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() {
+                s.write_all(&b).unwrap();
+            }
+        });
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut t = Vec::new();
+        let mut b = [0u8; 1];
+        for _ in 0..ROUNDS {
+            let t0 = Instant::now();
+            c.write_all(b"x").unwrap();
+            c.read_exact(&mut b).unwrap();
+            t.push(t0.elapsed());
+        }
+        median(t)
+    };
+    let tunneled = fx.rt.block_on(async {
+        let mut ws = fx.open(&fx.cloud.admin_key, shell("cat", None)).await;
+        let mut t = Vec::new();
+        for _ in 0..ROUNDS {
+            let t0 = Instant::now();
+            send(&mut ws, Frame::Data(1, b"x".to_vec())).await;
+            loop {
+                match recv(&mut ws).await {
+                    Some(Frame::Data(s, d)) => {
+                        send(&mut ws, Frame::Credit(s, d.len() as u32)).await;
+                        break;
+                    }
+                    Some(_) => {}
+                    None => panic!("closed"),
+                }
+            }
+            t.push(t0.elapsed());
+        }
+        median(t)
+    });
+    println!("BENCH keystroke round trip (median of {ROUNDS}): direct TCP echo {direct:?}, through the tunnel {tunneled:?}");
+
+    // 2. Port-forward throughput: 200 MiB from a local server, directly and
+    // through `resin tunnel`.
+    const MIB: usize = 200;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sport = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let chunk = Arc::new(vec![7u8; 1 << 20]);
+        for s in server.incoming() {
+            let mut s = s.unwrap();
+            let chunk = chunk.clone();
+            std::thread::spawn(move || {
+                for _ in 0..MIB {
+                    if s.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let drain = |port: u16| {
+        let t0 = Instant::now();
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0usize;
+        loop {
+            match c.read(&mut buf).unwrap() {
+                0 => break,
+                k => n += k,
+            }
+        }
+        assert_eq!(n, MIB << 20);
+        (MIB as f64) / t0.elapsed().as_secs_f64()
+    };
+    let direct_mibs = drain(sport);
+    let lport = free_port();
+    let mut tunnel = fx
+        .resin()
+        .args(["tunnel", &fx.uuid, &format!("{lport}:127.0.0.1:{sport}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(tunnel.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let tunnel_mibs = drain(lport);
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
+    println!("BENCH port-forward throughput ({MIB} MiB): direct {direct_mibs:.0} MiB/s, through `resin tunnel` {tunnel_mibs:.0} MiB/s");
+
+    // 3. Idle tunnels: RSS of the cloud per connected device, and of this
+    // process per tunnel module (each with its connection) once idle.
+    const DEVICES: usize = 300;
+    let keys: Vec<String> = (0..DEVICES)
+        .map(|_| register(&fx.cloud, &fx.prov_key).1)
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let cloud_pid = fx.cloud.pid().unwrap();
+    let me = std::process::id();
+    let (cloud0, me0) = (rss_kib(cloud_pid), rss_kib(me));
+    for k in &keys {
+        fx.rt.spawn(resin_supervisor::tunnel::run(TunnelOptions {
+            api_endpoint: fx.cloud.url(),
+            device_key: k.clone(),
+            root_ca: Some(fx.cloud.ca_pem()),
+            settings: TunnelSettings::default(),
+            docker: None,
+            poll_now: Arc::new(tokio::sync::Notify::new()),
+            reboot: None,
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(15));
+    let (cloud1, me1) = (rss_kib(cloud_pid), rss_kib(me));
+    println!(
+        "BENCH idle tunnels ({DEVICES}): cloud RSS {cloud0} -> {cloud1} KiB = {:.1} KiB per connected device; \
+         device side (tunnel module + its TLS WebSocket) {me0} -> {me1} KiB = {:.1} KiB per tunnel",
+        (cloud1.saturating_sub(cloud0)) as f64 / DEVICES as f64,
+        (me1.saturating_sub(me0)) as f64 / DEVICES as f64
+    );
+}

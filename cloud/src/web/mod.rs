@@ -204,6 +204,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/fleets/{id}/image", get(pages::fleet_image))
         .route("/fleets/{id}/target", post(pages::fleet_target))
+        .route("/fleets/{id}/bulk", post(pages::fleet_bulk))
+        .route("/fleets/{id}/{kind}", post(pages::fleet_var))
         .route("/fleets/{id}/releases", get(pages::releases))
         .route(
             "/fleets/{fleet}/rollouts/{id}/{action}",

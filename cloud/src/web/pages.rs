@@ -638,6 +638,8 @@ pub async fn fleet(
     )
     .await?;
     let releases = fleet_releases(&app, &actor, id).await?;
+    let env_vars = children(&app, &actor, "fleet_env_var", "fleet", id).await?;
+    let config_vars = children(&app, &actor, "fleet_config_var", "fleet", id).await?;
     let os_releases = resources::read_all(&app, &actor, res("os_release")?).await?;
     let device_type = fleet
         .get("device_type")
@@ -669,6 +671,8 @@ pub async fn fleet(
             releases => sv(&releases),
             os_releases => sv(&os_releases),
             rollouts => sv(&rollout_list),
+            env_vars => sv(&env_vars),
+            config_vars => sv(&config_vars),
         }},
     ))
 }
@@ -854,10 +858,23 @@ async fn set_child(
     name: &str,
     value: Option<&str>,
 ) -> Result<(), WebError> {
+    set_child_of(app, s, ("device", device), resource, key_col, name, value).await
+}
+
+/// [`set_child`] under any parent: (`device` or `fleet`, id).
+async fn set_child_of(
+    app: &AppState,
+    s: &Session,
+    (parent, device): (&str, i64),
+    resource: &str,
+    key_col: &str,
+    name: &str,
+    value: Option<&str>,
+) -> Result<(), WebError> {
     let actor = s.actor();
-    // A device the user cannot see is a 404, as on its page.
-    resources::read_one(app, &actor, res("device")?, device).await?;
-    let existing = children(app, &actor, resource, "device", device)
+    // A parent the user cannot see is a 404, as on its page.
+    resources::read_one(app, &actor, res(parent)?, device).await?;
+    let existing = children(app, &actor, resource, parent, device)
         .await?
         .into_iter()
         .find(|v| v.get(key_col).and_then(Value::as_str) == Some(name))
@@ -872,7 +889,7 @@ async fn set_child(
                 app,
                 &actor,
                 r,
-                &json!({"device": device, key_col: name, "value": v}),
+                &json!({parent: device, key_col: name, "value": v}),
             )
             .await?;
         }
@@ -881,7 +898,7 @@ async fn set_child(
         app,
         s,
         if value.is_some() { "set" } else { "delete" },
-        &format!("device({device})"),
+        &format!("{parent}({device})"),
         Some(&format!("{resource} {name}")),
     )
     .await;
@@ -1099,4 +1116,184 @@ pub async fn rollout_action(
     crate::rollout::act(&app, &s.actor(), id, &action, &body).await?;
     log_change(&app, &s, &action, &format!("rollout({id})"), None).await;
     Ok(see_other(&format!("/fleets/{fleet}")))
+}
+
+/// Sets or removes a fleet env var (`kind` = env) or config var (config).
+pub async fn fleet_var(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path((id, kind)): Path<(i64, String)>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    let resource = match kind.as_str() {
+        "env" => "fleet_env_var",
+        "config" => "fleet_config_var",
+        _ => {
+            return Err(WebError(ApiError::not_found(format!(
+                "no /fleets/{id}/{kind}"
+            ))))
+        }
+    };
+    let value = (!form.contains_key("delete")).then(|| field(&form, "value"));
+    set_child_of(
+        &app,
+        &s,
+        ("fleet", id),
+        resource,
+        "name",
+        field(&form, "name"),
+        value,
+    )
+    .await?;
+    Ok(see_other(&format!("/fleets/{id}")))
+}
+
+/// The most devices one bulk action takes (a few pages' worth).
+pub const BULK_MAX: usize = 500;
+
+/// A bulk action on the devices ticked in the fleet page's table: pin a
+/// release (or none), set a tag, remove a tag. Each device goes through the
+/// same writes (and permission rules) as on its own page; devices of other
+/// fleets or users are refused with the first error.
+pub async fn fleet_bulk(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> WebResult {
+    // Repeated `device` fields: parsed by hand (a map keeps only one).
+    let mut form = FormMap::new();
+    let mut devices = Vec::new();
+    for (k, v) in form_urlencoded_pairs(&body) {
+        if k == "device" {
+            devices.push(parse_id("device", &v)?);
+        } else {
+            form.insert(k, v);
+        }
+    }
+    check_csrf(&s, &headers, &form)?;
+    let actor = s.actor();
+    resources::read_one(&app, &actor, res("fleet")?, id).await?;
+    if devices.is_empty() {
+        return Err(WebError(ApiError::bad_request(
+            "select at least one device",
+        )));
+    }
+    if devices.len() > BULK_MAX {
+        return Err(WebError(ApiError::bad_request(format!(
+            "at most {BULK_MAX} devices at a time, not {}",
+            devices.len()
+        ))));
+    }
+    // Every device must be one of this fleet's, visible to the user.
+    for d in &devices {
+        let v = resources::read_one(&app, &actor, res("device")?, *d).await?;
+        if v.get("fleet").and_then(Value::as_i64) != Some(id) {
+            return Err(WebError(ApiError::bad_request(format!(
+                "device({d}) is not in fleet({id})"
+            ))));
+        }
+    }
+    let action = field(&form, "action").to_owned();
+    let tag = field(&form, "tag").to_owned();
+    let (tag_key, tag_value) = match tag.split_once('=') {
+        Some((k, v)) => (k.trim().to_owned(), v.trim().to_owned()),
+        None => (tag.trim().to_owned(), String::new()),
+    };
+    match action.as_str() {
+        "pin" => {
+            let r = field(&form, "release");
+            let v = if r.is_empty() {
+                Value::Null
+            } else {
+                Value::from(parse_id("release", r)?)
+            };
+            for d in &devices {
+                resources::patch(
+                    &app,
+                    &actor,
+                    res("device")?,
+                    *d,
+                    &json!({"pinned_release": v}),
+                )
+                .await?;
+            }
+        }
+        "tag" | "untag" if tag_key.is_empty() => {
+            return Err(WebError(ApiError::bad_request_field(
+                "tag",
+                "name the tag: key=value (or key to remove it)",
+            )));
+        }
+        "tag" => {
+            for d in &devices {
+                set_child(
+                    &app,
+                    &s,
+                    *d,
+                    "device_tag",
+                    "tag_key",
+                    &tag_key,
+                    Some(&tag_value),
+                )
+                .await?;
+            }
+        }
+        "untag" => {
+            for d in &devices {
+                set_child(&app, &s, *d, "device_tag", "tag_key", &tag_key, None).await?;
+            }
+        }
+        other => {
+            return Err(WebError(ApiError::bad_request_field(
+                "action",
+                format!("unknown bulk action {other:?} (pin, tag, untag)"),
+            )))
+        }
+    }
+    log_change(
+        &app,
+        &s,
+        &format!("bulk {action}"),
+        &format!("fleet({id})"),
+        Some(&format!("{} devices", devices.len())),
+    )
+    .await;
+    Ok(see_other(&format!("/fleets/{id}")))
+}
+
+/// `application/x-www-form-urlencoded` pairs, decoded ('+' is a space).
+fn form_urlencoded_pairs(body: &[u8]) -> Vec<(String, String)> {
+    let hex = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let dec = |s: &str| -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push(h * 16 + l);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                },
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (dec(k), dec(v))
+        })
+        .collect()
 }

@@ -429,6 +429,11 @@ impl CloudProc {
         panic!("resin-cloud did not answer GET {url}: {last:?}\n{log}");
     }
 
+    /// The serving process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
