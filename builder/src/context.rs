@@ -5,78 +5,9 @@
 
 use std::path::Path;
 
+use resin_api_types::build::DockerIgnore as Ignore;
+
 use crate::error::BuildError;
-
-/// `.dockerignore` patterns: `#` comments, `!` re-includes, `*`, `?` and
-/// `**`; a pattern that matches a directory excludes all below it; the last
-/// matching pattern wins (as in Docker).
-#[derive(Debug, Clone, Default)]
-pub struct Ignore {
-    rules: Vec<(bool, Vec<String>)>,
-}
-
-impl Ignore {
-    pub fn parse(text: &str) -> Ignore {
-        let mut rules = Vec::new();
-        for line in text.lines() {
-            let l = line.trim();
-            if l.is_empty() || l.starts_with('#') {
-                continue;
-            }
-            let (neg, pat) = match l.strip_prefix('!') {
-                Some(p) => (true, p.trim()),
-                None => (false, l),
-            };
-            let parts: Vec<String> = pat
-                .split('/')
-                .filter(|c| !c.is_empty() && *c != ".")
-                .map(str::to_owned)
-                .collect();
-            if !parts.is_empty() {
-                rules.push((neg, parts));
-            }
-        }
-        Ignore { rules }
-    }
-
-    /// Whether the relative path `rel` (`a/b/c`) is excluded.
-    pub fn excluded(&self, rel: &str) -> bool {
-        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-        let mut out = false;
-        for (neg, pat) in &self.rules {
-            // The path or any of its parent directories matches.
-            let hit = (1..=comps.len()).any(|n| match_parts(pat, &comps[..n]));
-            if hit {
-                out = !neg;
-            }
-        }
-        out
-    }
-}
-
-fn match_parts(pat: &[String], path: &[&str]) -> bool {
-    match pat.split_first() {
-        None => path.is_empty(),
-        Some((p, rest)) if p == "**" => (0..=path.len()).any(|i| match_parts(rest, &path[i..])),
-        Some((p, rest)) => match path.split_first() {
-            Some((c, prest)) => glob(p.as_bytes(), c.as_bytes()) && match_parts(rest, prest),
-            None => false,
-        },
-    }
-}
-
-/// `*` and `?` within one path component.
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
-        Some((b'\\', rest)) if !rest.is_empty() => {
-            !s.is_empty() && s[0] == rest[0] && glob(&rest[1..], &s[1..])
-        }
-        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
-    }
-}
 
 /// Makes the tar of `dir` for `service`; `always` are relative paths sent
 /// even when ignored (the Dockerfile). Fails once the files' sizes add up
@@ -154,23 +85,6 @@ pub fn tar_context(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dockerignore_patterns_match_like_docker() {
-        let i = Ignore::parse("# c\nnode_modules\n*.log\n!keep.log\nsecret/**\ndocs/*.md\n");
-        assert!(i.excluded("node_modules"));
-        assert!(i.excluded("node_modules/a/b.js"));
-        assert!(i.excluded("x.log"));
-        assert!(!i.excluded("keep.log"));
-        assert!(i.excluded("secret/a/b"));
-        assert!(i.excluded("docs/a.md"));
-        assert!(!i.excluded("docs/sub/a.md"));
-        assert!(!i.excluded("src/main.rs"));
-        assert!(
-            !i.excluded("sub/x.log"),
-            "patterns are anchored at the root"
-        );
-    }
 
     fn names(tar: &[u8]) -> Vec<String> {
         let mut a = tar::Archive::new(tar);

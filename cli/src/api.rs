@@ -322,6 +322,26 @@ impl Api {
         Self::read_json("PUT", path, resp)
     }
 
+    /// `POST path` with a raw body, answered as a stream (a build's NDJSON
+    /// log): the response headers and a reader. No overall timeout.
+    pub fn post_stream(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(ureq::http::HeaderMap, impl Read + 'static), ApiError> {
+        let resp = self
+            .streaming
+            .post(self.url(path))
+            .header("Authorization", self.bearer())
+            .header("Content-Type", content_type)
+            .send(body)
+            .map_err(|e| self.transport(path, e))?;
+        let resp = Self::check("POST", path, resp)?;
+        let headers = resp.headers().clone();
+        Ok((headers, resp.into_body().into_reader()))
+    }
+
     /// `GET path` as a stream: its declared length (if any) and a reader.
     /// No overall timeout, so it suits big downloads and long follows.
     pub fn get_stream(

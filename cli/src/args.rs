@@ -80,6 +80,9 @@ pub enum Cmd {
     /// Staged rollouts of a release or an OS version, in waves that halt themselves
     #[command(subcommand)]
     Rollout(RolloutCmd),
+    /// Build a project (docker-compose.yml with `build:`, or a Dockerfile) in
+    /// the cloud for the fleet's devices and make it a release
+    Push(PushArgs),
     /// Show a device's logs (DEVICE is its uuid or numeric id)
     Logs(LogsArgs),
     /// A shell on a device (or in one of its services), or one command run there, through the cloud's tunnel
@@ -307,6 +310,11 @@ pub enum ReleaseCmd {
     },
     /// Show a release: its services and images
     Show {
+        /// Release id or uuid
+        release: String,
+    },
+    /// The build log of a release made by `resin push` or `git push`
+    Logs {
         /// Release id or uuid
         release: String,
     },
@@ -571,4 +579,19 @@ pub struct LogsArgs {
 /// The clap command, for completions and docs.
 pub fn command() -> clap::Command {
     Cli::command()
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Fleet name or id
+    pub fleet: String,
+    /// The project directory (its .dockerignore is honoured)
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Build without the fleet's layer cache
+    #[arg(long)]
+    pub nocache: bool,
+    /// Do not make the new release the fleet's target
+    #[arg(long)]
+    pub no_pin: bool,
 }

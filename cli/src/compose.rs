@@ -68,7 +68,7 @@ pub fn composition(yaml: &str, images: &BTreeMap<String, String>) -> Result<Valu
             }
             if svc.contains_key("build") {
                 return Err(invalid(format!(
-                    "service `{name}` has `build:`; resin cannot build images yet, pass --image {name}=REF"
+                    "service `{name}` has `build:`; build it with `resin push` (or `git push`), or pass --image {name}=REF"
                 )));
             }
             // A compose file's `- KEY` is `KEY=""`; the stored composition

@@ -25,6 +25,7 @@ use resin_cli::table::{cell, render};
 use resin_fsutil::AtomicFile;
 
 mod device_cmd;
+mod push_cmd;
 mod rollout_cmd;
 mod ssh_cmd;
 
@@ -229,6 +230,8 @@ fn run(cli: Cli) -> Result<()> {
         }) => os_download(&cli, fleet, version, *compression, output),
         Cmd::Logs(a) => logs(&cli, a),
         Cmd::Rollout(r) => rollout_cmd::run(&cli, r),
+        Cmd::Push(p) => push_cmd::push(&cli, p),
+        Cmd::Release(ReleaseCmd::Logs { release }) => push_cmd::release_logs(&cli, release),
         Cmd::Ssh(a) => {
             let code = ssh_cmd::ssh(&cli, a)?;
             std::process::exit(code)

@@ -176,6 +176,9 @@ pub async fn v1_sub(
             (Method::GET | Method::HEAD, _, None, "$count") => {
                 query::get(&app, &actor, res, None, q.as_deref(), true, None).await
             }
+            (Method::GET, "release", Some(id), "logs") => {
+                crate::build::release_logs(&app, &actor, id).await
+            }
             (Method::GET, "device", Some(id), "logs") => {
                 logs::get_logs(&app, &actor, id, q.as_deref()).await
             }

@@ -103,6 +103,40 @@ pub struct ConfigArgs {
     /// SIGHUP. Default: 10000.
     #[arg(long, global = true, env = "RESIN_CLOUD_TLS_WATCH_MS")]
     pub tls_watch_ms: Option<u64>,
+    /// Builder (`resin push`, `git push`): the registry built images are
+    /// pushed to, `host[:port]`. Unset: this cloud takes no builds.
+    #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_REGISTRY")]
+    pub builder_registry: Option<String>,
+    /// The Docker engine the builder drives. Default: unix:///var/run/docker.sock.
+    #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_DOCKER_HOST")]
+    pub builder_docker_host: Option<String>,
+    /// Builds this process runs at once; 0: it only queues (another
+    /// process builds). Default: 1.
+    #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_WORKERS")]
+    pub builder_workers: Option<u32>,
+    /// A build's timeout, seconds. Default: 1800.
+    #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_TIMEOUT_SECS")]
+    pub builder_timeout_secs: Option<u64>,
+    /// The largest build context (the upload, and each service's context), MiB. Default: 500.
+    #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_MAX_CONTEXT_MIB")]
+    pub builder_max_context_mib: Option<u64>,
+    /// Builds one user may have queued or running at once. Default: 2.
+    #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_MAX_PER_USER")]
+    pub builder_max_per_user: Option<u32>,
+}
+
+/// The builder's settings (`builder_registry` set).
+#[derive(Debug, Clone)]
+pub struct BuilderSettings {
+    pub registry: String,
+    pub docker_host: String,
+    pub workers: u32,
+    pub timeout_secs: u64,
+    pub max_context_bytes: u64,
+    pub max_per_user: u32,
+    /// The program git hooks exec (`<it> git-hook pre-receive`); default:
+    /// this process's own executable.
+    pub hook_exe: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -127,6 +161,8 @@ pub struct Config {
     pub tunnel_max_sessions: usize,
     /// HTTPS settings; `None` serves plain HTTP (`plain_http`).
     pub tls: Option<TlsSettings>,
+    /// The builder; `None`: builds are refused.
+    pub builder: Option<BuilderSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +247,17 @@ impl ConfigArgs {
             tunnel_idle_secs: pick.tunnel_idle_secs.unwrap_or(1800).max(1),
             tunnel_max_sessions: pick.tunnel_max_sessions.unwrap_or(8),
             tls,
+            builder: pick.builder_registry.map(|registry| BuilderSettings {
+                registry,
+                docker_host: pick
+                    .builder_docker_host
+                    .unwrap_or_else(|| "unix:///var/run/docker.sock".into()),
+                workers: pick.builder_workers.unwrap_or(1),
+                timeout_secs: pick.builder_timeout_secs.unwrap_or(1800).max(1),
+                max_context_bytes: pick.builder_max_context_mib.unwrap_or(500).max(1) << 20,
+                max_per_user: pick.builder_max_per_user.unwrap_or(2).max(1),
+                hook_exe: None,
+            }),
         })
     }
 
@@ -239,6 +286,12 @@ impl ConfigArgs {
             tls_key: self.tls_key.or(o.tls_key),
             tls_ca: self.tls_ca.or(o.tls_ca),
             tls_watch_ms: self.tls_watch_ms.or(o.tls_watch_ms),
+            builder_registry: self.builder_registry.or(o.builder_registry),
+            builder_docker_host: self.builder_docker_host.or(o.builder_docker_host),
+            builder_workers: self.builder_workers.or(o.builder_workers),
+            builder_timeout_secs: self.builder_timeout_secs.or(o.builder_timeout_secs),
+            builder_max_context_mib: self.builder_max_context_mib.or(o.builder_max_context_mib),
+            builder_max_per_user: self.builder_max_per_user.or(o.builder_max_per_user),
         }
     }
 }

@@ -89,6 +89,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0005_roles_and_key_scopes.sql"),
     ),
     (
+        6,
+        include_str!("../migrations/0006_builder.sql"),
+        include_str!("../migrations/0006_builder.sql"),
+    ),
+    (
         7,
         include_str!("../migrations/0007_dashboard.sql"),
         include_str!("../migrations/0007_dashboard.sql"),

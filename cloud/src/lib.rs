@@ -8,11 +8,13 @@
 pub mod actions;
 pub mod api;
 pub mod auth;
+pub mod build;
 pub mod cache;
 pub mod config;
 pub mod db;
 pub mod device_api;
 pub mod error;
+pub mod git;
 pub mod linger;
 pub mod logs;
 pub mod metadata;
@@ -53,6 +55,10 @@ pub struct AppState {
     pub heartbeats: Arc<cache::Heartbeats>,
     /// Rate limits ([`ratelimit`]).
     pub limits: Arc<ratelimit::Limits>,
+    /// Wakes this process's build workers when a build is queued ([`build`]).
+    pub builds: Arc<tokio::sync::Notify>,
+    /// The secret git hooks of this process present on its hook socket ([`git`]).
+    pub hook_token: Arc<String>,
     /// Devices connected through the remote-access tunnel ([`tunnel`]).
     pub tunnels: Arc<tunnel::Tunnels>,
 }
@@ -68,6 +74,8 @@ impl AppState {
             logs,
             heartbeats: Arc::default(),
             limits: Arc::default(),
+            builds: Arc::default(),
+            hook_token: Arc::new(auth::new_key(auth::KeyKind::User).0),
             tunnels: Arc::default(),
         })
     }
@@ -90,6 +98,8 @@ pub fn router(state: AppState) -> Router {
         .route(paths::STATE_REPORT, patch(device_api::report_state))
         .route(paths::LOG_STREAM_ROUTE, post(logs::log_stream))
         .route("/ping", get(|| async { "OK" }))
+        .merge(build::router())
+        .merge(git::router())
         .merge(web::router())
         .merge(tunnel::router())
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
@@ -146,6 +156,22 @@ impl App {
                 state.config.rollout_eval_ms,
                 rollout_passes.clone(),
             ));
+        }
+        if let Some(b) = state.config.builder.as_ref() {
+            if b.workers > 0 {
+                tokio::spawn(build::workers(state.clone(), b.workers));
+            }
+            let exe = match &b.hook_exe {
+                Some(e) => e.clone(),
+                None => std::env::current_exe().context("finding resin-cloud's own path")?,
+            };
+            git::write_hooks(&state.config.data_dir, &exe).context("writing the git hooks")?;
+            let st = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = git::serve_hook_socket(st).await {
+                    tracing::error!("the git hook socket: {e}");
+                }
+            });
         }
         if state.db.dialect == db::Dialect::Postgres {
             tokio::spawn(cache::listen(state.clone()));

@@ -18,6 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a git hook of the builder (git runs it: `git-hook pre-receive`).
+    #[command(hide = true)]
+    GitHook { hook: String },
     /// Serve the API (the default): HTTPS with the certificate `init` made,
     /// unless --plain-http.
     Serve,
@@ -104,8 +107,15 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::GitHook { hook }) = &cli.command {
+        if hook != "pre-receive" {
+            anyhow::bail!("unknown git hook {hook:?}");
+        }
+        std::process::exit(resin_cloud::git::run_hook());
+    }
     let config = cli.config.resolve().context("reading the configuration")?;
     match cli.command.unwrap_or(Command::Serve) {
+        Command::GitHook { .. } => {}
         Command::Serve => {
             let app = resin_cloud::App::start(config.clone()).await?;
             tracing::info!(

@@ -391,6 +391,38 @@ fn other_routes(paths: &mut Map<String, Value>, err: &Value) {
         );
     }
     add(
+        "/v1/build",
+        json!({"post": {"operationId": "create_build", "summary": "Build a project (a gzipped tar of a directory with docker-compose.yml or a Dockerfile) for the fleet's architecture; answers the build log as NDJSON until the build ends (closing the request cancels it). On success a release is made and, unless pin=false, it becomes the fleet's target",
+            "parameters": [
+                param("fleet", "query", true, json!({"type": "string"}), "the fleet: id, uuid or name"),
+                param("nocache", "query", false, json!({"type": "boolean"}), "build without the fleet's layer cache"),
+                param("pin", "query", false, json!({"type": "boolean", "default": true}), "make the new release the fleet's target")],
+            "requestBody": {"required": true, "content": {"application/gzip": {"schema": {"type": "string", "contentMediaType": "application/gzip"}}}},
+            "responses": {"200": {"description": "the build log, one JSON object per line; the last has the final state (and the release)",
+                "headers": {"X-Resin-Build": {"schema": {"type": "integer"}, "description": "the build's id"}},
+                "content": {"application/x-ndjson": {"schema": {"type": "string", "description": "one BuildLogLine per line"}}}},
+                "400": err, "401": err, "403": err, "404": err, "413": err, "429": err, "503": err}}}),
+    );
+    add(
+        "/v1/build/{id}",
+        json!({"get": {"operationId": "get_build", "summary": "A build: its state, release and error",
+            "parameters": [param("id", "path", true, json!({"type": "integer", "format": "int64"}), "the build's id")],
+            "responses": {"200": ok_json("the build", object("{id, uuid, fleet, status, source, nocache, pin, release, error, created_at, started_at, finished_at}")), "404": err}}}),
+    );
+    add(
+        "/v1/build/{id}/logs",
+        json!({"get": {"operationId": "get_build_logs", "summary": "A build's stored log (NDJSON); follow=true waits for its end",
+            "parameters": [param("id", "path", true, json!({"type": "integer", "format": "int64"}), "the build's id"),
+                param("follow", "query", false, json!({"type": "boolean"}), "stream until the build ends")],
+            "responses": {"200": {"description": "log lines", "content": {"application/x-ndjson": {"schema": {"type": "string", "description": "one {service?, message, state?, release?, isError?} per line"}}}}, "404": err}}}),
+    );
+    add(
+        "/v1/release({id})/logs",
+        json!({"get": {"operationId": "release_build_logs", "summary": "The build log of the build that made this release (NDJSON)",
+            "parameters": [id_param()],
+            "responses": {"200": {"description": "log lines", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, "404": err}}}),
+    );
+    add(
         "/v1/os/download",
         json!({"get": {"operationId": "os_download", "summary": "A fleet's configured disk image: the base image with config.json (a fresh provisioning key) written in, streamed",
             "parameters": [

@@ -59,8 +59,30 @@ pub async fn create(app: &AppState, actor: &Actor, body: &Value) -> ApiResult<(S
             "release.fleet: fleet({fleet}) not found"
         )));
     }
-    let mut target = parse_composition(composition)?;
+    let target = parse_composition(composition)?;
     let mut tx = app.db.begin_write().await?;
+    let id = insert(&mut tx, fleet, composition, target, &status).await?;
+    tx.commit().await?;
+    crate::cache::changed(app, crate::cache::Change::Fleet(fleet)).await;
+    let res =
+        schema::resource("release").ok_or_else(|| ApiError::internal("no release resource"))?;
+    Ok((
+        StatusCode::CREATED,
+        resources::read_one(app, actor, res, id).await?,
+    ))
+}
+
+/// Inserts a validated release with its service and image rows inside
+/// `tx`; the caller commits and calls `cache::changed`. The builder uses it
+/// too, so a built release is made in the same transaction as the build's
+/// `success`.
+pub async fn insert(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    fleet: i64,
+    composition: &Value,
+    mut target: ReleaseTarget,
+    status: &str,
+) -> ApiResult<i64> {
     let row = sqlx::query(
         "INSERT INTO \"release\" (uuid, fleet, composition, target_json, status, created_at) \
          VALUES ($1, $2, $3, '{}', $4, $5) RETURNING id",
@@ -68,9 +90,9 @@ pub async fn create(app: &AppState, actor: &Actor, body: &Value) -> ApiResult<(S
     .bind(new_uuid())
     .bind(fleet)
     .bind(composition.to_string())
-    .bind(&status)
+    .bind(status)
     .bind(db::now())
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
     let id: i64 = row.try_get(0)?;
     for (name, svc) in target.services.iter_mut() {
@@ -80,7 +102,7 @@ pub async fn create(app: &AppState, actor: &Actor, body: &Value) -> ApiResult<(S
         .bind(id)
         .bind(name)
         .bind(&svc.image)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
         svc.id = row.try_get(0)?;
         let digest = svc
@@ -95,7 +117,7 @@ pub async fn create(app: &AppState, actor: &Actor, body: &Value) -> ApiResult<(S
         .bind(id)
         .bind(&svc.image)
         .bind(digest)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
     target.id = id;
@@ -103,14 +125,7 @@ pub async fn create(app: &AppState, actor: &Actor, body: &Value) -> ApiResult<(S
     sqlx::query("UPDATE \"release\" SET target_json = $1 WHERE id = $2")
         .bind(json)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-    tx.commit().await?;
-    crate::cache::changed(app, crate::cache::Change::Fleet(fleet)).await;
-    let res =
-        schema::resource("release").ok_or_else(|| ApiError::internal("no release resource"))?;
-    Ok((
-        StatusCode::CREATED,
-        resources::read_one(app, actor, res, id).await?,
-    ))
+    Ok(id)
 }

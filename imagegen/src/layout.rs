@@ -908,13 +908,20 @@ impl Layout {
 impl Plan {
     /// The boot (vfat) partition.
     pub fn boot(&self) -> Option<&PlannedPart> {
-        self.parts
-            .iter()
-            .find(|p| p.role.as_deref() == Some("boot"))
+        self.role("boot")
     }
     /// The partition named `name`.
     pub fn part(&self, name: &str) -> Option<&PlannedPart> {
         self.parts.iter().find(|p| p.name == name)
+    }
+    /// The partition with role `role` (`boot`, `state`, `data`), the first if several.
+    pub fn role(&self, role: &str) -> Option<&PlannedPart> {
+        self.parts.iter().find(|p| p.role.as_deref() == Some(role))
+    }
+    /// The A/B root slots (the partitions with a `slot`, its bootname), in layout order:
+    /// RAUC's slot `rootfs.N` is the N-th ([`crate::render::rauc_slot_name`]).
+    pub fn root_slots(&self) -> impl Iterator<Item = &PlannedPart> {
+        self.parts.iter().filter(|p| p.slot.is_some())
     }
 }
 

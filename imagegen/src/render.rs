@@ -129,16 +129,12 @@ fn part_ctx(plan: &Plan, p: &PlannedPart, hashes: &BTreeMap<String, String>) -> 
 fn context(plan: &Plan, hashes: &BTreeMap<String, String>) -> Result<Ctx, RenderError> {
     let b = &plan.layout.boot;
     let by_role = |role: &'static str| {
-        plan.parts
-            .iter()
-            .find(|p| p.role.as_deref() == Some(role))
+        plan.role(role)
             .map(|p| part_ctx(plan, p, hashes))
             .ok_or(RenderError::MissingRole(role))
     };
     let slots: Vec<PartCtx> = plan
-        .parts
-        .iter()
-        .filter(|p| p.slot.is_some())
+        .root_slots()
         .map(|p| part_ctx(plan, p, hashes))
         .collect();
     if slots.is_empty() {
@@ -305,6 +301,11 @@ pub fn grubenv_block(text: &[u8]) -> Result<Vec<u8>, usize> {
     Ok(v)
 }
 
+/// RAUC's name of the `index`-th root slot ([`Plan::root_slots`]), as system.conf.j2 names it.
+pub fn rauc_slot_name(index: usize) -> String {
+    format!("rootfs.{index}")
+}
+
 /// Writes rendered files under `out` (each atomically).
 pub fn write_all(files: &[Rendered], out: &Path) -> Result<(), RenderError> {
     for f in files {
@@ -342,6 +343,15 @@ mod tests {
         assert!(conf.contains(
             "[slot.rootfs.1]\ndevice=/dev/disk/by-partlabel/resin-rootB\ntype=ext4\nbootname=B\n"
         ));
+        for (i, s) in plan.root_slots().enumerate() {
+            let section = format!(
+                "[slot.{}]\ndevice=/dev/disk/by-partlabel/{}\ntype=ext4\nbootname={}\n",
+                rauc_slot_name(i),
+                s.label,
+                s.slot.as_deref().unwrap()
+            );
+            assert!(conf.contains(&section), "{section} in {conf}");
+        }
         let fstab = get("etc/fstab");
         assert!(fstab.contains("PARTLABEL=resin-boot  /mnt/boot  vfat"));
         assert!(fstab.contains("PARTLABEL=resin-data  /mnt/data  ext4"));

@@ -19,10 +19,9 @@ inherit resin-imagegen resin-keys
 RESIN_BOOT_FILES ??= ""
 RESIN_BOOT_FILES:qemuarm64 ??= "grub-efi-bootaa64.efi;EFI/BOOT/BOOTAA64.EFI"
 # meta-raspberrypi's list (firmware, config.txt, device trees, u-boot.bin as
-# the kernel the firmware starts, boot.scr from resin-bootfiles).
-# Plus the two copies of the U-Boot environment (CONFIG_ENV_REDUNDANT), from
-# resin-bootfiles, so fw_setenv finds both from the first boot on.
-RESIN_BOOT_FILES:rpi ??= "${IMAGE_BOOT_FILES} uboot.env uboot-redund.env"
+# the kernel the firmware starts, boot.scr from resin-bootfiles). U-Boot's
+# environment is not a file here: it is the layout's resin-env partition.
+RESIN_BOOT_FILES:rpi ??= "${IMAGE_BOOT_FILES}"
 # Recipe tasks that deploy RESIN_BOOT_FILES.
 RESIN_BOOT_DEPENDS ??= ""
 RESIN_BOOT_DEPENDS:qemuarm64 ??= "grub-efi:do_deploy resin-bootfiles:do_deploy"
@@ -127,7 +126,6 @@ resin_boot_payload[doc] = "Installs the boot partition's files into /usr/lib/res
 resin_boot_payload() {
     payload=${IMAGE_ROOTFS}${nonarch_libdir}/resin-boot
     resin_copy_boot_files $payload
-    rm -f $payload/uboot.env $payload/uboot-redund.env
     if [ "${RESIN_BOOTLOADER}" = "grub" ]; then
         resin_imagegen_render ${WORKDIR}/resin-boot-rendered
         install -D -m 0644 ${WORKDIR}/resin-boot-rendered/EFI/BOOT/grub.cfg $payload/EFI/BOOT/grub.cfg

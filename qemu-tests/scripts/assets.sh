@@ -251,6 +251,10 @@ NOT_IN_STANDIN=(
   # The native image tool (resin-imagegen-native), not part of resin-image; the
   # harness runs the workspace's own resin-imagegen.
   recipes-resin/resin-imagegen/resin-imagegen.bb
+  # U-Boot (Raspberry Pi only: its :resin:rpi steps merge the layout's env
+  # Kconfig fragment and put the layout's fw_env.config into the u-boot package,
+  # which is not part of resin-image); the stand-in boots GRUB.
+  recipes-bsp/u-boot/u-boot_%.bbappend
   # /boot/vmlinuz and /boot/initrd.img: the stand-in boots Debian's kernel with
   # its own busybox initrd (build_kernel, build_initrd above).
   'resin-image.bbclass#resin_boot_links'
@@ -276,6 +280,9 @@ QEMU_ONLY=(
   # The cross-built supervisor (Yocto: the recipe's cargo do_install) and the
   # boot guard's timeout sized for TCG.
   usr/bin/resin-supervisor etc/systemd/system/resin-boot-guard.service.d/qemu.conf
+  # The supervisor's log also on the serial console, where the runner reads it
+  # (the wrong-ca scenario waits for its certificate error; there is no shell).
+  etc/systemd/system/resin-supervisor.service.d/qemu.conf
 )
 
 # os-layer OUT VERSION: the resin-owned files of the stand-in of OS VERSION,
@@ -334,6 +341,9 @@ OS
   mkdir -p "$u/resin-boot-guard.service.d"
   printf '[Service]\nEnvironment=RESIN_BOOT_GUARD_TIMEOUT=%s\n' "${RESIN_QEMU_GUARD_TIMEOUT:-600}" \
     >"$u/resin-boot-guard.service.d/qemu.conf"
+  mkdir -p "$u/resin-supervisor.service.d"
+  printf '[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n' \
+    >"$u/resin-supervisor.service.d/qemu.conf"
   # Units masked in this OS version (e.g. the supervisor, for the rollback test).
   for p in ${RESIN_QEMU_MASK:-}; do
     rm -f "$u/$p" "$u"/*.target.wants/"$p"

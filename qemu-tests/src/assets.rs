@@ -93,7 +93,7 @@ pub struct Keys {
 
 /// Runs openssl quietly (its key-generation progress goes nowhere), keeping
 /// stderr for the error.
-fn openssl(dir: &Path, args: &[&str]) -> Result<(), AssetError> {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Result<(), AssetError> {
     let out = Command::new("openssl")
         .current_dir(dir)
         .args(args)

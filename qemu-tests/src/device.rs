@@ -117,6 +117,16 @@ impl DeviceInputs {
         Ok(dir)
     }
 
+    /// The `--set`s the disk is built with: its size and [`QEMU_CMDLINE`].
+    pub fn layout_sets(&self) -> [String; 2] {
+        [format!("disk.size={}", self.disk_size), QEMU_CMDLINE.into()]
+    }
+
+    /// The disk's slots and labels, from the layout with [`Self::layout_sets`].
+    pub fn disk_layout(&self) -> anyhow::Result<crate::disk::DiskLayout> {
+        crate::disk::DiskLayout::load(&self.layout, &self.layout_sets())
+    }
+
     /// `resin-imagegen build`: the A/B disk image with `rootfs` in slot A.
     /// The kernel command line adds `apparmor=0` to the layout's: under TCG
     /// loading the profiles cost every boot seconds (apparmor.service 4 s,
@@ -129,23 +139,12 @@ impl DeviceInputs {
             boot.display().to_string(),
             out.display().to_string(),
         );
-        let size = format!("disk.size={}", self.disk_size);
+        let [size, cmdline] = self.layout_sets();
         self.imagegen(
             "build",
             &[
-                "build",
-                "--layout",
-                &l,
-                "--rootfs",
-                &r,
-                "--boot",
-                &b,
-                "--set",
-                &size,
-                "--set",
-                QEMU_CMDLINE,
-                "--output",
-                &o,
+                "build", "--layout", &l, "--rootfs", &r, "--boot", &b, "--set", &size, "--set",
+                &cmdline, "--output", &o,
             ],
         )?;
         Ok(out.into())

@@ -6,6 +6,7 @@
 //!   cross-compiled supervisor (through `scripts/assets.sh`), and the disk.
 //! - [`qemu`]: one device, its console log and waits with timeouts.
 //! - [`device`]: the guest rootfs, the A/B disk and bundles through resin-imagegen.
+//! - [`disk`]: the disk's slots and partition labels, from imagegen's layout.
 //! - [`apps`]: the arm64 test image and the test releases.
 //! - [`scenarios`]: provision, deploy, update-app on one shared device.
 //! - [`host`]: resin-cloud and Docker Distribution on loopback, the API client.
@@ -14,6 +15,7 @@
 pub mod apps;
 pub mod assets;
 pub mod device;
+pub mod disk;
 pub mod host;
 pub mod qemu;
 pub mod scenarios;

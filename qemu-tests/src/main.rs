@@ -198,6 +198,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     Scenario::BootUpdate,
                     Scenario::PowerCut,
                     Scenario::Rollback,
+                    Scenario::WrongCa,
                 ];
             }
             scenarios.sort();
@@ -269,6 +270,7 @@ fn run_scenarios(
         disk_size: c.disk_size.clone(),
         guest_registry: guest_registry.clone(),
     };
+    let disk = inputs.disk_layout()?;
     let keys = make_keys(&work.join("keys"))?;
     let sup = if c.rootfs.is_none() && c.image.is_none() {
         Some(ws.step("supervisor", &[], &[])?)
@@ -311,7 +313,11 @@ fn run_scenarios(
                 48,
             )?,
         )),
-        Err(_) if scenarios.iter().any(|s| *s >= Scenario::Deploy) => {
+        Err(_)
+            if scenarios
+                .iter()
+                .any(|s| Scenario::Deploy <= *s && *s < Scenario::WrongCa) =>
+        {
             bail!("{} is unset: start the private dockerd with scripts/services.sh and source /tmp/resin-run/env.sh", apps::DOCKER_HOST_VAR)
         }
         Err(_) => None,
@@ -345,6 +351,7 @@ fn run_scenarios(
         release: None,
         booted: None,
         boot_time: None,
+        disk,
         os: OsInputs {
             inputs,
             keys,

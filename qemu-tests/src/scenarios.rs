@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::apps::{composition, TestImage};
 use crate::assets::Keys;
 use crate::device::DeviceInputs;
+use crate::disk::DiskLayout;
 use crate::host::{poll, Api, Cloud};
 use crate::qemu::{QemuConfig, Vm};
 
@@ -36,6 +37,11 @@ pub enum Scenario {
     PowerCut,
     /// A bundle whose supervisor cannot start: the boot counter runs out, GRUB falls back.
     Rollback,
+    /// The fleet's configured image with another CA as config.json's rootCA
+    /// (imagegen's config injection): the supervisor refuses the cloud's
+    /// certificate and the device never registers. Last: it replaces the
+    /// shared device.
+    WrongCa,
 }
 
 impl Scenario {
@@ -50,6 +56,7 @@ impl Scenario {
             Scenario::BootUpdate => "boot-update",
             Scenario::PowerCut => "power-cut",
             Scenario::Rollback => "rollback",
+            Scenario::WrongCa => "wrong-ca",
         }
     }
 }
@@ -118,6 +125,8 @@ pub struct Ctx {
     /// The first boot's time (qemu start to the boot marker), once seen.
     pub boot_time: Option<Duration>,
     pub os: OsInputs,
+    /// The disk's slots and partition labels (imagegen's layout).
+    pub disk: DiskLayout,
 }
 
 impl Ctx {
@@ -185,6 +194,7 @@ impl Ctx {
             Scenario::BootUpdate => self.boot_update(),
             Scenario::PowerCut => self.power_cut(),
             Scenario::Rollback => self.rollback(),
+            Scenario::WrongCa => self.wrong_ca(),
         }
     }
 
@@ -202,32 +212,7 @@ impl Ctx {
         let osr_id = osr["id"].as_i64().context("os_release id")?;
         self.api
             .put_file(&format!("/v1/os_release({osr_id})/image"), &self.base_image)?;
-        // zstd: the image is mostly zeros (empty slot B, data), so the transfer
-        // shrinks about 17-fold; `zstd -d` writes the result sparse.
-        let zst = self.work.join("device.img.zst");
-        let n = self.api.download(
-            &format!(
-                "/v1/os/download?fleet={fleet_id}&version={}&compression=zstd",
-                self.os_version
-            ),
-            &zst,
-        )?;
-        let disk = self.work.join("device.img");
-        let st = std::process::Command::new("zstd")
-            .args(["-q", "-d", "-f", "--sparse"])
-            .arg(&zst)
-            .arg("-o")
-            .arg(&disk)
-            .status()
-            .context("running zstd -d (apt-get install zstd)")?;
-        if !st.success() {
-            bail!("zstd -d {} failed", zst.display());
-        }
-        let _ = std::fs::remove_file(&zst);
-        println!(
-            "  downloaded the configured image ({} MiB compressed)",
-            n >> 20
-        );
+        let disk = self.download_configured(fleet_id, "device.img")?;
         self.boot(disk)?;
         let api = self.api.clone();
         let t0 = Instant::now();
@@ -272,6 +257,146 @@ impl Ctx {
             })?;
         println!("  {}", ca.trim());
         self.device = Some((id, uuid));
+        Ok(())
+    }
+
+    /// `GET /v1/os/download`: the fleet's configured image (a fresh
+    /// provisioning key and the cloud's CA in config.json) as `<work>/name`.
+    fn download_configured(&self, fleet_id: i64, name: &str) -> anyhow::Result<PathBuf> {
+        // zstd: the image is mostly zeros (empty slot B, data), so the transfer
+        // shrinks about 17-fold; `zstd -d` writes the result sparse.
+        let zst = self.work.join(format!("{name}.zst"));
+        let n = self.api.download(
+            &format!(
+                "/v1/os/download?fleet={fleet_id}&version={}&compression=zstd",
+                self.os_version
+            ),
+            &zst,
+        )?;
+        let disk = self.work.join(name);
+        let st = std::process::Command::new("zstd")
+            .args(["-q", "-d", "-f", "--sparse"])
+            .arg(&zst)
+            .arg("-o")
+            .arg(&disk)
+            .status()
+            .context("running zstd -d (apt-get install zstd)")?;
+        if !st.success() {
+            bail!("zstd -d {} failed", zst.display());
+        }
+        let _ = std::fs::remove_file(&zst);
+        println!(
+            "  downloaded the configured image ({} MiB compressed)",
+            n >> 20
+        );
+        Ok(disk)
+    }
+
+    /// The fleet's configured image, but with config.json's rootCA replaced
+    /// by another CA of the same name (written with imagegen's config
+    /// injection): the device must refuse the cloud and never register, and
+    /// its supervisor must say why. `provision` showed the same image with
+    /// the cloud's CA registering.
+    fn wrong_ca(&mut self) -> anyhow::Result<()> {
+        use resin_imagegen::configure;
+        let fleet = self
+            .fleet
+            .ok_or_else(|| anyhow!("no fleet (run provision first)"))?;
+        let dir = self.work.join("wrong-ca");
+        std::fs::create_dir_all(&dir).context("creating the wrong-ca dir")?;
+        // Another CA with the cloud CA's name: trust must come from the key,
+        // not the name.
+        crate::assets::openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=resin-cloud private CA",
+                "-addext",
+                "basicConstraints=critical,CA:true",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        )?;
+        let other = std::fs::read(dir.join("ca.pem")).context("reading the other CA")?;
+        let disk = self.download_configured(fleet, "wrong-ca/device.img")?;
+        let read = || -> anyhow::Result<Value> {
+            let f = std::fs::File::open(&disk)?;
+            Ok(serde_json::from_slice(&configure::read_config(&f)?)?)
+        };
+        let right = read().context("reading config.json from the configured image")?;
+        let cloud_ca = std::fs::read(&self.cloud.ca).context("reading the cloud's CA")?;
+        if right["rootCA"] != resin_api_types::encode_root_ca(&cloud_ca).as_str() {
+            bail!("the configured image's rootCA is not the cloud's CA: {right}");
+        }
+        let cfg = configure::with_root_ca(&serde_json::to_vec(&right)?, &other)?;
+        configure::configure_in_place(&disk, &cfg)
+            .with_context(|| format!("configuring {}", disk.display()))?;
+        let wrong = read().context("reading config.json back")?;
+        if wrong["rootCA"] == right["rootCA"] || wrong["uuid"] != right["uuid"] {
+            bail!("config.json after the injection: {wrong}");
+        }
+        let devices = |api: &Api| -> anyhow::Result<Vec<String>> {
+            Ok(api
+                .list(&format!("/v1/device?$filter=fleet%20eq%20{fleet}"))?
+                .iter()
+                .map(|d| d["uuid"].as_str().unwrap_or_default().to_string())
+                .collect())
+        };
+        let before = devices(&self.api)?;
+        println!(
+            "  config.json's rootCA is now another CA named \"resin-cloud private CA\"; booting it"
+        );
+        // The shared device goes: this scenario is the last of a run.
+        self.boot(disk)?;
+        let t = Instant::now();
+        let timeout = self.timeouts.online;
+        let line = self.vm()?.wait_for("invalid peer certificate", timeout)?;
+        println!(
+            "  {:.0} s after the boot marker the supervisor said: {}",
+            t.elapsed().as_secs_f64(),
+            line.trim()
+        );
+        if !line.contains("refusing the cloud at https://10.0.2.2") || !line.contains("not trusted")
+        {
+            bail!("the supervisor's refusal does not name the cloud and the trust: {line}");
+        }
+        // Past the first refusal, a retry comes and fails the same way.
+        let refusals = self.vm()?.count("invalid peer certificate");
+        let seen = poll(timeout, Duration::from_secs(1), || {
+            let n = self.vm.as_ref()?.count("invalid peer certificate");
+            (n > refusals).then_some(n)
+        })
+        .ok_or_else(|| anyhow!("no second registration attempt within {timeout:?}"))?;
+        let after = devices(&self.api)?;
+        if after != before {
+            bail!("the device with the wrong CA registered: fleet devices {before:?} -> {after:?}");
+        }
+        if let Some(u) = wrong["uuid"].as_str() {
+            if after.iter().any(|a| a == u) {
+                bail!("a device with the configured uuid {u} is in the fleet");
+            }
+        }
+        println!(
+            "  {seen} refusals in {:.0} s, and the fleet still has only {before:?}",
+            t.elapsed().as_secs_f64()
+        );
+        if let Some(mut vm) = self.vm.take() {
+            vm.kill()?;
+        }
+        self.booted = None;
         Ok(())
     }
 
@@ -623,15 +748,6 @@ impl Booted {
             version: field("version=")?,
         })
     }
-
-    /// The other slot's bootname.
-    pub fn other_slot(&self) -> &'static str {
-        if self.slot == "A" {
-            "B"
-        } else {
-            "A"
-        }
-    }
 }
 
 /// The test release's services (qemu-tests/src/apps.rs).
@@ -666,20 +782,6 @@ impl CutRound {
     fn good(&self, b: &Booted) -> bool {
         (b.slot == self.from.slot && b.version == self.from.version)
             || (b.slot == self.to && b.version == self.version)
-    }
-}
-
-/// The initrd's line naming the root it mounts: slot `bootname` boots.
-fn slot_root_line(bootname: &str) -> String {
-    format!("resin-initrd: root PARTLABEL=resin-root{bootname}")
-}
-
-/// RAUC's slot name of a bootname in resin's layout (`rootfs.0` is A).
-pub fn rauc_slot(bootname: &str) -> &'static str {
-    if bootname == "A" {
-        "rootfs.0"
-    } else {
-        "rootfs.1"
     }
 }
 
@@ -745,7 +847,7 @@ impl Ctx {
         bootname: &str,
         timeout: Duration,
     ) -> anyhow::Result<Value> {
-        let slot = rauc_slot(bootname);
+        let slot = self.disk.rauc(bootname)?;
         self.wait_device(&format!("{version} committed on {slot}"), timeout, |d| {
             d["os_version"] == version
                 && d["boot_slot"] == slot
@@ -917,14 +1019,16 @@ impl Ctx {
                     )
                 })
         };
-        Ok((hash("resin-rootA")?, hash("resin-rootB")?))
+        let [a, b] = self.disk.slots();
+        Ok((hash(&a.label)?, hash(&b.label)?))
     }
 
     fn bad_bundle(&mut self) -> anyhow::Result<()> {
         self.vm()?;
         let from = self.booted()?;
+        let slot = self.disk.rauc(&from.slot)?.to_string();
         let before = self.wait_device("the booted slot", self.timeouts.online, |d| {
-            d["boot_slot"].as_str() == Some(rauc_slot(&from.slot))
+            d["boot_slot"].as_str() == Some(slot.as_str())
         })?;
         let slots = self.slot_hashes()?;
         let boots = self.boots()?;
@@ -982,7 +1086,7 @@ impl Ctx {
     fn os_update(&mut self) -> anyhow::Result<()> {
         self.vm()?;
         let from = self.booted()?;
-        let to = from.other_slot();
+        let to = self.disk.other(&from.slot)?.bootname.clone();
         let version = "2.0.0";
         let bundle = self.build_bundle(version, &[], None)?;
         let t = Instant::now();
@@ -1014,7 +1118,7 @@ impl Ctx {
         if b.slot != to || b.version != version {
             bail!("expected slot {to} with {version} after the update, booted {b:?}");
         }
-        let d = self.wait_committed(version, to, self.timeouts.online)?;
+        let d = self.wait_committed(version, &to, self.timeouts.online)?;
         println!(
             "  {:.0} s after the target change: {}",
             t.elapsed().as_secs_f64(),
@@ -1048,7 +1152,7 @@ impl Ctx {
     fn boot_update(&mut self) -> anyhow::Result<()> {
         self.vm()?;
         let from = self.booted()?;
-        let to = from.other_slot();
+        let to = self.disk.other(&from.slot)?.bootname.clone();
         let version = "2.1.0";
         let arg = "resin.boot-update=2.1.0";
         let before = self.last_cmdline()?;
@@ -1070,7 +1174,7 @@ impl Ctx {
             "  {:.0} s: slot {to} booted with the new grub.cfg: {after}",
             t.elapsed().as_secs_f64()
         );
-        self.wait_committed(version, to, self.timeouts.online)?;
+        self.wait_committed(version, &to, self.timeouts.online)?;
         self.wait_apps_back()
     }
 
@@ -1081,18 +1185,14 @@ impl Ctx {
         let version = format!("3.{round}.0");
         let bundle = self.build_bundle(&version, &[], None)?;
         self.publish_os(&version, &bundle)?;
+        let to = self.disk.other(&from.slot)?.bootname.clone();
         println!(
-            "  update round {}: {} on slot {} → {version} on slot {}",
+            "  update round {}: {} on slot {} → {version} on slot {to}",
             round + 1,
             from.version,
             from.slot,
-            from.other_slot()
         );
-        Ok(CutRound {
-            to: from.other_slot().to_string(),
-            from,
-            version,
-        })
+        Ok(CutRound { to, from, version })
     }
 
     /// Waits until the update is in one of `states` with at least
@@ -1269,7 +1369,7 @@ impl Ctx {
     /// seeded part of the measured boot time later, provided the boot marker
     /// (the boot is over) has not come first.
     fn aim_first_boot(&mut self, to: &str, rng: &mut rand::rngs::StdRng) -> anyhow::Result<Aim> {
-        let needle = slot_root_line(to);
+        let needle = self.disk.root_line(to)?;
         let t = self.timeouts.os_update;
         self.vm()?.wait_for(&needle, t)?;
         let seen = Instant::now();
@@ -1296,11 +1396,11 @@ impl Ctx {
     fn rollback(&mut self) -> anyhow::Result<()> {
         self.vm()?;
         let from = self.booted()?;
-        let to = from.other_slot();
+        let to = self.disk.other(&from.slot)?.bootname.clone();
         let version = "4.0.0";
         let bundle = self.build_bundle(version, &["resin-supervisor.service"], None)?;
         self.publish_os(version, &bundle)?;
-        let new_root = slot_root_line(to);
+        let new_root = self.disk.root_line(&to)?;
         let mut trials = 0;
         let mut guard_reboots = 0;
         let mut timeout = self.timeouts.os_update;
@@ -1339,13 +1439,14 @@ impl Ctx {
             "  GRUB fell back to slot {} after {trials} boots of slot {to}",
             from.slot
         );
+        let from_rauc = self.disk.rauc(&from.slot)?.to_string();
         let d = self.wait_device(
             "the update rolled back, with the reason",
             self.timeouts.online,
             |d| {
                 state_is(d, &["rolled-back"])
                     && d["os_version"] == from.version.as_str()
-                    && d["boot_slot"] == rauc_slot(&from.slot)
+                    && d["boot_slot"] == from_rauc.as_str()
                     && d["os_update_reason"]
                         .as_str()
                         .is_some_and(|r| r.contains("fell back"))
@@ -1444,8 +1545,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!((b.slot.as_str(), b.version.as_str()), ("B", "2.0.0"));
-        assert_eq!(b.other_slot(), "A");
-        assert_eq!(rauc_slot("A"), "rootfs.0");
         assert!(Booted::parse("resin-qemu: up").is_none());
     }
 
@@ -1458,5 +1557,15 @@ mod tests {
             vec![Scenario::Provision, Scenario::Deploy, Scenario::UpdateApp]
         );
         assert_eq!(Scenario::UpdateApp.name(), "update-app");
+        // wrong-ca replaces the shared device: it comes last.
+        let mut v = [Scenario::WrongCa, Scenario::Rollback, Scenario::Provision];
+        v.sort();
+        assert_eq!(v.last(), Some(&Scenario::WrongCa));
+        assert_eq!(Scenario::WrongCa.name(), "wrong-ca");
+        use clap::ValueEnum;
+        assert_eq!(
+            Scenario::from_str("wrong-ca", false).ok(),
+            Some(Scenario::WrongCa)
+        );
     }
 }

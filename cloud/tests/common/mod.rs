@@ -142,6 +142,7 @@ impl Server {
             tunnel_idle_secs: 1800,
             tunnel_max_sessions: 8,
             tls: None,
+            builder: None,
         };
         tweak(&mut config);
         // With TLS the harness's client trusts exactly the configured CA.

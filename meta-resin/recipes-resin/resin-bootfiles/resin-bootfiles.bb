@@ -3,8 +3,8 @@ DESCRIPTION = "Renders the bootloader side of the A/B contract with \
                resin-imagegen: for GRUB (qemuarm64) grub.cfg and grubenv, which the image \
                class also installs into resin-boot; for U-Boot (raspberrypi4-64) boot.scr, \
                compiled from the rendered boot.cmd (BOOT_ORDER, BOOT_A_LEFT, BOOT_B_LEFT), \
-               the environment's two redundant copies (uboot.env, uboot-redund.env) \
-               and /etc/fw_env.config so that RAUC's fw_setenv/fw_printenv reach both."
+               and the rendered /etc/fw_env.config, so that RAUC's fw_setenv/fw_printenv \
+               reach both copies of the environment on the layout's resin-env partition."
 HOMEPAGE = "https://example.invalid/resin"
 SECTION = "bootloaders"
 LICENSE = "MIT"
@@ -20,13 +20,11 @@ PROVIDES += "u-boot-default-script"
 INHIBIT_DEFAULT_DEPS = "1"
 PACKAGE_ARCH = "${MACHINE_ARCH}"
 
-# Where U-Boot keeps its environment and its size, for /etc/fw_env.config: two
-# copies on the FAT boot partition (U-Boot built with CONFIG_ENV_REDUNDANT and
-# CONFIG_ENV_FAT_FILE_REDUND, recipes-bsp/u-boot/), so a power cut while one is
-# written leaves the other, instead of resetting the A/B state.
-RESIN_UBOOT_ENV_FILE ??= "/mnt/boot/uboot.env"
-RESIN_UBOOT_ENV_REDUND_FILE ??= "/mnt/boot/uboot-redund.env"
-RESIN_UBOOT_ENV_SIZE ??= "0x4000"
+# U-Boot's environment lives on the layout's resin-env partition (fs =
+# "uboot-env": two redundant copies, which resin-imagegen build writes into the
+# image from the rendered uboot-env.txt); /etc/fw_env.config is rendered from
+# the same entry, and U-Boot's Kconfig fragment too (recipes-bsp/u-boot/).
+# Nothing here restates its partition number, offset or size.
 
 # resin_slot_devicetree BOOT_CMD: the kernel boots with the device tree of
 # its own slot, /boot/dtb/${fdtfile} (resin-image.bbclass puts the
@@ -58,24 +56,20 @@ do_compile() {
         resin_slot_devicetree ${B}/rendered/boot.cmd
         mkimage -A arm64 -T script -C none -n "resin A/B boot script" \
             -d ${B}/rendered/boot.cmd ${B}/boot.scr
-        printf '%s 0x0000 %s\n%s 0x0000 %s\n' "${RESIN_UBOOT_ENV_FILE}" "${RESIN_UBOOT_ENV_SIZE}" \
-            "${RESIN_UBOOT_ENV_REDUND_FILE}" "${RESIN_UBOOT_ENV_SIZE}" > ${B}/fw_env.config
-        # Both copies in the image from the start (-r: the redundant format's flag byte).
-        mkenvimage -r -s ${RESIN_UBOOT_ENV_SIZE} -o ${B}/uboot.env ${B}/rendered/uboot-env.txt
-        cp ${B}/uboot.env ${B}/uboot-redund.env
+        grep -q '^/dev/disk/by-partlabel/' ${B}/rendered/etc/fw_env.config \
+            || bbfatal "the layout ${RESIN_LAYOUT} has no uboot-env partition: fw_env.config would point at files on resin-boot"
     fi
 }
 
 do_install() {
     if [ "${RESIN_BOOTLOADER}" = "uboot" ]; then
-        install -D -m 0644 ${B}/fw_env.config ${D}${sysconfdir}/fw_env.config
+        install -D -m 0644 ${B}/rendered/etc/fw_env.config ${D}${sysconfdir}/fw_env.config
     fi
 }
 
 do_deploy() {
     if [ "${RESIN_BOOTLOADER}" = "uboot" ]; then
         install -m 0644 ${B}/boot.scr ${DEPLOYDIR}/boot.scr
-        install -m 0644 ${B}/uboot.env ${B}/uboot-redund.env ${DEPLOYDIR}/
         install -m 0644 ${B}/rendered/boot.cmd ${DEPLOYDIR}/resin-boot.cmd
     else
         install -m 0644 ${B}/rendered/EFI/BOOT/grub.cfg ${DEPLOYDIR}/resin-grub.cfg
