@@ -5,7 +5,10 @@
 # - a change made through replica A reaches a device polling through
 #   replica B within one poll (LISTEN/NOTIFY invalidates B's cache), and
 #   every poll through the round-robin balancer sees it;
-# - log lines posted to A stream live from a follower on B.
+# - log lines posted to A stream live from a follower on B;
+# - with both replicas' rollout evaluators running, a rollout started
+#   through one replica completes, and its completing step is taken by
+#   exactly one replica (one event, one replica's log).
 # nginx routes a request with `X-Replica: a|b` to that replica, and any
 # other request round-robin to both.
 set -euo pipefail
@@ -37,7 +40,7 @@ psql -q "$RESIN_TEST_PG_URL" -c "CREATE DATABASE $DB" >/dev/null
 
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
-export RESIN_CLOUD_DATABASE_URL="$DB_URL" RESIN_CLOUD_PLAIN_HTTP=true
+export RESIN_CLOUD_DATABASE_URL="$DB_URL" RESIN_CLOUD_PLAIN_HTTP=true RESIN_CLOUD_ROLLOUT_EVAL_MS=300
 OUT=$("$BIN" --data-dir "$WORK/a" bootstrap --username check --fleet f --device-type qemuarm64)
 KEY=$(printf '%s' "$OUT" | json '["api_key"]')
 FLEET=$(printf '%s' "$OUT" | json '["fleet_id"]')
@@ -135,4 +138,35 @@ curl -fsS -o /dev/null -H "Authorization: Bearer $DEV" -H "X-Replica: a" \
   --data-binary $'{"timestamp":1,"message":"posted-to-a"}\n' "$LB/device/v2/$UUID/log-stream"
 wait_for grep -q posted-to-a "$WORK/follow" || { cat "$WORK/follow" "$WORK/b.log" >&2; die "a log line posted to A never streamed from B"; }
 kill "$FOLLOW" 2>/dev/null || true
-echo "32-cloud-replicas: ok (2 replicas on PostgreSQL behind nginx: a change via A reached the next poll via B; logs posted to A streamed from B)"
+
+# A rollout with both replicas evaluating every 300 ms: created through A,
+# started through B; the device (reporting through the balancer) runs the
+# release; exactly one replica takes the completing step.
+FLEET_UUID=$(curl -fsS "${auth[@]}" "$LB/v1/fleet($FLEET)" | json '["uuid"]')
+REL_JSON=$(curl -fsS "${auth[@]}" -H "X-Replica: a" \
+  -d "{\"fleet\":$FLEET,\"composition\":{\"services\":{\"main\":{\"image\":\"img\"}}}}" "$LB/v1/release")
+REL=$(printf '%s' "$REL_JSON" | json '["id"]')
+REL_UUID=$(printf '%s' "$REL_JSON" | json '["uuid"]')
+RO=$(curl -fsS "${auth[@]}" -H "X-Replica: a" \
+  -d "{\"fleet\":$FLEET,\"release\":$REL,\"waves\":[{\"percent\":100,\"soak_secs\":1,\"timeout_secs\":120}]}" \
+  "$LB/v1/rollout" | json '["id"]')
+curl -fsS "${auth[@]}" -H "X-Replica: b" -d '{}' -o /dev/null "$LB/v1/rollout($RO)/start"
+curl -fsS -H "Authorization: Bearer $DEV" -H "X-Replica: b" "$LB/device/v3/$UUID/state" | grep -q "$REL_UUID" \
+  || die "the device's target through B does not name the rollout's release"
+curl -fsS -o /dev/null -X PATCH -H "Authorization: Bearer $DEV" -H "Content-Type: application/json" \
+  -d "{\"$UUID\":{\"apps\":{\"$FLEET_UUID\":{\"release_uuid\":\"$REL_UUID\",\"services\":{\"main\":{\"status\":\"running\",\"release_uuid\":\"$REL_UUID\",\"image\":\"img\"}}}}}}" \
+  "$LB/device/v3/state"
+rollout_state() { curl -fsS "${auth[@]}" "$LB/v1/rollout($RO)/progress" | json '["state"]'; }
+rollout_done() { [ "$(rollout_state)" = completed ]; }
+wait_for rollout_done || die "the rollout did not complete: $(rollout_state)"
+sleep 1 # a few more passes by both replicas: nothing more may happen
+EVENTS=$(curl -fsS "${auth[@]}" "$LB/v1/rollout_event?%24filter=rollout%20eq%20$RO%20and%20to_state%20eq%20%27completed%27" \
+  | json '["value"].__len__()')
+[ "$EVENTS" = 1 ] || die "the rollout has $EVENTS completion events, not 1"
+took=()
+for r in a b; do
+  n=$(grep "rollout transition" "$WORK/$r.log" | grep -c "completed" || true)
+  [ "$n" -gt 0 ] && took+=("$r:$n")
+done
+[ "${#took[@]}" = 1 ] && [ "${took[0]#*:}" = 1 ] || die "the completing step was logged by: ${took[*]:-no replica}"
+echo "32-cloud-replicas: ok (2 replicas on PostgreSQL behind nginx: a change via A reached the next poll via B; logs posted to A streamed from B; a rollout's completing step was taken once, by replica ${took[0]%%:*})"
