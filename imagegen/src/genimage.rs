@@ -484,6 +484,9 @@ pub fn convert(
         lines: Vec<String>,
         offset: Option<u64>,
         size: Option<u64>,
+        /// No size in the config, and an image genimage would take its size from: the
+        /// layout says `size = "image"` (`size` is then the file's length, if it was found).
+        from_image: bool,
         fs: String,
         rest: bool,
     }
@@ -573,6 +576,7 @@ pub fn convert(
         lines.push(format!("type = {}", q(&gpt_type(p, &mut notes, &name))));
         let def = image.and_then(|i| defs.get(i));
         let mut size = scalar(p, "size").and_then(genimage_size);
+        let mut from_image = false;
         let mut fs = "none".to_string();
         let mut extra: Vec<String> = Vec::new();
         match (image, def) {
@@ -653,6 +657,7 @@ pub fn convert(
                 lines.push(format!("contents = {{ input = {} }}", q(&input)));
             }
             (Some(i), None) => {
+                from_image = size.is_none();
                 let lower = i.to_ascii_lowercase();
                 fs = if lower.ends_with(".ext4")
                     || lower.ends_with(".ext3")
@@ -719,6 +724,7 @@ pub fn convert(
             lines,
             offset,
             size,
+            from_image,
             fs,
             rest,
         });
@@ -734,7 +740,9 @@ pub fn convert(
     while alignment > 512
         && parts.iter().any(|p| {
             p.offset.is_some_and(|o| o % alignment != 0)
-                || (!p.rest && p.size.is_some_and(|s| s % alignment != 0 && s > alignment))
+                || (!p.rest
+                    && !p.from_image
+                    && p.size.is_some_and(|s| s % alignment != 0 && s > alignment))
         })
     {
         alignment /= 2;
@@ -800,6 +808,16 @@ pub fn convert(
                 ));
             }
             match p.size {
+                _ if p.from_image => {
+                    out += "size = \"image\"  # genimage: the image's size\n";
+                    if p.size.is_none() {
+                        notes.push(format!(
+                            "partition {}: no size: `size = \"image\"` takes the size of its \
+                             image, bound at build time with --input",
+                            p.name
+                        ));
+                    }
+                }
                 Some(s) => {
                     out += &format!(
                         "size = {}\n",
@@ -808,11 +826,10 @@ pub fn convert(
                 }
                 None => {
                     notes.push(format!(
-                        "partition {}: no size, and genimage would take its image's size: give \
-                         --inputpath DIR holding the image, or set size (1GiB written)",
+                        "partition {}: neither a size nor an image: set size (1GiB written)",
                         p.name
                     ));
-                    out += "size = \"1GiB\"  # placeholder: genimage used the image's size\n";
+                    out += "size = \"1GiB\"  # placeholder: no size and no image in genimage's config\n";
                 }
             }
         }
@@ -822,9 +839,21 @@ pub fn convert(
         out += r;
     }
     // The result must load and validate as a layout; what does not is listed too.
-    match Layout::from_str_with(&out, Path::new("<imported layout>"), Path::new("."), &[])
-        .map_err(|e| e.to_string())
-        .and_then(|l| l.plan().map_err(|e| e.to_string()))
+    // A `size = "image"` partition whose image is an input is sized at build time: it is
+    // validated with the alignment as a stand-in size.
+    let stand_ins: Vec<String> = parts
+        .iter()
+        .filter(|p| p.from_image && p.size.is_none())
+        .map(|p| format!("{}.size={}", p.name, Size(alignment)))
+        .collect();
+    match Layout::from_str_with(
+        &out,
+        Path::new("<imported layout>"),
+        Path::new("."),
+        &stand_ins,
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|l| l.plan().map_err(|e| e.to_string()))
     {
         Ok(_) => {}
         Err(e) => notes.push(format!("the imported layout does not validate: {e}")),

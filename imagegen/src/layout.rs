@@ -4,7 +4,7 @@
 //! applies command-line overrides; [`Layout::plan`] validates every field *before anything is
 //! written* and places the partitions, naming the offending field in every error.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -186,7 +186,8 @@ pub struct PartitionSpec {
     /// `esp`, `linux`, or a type GUID.
     #[serde(rename = "type")]
     pub type_: String,
-    /// `100MiB`, `rest`, or `=NAME` (same size as partition NAME).
+    /// `100MiB`, `N%`, `rest`, `=NAME` (same size as partition NAME), or `image` (the size
+    /// of the partition's image file, rounded up to the alignment).
     pub size: String,
     /// Minimum size of a `rest` partition when the disk size is `auto`.
     #[serde(default)]
@@ -436,8 +437,20 @@ impl Layout {
         }
     }
 
-    /// Validates every field and places the partitions. Nothing is written.
+    /// Validates every field and places the partitions. Nothing is written. A `size =
+    /// "image"` partition needs its image named in the layout (`contents = { image = P }`);
+    /// for one bound on the command line use [`Layout::plan_with_inputs`].
     pub fn plan(&self) -> Result<Plan, LayoutError> {
+        self.plan_with_inputs(&BTreeMap::new())
+    }
+
+    /// [`Layout::plan`], with the named inputs of the build (`--input NAME=PATH`,
+    /// `--rootfs`, `--boot`), so a `size = "image"` partition whose contents is
+    /// `{ input = NAME }` takes that file's size.
+    pub fn plan_with_inputs(
+        &self,
+        inputs: &BTreeMap<String, PathBuf>,
+    ) -> Result<Plan, LayoutError> {
         if self.disk.table != "gpt" {
             return Err(field_err("disk.table", "only `gpt` is supported"));
         }
@@ -595,6 +608,9 @@ impl Layout {
             } else if let Some(pct) = s.strip_suffix('%') {
                 let v = percent_size(&field, pct, &self.disk.size, alignment)?;
                 fixed.push(Some(v));
+            } else if s == SIZE_FROM_IMAGE {
+                let v = self.image_size(&field, p, inputs)?;
+                fixed.push(Some(round_up(v, alignment)));
             } else {
                 let v = parse_size(&field, s)?;
                 if v == 0 {
@@ -951,6 +967,58 @@ fn fs_label_for(label: &str) -> String {
 }
 
 /// `N%` of an explicit `disk.size`, rounded down to the alignment.
+/// `size = "image"`: the partition is as big as its image file, rounded up to the alignment.
+pub const SIZE_FROM_IMAGE: &str = "image";
+
+impl Layout {
+    /// The byte length of partition `p`'s image file, for `size = "image"`.
+    fn image_size(
+        &self,
+        field: &str,
+        p: &PartitionSpec,
+        inputs: &BTreeMap<String, PathBuf>,
+    ) -> Result<u64, LayoutError> {
+        let path = match &p.contents {
+            Some(Contents::Image(f)) => self.resolve(f),
+            Some(Contents::Input(name)) => inputs.get(name).cloned().ok_or_else(|| {
+                field_err(
+                    field,
+                    format!(
+                        "`image` takes the size of input `{name}`, which was not given \
+                         (--input {name}=FILE)"
+                    ),
+                )
+            })?,
+            Some(Contents::Dir(_) | Contents::Tar(_)) | None => {
+                return Err(field_err(
+                    field,
+                    "`image` needs an image file as contents ({ image = \"FILE\" } or \
+                     { input = \"NAME\" } bound to a file)",
+                ))
+            }
+        };
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            field_err(
+                field,
+                format!("`image`: cannot read the size of {}: {e}", path.display()),
+            )
+        })?;
+        if !meta.is_file() {
+            return Err(field_err(
+                field,
+                format!("`image`: {} is not a regular file", path.display()),
+            ));
+        }
+        if meta.len() == 0 {
+            return Err(field_err(
+                field,
+                format!("`image`: {} is empty", path.display()),
+            ));
+        }
+        Ok(meta.len())
+    }
+}
+
 fn percent_size(field: &str, pct: &str, disk: &str, alignment: u64) -> Result<u64, LayoutError> {
     let p: f64 = pct
         .trim()

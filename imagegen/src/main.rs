@@ -243,7 +243,6 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             bmap,
             seed,
         } => {
-            let plan = layout.load()?.plan()?;
             let mut map = BTreeMap::new();
             if let Some(r) = rootfs {
                 map.insert("rootfs".to_string(), r);
@@ -257,6 +256,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                     .with_context(|| format!("--input {i}: expected NAME=PATH"))?;
                 map.insert(k.to_string(), PathBuf::from(v));
             }
+            let plan = layout.load()?.plan_with_inputs(&map)?;
             let config = match config {
                 Some(p) => {
                     Some(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)

@@ -171,11 +171,48 @@ fn raspberry_pi_config_imports_and_builds() {
     assert_eq!(parts[1]["uuid"], "6B2B8F43-7A8E-4C38-9D1E-3F6A7B0C9E21");
     assert!(parts[1]["size"].as_u64().unwrap() * 512 >= 20 << 20);
 
-    // Without --inputpath the rootfs size is unknown: said, and a placeholder written.
-    let (o, _) = import(d.path(), "again.cfg", RPI4, &[]);
+    assert!(text.contains("size = \"image\""), "{text}");
+    assert_eq!(
+        parts[1]["size"].as_u64().unwrap() * 512,
+        20 << 20,
+        "the image's size"
+    );
+
+    // Without --inputpath the rootfs is an input, sized from its file at build time.
+    let (o, again) = import(d.path(), "again.cfg", RPI4, &[]);
     assert_eq!(o.status.code(), Some(3));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("partition rootfs: no size"), "{err}");
+    assert!(
+        err.contains("partition rootfs: no size: `size = \"image\"`"),
+        "{err}"
+    );
+    assert!(!err.contains("does not validate"), "{err}");
+    let big = d.path().join("rootfs-big.ext4");
+    let o = run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "rootfs"])
+        .arg(&big)
+        .arg("30M"));
+    assert!(o.status.success());
+    let img2 = d.path().join("rpi2.img");
+    let o = run(Command::new(bin())
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .arg("build")
+        .arg("--layout")
+        .arg(&again)
+        .arg("--input")
+        .arg(format!("boot={}", boot.display()))
+        .arg("--input")
+        .arg(format!("rootfs={}", big.display()))
+        .arg("--output")
+        .arg(&img2));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let t = sfdisk(&img2);
+    let parts = t["partitions"].as_array().unwrap();
+    assert_eq!(
+        parts[1]["size"].as_u64().unwrap() * 512,
+        32 << 20,
+        "30 MiB up to the 4 MiB alignment"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Layout features beyond the A/B defaults, read back with the real tools: explicit partition
-//! GUIDs and GPT attribute flags (`sgdisk -i`), and mkfs options (`dumpe2fs -h`, `e2fsck -fn`).
+//! GUIDs and GPT attribute flags (`sgdisk -i`), mkfs options (`dumpe2fs -h`, `e2fsck -fn`), `%`
+//! sizes and sizes from an image file (`sfdisk --json`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -162,6 +163,112 @@ fn percent_sizes_are_shares_of_the_disk_rounded_to_the_alignment() {
         !o.status.success() && e.contains("partition[state].size") && e.contains("disk.size"),
         "{e}"
     );
+}
+
+#[test]
+fn an_image_sized_partition_takes_its_files_size_rounded_to_the_alignment() {
+    for t in ["sfdisk", "mkfs.ext4", "e2fsck"] {
+        need(t);
+    }
+    let d = tempfile::tempdir().unwrap();
+    // A 9 MiB ext4 image with a file on it: the partition is 12 MiB (the 4 MiB alignment).
+    let st = d.path().join("state.ext4");
+    let seed = d.path().join("seed");
+    std::fs::create_dir(&seed).unwrap();
+    std::fs::write(seed.join("hello"), "from the image\n").unwrap();
+    std::fs::write(&st, b"").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&st)
+        .unwrap()
+        .set_len(9 << 20)
+        .unwrap();
+    let o = run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&seed)
+        .arg(&st));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let size_of = |img: &std::path::Path, name: &str| -> u64 {
+        let o = run(Command::new("sfdisk").arg("--json").arg(img));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["size"]
+            .as_u64()
+            .unwrap()
+            * 512
+    };
+
+    // Named in the layout, and bound on the command line: the same partition.
+    let by_path = d.path().join("a.img");
+    let image_set = format!("state.contents.image={}", st.display());
+    let o = cli_build(
+        d.path(),
+        &by_path,
+        &["--set", "state.size=image", "--set", &image_set],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let by_input = d.path().join("b.img");
+    let input = format!("st={}", st.display());
+    let o = cli_build(
+        d.path(),
+        &by_input,
+        &[
+            "--set",
+            "state.size=image",
+            "--set",
+            "state.contents.input=st",
+            "--input",
+            &input,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for img in [&by_path, &by_input] {
+        assert_eq!(size_of(img, "resin-state"), 12 << 20, "9 MiB up to 12 MiB");
+        let r = resin_imagegen::inspect::inspect_image(img).unwrap();
+        let state = r
+            .partitions
+            .iter()
+            .find(|p| p.label == "resin-state")
+            .unwrap();
+        let part = d.path().join("state.out");
+        extract(img, state.offset, 9 << 20, &part);
+        let o = run(Command::new("e2fsck").arg("-fn").arg(&part));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+        let o = run(Command::new("debugfs")
+            .args(["-R", "cat /hello"])
+            .arg(&part));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "from the image\n");
+    }
+
+    // Without a file to measure: the field and the reason, and no image.
+    let bad = d.path().join("bad.img");
+    for (sets, want) in [
+        (vec!["state.size=image"], "needs an image file"),
+        (
+            vec!["state.size=image", "state.contents.input=st"],
+            "input `st`, which was not given",
+        ),
+        (
+            vec![
+                "state.size=image",
+                "state.contents.image=/nonexistent/state.ext4",
+            ],
+            "/nonexistent/state.ext4",
+        ),
+    ] {
+        let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", *s]).collect();
+        let o = cli_build(d.path(), &bad, &args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && e.contains("partition[state].size") && e.contains(want),
+            "{sets:?}: {e}"
+        );
+        assert!(!bad.exists());
+    }
 }
 
 #[test]
