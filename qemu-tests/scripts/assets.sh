@@ -262,7 +262,7 @@ NOT_IN_STANDIN=(
 # What the stand-in adds to meta-resin's files (path globs, relative to /):
 QEMU_ONLY=(
   # The OS version of each test release (Yocto: DISTRO_VERSION), the hostname
-  # (Yocto: base-files) and the machine-id the initrd fills from resin-state.
+  # (Yocto: base-files) and the machine-id the initrd fills from the state partition in the OS's fstab.
   etc/os-release etc/hostname etc/machine-id
   # The test registry as an insecure one, through Debian's docker.service
   # (EnvironmentFile=/etc/default/docker, $DOCKER_OPTS).
@@ -319,7 +319,7 @@ ID_LIKE=debian
 VERSION="$version"
 VERSION_ID=$version
 OS
-  : >"$out/etc/machine-id"   # the initrd fills it from resin-state
+  : >"$out/etc/machine-id"   # the initrd fills it (from the fstab's state partition)
   mkdir -p "$out/etc/default"
   echo "DOCKER_OPTS=\"--insecure-registry=$reg\"" >"$out/etc/default/docker"
 
