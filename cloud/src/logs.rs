@@ -18,7 +18,6 @@ use tokio::sync::broadcast;
 
 use crate::auth::{self, Actor};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::dyn_query;
 use crate::{perms, AppState};
 
 /// A stored line, as broadcast to followers.
@@ -228,18 +227,7 @@ pub async fn get_logs(
     device: i64,
     query: Option<&str>,
 ) -> ApiResult<Response> {
-    perms::may_use_v1(actor)?;
-    let scope = perms::read_scope(actor, "device", "t");
-    let visible = dyn_query(format!(
-        "SELECT t.id FROM device t WHERE t.id = $1 AND {}",
-        scope.to_sql()
-    ))
-    .bind(device)
-    .fetch_optional(&app.db.pool)
-    .await?;
-    if visible.is_none() {
-        return Err(ApiError::not_found(format!("device({device}) not found")));
-    }
+    perms::require_device(&app.db, actor, device, perms::Access::Read).await?;
     let mut follow = false;
     let mut count = i64::try_from(app.config.log_retention).unwrap_or(i64::MAX);
     for pair in query

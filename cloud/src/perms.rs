@@ -27,7 +27,9 @@
 //!   [`crate::device_api`] through [`device_may_access`]).
 
 use crate::auth::Actor;
+use crate::db::Db;
 use crate::error::{ApiError, ApiResult};
+use crate::resources::dyn_query;
 
 /// A row filter over a table aliased `alias`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,5 +273,40 @@ pub fn may_fetch_bundle(actor: &Actor) -> ApiResult<()> {
         Actor::ProvisioningKey { .. } => Err(ApiError::forbidden(
             "a provisioning key may only register devices",
         )),
+    }
+}
+
+/// What the caller wants to do with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read it ([`read_scope`]).
+    Read,
+    /// Change it, or act on it ([`write_scope`], after [`may_change`]).
+    Write,
+}
+
+/// Ok when the caller may `access` device `id`; otherwise 404, so another
+/// tenant's device looks like one that does not exist.
+pub async fn require_device(db: &Db, actor: &Actor, id: i64, access: Access) -> ApiResult<()> {
+    let scope = match access {
+        Access::Read => {
+            may_use_v1(actor)?;
+            read_scope(actor, "device", "t")
+        }
+        Access::Write => {
+            may_change(actor)?;
+            write_scope(actor, "device", "t")
+        }
+    };
+    let row = dyn_query(format!(
+        "SELECT t.id FROM device t WHERE t.id = $1 AND {}",
+        scope.to_sql()
+    ))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?;
+    match row {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!("device({id}) not found"))),
     }
 }

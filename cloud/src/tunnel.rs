@@ -33,7 +33,6 @@ use tokio::sync::{mpsc, Notify};
 use crate::auth::{self, Actor};
 use crate::cache::Change;
 use crate::error::{ApiError, ApiResult};
-use crate::resources::dyn_query;
 use crate::{db, perms, AppState};
 
 /// The device's WebSocket is pinged this often (keeps NAT mappings open and
@@ -347,19 +346,7 @@ fn check_origin(app: &AppState, headers: &HeaderMap) -> ApiResult<()> {
 /// The device, if the caller may open sessions to it (write rights on its
 /// fleet); otherwise 404, as for any row the caller cannot change.
 async fn writable_device(app: &AppState, actor: &Actor, device: i64) -> ApiResult<()> {
-    perms::may_change(actor)?;
-    let scope = perms::write_scope(actor, "device", "t");
-    let row = dyn_query(format!(
-        "SELECT t.id FROM device t WHERE t.id = $1 AND {}",
-        scope.to_sql()
-    ))
-    .bind(device)
-    .fetch_optional(&app.db.pool)
-    .await?;
-    match row {
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found(format!("device({device}) not found"))),
-    }
+    perms::require_device(&app.db, actor, device, perms::Access::Write).await
 }
 
 /// `GET /v1/device(<id>)/tunnel`: one session to a device.
@@ -620,17 +607,7 @@ async fn sessions(
         let actor = auth::resolve(&app.db, &headers).await?;
         perms::may_use_v1(&actor)?;
         let device = device_of(&seg)?;
-        let scope = perms::read_scope(&actor, "device", "t");
-        let visible = dyn_query(format!(
-            "SELECT t.id FROM device t WHERE t.id = $1 AND {}",
-            scope.to_sql()
-        ))
-        .bind(device)
-        .fetch_optional(&app.db.pool)
-        .await?;
-        if visible.is_none() {
-            return Err(ApiError::not_found(format!("device({device}) not found")));
-        }
+        perms::require_device(&app.db, &actor, device, perms::Access::Read).await?;
         let rows = sqlx::query(
             "SELECT id, device, device_uuid, \"user\", username, kind, target, started_at, ended_at, \
              bytes_up, bytes_down, exit_code, error FROM tunnel_session WHERE device = $1 \
