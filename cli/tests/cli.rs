@@ -567,38 +567,7 @@ fn a_fleet_owner_session() {
 
 /// A small image with resin's layout, built by resin-imagegen (slots shrunk).
 fn base_image(dir: &Path) -> PathBuf {
-    let layout = workspace_root().join("imagegen/layouts/resin-ab.toml");
-    let sets: Vec<String> = [
-        "rootA.size=8MiB",
-        "boot.size=8MiB",
-        "state.size=8MiB",
-        "data.min-size=8MiB",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let plan = resin_imagegen::layout::Layout::load(&layout, &sets)
-        .unwrap()
-        .plan()
-        .unwrap();
-    let rootfs = dir.join("rootfs");
-    let boot = dir.join("boot");
-    std::fs::create_dir_all(rootfs.join("etc")).unwrap();
-    std::fs::write(rootfs.join("etc/os-release"), "VERSION_ID=2.0\n").unwrap();
-    std::fs::create_dir_all(&boot).unwrap();
-    let out = dir.join("base.img");
-    let opts = resin_imagegen::build::BuildOptions {
-        inputs: [("rootfs".to_string(), rootfs), ("boot".to_string(), boot)]
-            .into_iter()
-            .collect(),
-        config: None,
-        output: out.clone(),
-        bmap: false,
-        compression: resin_imagegen::configure::Compression::None,
-        seed: Some("cli-test".into()),
-    };
-    resin_imagegen::build::build(&plan, &opts).unwrap();
-    out
+    resin_imagegen::testing::small_image(dir, "2.0", "cli-test").unwrap()
 }
 
 #[test]

@@ -12,6 +12,7 @@
 //! - [`rauc`]: development keys and RAUC bundles
 //! - [`readonly`]: squashfs roots and their dm-verity hash trees
 //! - [`ubootenv`]: U-Boot environment images (mkenvimage format, redundant)
+//! - `testing` (feature `test-support`): a small image for other crates' tests
 
 pub mod bmap;
 pub mod build;
@@ -29,6 +30,8 @@ pub mod render;
 pub mod repart;
 pub mod size;
 pub mod sparse;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod ubootenv;
 pub mod util;
 pub mod vfat;
