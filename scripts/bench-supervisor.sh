@@ -9,6 +9,7 @@
 #       target dir under $BASELINE_DIR) and times both binaries on the same
 #       targets, alternating, ROUNDS times each: medians and the ratio
 #       (this tree ÷ baseline), so a loaded machine loads both alike.
+#   SIZES="1 10" ...                        # only these service counts (1 10 50)
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 cd "$RESIN_ROOT"
@@ -76,7 +77,7 @@ time_run() { # time_run N BIN: ms from supervisor start to N containers running
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
 
 if [ -z "${BASELINE_REV:-}" ]; then
-  for n in 1 10 50; do
+  for n in ${SIZES:-1 10 50}; do
     echo "| target change → $n services running (images present) | $(time_run "$n" "$BIN") ms |"
   done
 else
@@ -86,7 +87,7 @@ else
   (cd "$base_dir/src" && CARGO_TARGET_DIR=$base_dir/target cargo build --release -p resin-supervisor >&2)
   BASE_BIN=$base_dir/target/release/resin-supervisor
   echo "| release binary size of $rev (x86_64, stripped) | $(( $(stat -c %s "$BASE_BIN") / 1024 )) KiB |"
-  for n in 1 10 50; do
+  for n in ${SIZES:-1 10 50}; do
     new=() old=()
     for _ in $(seq "${ROUNDS:-3}"); do
       new+=("$(time_run "$n" "$BIN")"); old+=("$(time_run "$n" "$BASE_BIN")")

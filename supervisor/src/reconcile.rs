@@ -323,6 +323,8 @@ impl Reconciler {
                 }
             })
             .collect();
+        // Which ready step goes first when more are ready than run at once.
+        let order = plan.run_order();
         let mut running = FuturesUnordered::new();
         let mut failures = Vec::new();
         let mut store_err = None;
@@ -342,7 +344,7 @@ impl Reconciler {
                     }
                 }
             }
-            for i in 0..n {
+            for &i in &order {
                 if running.len() >= PARALLEL_STEPS {
                     break;
                 }

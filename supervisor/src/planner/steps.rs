@@ -160,6 +160,51 @@ impl Plan {
         self.steps.len() - 1
     }
 
+    /// The order in which the executor takes ready steps when more are ready
+    /// than it runs at once: first a `Start` that ends an outage (a `Stop`
+    /// or `Kill` is among the steps it waits for, transitively), so a
+    /// service is down only for its own steps; then the shallower steps
+    /// (fewer steps before them), so every service's create goes before any
+    /// first start and a short chain is not queued behind the others'
+    /// starts; then plan order.
+    pub fn run_order(&self) -> Vec<usize> {
+        let n = self.steps.len();
+        // depth[i]: the longest chain of steps before i; stops_before[i]: a
+        // Stop or Kill is among them. Iterated to a fixed point (a cycle,
+        // which the next round plans again, stops at n passes).
+        let mut depth = vec![0usize; n];
+        let mut stops_before = vec![false; n];
+        for _ in 0..n {
+            let mut changed = false;
+            for i in 0..n {
+                for &d in &self.after[i] {
+                    let Some(dd) = depth.get(d).copied() else {
+                        continue;
+                    };
+                    if dd + 1 > depth[i] {
+                        depth[i] = dd + 1;
+                        changed = true;
+                    }
+                    let stop = matches!(self.steps[d], Step::Stop { .. } | Step::Kill { .. })
+                        || stops_before[d];
+                    if stop && !stops_before[i] {
+                        stops_before[i] = true;
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| {
+            let ends_outage = matches!(self.steps[i], Step::Start { .. }) && stops_before[i];
+            (!ends_outage, depth[i], i)
+        });
+        order
+    }
+
     /// For each step, true when it cannot run because a step in `failed`
     /// (or one it depends on, transitively) is in its way.
     pub fn blocked_by(&self, failed: &[bool]) -> Vec<bool> {

@@ -854,3 +854,48 @@ fn dropped_volumes_and_those_of_removed_apps_go_only_when_asked() {
     let p = plan(&gone, &TargetApps::new(), &ctx);
     assert!(kinds(&p).contains(&"remove-volume:".to_owned()));
 }
+
+#[test]
+fn run_order_takes_every_create_before_a_first_start_and_ends_outages_first() {
+    // Ten new services, images present: the executor runs 8 steps at once.
+    // Every create goes before any start, so the ninth and tenth service's
+    // creates are not queued behind the first eight starts.
+    let services: Vec<(String, ServiceTarget)> =
+        (0..10).map(|i| (format!("s{i}"), svc("img:1"))).collect();
+    let named: Vec<(&str, ServiceTarget)> = services
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.clone()))
+        .collect();
+    let t = target("r1", &named);
+    let mut cur = CurrentState::default();
+    cur.networks.push(AppObject {
+        name: "app1_default".into(),
+        app_uuid: APP.into(),
+        ..Default::default()
+    });
+    let steps = plan(&cur, &t, &ctx_with_images(&["img:1"]));
+    let order: Vec<String> = {
+        let k = kinds(&steps);
+        steps.run_order().iter().map(|&i| k[i].clone()).collect()
+    };
+    let last_create = order.iter().rposition(|k| k == "create:").unwrap();
+    let first_start = order.iter().position(|k| k.starts_with("start:")).unwrap();
+    assert!(last_create < first_start, "{order:?}");
+    assert_eq!(order.len(), 20);
+
+    // A hand-over beside a new service: the handed-over service's start
+    // (its outage began with the stop) goes before the new one's create.
+    let t1 = target("r1", &[("web", svc("img:1"))]);
+    let mut cur = converged(&t1);
+    let t2 = target("r2", &[("web", svc("img:2")), ("api", svc("img:2"))]);
+    let mut new = converged(&target("r2", &[("web", svc("img:2"))]))
+        .containers
+        .remove(0);
+    new.id = "new".into();
+    new.state = RunState::Created;
+    cur.containers.push(new);
+    let steps = plan(&cur, &t2, &ctx_with_images(&["img:1", "img:2"]));
+    let k = kinds(&steps);
+    let order: Vec<String> = steps.run_order().iter().map(|&i| k[i].clone()).collect();
+    assert_eq!(order[0], "start:web", "{order:?}");
+}
