@@ -15,6 +15,9 @@ use crate::disk::DiskLayout;
 use crate::host::{poll, Api, Cloud};
 use crate::qemu::{QemuConfig, Vm};
 
+#[path = "scenario_remote_access.rs"]
+mod remote_access;
+
 /// The scenarios, in the order they share a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
 pub enum Scenario {
@@ -26,6 +29,9 @@ pub enum Scenario {
     Deploy,
     /// A new release with a changed env var; the volume's data survives.
     UpdateApp,
+    /// The tunnel: `resin ssh` (host and a service's volume, exit codes),
+    /// `resin tunnel` to a container's port, a reboot within 5 s.
+    RemoteAccess,
     /// Bundles signed by a foreign key or for another `compatible` are refused.
     BadBundle,
     /// The fleet's target OS goes to v2: RAUC installs slot B, the device reboots into it.
@@ -51,6 +57,7 @@ impl Scenario {
             Scenario::Provision => "provision",
             Scenario::Deploy => "deploy",
             Scenario::UpdateApp => "update-app",
+            Scenario::RemoteAccess => "remote-access",
             Scenario::BadBundle => "bad-bundle",
             Scenario::OsUpdate => "os-update",
             Scenario::BootUpdate => "boot-update",
@@ -189,6 +196,7 @@ impl Ctx {
             Scenario::Provision => self.provision(),
             Scenario::Deploy => self.deploy(),
             Scenario::UpdateApp => self.update_app(),
+            Scenario::RemoteAccess => self.remote_access(),
             Scenario::BadBundle => self.bad_bundle(),
             Scenario::OsUpdate => self.os_update(),
             Scenario::BootUpdate => self.boot_update(),
@@ -1557,6 +1565,14 @@ mod tests {
             vec![Scenario::Provision, Scenario::Deploy, Scenario::UpdateApp]
         );
         assert_eq!(Scenario::UpdateApp.name(), "update-app");
+        // remote-access reuses the running apps, before the OS updates reboot it.
+        let mut v = [
+            Scenario::BadBundle,
+            Scenario::RemoteAccess,
+            Scenario::UpdateApp,
+        ];
+        v.sort();
+        assert_eq!(v[1], Scenario::RemoteAccess);
         // wrong-ca replaces the shared device: it comes last.
         let mut v = [Scenario::WrongCa, Scenario::Rollback, Scenario::Provision];
         v.sort();
