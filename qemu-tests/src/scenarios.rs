@@ -15,6 +15,9 @@ use crate::disk::DiskLayout;
 use crate::host::{poll, Api, Cloud};
 use crate::qemu::{QemuConfig, Vm};
 
+#[path = "scenario_git_push.rs"]
+mod git_push;
+
 /// The scenarios, in the order they share a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
 pub enum Scenario {
@@ -26,6 +29,9 @@ pub enum Scenario {
     Deploy,
     /// A new release with a changed env var; the volume's data survives.
     UpdateApp,
+    /// `git push` of a two-service project: the cloud builds it for arm64, the
+    /// device runs it; a failing Dockerfile rejects the push and changes nothing.
+    GitPush,
     /// Bundles signed by a foreign key or for another `compatible` are refused.
     BadBundle,
     /// The fleet's target OS goes to v2: RAUC installs slot B, the device reboots into it.
@@ -51,6 +57,7 @@ impl Scenario {
             Scenario::Provision => "provision",
             Scenario::Deploy => "deploy",
             Scenario::UpdateApp => "update-app",
+            Scenario::GitPush => "git-push",
             Scenario::BadBundle => "bad-bundle",
             Scenario::OsUpdate => "os-update",
             Scenario::BootUpdate => "boot-update",
@@ -189,6 +196,7 @@ impl Ctx {
             Scenario::Provision => self.provision(),
             Scenario::Deploy => self.deploy(),
             Scenario::UpdateApp => self.update_app(),
+            Scenario::GitPush => self.git_push(),
             Scenario::BadBundle => self.bad_bundle(),
             Scenario::OsUpdate => self.os_update(),
             Scenario::BootUpdate => self.boot_update(),
@@ -1557,6 +1565,8 @@ mod tests {
             vec![Scenario::Provision, Scenario::Deploy, Scenario::UpdateApp]
         );
         assert_eq!(Scenario::UpdateApp.name(), "update-app");
+        // git-push reuses the booted device before the OS updates reboot it.
+        assert!(Scenario::UpdateApp < Scenario::GitPush && Scenario::GitPush < Scenario::BadBundle);
         // wrong-ca replaces the shared device: it comes last.
         let mut v = [Scenario::WrongCa, Scenario::Rollback, Scenario::Provision];
         v.sort();
