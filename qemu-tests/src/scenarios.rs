@@ -15,6 +15,8 @@ use crate::disk::DiskLayout;
 use crate::host::{poll, Api, Cloud};
 use crate::qemu::{QemuConfig, Vm};
 
+#[path = "scenario_git_push.rs"]
+mod git_push;
 #[path = "scenario_remote_access.rs"]
 mod remote_access;
 
@@ -32,6 +34,9 @@ pub enum Scenario {
     /// The tunnel: `resin ssh` (host and a service's volume, exit codes),
     /// `resin tunnel` to a container's port, a reboot within 5 s.
     RemoteAccess,
+    /// `git push` of a two-service project: the cloud builds it for arm64, the
+    /// device runs it; a failing Dockerfile rejects the push and changes nothing.
+    GitPush,
     /// Bundles signed by a foreign key or for another `compatible` are refused.
     BadBundle,
     /// The fleet's target OS goes to v2: RAUC installs slot B, the device reboots into it.
@@ -58,6 +63,7 @@ impl Scenario {
             Scenario::Deploy => "deploy",
             Scenario::UpdateApp => "update-app",
             Scenario::RemoteAccess => "remote-access",
+            Scenario::GitPush => "git-push",
             Scenario::BadBundle => "bad-bundle",
             Scenario::OsUpdate => "os-update",
             Scenario::BootUpdate => "boot-update",
@@ -197,6 +203,7 @@ impl Ctx {
             Scenario::Deploy => self.deploy(),
             Scenario::UpdateApp => self.update_app(),
             Scenario::RemoteAccess => self.remote_access(),
+            Scenario::GitPush => self.git_push(),
             Scenario::BadBundle => self.bad_bundle(),
             Scenario::OsUpdate => self.os_update(),
             Scenario::BootUpdate => self.boot_update(),
@@ -1573,6 +1580,8 @@ mod tests {
         ];
         v.sort();
         assert_eq!(v[1], Scenario::RemoteAccess);
+        // git-push reuses the booted device before the OS updates reboot it.
+        assert!(Scenario::UpdateApp < Scenario::GitPush && Scenario::GitPush < Scenario::BadBundle);
         // wrong-ca replaces the shared device: it comes last.
         let mut v = [Scenario::WrongCa, Scenario::Rollback, Scenario::Provision];
         v.sort();

@@ -22,7 +22,7 @@ write_env
 
 # Every scenario, on one device, in order (an empty list means all but
 # `boot`; provision includes the boot of the image the cloud configured):
-# provision deploy update-app remote-access bad-bundle os-update boot-update power-cut rollback
+# provision deploy update-app remote-access git-push bad-bundle os-update boot-update power-cut rollback
 # wrong-ca (last: it replaces the shared device).
 # RESIN_QEMU_POWER_CUTS raises the power cuts (at least 5).
 SCENARIOS=${RESIN_QEMU_SCENARIOS:-}
