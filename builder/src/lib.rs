@@ -54,8 +54,13 @@ impl Default for Limits {
 pub struct BuildRequest {
     /// The unpacked project.
     pub project_dir: PathBuf,
-    /// The registry (`host[:port]`).
+    /// The registry (`host[:port]`) the engine pushes to.
     pub registry: String,
+    /// The same registry as devices reach it, when that name differs (a
+    /// registry behind another address or proxy): the release's images are
+    /// named `<device_registry>/<namespace>/<service>@<digest>`. `None`:
+    /// `registry`.
+    pub device_registry: Option<String>,
     /// The fleet's namespace in the registry: repositories are
     /// `<registry>/<namespace>/<service>`; lowercase, `[a-z0-9._-]`.
     pub namespace: String,
@@ -294,7 +299,11 @@ async fn run_inner(
                 found,
             });
         }
-        images.insert(service.clone(), format!("{repo}@{digest}"));
+        let named = match &req.device_registry {
+            Some(d) => repository(d, &req.namespace, service),
+            None => repo.clone(),
+        };
+        images.insert(service.clone(), format!("{named}@{digest}"));
     }
     // The fleet's layer cache: the last successful build of each service.
     // The previous cache image goes once nothing names it.

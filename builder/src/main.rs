@@ -24,6 +24,10 @@ enum Cmd {
         /// Registry to push to (host[:port]).
         #[arg(long, env = "RESIN_BUILDER_REGISTRY")]
         registry: String,
+        /// The registry's name as devices reach it, when it differs from
+        /// --registry (the composition names images with it).
+        #[arg(long, env = "RESIN_BUILDER_DEVICE_REGISTRY")]
+        device_registry: Option<String>,
         /// The registry namespace (one per fleet).
         #[arg(long)]
         namespace: String,
@@ -64,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Build {
             dir,
             registry,
+            device_registry,
             namespace,
             device_type,
             tag,
@@ -79,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             let req = BuildRequest {
                 project_dir: dir,
                 registry,
+                device_registry,
                 namespace,
                 platform: platform.into(),
                 tag,

@@ -500,7 +500,7 @@ async fn take_job(app: &AppState) -> Result<Option<Job>, sqlx::Error> {
     };
     let id: i64 = row.try_get(0)?;
     let r = sqlx::query(
-        "UPDATE build SET status = 'building', started_at = $1 WHERE id = $2 AND status = 'queued' \
+        "UPDATE build SET status = 'building', started_at = $1, heartbeat_at = $1 WHERE id = $2 AND status = 'queued' \
          RETURNING fleet, CASE WHEN nocache THEN 1 ELSE 0 END, CASE WHEN pin THEN 1 ELSE 0 END, context_path",
     )
     .bind(db::now())
@@ -565,6 +565,102 @@ async fn cancel_requested(app: &AppState, id: i64) -> bool {
         .await
         .and_then(|r| r.try_get::<i64, _>(0))
         .is_ok_and(|v| v != 0)
+}
+
+/// Renews a running build's lease; false when the build is no longer
+/// `building` (another process found its lease run out and failed it).
+async fn renew_lease(app: &AppState, id: i64) -> bool {
+    match sqlx::query("UPDATE build SET heartbeat_at = $1 WHERE id = $2 AND status = 'building'")
+        .bind(db::now())
+        .bind(id)
+        .execute(&app.db.pool)
+        .await
+    {
+        Ok(r) => r.rows_affected() == 1,
+        Err(e) => {
+            // The database is away: keep building; the lease decides.
+            tracing::warn!(build = id, "renewing the build's lease: {e}");
+            true
+        }
+    }
+}
+
+/// Fails every `building` job whose lease ran out: the process building it
+/// died (killed, crashed, the machine went down) or lost the database. Each
+/// gets its final log line and error in one transaction, guarded by the
+/// state it leaves; no release exists for it (a release is only made in the
+/// transaction that marks a build `success`). Returns the builds failed.
+pub async fn reap_stale(app: &AppState, lease_secs: u64) -> Result<Vec<i64>, ApiError> {
+    let lease = i64::try_from(lease_secs).unwrap_or(i64::MAX);
+    let cutoff = db::format_ts(time::OffsetDateTime::now_utc() - time::Duration::seconds(lease));
+    let stale = sqlx::query(
+        "SELECT id, context_path FROM build WHERE status = 'building' \
+         AND (heartbeat_at IS NULL OR heartbeat_at < $1) ORDER BY id",
+    )
+    .bind(&cutoff)
+    .fetch_all(&app.db.pool)
+    .await?;
+    let mut failed = Vec::new();
+    for row in stale {
+        let id: i64 = row.try_get(0)?;
+        let context: String = row.try_get(1)?;
+        let error = format!(
+            "the builder working on it stopped (no heartbeat for over {lease_secs} s: its process died or lost the database); nothing was released, push again"
+        );
+        let last = BuildLogLine {
+            service: None,
+            message: format!("build failed: {error}"),
+            state: Some(BuildState::Failed),
+            release: None,
+            is_error: true,
+        };
+        let mut tx = app.db.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE build SET status = 'failed', error = $1, finished_at = $2 WHERE id = $3 \
+             AND status = 'building' AND (heartbeat_at IS NULL OR heartbeat_at < $4)",
+        )
+        .bind(&error)
+        .bind(db::now())
+        .bind(id)
+        .bind(&cutoff)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            // Renewed or finished meanwhile.
+            tx.rollback().await?;
+            continue;
+        }
+        sqlx::query("INSERT INTO build_log (build, line) VALUES ($1, $2)")
+            .bind(id)
+            .bind(serde_json::to_string(&last).map_err(ApiError::internal)?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::warn!(
+            build = id,
+            from = "building",
+            to = "failed",
+            "build's lease ran out: {error}"
+        );
+        // What the dead process left on this machine's disk, if it was here.
+        let _ = tokio::fs::remove_file(&context).await;
+        let _ = tokio::fs::remove_dir_all(builds_dir(app).join(format!("work-{id}"))).await;
+        failed.push(id);
+    }
+    Ok(failed)
+}
+
+/// Runs [`reap_stale`] at start-up and then every third of the lease, in
+/// every process that has a builder configured (whether it builds or only
+/// queues).
+pub async fn reaper(app: AppState, lease_secs: u64) {
+    let every = Duration::from_secs((lease_secs / 3).max(1));
+    loop {
+        if let Err(e) = reap_stale(&app, lease_secs).await {
+            tracing::warn!("failing builds whose lease ran out: {e}");
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 fn line(message: impl Into<String>) -> BuildLogLine {
@@ -649,6 +745,7 @@ async fn build_job(app: &AppState, job: &Job) -> Outcome {
     let req = resin_builder::BuildRequest {
         project_dir: work.clone(),
         registry: b.registry.clone(),
+        device_registry: b.device_registry.clone(),
         namespace: fleet_uuid,
         platform: platform.into(),
         tag: format!("build-{}", job.id),
@@ -671,6 +768,8 @@ async fn build_job(app: &AppState, job: &Job) -> Outcome {
     let outcome = {
         let run = resin_builder::run(&docker, &req, &tx);
         tokio::pin!(run);
+        let renew_every = Duration::from_secs((b.lease_secs / 3).max(1));
+        let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 r = &mut run => break match r {
@@ -680,6 +779,15 @@ async fn build_job(app: &AppState, job: &Job) -> Outcome {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
                     if cancel_requested(app, job.id).await {
                         break Outcome::Cancelled;
+                    }
+                    if renewed.elapsed() >= renew_every {
+                        renewed = tokio::time::Instant::now();
+                        if !renew_lease(app, job.id).await {
+                            break Outcome::Failed(format!(
+                                "build {} is no longer this worker's (its lease of {} s ran out)",
+                                job.id, b.lease_secs
+                            ));
+                        }
                     }
                 }
             }

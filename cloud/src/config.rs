@@ -107,6 +107,11 @@ pub struct ConfigArgs {
     /// pushed to, `host[:port]`. Unset: this cloud takes no builds.
     #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_REGISTRY")]
     pub builder_registry: Option<String>,
+    /// The same registry as devices reach it, `host[:port]`, when that name
+    /// differs from `builder_registry` (the releases' images are named with
+    /// it). Default: `builder_registry`.
+    #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_DEVICE_REGISTRY")]
+    pub builder_device_registry: Option<String>,
     /// The Docker engine the builder drives. Default: unix:///var/run/docker.sock.
     #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_DOCKER_HOST")]
     pub builder_docker_host: Option<String>,
@@ -120,6 +125,11 @@ pub struct ConfigArgs {
     /// The largest build context (the upload, and each service's context), MiB. Default: 500.
     #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_MAX_CONTEXT_MIB")]
     pub builder_max_context_mib: Option<u64>,
+    /// A running build's lease, seconds: its worker renews it every third
+    /// of that; a build whose lease ran out (its process died) is marked
+    /// failed by any builder process. Default: 60.
+    #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_LEASE_SECS")]
+    pub builder_lease_secs: Option<u64>,
     /// Builds one user may have queued or running at once. Default: 2.
     #[arg(long, global = true, env = "RESIN_CLOUD_BUILDER_MAX_PER_USER")]
     pub builder_max_per_user: Option<u32>,
@@ -129,11 +139,15 @@ pub struct ConfigArgs {
 #[derive(Debug, Clone)]
 pub struct BuilderSettings {
     pub registry: String,
+    /// The registry's name as devices reach it (`None`: `registry`).
+    pub device_registry: Option<String>,
     pub docker_host: String,
     pub workers: u32,
     pub timeout_secs: u64,
     pub max_context_bytes: u64,
     pub max_per_user: u32,
+    /// A running build's lease, seconds (renewed every third of it).
+    pub lease_secs: u64,
     /// The program git hooks exec (`<it> git-hook pre-receive`); default:
     /// this process's own executable.
     pub hook_exe: Option<PathBuf>,
@@ -249,6 +263,7 @@ impl ConfigArgs {
             tls,
             builder: pick.builder_registry.map(|registry| BuilderSettings {
                 registry,
+                device_registry: pick.builder_device_registry,
                 docker_host: pick
                     .builder_docker_host
                     .unwrap_or_else(|| "unix:///var/run/docker.sock".into()),
@@ -256,6 +271,7 @@ impl ConfigArgs {
                 timeout_secs: pick.builder_timeout_secs.unwrap_or(1800).max(1),
                 max_context_bytes: pick.builder_max_context_mib.unwrap_or(500).max(1) << 20,
                 max_per_user: pick.builder_max_per_user.unwrap_or(2).max(1),
+                lease_secs: pick.builder_lease_secs.unwrap_or(60).max(3),
                 hook_exe: None,
             }),
         })
@@ -287,11 +303,13 @@ impl ConfigArgs {
             tls_ca: self.tls_ca.or(o.tls_ca),
             tls_watch_ms: self.tls_watch_ms.or(o.tls_watch_ms),
             builder_registry: self.builder_registry.or(o.builder_registry),
+            builder_device_registry: self.builder_device_registry.or(o.builder_device_registry),
             builder_docker_host: self.builder_docker_host.or(o.builder_docker_host),
             builder_workers: self.builder_workers.or(o.builder_workers),
             builder_timeout_secs: self.builder_timeout_secs.or(o.builder_timeout_secs),
             builder_max_context_mib: self.builder_max_context_mib.or(o.builder_max_context_mib),
             builder_max_per_user: self.builder_max_per_user.or(o.builder_max_per_user),
+            builder_lease_secs: self.builder_lease_secs.or(o.builder_lease_secs),
         }
     }
 }

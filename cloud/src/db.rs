@@ -108,6 +108,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0009_device_actions.sql"),
         include_str!("../migrations/0009_device_actions.sql"),
     ),
+    (
+        10,
+        include_str!("../migrations/0010_build_lease.sql"),
+        include_str!("../migrations/0010_build_lease.sql"),
+    ),
 ];
 
 impl Db {

@@ -161,6 +161,7 @@ impl App {
             if b.workers > 0 {
                 tokio::spawn(build::workers(state.clone(), b.workers));
             }
+            tokio::spawn(build::reaper(state.clone(), b.lease_secs));
             let exe = match &b.hook_exe {
                 Some(e) => e.clone(),
                 None => std::env::current_exe().context("finding resin-cloud's own path")?,

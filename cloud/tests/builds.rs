@@ -20,7 +20,10 @@ both!(
     push_builds_a_release_and_pins_it,
     bad_builds_change_nothing,
     closing_the_request_cancels_the_build,
-    git_push_builds_and_a_failed_build_rejects_the_push
+    git_push_builds_and_a_failed_build_rejects_the_push,
+    a_build_left_by_a_killed_cloud_fails_after_its_lease,
+    a_build_past_the_timeout_fails_and_changes_nothing,
+    a_registry_that_is_down_fails_the_build_and_changes_nothing
 );
 
 fn env(name: &str) -> String {
@@ -55,21 +58,28 @@ fn base_image() -> String {
 }
 
 fn server(backend: Backend) -> Server {
+    server_with(backend, |_| {})
+}
+
+/// A server whose builder is tweaked by `tweak` (timeout, registry, …).
+fn server_with(backend: Backend, tweak: impl FnOnce(&mut BuilderSettings)) -> Server {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("info")
         .with_test_writer()
         .try_init();
-    Server::start_with(backend, |c| {
-        c.builder = Some(BuilderSettings {
-            registry: env("RESIN_TEST_REGISTRY"),
-            docker_host: env("RESIN_TEST_DOCKER_HOST"),
-            workers: 1,
-            timeout_secs: 120,
-            max_context_bytes: 1 << 20,
-            max_per_user: 2,
-            hook_exe: Some(env!("CARGO_BIN_EXE_resin-cloud").into()),
-        });
-    })
+    let mut b = BuilderSettings {
+        registry: env("RESIN_TEST_REGISTRY"),
+        device_registry: None,
+        docker_host: env("RESIN_TEST_DOCKER_HOST"),
+        workers: 1,
+        timeout_secs: 120,
+        max_context_bytes: 1 << 20,
+        max_per_user: 2,
+        lease_secs: 60,
+        hook_exe: Some(env!("CARGO_BIN_EXE_resin-cloud").into()),
+    };
+    tweak(&mut b);
+    Server::start_with(backend, |c| c.builder = Some(b))
 }
 
 /// A gzipped tar of `files`.
@@ -407,4 +417,232 @@ fn git_push_builds_and_a_failed_build_rejects_the_push(backend: Backend) {
     let (ok, err) = git(&dir, &["push", &theirs, "HEAD:main"]);
     assert!(!ok && err.contains("not found"), "{err}");
     assert_eq!(fleet_target(&s, &key, fleet), good);
+}
+
+/// A `resin-cloud serve` process (plain HTTP on `port`) on `s`'s database
+/// and data dir, building with one worker and a 3 s lease.
+fn cloud_process(s: &Server, port: u16) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_resin-cloud"))
+        .args(["serve", "--plain-http", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--database-url")
+        .arg(&s.app.config.database_url)
+        .arg("--data-dir")
+        .arg(s.dir.path())
+        .env_remove("RESIN_CLOUD_CONFIG")
+        .env("RESIN_CLOUD_BUILDER_REGISTRY", env("RESIN_TEST_REGISTRY"))
+        .env(
+            "RESIN_CLOUD_BUILDER_DOCKER_HOST",
+            env("RESIN_TEST_DOCKER_HOST"),
+        )
+        .env("RESIN_CLOUD_BUILDER_WORKERS", "1")
+        .env("RESIN_CLOUD_BUILDER_LEASE_SECS", "3")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "resin-cloud did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GETs `path` from a cloud process on `port`.
+fn get_from(port: u16, path: &str, key: &str) -> Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("Authorization", format!("Bearer {key}"))
+        .call()
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// kill -9 of the cloud process in the middle of a build: the job does not
+/// stay `building` for ever. A cloud started again on the same database
+/// finds its lease run out and fails it with the reason in its log; no
+/// release is made and the fleet's target stays.
+fn a_build_left_by_a_killed_cloud_fails_after_its_lease(backend: Backend) {
+    // This in-process server only holds the database (it has no builder).
+    let s = Server::start(backend);
+    let (_, key) = s.user("alice");
+    let (fleet, _) = s.fleet(&key, "app");
+    let releases = release_count(&s, &key);
+    let port = free_port();
+    let mut first = cloud_process(&s, port);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent
+        .post(format!("http://127.0.0.1:{port}/v1/build?fleet={fleet}"))
+        .header("Authorization", format!("Bearer {key}"))
+        .header("Content-Type", "application/gzip")
+        .send(&targz(&project("echo sleeping && sleep 60"))[..])
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id: i64 = resp
+        .headers()
+        .get("x-resin-build")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut r = std::io::BufReader::new(resp.into_body().into_reader());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the stream ended");
+        if line.contains("sleeping") {
+            break;
+        }
+    }
+    first.kill().unwrap(); // SIGKILL: no cleanup of any kind
+    first.wait().unwrap();
+    drop(r);
+    let b = s.get(&format!("/v1/build/{id}"), &key).json();
+    assert_eq!(b["status"], "building", "{b}");
+    let context = std::fs::read_dir(s.dir.path().join("builds"))
+        .unwrap()
+        .count();
+    assert!(
+        context > 0,
+        "the dead process left its context and work dir"
+    );
+
+    // Started again on the same database: within a few leases the build is
+    // failed, with the reason as its last log line.
+    let port = free_port();
+    let mut second = cloud_process(&s, port);
+    let t0 = Instant::now();
+    let b = loop {
+        let b = get_from(port, &format!("/v1/build/{id}"), &key);
+        if b["status"] != "building" {
+            break b;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "still building after 30 s: {b}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let waited = t0.elapsed();
+    assert_eq!(b["status"], "failed", "{b}");
+    assert!(b["release"].is_null(), "{b}");
+    let error = b["error"].as_str().unwrap();
+    assert!(
+        error.contains("the builder working on it stopped (no heartbeat for over 3 s"),
+        "{error}"
+    );
+    let logs = s.get(&format!("/v1/build/{id}/logs"), &key);
+    let last: Value = serde_json::from_str(logs.body.lines().last().unwrap()).unwrap();
+    assert_eq!(last["state"], "failed", "{}", logs.body);
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("build failed: the builder working on it stopped"),
+        "{last}"
+    );
+    assert!(fleet_target(&s, &key, fleet).is_null());
+    assert_eq!(release_count(&s, &key), releases);
+    // What the dead process left on disk is gone.
+    let left: Vec<_> = std::fs::read_dir(s.dir.path().join("builds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    second.kill().unwrap();
+    second.wait().unwrap();
+    eprintln!("the killed build was failed {waited:?} after the restart");
+}
+
+/// A build past the configured timeout: a clear error as the last NDJSON
+/// line, status `failed`, and the previous release stays the target.
+fn a_build_past_the_timeout_fails_and_changes_nothing(backend: Backend) {
+    let s = server_with(backend, |b| b.timeout_secs = 20);
+    let (_, key) = s.user("alice");
+    let (fleet, _) = s.fleet(&key, "app");
+    let (_, lines, body) = push(&s, &key, "app", targz(&project("true")));
+    assert_eq!(lines.last().unwrap()["state"], "success", "{body}");
+    let good = fleet_target(&s, &key, fleet);
+    let releases = release_count(&s, &key);
+    let t0 = Instant::now();
+    let (status, lines, body) = push(
+        &s,
+        &key,
+        "app",
+        targz(&project("echo sleeping && sleep 120")),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    let last = lines.last().unwrap();
+    assert_eq!(last["state"], "failed", "{body}");
+    assert_eq!(
+        last["message"], "build failed: the build ran past its timeout of 20 s",
+        "{body}"
+    );
+    assert!(body.contains("sleeping"), "{body}");
+    assert_eq!(fleet_target(&s, &key, fleet), good);
+    assert_eq!(release_count(&s, &key), releases);
+}
+
+/// The registry is down (a closed loopback port): a clear error naming it,
+/// status `failed`, and the fleet's target and releases stay.
+fn a_registry_that_is_down_fails_the_build_and_changes_nothing(backend: Backend) {
+    let closed = free_port();
+    let s = server_with(backend, |b| b.registry = format!("127.0.0.1:{closed}"));
+    let (_, key) = s.user("alice");
+    let (fleet, _) = s.fleet(&key, "app");
+    // A release made by hand is the fleet's target.
+    let rel = s.post(
+        "/v1/release",
+        &key,
+        serde_json::json!({"fleet": fleet, "composition": {"services": {"web": {"image": "busybox"}}}}),
+    );
+    assert_eq!(rel.status, 201, "{}", rel.body);
+    let good = rel.json()["id"].as_i64().unwrap();
+    let r = s.patch(
+        &format!("/v1/fleet({fleet})"),
+        &key,
+        serde_json::json!({"target_release": good}),
+    );
+    assert!(r.status < 300, "{}", r.body);
+    let releases = release_count(&s, &key);
+    let (status, lines, body) = push(&s, &key, "app", targz(&project("true")));
+    assert_eq!(status, 200, "{body}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["state"], "failed", "{body}");
+    let msg = last["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with(&format!(
+            "build failed: registry http://127.0.0.1:{closed}/v2/: not reachable"
+        )),
+        "{msg}"
+    );
+    assert!(
+        lines.iter().all(|l| l["release"].is_null()),
+        "a line names a release: {body}"
+    );
+    assert_eq!(fleet_target(&s, &key, fleet), good);
+    assert_eq!(release_count(&s, &key), releases);
 }

@@ -202,15 +202,38 @@ pub struct Cloud {
     tls: ureq::tls::TlsConfig,
     pub data_dir: PathBuf,
     pub api_key: String,
+    /// The bootstrap user's name (HTTP Basic of `git push`).
+    pub username: String,
     pub user_id: i64,
     /// The bootstrap user's dashboard password, new for each run (the demo
     /// prints it as a one-time login).
     pub dashboard_password: String,
+    /// The builder it was started with (None: it takes no builds).
+    pub builder: Option<CloudBuilder>,
+}
+
+/// The builder of the harness's cloud (`git push`): it builds with the
+/// private dockerd and pushes to the loopback registry, and names the
+/// images with the registry's address as the guest reaches it.
+#[derive(Debug, Clone)]
+pub struct CloudBuilder {
+    /// Where the engine pushes (`127.0.0.1:<port>`).
+    pub registry: String,
+    /// The same registry as the guest reaches it (`10.0.2.2:<port>`).
+    pub device_registry: String,
+    /// The Docker engine (`RESIN_TEST_DOCKER_HOST`).
+    pub docker_host: String,
 }
 
 impl Cloud {
-    /// Bootstraps a user and starts `resin-cloud serve` on a free port.
-    pub fn start(bin: &Path, data_dir: &Path, port: u16) -> Result<Self, HostError> {
+    /// Bootstraps a user and starts `resin-cloud serve` on a free port; with
+    /// `builder`, the cloud takes builds (`git push`, `POST /v1/build`).
+    pub fn start(
+        bin: &Path,
+        data_dir: &Path,
+        port: u16,
+        builder: Option<&CloudBuilder>,
+    ) -> Result<Self, HostError> {
         std::fs::create_dir_all(data_dir).map_err(io("creating the cloud data dir"))?;
         let port = if port == 0 { free_port()? } else { port };
         let url = format!("https://127.0.0.1:{port}");
@@ -293,6 +316,13 @@ impl Cloud {
         }
         let mut serve = dies_with_runner(bin);
         common(&mut serve);
+        if let Some(b) = builder {
+            serve
+                .env("RESIN_CLOUD_BUILDER_REGISTRY", &b.registry)
+                .env("RESIN_CLOUD_BUILDER_DEVICE_REGISTRY", &b.device_registry)
+                .env("RESIN_CLOUD_BUILDER_DOCKER_HOST", &b.docker_host)
+                .env("RESIN_CLOUD_BUILDER_TIMEOUT_SECS", "900");
+        }
         serve.arg("serve");
         let service = Service::spawn("resin-cloud", serve, data_dir.join("cloud.log"))?;
         if !wait_http_with(
@@ -313,8 +343,10 @@ impl Cloud {
             tls,
             data_dir: data_dir.into(),
             api_key,
+            username: "qemu-tests".into(),
             user_id,
             dashboard_password,
+            builder: builder.cloned(),
         })
     }
 

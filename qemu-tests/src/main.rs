@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use resin_qemu_tests::apps;
 use resin_qemu_tests::assets::{make_keys, Workspace};
 use resin_qemu_tests::device::DeviceInputs;
-use resin_qemu_tests::host::{ensure_registry, Cloud};
+use resin_qemu_tests::host::{ensure_registry, Cloud, CloudBuilder};
 use resin_qemu_tests::qemu::QemuConfig;
 use resin_qemu_tests::scenarios::{Ctx, OsInputs, Scenario, Timeouts};
 use resin_qemu_tests::workdir;
@@ -193,6 +193,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     Scenario::Provision,
                     Scenario::Deploy,
                     Scenario::UpdateApp,
+                    Scenario::RemoteAccess,
                     Scenario::BadBundle,
                     Scenario::OsUpdate,
                     Scenario::BootUpdate,
@@ -288,10 +289,19 @@ fn run_scenarios(
         }
     };
     let _registry = ensure_registry(c.registry_port, &work.join("registry"))?;
+    // The cloud builds (`git push`) with the private dockerd, when there is one.
+    let builder = std::env::var(apps::DOCKER_HOST_VAR)
+        .ok()
+        .map(|docker_host| CloudBuilder {
+            registry: format!("127.0.0.1:{}", c.registry_port),
+            device_registry: guest_registry.clone(),
+            docker_host,
+        });
     let cloud = Cloud::start(
         &abs(&c.bin_dir).join("resin-cloud"),
         &work.join("cloud"),
         c.cloud_port,
+        builder.as_ref(),
     )?;
     println!(
         "resin-qemu: cloud at {} (the device sees {})",

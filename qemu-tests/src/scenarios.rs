@@ -15,6 +15,11 @@ use crate::disk::DiskLayout;
 use crate::host::{poll, Api, Cloud};
 use crate::qemu::{QemuConfig, Vm};
 
+#[path = "scenario_git_push.rs"]
+mod git_push;
+#[path = "scenario_remote_access.rs"]
+mod remote_access;
+
 /// The scenarios, in the order they share a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
 pub enum Scenario {
@@ -26,6 +31,12 @@ pub enum Scenario {
     Deploy,
     /// A new release with a changed env var; the volume's data survives.
     UpdateApp,
+    /// The tunnel: `resin ssh` (host and a service's volume, exit codes),
+    /// `resin tunnel` to a container's port, a reboot within 5 s.
+    RemoteAccess,
+    /// `git push` of a two-service project: the cloud builds it for arm64, the
+    /// device runs it; a failing Dockerfile rejects the push and changes nothing.
+    GitPush,
     /// Bundles signed by a foreign key or for another `compatible` are refused.
     BadBundle,
     /// The fleet's target OS goes to v2: RAUC installs slot B, the device reboots into it.
@@ -51,6 +62,8 @@ impl Scenario {
             Scenario::Provision => "provision",
             Scenario::Deploy => "deploy",
             Scenario::UpdateApp => "update-app",
+            Scenario::RemoteAccess => "remote-access",
+            Scenario::GitPush => "git-push",
             Scenario::BadBundle => "bad-bundle",
             Scenario::OsUpdate => "os-update",
             Scenario::BootUpdate => "boot-update",
@@ -189,6 +202,8 @@ impl Ctx {
             Scenario::Provision => self.provision(),
             Scenario::Deploy => self.deploy(),
             Scenario::UpdateApp => self.update_app(),
+            Scenario::RemoteAccess => self.remote_access(),
+            Scenario::GitPush => self.git_push(),
             Scenario::BadBundle => self.bad_bundle(),
             Scenario::OsUpdate => self.os_update(),
             Scenario::BootUpdate => self.boot_update(),
@@ -1557,6 +1572,16 @@ mod tests {
             vec![Scenario::Provision, Scenario::Deploy, Scenario::UpdateApp]
         );
         assert_eq!(Scenario::UpdateApp.name(), "update-app");
+        // remote-access reuses the running apps, before the OS updates reboot it.
+        let mut v = [
+            Scenario::BadBundle,
+            Scenario::RemoteAccess,
+            Scenario::UpdateApp,
+        ];
+        v.sort();
+        assert_eq!(v[1], Scenario::RemoteAccess);
+        // git-push reuses the booted device before the OS updates reboot it.
+        assert!(Scenario::UpdateApp < Scenario::GitPush && Scenario::GitPush < Scenario::BadBundle);
         // wrong-ca replaces the shared device: it comes last.
         let mut v = [Scenario::WrongCa, Scenario::Rollback, Scenario::Provision];
         v.sort();

@@ -79,6 +79,7 @@ pub fn request(dir: &Path, namespace: &str) -> BuildRequest {
     BuildRequest {
         project_dir: dir.to_owned(),
         registry: registry(),
+        device_registry: None,
         namespace: namespace.to_owned(),
         platform: "linux/arm64".into(),
         tag: "b1".into(),
