@@ -46,7 +46,9 @@ pub enum Scenario {
     BootUpdate,
     /// qemu is killed at random points of an OS update; the device always boots, the update completes.
     PowerCut,
-    /// A bundle whose supervisor cannot start: the boot counter runs out, GRUB falls back.
+    /// A two-wave OS rollout whose first wave is the device, of a bundle
+    /// whose supervisor cannot start: the boot counter runs out, GRUB falls
+    /// back, and the rollout halts itself in wave 1 with the reason.
     Rollback,
     /// The fleet's configured image with another CA as config.json's rootCA
     /// (imagegen's config injection): the supervisor refuses the cloud's
@@ -982,8 +984,8 @@ impl Ctx {
 
     /// Uploads `bundle` as OS release `version` and makes it the fleet's
     /// target OS.
-    fn publish_os(&self, version: &str, bundle: &Path) -> anyhow::Result<()> {
-        let fleet = self.fleet_id()?;
+    /// Uploads `bundle` as the OS release `version`.
+    fn upload_os(&self, version: &str, bundle: &Path) -> anyhow::Result<()> {
         let osr = self.api.post(
             "/v1/os_release",
             &json!({"device_type": "qemuarm64", "version": version}),
@@ -991,6 +993,13 @@ impl Ctx {
         let id = osr["id"].as_i64().context("os_release id")?;
         self.api
             .put_file(&format!("/v1/os_release({id})/bundle"), bundle)?;
+        Ok(())
+    }
+
+    /// Uploads `bundle` as OS `version` and makes it the fleet's target.
+    fn publish_os(&self, version: &str, bundle: &Path) -> anyhow::Result<()> {
+        let fleet = self.fleet_id()?;
+        self.upload_os(version, bundle)?;
         self.api.patch(
             &format!("/v1/fleet({fleet})"),
             &json!({"target_os_version": version}),
@@ -1414,7 +1423,10 @@ impl Ctx {
         let to = self.disk.other(&from.slot)?.bootname.clone();
         let version = "4.0.0";
         let bundle = self.build_bundle(version, &["resin-supervisor.service"], None)?;
-        self.publish_os(version, &bundle)?;
+        self.upload_os(version, &bundle)?;
+        let fleet_os =
+            self.api.get(&format!("/v1/fleet({})", self.fleet_id()?))?["target_os_version"].clone();
+        let rollout = self.start_os_rollout(version)?;
         let new_root = self.disk.root_line(&to)?;
         let mut trials = 0;
         let mut guard_reboots = 0;
@@ -1468,7 +1480,82 @@ impl Ctx {
             },
         )?;
         println!("  {}", os_summary(&d));
+        self.wait_rollout_halted(rollout, &fleet_os)?;
         self.wait_apps_back()
+    }
+
+    /// A two-wave rollout of OS `version`: the first wave is this device
+    /// (tagged `wave=canary`), which may not fail once; the second is the
+    /// rest of the fleet. The fleet's own target OS stays where it is.
+    fn start_os_rollout(&self, version: &str) -> anyhow::Result<i64> {
+        let fleet = self.fleet_id()?;
+        let (device, _) = self.device()?;
+        self.api.post(
+            "/v1/device_tag",
+            &json!({"device": device, "tag_key": "wave", "value": "canary"}),
+        )?;
+        // The soak outlasts the whole fallback (trial boots, guard reboots),
+        // so the canary cannot count as healthy before it fails.
+        let soak = self.timeouts.os_update.as_secs().max(60);
+        let r = self.api.post(
+            "/v1/rollout",
+            &json!({"fleet": fleet, "name": format!("os {version}"), "os_version": version,
+            "waves": [
+                {"tags": {"wave": "canary"}, "soak_secs": soak, "max_failures": 0,
+                 "timeout_secs": soak * 4},
+                {"percent": 100, "soak_secs": 60}
+            ]}),
+        )?;
+        let id = r["id"].as_i64().context("rollout id")?;
+        self.api
+            .post(&format!("/v1/rollout({id})/start"), &json!({}))?;
+        let p = self.api.get(&format!("/v1/rollout({id})/progress"))?;
+        if p["waves"][0]["counts"]["size"] != 1 {
+            bail!("rollout {id}: the canary wave is not this one device: {p}");
+        }
+        println!("  rollout {id}: OS {version}, wave 1 = this device, wave 2 = the rest of fleet {fleet}");
+        Ok(id)
+    }
+
+    /// The rollout halts by itself in its first wave, saying why, and the
+    /// fleet's target OS is still `old` (what it was before the rollout).
+    fn wait_rollout_halted(&self, id: i64, old: &Value) -> anyhow::Result<()> {
+        let mut last = Value::Null;
+        let p = poll(self.timeouts.online, Duration::from_secs(2), || {
+            let p = self.api.get(&format!("/v1/rollout({id})/progress")).ok()?;
+            if p["state"] == "halted" {
+                Some(p)
+            } else {
+                last = p;
+                None
+            }
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "rollout {id} did not halt within {:?}: {last}",
+                self.timeouts.online
+            )
+        })?;
+        let halt = p["events"]
+            .as_array()
+            .and_then(|e| e.iter().rev().find(|e| e["to"] == "halted"))
+            .ok_or_else(|| anyhow!("rollout {id} is halted without a halt event: {p}"))?;
+        let reason = halt["reason"].as_str().unwrap_or_default();
+        if halt["wave"] != 0 || !reason.contains("os rollback") {
+            bail!("rollout {id} halted, but not in wave 1 for the OS rollback: {halt}");
+        }
+        if p["current_wave"] != 0 {
+            bail!("rollout {id} went on to a later wave: {p}");
+        }
+        let fleet = self.api.get(&format!("/v1/fleet({})", self.fleet_id()?))?;
+        if fleet["target_os_version"] != *old {
+            bail!(
+                "the fleet's target OS moved from {old} to {} during a halted rollout",
+                fleet["target_os_version"]
+            );
+        }
+        println!("  rollout {id} halted by itself: {reason}");
+        Ok(())
     }
 }
 
