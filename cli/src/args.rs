@@ -194,6 +194,13 @@ pub enum DeviceCmd {
         /// Device uuid or numeric id
         device: String,
     },
+    /// The audit of a device's remote-access sessions (`resin ssh`,
+    /// `resin tunnel`), newest first: who, kind, target, start and end,
+    /// bytes each way, exit status
+    Sessions {
+        /// Device uuid or numeric id
+        device: String,
+    },
     /// Remove devices from the cloud (asks first unless --yes)
     #[command(alias = "remove")]
     Rm {

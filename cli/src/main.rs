@@ -27,6 +27,7 @@ use resin_fsutil::AtomicFile;
 mod device_cmd;
 mod push_cmd;
 mod rollout_cmd;
+mod sessions_cmd;
 mod ssh_cmd;
 
 fn main() -> ExitCode {
@@ -190,6 +191,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Device(DeviceCmd::Reboot { device }) => device_cmd::reboot(&cli, device),
         Cmd::Device(DeviceCmd::Actions { device }) => device_cmd::list(&cli, device),
+        Cmd::Device(DeviceCmd::Sessions { device }) => sessions_cmd::list(&cli, device),
         Cmd::Whoami => whoami(&cli),
         Cmd::Tag(t) => tag(&cli, t),
         Cmd::Env(EnvCmd::List(o)) => env_list(&cli, o),

@@ -1628,3 +1628,110 @@ fn device_restart_reboot_and_move_from_the_cli() {
     let d = c.json_as(k, &["device", "show", D1]);
     assert_eq!(d["fleet_name"], "two", "{d}");
 }
+
+/// A fake device's tunnel (`/device/v1/tunnel` with its key) that answers
+/// every shell session with one line and exit code 3, until the test ends.
+fn fake_tunnel(c: &Cloud, device_key: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use resin_api_types::tunnel::{CloseInfo, Frame, DEVICE_PATH};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("{}{DEVICE_PATH}", c.url.replacen("http://", "ws://", 1));
+    let key = device_key.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut req = url.into_client_request().unwrap();
+            req.headers_mut()
+                .insert("Authorization", format!("Bearer {key}").parse().unwrap());
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            while let Some(Ok(m)) = ws.next().await {
+                let Message::Binary(b) = m else { continue };
+                if let Ok(Frame::Open(s, _)) = Frame::decode(&b) {
+                    for f in [
+                        Frame::Opened(s),
+                        Frame::Data(s, b"hello from the fake device\n".to_vec()),
+                        Frame::Close(
+                            s,
+                            CloseInfo {
+                                exit_code: Some(3),
+                                error: None,
+                            },
+                        ),
+                    ] {
+                        let m = Message::Binary(f.encode().unwrap().into());
+                        if ws.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    });
+}
+
+#[test]
+fn device_sessions_audit_from_the_cli() {
+    let c = start_cloud();
+    let k = c.key.as_str();
+    c.ok_as(k, &["fleet", "create", "one", "--device-type", "qemuarm64"]);
+    let pk = c.json_as(k, &["provisioning-key", "create", "p", "--fleet", "one"]);
+    let (_, dkey) = register(&c, pk["key"].as_str().unwrap(), D1);
+    // No session yet: an empty audit.
+    assert_eq!(c.json_as(k, &["device", "sessions", D1]), json!([]));
+    let text = c.ok_as(k, &["device", "sessions", D1]);
+    assert!(text.contains("KIND") && text.contains("EXIT"), "{text}");
+
+    fake_tunnel(&c, &dkey);
+    // `resin ssh` once the device's tunnel is up (409 before): its output
+    // and its exit code come back.
+    let t = Instant::now();
+    let (code, out, err) = loop {
+        let r = c.run_as(k, &["ssh", D1, "--", "cat", "/etc/os-release"]);
+        if r.0 == 3 || t.elapsed() > Duration::from_secs(20) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, 3, "stdout {out:?} stderr {err:?}");
+    assert_eq!(out, "hello from the fake device\n");
+
+    // The audit: who, what, bytes, the exit status, the end.
+    let t = Instant::now();
+    let s = loop {
+        let v = c.json_as(k, &["device", "sessions", D1]);
+        let done = v[0]["ended_at"].is_string();
+        if done || t.elapsed() > Duration::from_secs(10) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rows = s.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{s}");
+    let r = &rows[0];
+    assert_eq!(r["username"], "admin", "{s}");
+    assert_eq!(r["kind"], "shell", "{s}");
+    assert_eq!(r["target"], "cat /etc/os-release", "{s}");
+    assert_eq!(r["exit_code"], 3, "{s}");
+    assert_eq!(r["device_uuid"], D1, "{s}");
+    assert_eq!(
+        r["bytes_down"].as_i64(),
+        Some("hello from the fake device\n".len() as i64),
+        "{s}"
+    );
+    assert!(r["ended_at"].is_string(), "{s}");
+    let text = c.ok_as(k, &["device", "sessions", D1]);
+    let row = text.lines().nth(1).unwrap_or_default();
+    for want in ["admin", "shell", "cat /etc/os-release"] {
+        assert!(row.contains(want), "{want} in {text}");
+    }
+    assert!(!text.contains("(open)"), "{text}");
+
+    // Another user sees no such device.
+    let other = c.add_user("other");
+    let e = c.fails_as(&other, 1, &["device", "sessions", D1]);
+    assert!(e.contains("not found") || e.contains("no device"), "{e}");
+}

@@ -193,6 +193,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     Scenario::Provision,
                     Scenario::Deploy,
                     Scenario::UpdateApp,
+                    Scenario::RemoteAccess,
                     Scenario::BadBundle,
                     Scenario::OsUpdate,
                     Scenario::BootUpdate,

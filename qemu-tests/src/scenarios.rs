@@ -17,6 +17,8 @@ use crate::qemu::{QemuConfig, Vm};
 
 #[path = "scenario_git_push.rs"]
 mod git_push;
+#[path = "scenario_remote_access.rs"]
+mod remote_access;
 
 /// The scenarios, in the order they share a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
@@ -29,6 +31,9 @@ pub enum Scenario {
     Deploy,
     /// A new release with a changed env var; the volume's data survives.
     UpdateApp,
+    /// The tunnel: `resin ssh` (host and a service's volume, exit codes),
+    /// `resin tunnel` to a container's port, a reboot within 5 s.
+    RemoteAccess,
     /// `git push` of a two-service project: the cloud builds it for arm64, the
     /// device runs it; a failing Dockerfile rejects the push and changes nothing.
     GitPush,
@@ -57,6 +62,7 @@ impl Scenario {
             Scenario::Provision => "provision",
             Scenario::Deploy => "deploy",
             Scenario::UpdateApp => "update-app",
+            Scenario::RemoteAccess => "remote-access",
             Scenario::GitPush => "git-push",
             Scenario::BadBundle => "bad-bundle",
             Scenario::OsUpdate => "os-update",
@@ -196,6 +202,7 @@ impl Ctx {
             Scenario::Provision => self.provision(),
             Scenario::Deploy => self.deploy(),
             Scenario::UpdateApp => self.update_app(),
+            Scenario::RemoteAccess => self.remote_access(),
             Scenario::GitPush => self.git_push(),
             Scenario::BadBundle => self.bad_bundle(),
             Scenario::OsUpdate => self.os_update(),
@@ -1565,6 +1572,14 @@ mod tests {
             vec![Scenario::Provision, Scenario::Deploy, Scenario::UpdateApp]
         );
         assert_eq!(Scenario::UpdateApp.name(), "update-app");
+        // remote-access reuses the running apps, before the OS updates reboot it.
+        let mut v = [
+            Scenario::BadBundle,
+            Scenario::RemoteAccess,
+            Scenario::UpdateApp,
+        ];
+        v.sort();
+        assert_eq!(v[1], Scenario::RemoteAccess);
         // git-push reuses the booted device before the OS updates reboot it.
         assert!(Scenario::UpdateApp < Scenario::GitPush && Scenario::GitPush < Scenario::BadBundle);
         // wrong-ca replaces the shared device: it comes last.

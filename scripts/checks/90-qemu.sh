@@ -22,13 +22,13 @@ write_env
 
 # Every scenario, on one device, in order (an empty list means all but
 # `boot`; provision includes the boot of the image the cloud configured):
-# provision deploy update-app git-push bad-bundle os-update boot-update power-cut rollback
+# provision deploy update-app remote-access git-push bad-bundle os-update boot-update power-cut rollback
 # wrong-ca (last: it replaces the shared device).
 # RESIN_QEMU_POWER_CUTS raises the power cuts (at least 5).
 SCENARIOS=${RESIN_QEMU_SCENARIOS:-}
 
-stage "qemu: cargo build resin-qemu, resin-cloud, resin-imagegen"
-cargo build --quiet ${CI:+--locked} -p resin-qemu-tests -p resin-cloud -p resin-imagegen
+stage "qemu: cargo build resin-qemu, resin-cloud, resin-imagegen, resin"
+cargo build --quiet ${CI:+--locked} -p resin-qemu-tests -p resin-cloud -p resin-imagegen -p resin-cli
 export RESIN_QEMU_BIN_DIR=$CARGO_TARGET_DIR/debug
 Q=$RESIN_QEMU_BIN_DIR/resin-qemu
 

@@ -649,8 +649,13 @@ pub fn create_body(spec: &ServiceSpec) -> Result<ContainerCreateBody, EngineErro
             )
         })
         .collect();
+    // The engine publishes only exposed ports: a binding alone is ignored
+    // (`docker run -p` exposes the port too).
+    let mut exposed: Vec<String> = port_bindings.keys().cloned().collect();
+    exposed.sort();
     Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         cmd: spec.command.clone(),
         entrypoint: spec.entrypoint.clone(),
@@ -698,6 +703,7 @@ mod tests {
         let b = &b.as_ref().unwrap()[0];
         assert_eq!(b.host_port.as_deref(), Some("8080"));
         assert_eq!(b.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(body.exposed_ports, Some(vec!["80/udp".to_owned()]));
         spec.ports.push("x:80".into());
         let e = create_body(&spec).unwrap_err().to_string();
         assert!(

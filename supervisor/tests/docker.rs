@@ -1023,3 +1023,50 @@ async fn dropped_volumes_are_removed_only_when_the_setting_asks() {
     assert!(vols().is_empty(), "{steps:?}");
     let _ = docker_ok(&["rmi", &img]);
 }
+
+/// A compose `ports` entry is published: the engine lists the binding and
+/// the service answers on the host's port (the QEMU remote-access scenario
+/// found `127.0.0.1:18080:8080` refused on the device: the port was bound
+/// but never exposed, and the engine publishes only exposed ports).
+#[tokio::test]
+async fn a_published_port_answers_on_the_host() {
+    use std::io::{Read, Write};
+    let f = fixture().await;
+    let img = local_image(&format!("sv-test/ports-{}", &f.app[..8]));
+    let port = free_port();
+    let mut web = svc(&img);
+    web.command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "trap 'exit 0' TERM; mkdir -p /www; echo published > /www/index.html; busybox httpd -p 8080 -h /www; while true; do sleep 1; done".into(),
+    ]);
+    web.ports = vec![format!("127.0.0.1:{port}:8080")];
+    let t = target(&f.app, "rel1", &[("web", web)]);
+    let (out, _) = apply(&f, &t, false).await;
+    assert_eq!(out, Outcome::Converged);
+    let id = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.resin.app-uuid={}", f.app),
+    ]);
+    let ports = docker(&["port", &id]);
+    assert!(
+        ports.contains(&format!("8080/tcp -> 127.0.0.1:{port}")),
+        "docker port {id}: {ports:?}"
+    );
+    let mut body = String::new();
+    for _ in 0..50 {
+        body.clear();
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+            let _ = s.read_to_string(&mut body);
+            if body.contains("published") {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(body.contains("published"), "GET 127.0.0.1:{port}: {body:?}");
+    let _ = docker_ok(&["rmi", &img]);
+}
