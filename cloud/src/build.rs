@@ -567,6 +567,18 @@ async fn cancel_requested(app: &AppState, id: i64) -> bool {
         .is_ok_and(|v| v != 0)
 }
 
+/// This process as a builder: `<host name>/<pid>` (a build's log says
+/// which process built it).
+fn worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!(
+        "{}/{}",
+        if host.is_empty() { "localhost" } else { host },
+        std::process::id()
+    )
+}
+
 /// Renews a running build's lease; false when the build is no longer
 /// `building` (another process found its lease run out and failed it).
 async fn renew_lease(app: &AppState, id: i64) -> bool {
@@ -690,6 +702,12 @@ async fn run_job(app: &AppState, job: Job) {
     let mut first = line("building");
     first.state = Some(BuildState::Building);
     store_line(app, id, &first).await;
+    store_line(
+        app,
+        id,
+        &line(format!("taken by builder {}", worker_name())),
+    )
+    .await;
     let outcome = build_job(app, &job).await;
     let _ = tokio::fs::remove_file(&job.context).await;
     if let Err(e) = finish(app, &job, outcome).await {

@@ -24,6 +24,13 @@ enum Command {
     /// Serve the API (the default): HTTPS with the certificate `init` made,
     /// unless --plain-http.
     Serve,
+    /// Build jobs only, without the HTTP API: take queued builds from the
+    /// database (`FOR UPDATE SKIP LOCKED`) and run them, `builder_workers` at
+    /// once (at least 1), until interrupted. Needs PostgreSQL and the same
+    /// builder settings as `serve`, and must see the data dir `serve`
+    /// stores contexts in; run `serve` with `builder_workers = 0` to leave
+    /// every build to these processes.
+    Builder,
     /// Make a private CA and a server certificate for the given host names
     /// and IPs, in <data-dir>/tls (ca.pem, ca.key, server.pem, server.key;
     /// keys 0600), and print what was written as JSON. Devices get ca.pem in
@@ -135,6 +142,31 @@ async fn main() -> anyhow::Result<()> {
             );
             tokio::select! {
                 r = app.task => { r.context("server task")?.context("serving")?; }
+                _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping"); }
+            }
+        }
+        Command::Builder => {
+            let b = config.builder.clone().context(
+                "resin-cloud builder needs the builder's settings: set builder_registry (--builder-registry)",
+            )?;
+            if !config.database_url.starts_with("postgres") {
+                anyhow::bail!(
+                    "resin-cloud builder needs PostgreSQL (database_url {:?}): on SQLite, builds run inside `serve` (builder_workers)",
+                    config.database_url
+                );
+            }
+            let state = resin_cloud::AppState::new(config)
+                .await
+                .context("opening the database")?;
+            let n = b.workers.max(1);
+            tracing::info!(
+                workers = n,
+                registry = %b.registry,
+                "resin-cloud builder: taking build jobs from the database"
+            );
+            tokio::spawn(resin_cloud::build::reaper(state.clone(), b.lease_secs));
+            tokio::select! {
+                _ = resin_cloud::build::workers(state, n) => {}
                 _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping"); }
             }
         }
