@@ -8,8 +8,8 @@
 #   scripts/demo.sh               # the device demo (the first run installs packages and
 #                                 # builds the arm64 rootfs, kernel and supervisor; it prints
 #                                 # each setup stage's time; later runs reuse the caches)
-#   scripts/demo.sh --cloud-only  # fallback: only the cloud on http://127.0.0.1:8080,
-#                                 # SQLite under /tmp/resin-demo
+#   scripts/demo.sh --cloud-only  # fallback: only the cloud on https://127.0.0.1:8080
+#                                 # (its own private CA), SQLite under /tmp/resin-demo
 #
 # Environment: RESIN_DEMO_DIR (default /tmp/resin-demo), RESIN_DEMO_LISTEN
 # (default 127.0.0.1:8080). Stops the cloud on Ctrl-C.
@@ -19,7 +19,7 @@ cd "$RESIN_ROOT"
 
 DEMO_DIR=${RESIN_DEMO_DIR:-/tmp/resin-demo}
 LISTEN=${RESIN_DEMO_LISTEN:-127.0.0.1:8080}
-URL="http://$LISTEN"
+URL="https://$LISTEN"
 
 mkdir -p "$RESIN_RUN"
 export RESIN_STAGES=$RESIN_RUN/demo-stages.tsv
@@ -80,9 +80,13 @@ mkdir -p "$DEMO_DIR"
 export RESIN_CLOUD_DATA_DIR="$DEMO_DIR/cloud"
 export RESIN_CLOUD_LISTEN="$LISTEN"
 export RESIN_CLOUD_PUBLIC_URL="${RESIN_CLOUD_PUBLIC_URL:-$URL}"
-# The demo serves plain HTTP on loopback (a production cloud serves HTTPS:
-# `resin-cloud init --host <name>`, see docs/cloud-tls.md).
-export RESIN_CLOUD_PLAIN_HTTP=true
+# HTTPS, as in production (docs/cloud-tls.md): a private CA and a server
+# certificate for the listen address, made once and kept in the data dir.
+CA=$RESIN_CLOUD_DATA_DIR/tls/ca.pem
+if [ ! -s "$CA" ]; then
+  log "making the cloud's private CA and certificate for ${LISTEN%:*}"
+  "$CLOUD" init --host "${LISTEN%:*}" >/dev/null
+fi
 
 log "bootstrapping user 'demo' and fleet 'demo' (qemuarm64)"
 BOOT_JSON=$("$CLOUD" bootstrap --username demo --fleet demo --device-type qemuarm64)
@@ -98,20 +102,21 @@ log "starting resin-cloud on $URL (log: $DEMO_DIR/cloud.log)"
 "$CLOUD" serve >"$DEMO_DIR/cloud.log" 2>&1 &
 CLOUD_PID=$!
 trap 'log "stopping resin-cloud"; kill "$CLOUD_PID" 2>/dev/null; wait "$CLOUD_PID" 2>/dev/null || true' EXIT INT TERM
-wait_for curl -fsS "$URL/ping" || { tail -20 "$DEMO_DIR/cloud.log" >&2; die "resin-cloud did not start"; }
+wait_for curl -fsS --cacert "$CA" "$URL/ping" || { tail -20 "$DEMO_DIR/cloud.log" >&2; die "resin-cloud did not start"; }
 
 cat <<MSG
 
   resin-cloud is running at $URL  (SQLite: $RESIN_CLOUD_DATA_DIR/resin.db)
+  its CA: $CA  (curl --cacert, resin login --ca; a browser warns once: the CA is private)
   user: demo    fleet: demo (id $FLEET_ID, qemuarm64)
   API key: $API_KEY   (also in $DEMO_DIR/api-key)
   dashboard: $URL/   (log in as demo, one-time password $WEB_PASSWORD)
 
   Try:
-    curl -s -H "Authorization: Bearer $API_KEY" '$URL/v1/fleet?\$expand=device'
-    curl -s -H "Authorization: Bearer $API_KEY" -X POST $URL/v1/provisioning_key \\
+    curl -s --cacert $CA -H "Authorization: Bearer $API_KEY" '$URL/v1/fleet?\$expand=device'
+    curl -s --cacert $CA -H "Authorization: Bearer $API_KEY" -X POST $URL/v1/provisioning_key \\
          -H 'Content-Type: application/json' -d '{"fleet": $FLEET_ID, "name": "demo"}'
-    curl -s $URL/openapi.json | head -c 300
+    curl -s --cacert $CA $URL/openapi.json | head -c 300
 
   Ctrl-C stops it.
 MSG
