@@ -117,7 +117,7 @@ pub fn wait_http(url: &str, timeout: Duration) -> bool {
 /// [`wait_http`] with a TLS trust (for the HTTPS cloud).
 fn wait_http_with(url: &str, timeout: Duration, tls: Option<&ureq::tls::TlsConfig>) -> bool {
     let deadline = Instant::now() + timeout;
-    let agent = agent(Duration::from_secs(2), tls);
+    let agent = agent(Some(Duration::from_secs(2)), tls);
     while Instant::now() < deadline {
         if agent.get(url).call().is_ok() {
             return true;
@@ -127,10 +127,12 @@ fn wait_http_with(url: &str, timeout: Duration, tls: Option<&ureq::tls::TlsConfi
     false
 }
 
-fn agent(timeout: Duration, tls: Option<&ureq::tls::TlsConfig>) -> ureq::Agent {
+/// A client of the cloud: `timeout` for a whole call (None: no limit, for a
+/// stream followed until the end), trusting `tls`'s CA when given.
+fn agent(timeout: Option<Duration>, tls: Option<&ureq::tls::TlsConfig>) -> ureq::Agent {
     let mut b = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(timeout));
+        .timeout_global(timeout);
     if let Some(tls) = tls {
         b = b.tls_config(tls.clone());
     }
@@ -362,6 +364,8 @@ pub struct Api {
     base: String,
     key: String,
     agent: ureq::Agent,
+    /// The same client without a call timeout, for streams (`follow_logs`).
+    stream_agent: ureq::Agent,
 }
 
 impl Api {
@@ -369,7 +373,8 @@ impl Api {
         Self {
             base: base.trim_end_matches('/').into(),
             key: key.into(),
-            agent: agent(Duration::from_secs(600), tls),
+            agent: agent(Some(Duration::from_secs(600)), tls),
+            stream_agent: agent(None, tls),
         }
     }
 
@@ -493,11 +498,8 @@ impl Api {
     pub fn follow_logs(&self, device: i64, mut f: impl FnMut(&Value)) -> Result<(), HostError> {
         use std::io::BufRead;
         let url = format!("{}/v1/device({device})/logs?follow=true", self.base);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let r = agent
+        let r = self
+            .stream_agent
             .get(&url)
             .header("Authorization", &format!("Bearer {}", self.key))
             .call();

@@ -194,6 +194,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                     Scenario::Deploy,
                     Scenario::UpdateApp,
                     Scenario::RemoteAccess,
+                    Scenario::GitPush,
                     Scenario::BadBundle,
                     Scenario::OsUpdate,
                     Scenario::BootUpdate,

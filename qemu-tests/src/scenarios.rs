@@ -1,5 +1,7 @@
 //! The end-to-end scenarios, run in order on one shared device: provision,
-//! deploy, update-app, bad-bundle, os-update, power-cut, rollback.
+//! deploy, update-app, remote-access, git-push, bad-bundle, os-update,
+//! boot-update, power-cut, rollback (a two-wave OS rollout), then wrong-ca on
+//! a device of its own.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
