@@ -11,6 +11,21 @@ use common::*;
 
 const ROOT_A_GUID: &str = "0f4c2e1a-6b1d-4c55-9a3e-2d4f6a8b9c01";
 
+/// Bytes of the partition named `name` in `img`, by `sfdisk --json`.
+fn partition_size(img: &std::path::Path, name: &str) -> u64 {
+    let o = run(Command::new("sfdisk").arg("--json").arg(img));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()["size"]
+        .as_u64()
+        .unwrap()
+        * 512
+}
+
 #[test]
 fn explicit_guid_attributes_and_mkfs_options_reach_the_image() {
     for t in ["sgdisk", "dumpe2fs", "e2fsck"] {
@@ -131,19 +146,7 @@ fn percent_sizes_are_shares_of_the_disk_rounded_to_the_alignment() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::metadata(&img).unwrap().len(), 256 << 20);
-    let o = run(Command::new("sfdisk").arg("--json").arg(&img));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let size_of = |name: &str| -> u64 {
-        v["partitiontable"]["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap()["size"]
-            .as_u64()
-            .unwrap()
-            * 512
-    };
+    let size_of = |name: &str| partition_size(&img, name);
     assert_eq!(size_of("resin-rootA"), 64 << 20, "25% of 256MiB");
     assert_eq!(size_of("resin-rootB"), 64 << 20, "=rootA");
     assert_eq!(
@@ -176,31 +179,12 @@ fn an_image_sized_partition_takes_its_files_size_rounded_to_the_alignment() {
     let seed = d.path().join("seed");
     std::fs::create_dir(&seed).unwrap();
     std::fs::write(seed.join("hello"), "from the image\n").unwrap();
-    std::fs::write(&st, b"").unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&st)
-        .unwrap()
-        .set_len(9 << 20)
-        .unwrap();
     let o = run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
         .arg(&seed)
-        .arg(&st));
+        .arg(&st)
+        .arg("9M"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let size_of = |img: &std::path::Path, name: &str| -> u64 {
-        let o = run(Command::new("sfdisk").arg("--json").arg(img));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["partitiontable"]["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap()["size"]
-            .as_u64()
-            .unwrap()
-            * 512
-    };
 
     // Named in the layout, and bound on the command line: the same partition.
     let by_path = d.path().join("a.img");
@@ -227,7 +211,11 @@ fn an_image_sized_partition_takes_its_files_size_rounded_to_the_alignment() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for img in [&by_path, &by_input] {
-        assert_eq!(size_of(img, "resin-state"), 12 << 20, "9 MiB up to 12 MiB");
+        assert_eq!(
+            partition_size(img, "resin-state"),
+            12 << 20,
+            "9 MiB up to 12 MiB"
+        );
         let r = resin_imagegen::inspect::inspect_image(img).unwrap();
         let state = r
             .partitions
