@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: Debian's chromium, headless, driven
 //! through chromedriver (WebDriver). A user logs in, creates a fleet and
 //! downloads its configured image; a fake device registers and reports; the
-//! device page shows it online and a log line posted appears live.
+//! device page shows it online and a log line posted appears live; its
+//! reboot button puts a reboot into the device's target state.
 //! Screenshots of the fleet and device pages are saved under
 //! `$RESIN_SCREENSHOTS` (default: the cargo target's tmp dir).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -159,4 +160,23 @@ fn a_user_runs_a_fleet_in_chromium() {
     d.wait_for(Duration::from_secs(2), "the held line", |d| {
         d.text("#log-lines").contains("while paused")
     });
+
+    // The reboot button: the page lists the action, and it reaches the
+    // device's target state (what the supervisor polls).
+    d.click("#reboot button");
+    d.wait_for(Duration::from_secs(10), "the action in the page", |d| {
+        d.try_find("#action-list tr[data-action-id]").is_some()
+    });
+    let row = d.text("#action-list tbody tr");
+    assert!(row.contains("reboot") && row.contains("pending"), "{row}");
+    let r = s.raw(
+        "GET",
+        &format!("/device/v3/{uuid}/state"),
+        Some(&dev_key),
+        &[],
+        vec![],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let actions = r.json()[&uuid]["actions"].clone();
+    assert_eq!(actions[0]["action"], "reboot", "{actions}");
 }

@@ -678,7 +678,234 @@ fn bulk_actions_and_fleet_vars(backend: Backend) {
     assert_eq!(p.status, 404);
 }
 
+/// The device's target state (as the device polls it).
+fn target(s: &Server, uuid: &str, dev_key: &str) -> serde_json::Value {
+    let r = s.raw(
+        "GET",
+        &format!("/device/v3/{uuid}/state"),
+        Some(dev_key),
+        &[],
+        vec![],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()[uuid].clone()
+}
+
+fn device_actions_and_bulk_reboot_and_move(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    let (_, bob_key) = s.web_user("bob", PW);
+    let (fleet, prov) = s.fleet(&key, "f");
+    let (fleet2, _) = s.fleet(&key, "f2");
+    let other_type = s.create(
+        &key,
+        "fleet",
+        json!({"name": "pis", "device_type": "raspberrypi4-64"}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let (bob_fleet, _) = s.fleet(&bob_key, "bf");
+    let rel = s.create(
+        &key,
+        "release",
+        json!({"fleet": fleet, "composition": {"services": {"main": {"image": "127.0.0.1:1/app@sha256:0001"}}}}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        s.patch(
+            &format!("/v1/fleet({fleet})"),
+            &key,
+            json!({"target_release": rel})
+        )
+        .status
+            < 300
+    );
+    let (dev, uuid, dev_key) = s.device(&prov);
+    let (dev2, uuid2, dev2_key) = s.device(&prov);
+    let report = json!({uuid.clone(): {"status": "Idle",
+        "apps": {"a1": {"release_uuid": "r1", "services": {"main": {"status": "running",
+            "release_uuid": "r1", "image": "127.0.0.1:1/app@sha256:0001"}}}}}});
+    let r = s.req("PATCH", "/device/v3/state", Some(&dev_key), Some(&report));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(target(&s, &uuid, &dev_key).get("actions").is_none());
+    let count = |dev: i64| {
+        s.get(&format!("/v1/device({dev})/actions"), &key).json()["value"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let p = b.get(&format!("/devices/{dev}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(p.text("#action-list tbody"), "No actions yet.");
+    // A restart button on the service's row, a reboot button.
+    assert_eq!(
+        p.attrs("form.restart-service input[name=service]", "value"),
+        vec!["main"]
+    );
+    let csrf = p.csrf();
+    let path = format!("/devices/{dev}/actions");
+
+    // Without the token: 403, nothing queued.
+    let p = b.post(&path, &[("action", "reboot")]);
+    assert_eq!(p.status, 403);
+    assert_eq!(count(dev), 0);
+
+    // The reboot button: queued, and in the device's target state.
+    let p = b.post(&path, &[("csrf", &csrf), ("action", "reboot")]);
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location(), format!("/devices/{dev}#actions"));
+    let t = target(&s, &uuid, &dev_key);
+    let acts = t["actions"].as_array().expect("actions in the target");
+    assert_eq!(acts.len(), 1, "{t}");
+    assert_eq!(acts[0]["action"], "reboot");
+    // Restart one service, from its row.
+    let p = b.post(
+        &path,
+        &[("csrf", &csrf), ("action", "restart"), ("service", "main")],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    let t = target(&s, &uuid, &dev_key);
+    assert_eq!(t["actions"][1]["action"], "restart");
+    assert_eq!(t["actions"][1]["service"], "main");
+    // A service the release does not have: the API's 400, shown as a page.
+    let p = b.post(
+        &path,
+        &[("csrf", &csrf), ("action", "restart"), ("service", "nope")],
+    );
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.text("#error-message").contains("no service named"),
+        "{}",
+        p.body
+    );
+    assert_eq!(count(dev), 2);
+    // The page lists them, newest first.
+    let p = b.get(&format!("/devices/{dev}"));
+    let rows = p.texts("#action-list tbody tr");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[0].contains("restart") && rows[0].contains("main") && rows[0].contains("pending"),
+        "{rows:?}"
+    );
+    assert!(rows[1].contains("reboot"), "{rows:?}");
+
+    // Pin, then the unpin button.
+    let p = b.post(
+        &format!("/devices/{dev}/pin"),
+        &[("csrf", &csrf), ("release", &rel.to_string())],
+    );
+    assert_eq!(p.status, 303);
+    let p = b.get(&format!("/devices/{dev}"));
+    assert_eq!(p.attrs("#unpin input[name=release]", "value"), vec![""]);
+    let p = b.post(
+        &format!("/devices/{dev}/pin"),
+        &[("csrf", &csrf), ("release", "")],
+    );
+    assert_eq!(p.status, 303);
+    assert!(s.get(&format!("/v1/device({dev})"), &key).json()["pinned_release"].is_null());
+    assert!(b
+        .get(&format!("/devices/{dev}"))
+        .attrs("#unpin", "id")
+        .is_empty());
+
+    // Bob can neither act on alice's device nor see that it exists.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    let bcsrf = bob.csrf();
+    let p = bob.post(&path, &[("csrf", &bcsrf), ("action", "reboot")]);
+    assert_eq!(p.status, 404, "{}", p.body);
+    assert!(!p.body.contains(&uuid));
+    let p = bob.post(
+        &format!("/fleets/{bob_fleet}/bulk"),
+        &[
+            ("csrf", &bcsrf),
+            ("device", &dev.to_string()),
+            ("action", "reboot"),
+        ],
+    );
+    assert_eq!(p.status, 404, "{}", p.body);
+    let p = bob.post(
+        &format!("/fleets/{fleet}/bulk"),
+        &[
+            ("csrf", &bcsrf),
+            ("device", &dev.to_string()),
+            ("action", "reboot"),
+        ],
+    );
+    assert_eq!(p.status, 404, "{}", p.body);
+    assert_eq!(count(dev), 2, "bob queued nothing");
+    assert_eq!(
+        target(&s, &uuid, &dev_key)["actions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Bulk reboot of both devices.
+    let bulk = format!("/fleets/{fleet}/bulk");
+    let (d1, d2) = (dev.to_string(), dev2.to_string());
+    let p = b.post(
+        &bulk,
+        &[
+            ("csrf", &csrf),
+            ("device", &d1),
+            ("device", &d2),
+            ("action", "reboot"),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(count(dev), 3);
+    assert_eq!(
+        target(&s, &uuid2, &dev2_key)["actions"][0]["action"],
+        "reboot"
+    );
+
+    // Bulk move: the fleet page offers alice's other fleet of the same type.
+    let p = b.get(&format!("/fleets/{fleet}"));
+    let offered = p.attrs("#bulk-to-fleet option", "value");
+    assert!(offered.contains(&fleet2.to_string()), "{offered:?}");
+    assert!(!offered.contains(&other_type.to_string()), "{offered:?}");
+    assert!(!offered.contains(&bob_fleet.to_string()), "{offered:?}");
+    let fleet_of = |d: i64| s.get(&format!("/v1/device({d})"), &key).json()["fleet"].clone();
+    // To another device type: the API's 409; to bob's fleet: 404.
+    for (to, status) in [(other_type, 409), (bob_fleet, 404)] {
+        let p = b.post(
+            &bulk,
+            &[
+                ("csrf", &csrf),
+                ("device", &d2),
+                ("action", "move"),
+                ("to_fleet", &to.to_string()),
+            ],
+        );
+        assert_eq!(p.status, status, "{}", p.body);
+        assert_eq!(fleet_of(dev2), json!(fleet));
+    }
+    let p = b.post(
+        &bulk,
+        &[
+            ("csrf", &csrf),
+            ("device", &d2),
+            ("action", "move"),
+            ("to_fleet", &fleet2.to_string()),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(fleet_of(dev2), json!(fleet2));
+    assert_eq!(fleet_of(dev), json!(fleet));
+    assert_eq!(
+        b.get(&format!("/fleets/{fleet2}")).text("#device-count"),
+        "1"
+    );
+}
+
 both!(
+    device_actions_and_bulk_reboot_and_move,
     bulk_actions_and_fleet_vars,
     login_logout_csrf_and_audit,
     expired_sessions_go_to_login,

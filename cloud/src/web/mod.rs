@@ -146,6 +146,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Dashboard: pin a release (or none)",
     ),
     (
+        "/devices/{id}/actions",
+        "post",
+        "Dashboard: a device action (reboot, restart all services or one), as POST /v1/device({id})/actions",
+    ),
+    (
         "/devices/{id}/env",
         "post",
         "Dashboard: set or remove a device env var",
@@ -213,6 +218,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/devices/{id}", get(pages::device))
         .route("/devices/{id}/pin", post(pages::device_pin))
+        .route("/devices/{id}/actions", post(pages::device_action))
         .route("/devices/{id}/env", post(pages::device_env))
         .route("/devices/{id}/tags", post(pages::device_tag))
         .route("/devices/{id}/logs/stream", get(pages::device_log_stream))

@@ -21,7 +21,7 @@ use super::{check_csrf, render, see_other, Auth, WebError, WebResult};
 use crate::auth::Actor;
 use crate::error::ApiError;
 use crate::resources::{self, bind_all, dyn_query, Param};
-use crate::{db, logs, os, perms, ratelimit, schema, AppState};
+use crate::{actions, db, logs, os, perms, ratelimit, schema, AppState};
 
 type FormMap = HashMap<String, String>;
 
@@ -649,6 +649,15 @@ pub async fn fleet(
         .into_iter()
         .filter(|o| o.get("device_type").and_then(Value::as_str) == Some(device_type))
         .collect();
+    // Where its devices may move: the user's other fleets of the same type.
+    let move_to: Vec<Value> = resources::read_all(&app, &actor, res("fleet")?)
+        .await?
+        .into_iter()
+        .filter(|f| {
+            f.get("device_type").and_then(Value::as_str) == Some(device_type)
+                && f.get("id").and_then(Value::as_i64) != Some(id)
+        })
+        .collect();
     let rollouts = dyn_query(format!(
         "SELECT t.id FROM rollout t WHERE t.fleet = $1 AND {} ORDER BY t.id DESC LIMIT 10",
         perms::read_scope(&actor, "rollout", "t").to_sql()
@@ -670,6 +679,7 @@ pub async fn fleet(
             os_versions => sv(&os_versions),
             releases => sv(&releases),
             os_releases => sv(&os_releases),
+            move_to => sv(&move_to),
             rollouts => sv(&rollout_list),
             env_vars => sv(&env_vars),
             config_vars => sv(&config_vars),
@@ -800,9 +810,11 @@ pub async fn device(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<i
         .filter(|a| !a.is_null())
         .and_then(|a| serde_json::from_value(a.clone()).ok());
     let logs = recent_logs(&app, id, 200).await?;
+    let actions = recent_actions(&app, &actor, id).await?;
     Ok(render(
         "device.html",
         context! { ..base(&s), ..context! {
+            actions => sv(&actions),
             device => sv(&device),
             fleet => sv(&fleet),
             env => sv(&env),
@@ -812,6 +824,64 @@ pub async fn device(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<i
             logs => sv(&logs),
         }},
     ))
+}
+
+/// The device's last [`ACTIONS_SHOWN`] actions, newest first (the
+/// `device_action` resource, in the caller's read scope).
+async fn recent_actions(
+    app: &AppState,
+    actor: &Actor,
+    device: i64,
+) -> Result<Vec<Value>, ApiError> {
+    let r = res("device_action").map_err(|e| e.0)?;
+    let rows = dyn_query(format!(
+        "SELECT {} FROM device_action t WHERE t.device = $1 AND {} ORDER BY t.id DESC LIMIT {ACTIONS_SHOWN}",
+        resources::select_cols(r, "t"),
+        perms::read_scope(actor, "device_action", "t").to_sql()
+    ))
+    .bind(device)
+    .fetch_all(&app.db.pool)
+    .await?;
+    rows.iter()
+        .map(|row| resources::row_to_json(r, row))
+        .collect()
+}
+
+/// Actions listed on the device page (all: `resin device actions`).
+pub const ACTIONS_SHOWN: i64 = 10;
+
+/// A device action from the device page (reboot, restart all services, or
+/// restart one): the API's own [`actions::create`], as the session's user,
+/// so the rights, limits and target-state change are the API's.
+pub async fn device_action(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    let body = action_body(&form);
+    actions::create(&app, &s.actor(), id, body.to_string().as_bytes()).await?;
+    log_change(
+        &app,
+        &s,
+        "action",
+        &format!("device({id})"),
+        Some(&body.to_string()),
+    )
+    .await;
+    Ok(see_other(&format!("/devices/{id}#actions")))
+}
+
+/// The API's action request from a form's `action` and `service` fields.
+fn action_body(form: &FormMap) -> Value {
+    let mut body = json!({"action": field(form, "action")});
+    let service = field(form, "service");
+    if !service.is_empty() {
+        body["service"] = Value::from(service);
+    }
+    body
 }
 
 pub async fn device_pin(
@@ -1154,7 +1224,8 @@ pub async fn fleet_var(
 pub const BULK_MAX: usize = 500;
 
 /// A bulk action on the devices ticked in the fleet page's table: pin a
-/// release (or none), set a tag, remove a tag. Each device goes through the
+/// release (or none), set a tag, remove a tag, reboot, or move to another
+/// fleet ([`actions::create`], [`actions::move_device`]). Each device goes through the
 /// same writes (and permission rules) as on its own page; devices of other
 /// fleets or users are refused with the first error.
 pub async fn fleet_bulk(
@@ -1247,10 +1318,23 @@ pub async fn fleet_bulk(
                 set_child(&app, &s, *d, "device_tag", "tag_key", &tag_key, None).await?;
             }
         }
+        "reboot" => {
+            let body = json!({"action": "reboot"}).to_string();
+            for d in &devices {
+                actions::create(&app, &actor, *d, body.as_bytes()).await?;
+            }
+        }
+        "move" => {
+            let to = parse_id("to_fleet", field(&form, "to_fleet"))?;
+            let body = json!({"fleet": to}).to_string();
+            for d in &devices {
+                let _moved = actions::move_device(&app, &actor, *d, body.as_bytes()).await?;
+            }
+        }
         other => {
             return Err(WebError(ApiError::bad_request_field(
                 "action",
-                format!("unknown bulk action {other:?} (pin, tag, untag)"),
+                format!("unknown bulk action {other:?} (pin, tag, untag, reboot, move)"),
             )))
         }
     }
