@@ -904,7 +904,170 @@ fn device_actions_and_bulk_reboot_and_move(backend: Backend) {
     );
 }
 
+fn os_update_history_on_the_device_page(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    s.web_user("bob", PW);
+    let (_, prov) = s.fleet(&key, "f");
+    let (dev, uuid, dev_key) = s.device(&prov);
+    let report = |os_version: &str, os: serde_json::Value| {
+        let r = s.req(
+            "PATCH",
+            "/device/v3/state",
+            Some(&dev_key),
+            Some(&json!({uuid.clone(): {"os_version": os_version, "os_update": os}})),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    // A fake device updates 1.0 → 2.0, which is rolled back; then 1.0 →
+    // 2.1, committed.
+    report("1.0", json!({"state": "idle"}));
+    for (v, os) in [
+        (
+            "1.0",
+            json!({"state": "downloading", "target_version": "2.0", "progress": 10}),
+        ),
+        (
+            "1.0",
+            json!({"state": "downloading", "target_version": "2.0", "progress": 60}),
+        ),
+        (
+            "1.0",
+            json!({"state": "installing", "target_version": "2.0", "progress": 0}),
+        ),
+        (
+            "1.0",
+            json!({"state": "rebooting", "target_version": "2.0"}),
+        ),
+        (
+            "2.0",
+            json!({"state": "verifying", "target_version": "2.0", "boot_slot": "rootfs.1"}),
+        ),
+        (
+            "1.0",
+            json!({"state": "rolled-back", "target_version": "2.0",
+            "reason": "health check <b>failed</b>: web not running", "boot_slot": "rootfs.0"}),
+        ),
+        ("1.0", json!({"state": "idle"})),
+        (
+            "1.0",
+            json!({"state": "downloading", "target_version": "2.1"}),
+        ),
+        (
+            "1.0",
+            json!({"state": "installing", "target_version": "2.1"}),
+        ),
+        (
+            "1.0",
+            json!({"state": "rebooting", "target_version": "2.1"}),
+        ),
+        (
+            "2.1",
+            json!({"state": "committed", "target_version": "2.1", "boot_slot": "rootfs.1"}),
+        ),
+        ("2.1", json!({"state": "idle"})),
+    ] {
+        report(v, os);
+    }
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let p = b.get(&format!("/devices/{dev}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    let rows: Vec<Vec<String>> = {
+        let html = p.html();
+        let tr = scraper::Selector::parse("#os-events tbody tr").unwrap();
+        let td = scraper::Selector::parse("td").unwrap();
+        html.select(&tr)
+            .map(|r| {
+                r.select(&td)
+                    .map(|c| c.text().collect::<String>().trim().to_owned())
+                    .collect()
+            })
+            .collect()
+    };
+    // Newest first; progress within a state and the returns to idle are not
+    // events: (state, running OS, target OS, reason, slot).
+    let want = [
+        ("rebooting → committed", "2.1", "2.1", "", "rootfs.1"),
+        ("installing → rebooting", "1.0", "2.1", "", ""),
+        ("downloading → installing", "1.0", "2.1", "", ""),
+        ("idle → downloading", "1.0", "2.1", "", ""),
+        (
+            "verifying → rolled-back",
+            "1.0",
+            "2.0",
+            "health check <b>failed</b>: web not running",
+            "rootfs.0",
+        ),
+        ("rebooting → verifying", "2.0", "2.0", "", "rootfs.1"),
+        ("installing → rebooting", "1.0", "2.0", "", ""),
+        ("downloading → installing", "1.0", "2.0", "", ""),
+        ("idle → downloading", "1.0", "2.0", "", ""),
+    ];
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for (row, (state, os, target, reason, slot)) in rows.iter().zip(want) {
+        assert_eq!(&row[1..], &[state, os, target, reason, slot], "{rows:?}");
+        assert!(row[0].ends_with('Z'), "a time: {row:?}");
+    }
+    assert!(!p.body.contains("<b>failed"), "the reason is escaped");
+    assert!(p.attrs("#os-older", "href").is_empty(), "one page");
+
+    // Bob cannot read it, by any query.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    for path in [
+        format!("/devices/{dev}"),
+        format!("/devices/{dev}?os_before=999999"),
+    ] {
+        let p = bob.get(&path);
+        assert_eq!(p.status, 404, "{path}");
+        assert!(!p.body.contains("health check"), "{path}: {}", p.body);
+    }
+
+    // Bounded, and paged 20 at a time with an "older" link.
+    for i in 0..100 {
+        report(
+            "2.1",
+            json!({"state": "downloading", "target_version": "3.0"}),
+        );
+        report(
+            "2.1",
+            json!({"state": "failed", "target_version": "3.0", "reason": format!("try {i}")}),
+        );
+    }
+    let kept: i64 = s.rt.block_on(async {
+        sqlx::query_scalar("SELECT COUNT(*) FROM os_update_event WHERE device = $1")
+            .bind(dev)
+            .fetch_one(&s.app.db.pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(kept, resin_cloud::os_history::KEEP);
+    let mut path = format!("/devices/{dev}");
+    let mut seen = Vec::new();
+    loop {
+        let p = b.get(&path);
+        assert_eq!(p.status, 200, "{path}");
+        let ids = p.attrs("#os-events tbody tr", "data-event-id");
+        assert!(ids.len() <= 20, "{}", ids.len());
+        seen.extend(ids.iter().map(|i| i.parse::<i64>().unwrap()));
+        match p.attrs("#os-older", "href").pop() {
+            // A browser keeps the fragment to itself.
+            Some(next) => path = next.split('#').next().unwrap().to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len() as i64, resin_cloud::os_history::KEEP);
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeats"
+    );
+    let first = b.get(&format!("/devices/{dev}"));
+    assert!(first.texts("#os-events tbody tr")[0].contains("try 99"));
+}
+
 both!(
+    os_update_history_on_the_device_page,
     device_actions_and_bulk_reboot_and_move,
     bulk_actions_and_fleet_vars,
     login_logout_csrf_and_audit,

@@ -794,8 +794,25 @@ async fn recent_logs(app: &AppState, device: i64, n: i64) -> Result<Vec<LogRow>,
     Ok(out)
 }
 
-pub async fn device(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<i64>) -> WebResult {
+/// The device page's query: `os_before` pages the OS-update history.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct DeviceQuery {
+    #[serde(default)]
+    os_before: Option<i64>,
+}
+
+/// OS-update events shown at a time on the device page.
+pub const OS_EVENTS_SHOWN: i64 = 20;
+
+pub async fn device(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    Query(q): Query<DeviceQuery>,
+) -> WebResult {
     let actor = s.actor();
+    // Read first: a device the user may not read is a 404 before anything
+    // of it (its OS-update history included) is looked at.
     let device = resources::read_one(&app, &actor, res("device")?, id).await?;
     let fleet_id = device
         .get("fleet")
@@ -811,10 +828,23 @@ pub async fn device(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<i
         .and_then(|a| serde_json::from_value(a.clone()).ok());
     let logs = recent_logs(&app, id, 200).await?;
     let actions = recent_actions(&app, &actor, id).await?;
+    let os_events = crate::os_history::recent(&app.db.pool, id, q.os_before, OS_EVENTS_SHOWN)
+        .await
+        .map_err(ApiError::from)?;
+    let os_older = (os_events.len() as i64 == OS_EVENTS_SHOWN)
+        .then(|| {
+            os_events
+                .last()
+                .map(|e| format!("/devices/{id}?os_before={}#os-history", e.id))
+        })
+        .flatten();
     Ok(render(
         "device.html",
         context! { ..base(&s), ..context! {
             actions => sv(&actions),
+            os_events => sv(&os_events),
+            os_older => os_older,
+            os_paged => q.os_before.is_some(),
             device => sv(&device),
             fleet => sv(&fleet),
             env => sv(&env),
