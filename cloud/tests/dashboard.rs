@@ -1066,7 +1066,183 @@ fn os_update_history_on_the_device_page(backend: Backend) {
     assert!(first.texts("#os-events tbody tr")[0].contains("try 99"));
 }
 
+/// A multipart/form-data body: text fields, then files (name, file name, bytes).
+fn multipart(fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----resin-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (k, v) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    for (k, file, data) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{file}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn os_release_upload_page(backend: Backend) {
+    use sha2::Digest;
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    s.web_user("bob", PW);
+    let work = tempfile::tempdir().unwrap();
+    let bundle = std::fs::read(common::image::small_bundle(work.path(), "2.0")).unwrap();
+    let image = std::fs::read(common::image::base_image(work.path())).unwrap();
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let p = b.get("/os-releases");
+    assert_eq!(p.status, 200);
+    assert_eq!(
+        p.attrs("#os-upload", "enctype"),
+        vec!["multipart/form-data"]
+    );
+    let csrf = p.csrf();
+    let upload = |b: &mut Browser, fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]| {
+        let (ctype, body) = multipart(fields, files);
+        b.request_with(
+            "POST",
+            "/os-releases",
+            Some(body),
+            &[("Content-Type", &ctype)],
+        )
+    };
+    let count = || s.get("/v1/os_release/$count", &key).body;
+    // Nothing of a refused upload stays: no row, no file, no temp file.
+    let os_dir = s.app.config.data_dir.join("os");
+    let files_left = || -> Vec<String> { walk(&os_dir) };
+    let meta = [
+        ("csrf", csrf.as_str()),
+        ("device_type", "qemuarm64"),
+        ("version", "2.0"),
+    ];
+
+    // Without the CSRF token: 403, nothing made.
+    let p = upload(&mut b, &meta[1..], &[("bundle", "b.raucb", &bundle)]);
+    assert_eq!(p.status, 403, "{}", p.body);
+    assert_eq!(count(), "0");
+    // Not a bundle: a clear 400, nothing made.
+    let p = upload(&mut b, &meta, &[("bundle", "b.raucb", b"bundle bytes")]);
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.text("#error-message").contains("not a RAUC bundle"),
+        "{}",
+        p.body
+    );
+    assert_eq!(count(), "0");
+    assert_eq!(files_left(), Vec::<String>::new());
+    // A bundle cut short (its signature lost): the same.
+    let p = upload(
+        &mut b,
+        &meta,
+        &[("bundle", "b.raucb", &bundle[..bundle.len() - 100])],
+    );
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.text("#error-message").contains("signature"), "{}", p.body);
+    // A good bundle with a bad image: the release goes again, files and all.
+    let p = upload(
+        &mut b,
+        &meta,
+        &[
+            ("bundle", "b.raucb", &bundle),
+            ("image", "x.img", b"not an image"),
+        ],
+    );
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.text("#error-message").contains("not a resin disk image"),
+        "{}",
+        p.body
+    );
+    assert_eq!(count(), "0");
+    assert_eq!(files_left(), Vec::<String>::new());
+    // No bundle chosen: 400.
+    let p = upload(&mut b, &meta, &[("bundle", "", b"")]);
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert_eq!(count(), "0");
+
+    // The real thing: bundle and image, stored as the API stores them.
+    let p = upload(
+        &mut b,
+        &meta,
+        &[
+            ("bundle", "resin-2.0.raucb", &bundle),
+            ("image", "resin.img", &image),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location(), "/os-releases");
+    let rows = s.get("/v1/os_release", &key).json()["value"].clone();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    let row = &rows[0];
+    assert_eq!(row["version"], "2.0");
+    assert_eq!(row["device_type"], "qemuarm64");
+    assert_eq!(row["bundle_size"], bundle.len() as u64);
+    assert_eq!(row["bundle_sha256"], hex(&sha2::Sha256::digest(&bundle)));
+    assert_eq!(row["image_size"], image.len() as u64);
+    let id = row["id"].as_i64().unwrap();
+    assert_eq!(
+        std::fs::read(os_dir.join(id.to_string()).join("bundle.raucb")).unwrap(),
+        bundle
+    );
+    let p = b.get("/os-releases");
+    assert!(p.text("#os-releases tbody").contains("2.0"), "{}", p.body);
+    // The same version again: the API's 409; the first is untouched.
+    let p = upload(&mut b, &meta, &[("bundle", "b.raucb", &bundle)]);
+    assert_eq!(p.status, 409, "{}", p.body);
+    assert_eq!(count(), "1");
+    assert_eq!(files_left().len(), 2, "{:?}", files_left());
+    // The audit log names the upload.
+    assert!(b
+        .get("/audit")
+        .text("#audit tbody")
+        .contains(&format!("os_release({id})")));
+    // Bob does not see alice's (private) release.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    assert!(!bob
+        .get("/os-releases")
+        .text("#os-releases tbody")
+        .contains("2.0"));
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Every file under `dir` (relative paths), sorted.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 both!(
+    os_release_upload_page,
     os_update_history_on_the_device_page,
     device_actions_and_bulk_reboot_and_move,
     bulk_actions_and_fleet_vars,

@@ -176,6 +176,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Dashboard: a release's composition, services, images and digests",
     ),
     ("/os-releases", "get", "Dashboard: OS releases"),
+    (
+        "/os-releases",
+        "post",
+        "Dashboard: upload an OS release (multipart: csrf, device_type, version, bundle, image)",
+    ),
     ("/audit", "get", "Dashboard: the audit log"),
     ("/settings", "get", "Dashboard: API keys"),
     (
@@ -224,7 +229,12 @@ pub fn router() -> Router<AppState> {
         .route("/devices/{id}/logs/stream", get(pages::device_log_stream))
         .route("/devices/{id}/logs.txt", get(pages::device_log_download))
         .route("/releases/{id}", get(pages::release))
-        .route("/os-releases", get(pages::os_releases))
+        .route(
+            "/os-releases",
+            get(pages::os_releases)
+                .post(pages::upload_os_release)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/audit", get(pages::audit_page))
         .route("/settings", get(pages::settings))
         .route("/settings/keys", post(pages::create_key))

@@ -1101,6 +1101,95 @@ pub async fn os_releases(State(app): State<AppState>, Auth(s): Auth) -> WebResul
     ))
 }
 
+/// `POST /os-releases`: a new OS release from the upload form (multipart:
+/// `csrf`, `device_type`, `version`, then the `bundle` file and optionally
+/// the `image` file, in that order). The row is made with
+/// [`resources::create`] and the files are stored by [`os::upload_stream`],
+/// the API's upload code, with the bundle's shape checked. Any error removes
+/// the new release again (row and files): nothing is left half-made.
+pub async fn upload_os_release(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    headers: HeaderMap,
+    mut multipart: axum::extract::Multipart,
+) -> WebResult {
+    let actor = s.actor();
+    let bad = |m: String| WebError(ApiError::bad_request(m));
+    let mut form = FormMap::new();
+    let mut created: Option<i64> = None;
+    let mut stored = Vec::new();
+    let result: Result<(), WebError> = async {
+        while let Some(part) = multipart
+            .next_field()
+            .await
+            .map_err(|e| bad(format!("reading the upload form: {e}")))?
+        {
+            let name = part.name().unwrap_or_default().to_owned();
+            if name != "bundle" && name != "image" {
+                let v = part
+                    .text()
+                    .await
+                    .map_err(|e| bad(format!("reading the field {name:?}: {e}")))?;
+                form.insert(name, v);
+                continue;
+            }
+            // An empty file input (no image chosen) is sent with no file name.
+            if part.file_name().unwrap_or_default().is_empty() {
+                continue;
+            }
+            let id = match created {
+                Some(id) => id,
+                None => {
+                    check_csrf(&s, &headers, &form)?;
+                    let body = json!({
+                        "device_type": field(&form, "device_type"),
+                        "version": field(&form, "version"),
+                    });
+                    let (_, v) = resources::create(&app, &actor, res("os_release")?, &body).await?;
+                    let id = v.get("id").and_then(Value::as_i64).ok_or_else(|| {
+                        WebError(ApiError::internal("a new os_release without an id"))
+                    })?;
+                    created = Some(id);
+                    id
+                }
+            };
+            let (sha, size) = os::upload_stream(&app, &actor, id, &name, part, true).await?;
+            stored.push(format!("{name} {size} bytes sha256 {sha}"));
+        }
+        if !stored.iter().any(|f| f.starts_with("bundle ")) {
+            check_csrf(&s, &headers, &form)?;
+            return Err(WebError(ApiError::bad_request_field(
+                "bundle",
+                "choose a RAUC bundle (.raucb) to upload",
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    match (result, created) {
+        (Ok(()), Some(id)) => {
+            log_change(
+                &app,
+                &s,
+                "upload",
+                &format!("os_release({id})"),
+                Some(&stored.join("; ")),
+            )
+            .await;
+            Ok(see_other("/os-releases"))
+        }
+        (Err(e), Some(id)) => {
+            // Nothing half-made: the new release (row and files) goes again.
+            if let Err(d) = resources::delete(&app, &actor, res("os_release")?, id, true).await {
+                tracing::warn!("removing the failed upload os_release({id}): {}", d.message);
+            }
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+        (Ok(()), None) => Err(WebError(ApiError::internal("no os_release made"))),
+    }
+}
+
 #[derive(Serialize)]
 struct AuditRow {
     at: String,
