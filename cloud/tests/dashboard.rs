@@ -1241,7 +1241,92 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     out
 }
 
+fn rollout_buttons_change_the_rollout(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    let (_, bob_key) = s.web_user("bob", PW);
+    let (fleet, prov) = s.fleet(&key, "f");
+    let (bob_fleet, _) = s.fleet(&bob_key, "bf");
+    s.device(&prov);
+    let rel = s.create(
+        &key,
+        "release",
+        json!({"fleet": fleet, "composition": {"services": {"main": {"image": "127.0.0.1:1/app@sha256:0001"}}}}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let r = s.post(
+        "/v1/rollout",
+        &key,
+        json!({"fleet": fleet, "release": rel, "waves": common::fleet::waves(&[50, 100], 60, 600)}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_i64().unwrap();
+    assert_eq!(
+        s.post(&format!("/v1/rollout({id})/start"), &key, json!({}))
+            .status,
+        200
+    );
+    let state = || s.get(&format!("/v1/rollout({id})"), &key).json()["state"].clone();
+    assert_eq!(state(), "running");
+
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let page = |b: &mut Browser| b.get(&format!("/fleets/{fleet}"));
+    let p = page(&mut b);
+    let row = format!("#rollouts tr[data-rollout-id='{id}']");
+    assert!(p.text(&row).contains("running"), "{}", p.text(&row));
+    let buttons = p.attrs(&format!("{row} form"), "action");
+    let url = |a: &str| format!("/fleets/{fleet}/rollouts/{id}/{a}");
+    assert_eq!(buttons, vec![url("pause"), url("resume"), url("halt")]);
+    let csrf = p.csrf();
+
+    // Without the token: 403, still running.
+    assert_eq!(b.post(&url("pause"), &[]).status, 403);
+    assert_eq!(state(), "running");
+    // Each button moves the rollout, and the page shows where it is.
+    for (action, after) in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("halt", "halted"),
+    ] {
+        let p = b.post(&url(action), &[("csrf", &csrf)]);
+        assert_eq!(p.status, 303, "{action}: {}", p.body);
+        assert_eq!(p.location(), format!("/fleets/{fleet}"));
+        assert_eq!(state(), after, "after {action}");
+        assert!(page(&mut b).text(&row).contains(after), "{action}");
+    }
+    // A button the state machine does not allow: the API's 409, unchanged.
+    let p = b.post(&url("pause"), &[("csrf", &csrf)]);
+    assert_eq!(p.status, 409, "{}", p.body);
+    assert_eq!(state(), "halted");
+
+    // Bob cannot press alice's buttons, under either fleet's path.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    let bcsrf = bob.csrf();
+    for path in [
+        url("resume"),
+        format!("/fleets/{bob_fleet}/rollouts/{id}/resume"),
+    ] {
+        let p = bob.post(&path, &[("csrf", &bcsrf)]);
+        assert_eq!(p.status, 404, "{path}: {}", p.body);
+    }
+    assert_eq!(state(), "halted");
+    // The audit log names the presses.
+    let audit = b.get("/audit").texts("#audit tbody tr");
+    for a in ["pause", "resume", "halt"] {
+        assert!(
+            audit
+                .iter()
+                .any(|r| r.contains(a) && r.contains(&format!("rollout({id})"))),
+            "{a}: {audit:?}"
+        );
+    }
+}
+
 both!(
+    rollout_buttons_change_the_rollout,
     os_release_upload_page,
     os_update_history_on_the_device_page,
     device_actions_and_bulk_reboot_and_move,
