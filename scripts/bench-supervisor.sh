@@ -22,7 +22,7 @@ cargo build --release -p resin-supervisor >&2
 BIN=${CARGO_TARGET_DIR:-target}/release/resin-supervisor
 size=$(stat -c %s "$BIN")
 
-W=$(mktemp -d); trap 'kill $SUP 2>/dev/null || true; rm -rf "$W"' EXIT
+W=$(mktemp -d); trap 'kill $SUP 2>/dev/null || true; [ -z "${APP:-}" ] || clean; rm -rf "$W"' EXIT
 SUP=
 # A busybox image, imported once.
 IMG=resin-bench/busybox:latest
@@ -60,7 +60,10 @@ wait_running() { # N: seconds (ms precision) until N containers run
   while [ "$(running)" -lt "$1" ]; do sleep 0.05; done
   echo $(( ($(date +%s%N) - t0) / 1000000 ))
 }
-clean() { docker ps -aq --filter "label=io.resin.app-uuid=$APP" | xargs -r docker rm -f >/dev/null; }
+clean() { # the containers and the app's network (left behind, they used up the engine's address pools)
+  docker ps -aq --filter "label=io.resin.app-uuid=$APP" | xargs -r docker rm -f >/dev/null
+  docker network ls -q --filter "label=io.resin.app-uuid=$APP" | xargs -r docker network rm >/dev/null
+}
 
 echo "| measurement | value |"
 echo "|---|---|"
