@@ -20,6 +20,7 @@ pub mod logs;
 pub mod memory;
 pub mod metadata;
 pub mod os;
+pub mod os_history;
 pub mod perms;
 pub mod query;
 pub mod ratelimit;
