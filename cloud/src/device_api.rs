@@ -431,9 +431,9 @@ fn device_update(id: i64, sets: Vec<(&str, Param)>) -> (String, Vec<Param>) {
 
 /// `PATCH /device/v3/state`
 ///
-/// A device's own report that carries no action outcomes and no OS version
-/// is one `UPDATE` on its own (one round trip on PostgreSQL); anything else
-/// is one transaction.
+/// A device's own report that carries no action outcomes, no OS version and
+/// no OS-update state is one `UPDATE` on its own (one round trip on
+/// PostgreSQL); anything else is one transaction.
 pub async fn report_state(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -502,8 +502,12 @@ pub async fn report_state(
         }
         updates.push((id, sets, r.actions.as_deref().unwrap_or_default(), r));
     }
-    if os_versions.is_empty() && updates.len() == 1 && updates[0].2.is_empty() {
-        if let Some((id, sets, _)) = updates.pop() {
+    if os_versions.is_empty()
+        && updates.len() == 1
+        && updates[0].2.is_empty()
+        && updates[0].3.os_update.is_none()
+    {
+        if let Some((id, sets, _, _)) = updates.pop() {
             let (sql, params) = device_update(id, sets);
             bind_all(dyn_query(sql), &params)
                 .execute(&app.db.pool)
