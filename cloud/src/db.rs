@@ -113,6 +113,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0010_build_lease.sql"),
         include_str!("../migrations/0010_build_lease.sql"),
     ),
+    (
+        11,
+        include_str!("../migrations/0011_tunnel_replicas.sql"),
+        include_str!("../migrations/0011_tunnel_replicas.sql"),
+    ),
 ];
 
 impl Db {
