@@ -115,8 +115,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         11,
-        include_str!("../migrations/0011_tunnel_replicas.sql"),
-        include_str!("../migrations/0011_tunnel_replicas.sql"),
+        include_str!("../migrations/0011_os_update_history.sql"),
+        include_str!("../migrations/0011_os_update_history.sql"),
+    ),
+    (
+        12,
+        include_str!("../migrations/0012_tunnel_replicas.sql"),
+        include_str!("../migrations/0012_tunnel_replicas.sql"),
     ),
 ];
 

@@ -461,11 +461,14 @@ pub async fn report_state(
                 sets.push(("boot_slot", text(&os.boot_slot)));
             }
         }
-        updates.push((id, sets, r.actions.as_deref().unwrap_or_default()));
+        updates.push((id, sets, r.actions.as_deref().unwrap_or_default(), r));
     }
     let mut tx = app.db.begin_write().await?;
     let mut changed = Vec::new();
-    for (id, sets, outcomes) in updates {
+    for (id, sets, outcomes, r) in updates {
+        if let Some(os) = &r.os_update {
+            crate::os_history::record(&mut tx, id, os, r.os_version.as_deref()).await?;
+        }
         if !outcomes.is_empty() && crate::actions::apply_outcomes(&mut tx, id, outcomes).await? {
             changed.push(id);
         }

@@ -19,6 +19,7 @@ pub mod linger;
 pub mod logs;
 pub mod metadata;
 pub mod os;
+pub mod os_history;
 pub mod perms;
 pub mod query;
 pub mod ratelimit;

@@ -39,6 +39,30 @@ pub async fn upload(
     kind: &str,
     body: Body,
 ) -> ApiResult<Response> {
+    let (sha, size) = upload_stream(app, actor, id, kind, body.into_data_stream(), false).await?;
+    Ok((
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"sha256": sha, "size": size})),
+    )
+        .into_response())
+}
+
+/// [`upload`] from any stream of chunks (the dashboard's multipart field):
+/// returns the file's sha256 and size. With `check_bundle`, a bundle that is
+/// not shaped like a RAUC bundle ([`check_bundle`]) is refused with 400
+/// before it replaces anything. On any error the temp file is gone.
+pub async fn upload_stream<S, E>(
+    app: &AppState,
+    actor: &Actor,
+    id: i64,
+    kind: &str,
+    mut stream: S,
+    check_bundle: bool,
+) -> ApiResult<(String, u64)>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     perms::may_change(actor)?;
     if !resources::may_write(app, actor, "os_release", id).await? {
         return Err(ApiError::not_found(format!("os_release({id}) not found")));
@@ -54,7 +78,6 @@ pub async fn upload(
         resources::new_uuid()
     ));
     let what = format!("storing the {kind} of os_release({id})");
-    let mut stream = body.into_data_stream();
     let result = async {
         let mut file = tokio::fs::File::create(&tmp)
             .await
@@ -91,6 +114,13 @@ pub async fn upload(
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::bad_request(format!("not a resin disk image: {e}")))?;
         }
+        if kind == "bundle" && check_bundle {
+            let check = tmp.clone();
+            tokio::task::spawn_blocking(move || self::check_bundle(&check))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(|e| ApiError::bad_request_field("bundle", e))?;
+        }
         Ok((hex::encode(hasher.finalize()), size))
     }
     .await;
@@ -125,17 +155,55 @@ pub async fn upload(
     }
     // Any fleet of any owner may target this version (and a public one).
     crate::cache::changed(app, crate::cache::Change::All).await;
-    Ok((
-        StatusCode::OK,
-        axum::Json(serde_json::json!({"sha256": sha, "size": size})),
-    )
-        .into_response())
+    Ok((sha, size))
+}
+
+/// Whether the file at `path` is shaped like a RAUC bundle: a squashfs
+/// image (magic `hsqs`) followed (after dm-verity data, in the verity
+/// format) by a CMS signature (DER, `0x30`) and the signature's size as a
+/// big-endian u64 in the last 8 bytes. Only the shape: the device checks
+/// the signature against its keyring when it installs the bundle.
+pub fn check_bundle(path: &std::path::Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| format!("reading the bundle: {e}");
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    let mut magic = [0u8; 4];
+    if size < 96 + 8 || f.read_exact(&mut magic).is_err() || &magic != b"hsqs" {
+        return Err(
+            "not a RAUC bundle: it does not start with a squashfs image \
+                    (a bundle is made by `rauc bundle`, e.g. resin-imagegen's bundle output)"
+                .into(),
+        );
+    }
+    let mut trailer = [0u8; 8];
+    f.seek(SeekFrom::End(-8)).map_err(io)?;
+    f.read_exact(&mut trailer).map_err(io)?;
+    let sig = u64::from_be_bytes(trailer);
+    let no_sig = || {
+        "not a RAUC bundle: it has no signature at its end (a bundle ends with a CMS \
+         signature and its size); was it signed by `rauc bundle`?"
+            .to_owned()
+    };
+    if sig == 0 || sig > size - 96 - 8 {
+        return Err(no_sig());
+    }
+    let mut first = [0u8; 1];
+    f.seek(SeekFrom::Start(size - 8 - sig)).map_err(io)?;
+    f.read_exact(&mut first).map_err(io)?;
+    if first[0] != 0x30 {
+        return Err(no_sig());
+    }
+    Ok(())
 }
 
 /// Reads and drops what is left of a refused upload (up to 256 MiB, for
 /// up to 30 s), so the client gets the error answer instead of a broken
 /// pipe: a connection closed while the client still sends loses our answer.
-async fn drain(stream: &mut axum::body::BodyDataStream) {
+async fn drain<S, E>(stream: &mut S)
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
     let mut left: usize = 256 << 20;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         while let Some(Ok(chunk)) = stream.next().await {
@@ -534,8 +602,39 @@ pub async fn download(app: &AppState, actor: &Actor, q: Option<&str>) -> ApiResu
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bundle_shaped_files_pass_the_bundle_check() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("b");
+        let sig = [0x30u8, 0x82, 0x01, 0x00];
+        let mut good = b"hsqs".to_vec();
+        good.resize(4096, 7);
+        good.extend_from_slice(&sig);
+        good.extend_from_slice(&(sig.len() as u64).to_be_bytes());
+        std::fs::write(&p, &good).unwrap();
+        assert_eq!(check_bundle(&p), Ok(()));
+        for (bad, why) in [
+            (b"bundle bytes".to_vec(), "squashfs"),
+            ([b"xsqs".as_slice(), &good[4..]].concat(), "squashfs"),
+            (good[..good.len() - 1].to_vec(), "signature"),
+            (
+                [&good[..4096], &[0x31, 0, 0, 0], &good[4100..]].concat(),
+                "signature",
+            ),
+            (
+                [&good[..good.len() - 8], &u64::MAX.to_be_bytes()[..]].concat(),
+                "signature",
+            ),
+        ] {
+            std::fs::write(&p, &bad).unwrap();
+            let e = check_bundle(&p).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+    }
 
     #[test]
     fn zero_blocks_are_left_out_of_the_runs_written() {

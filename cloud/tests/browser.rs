@@ -1,12 +1,16 @@
 //! The dashboard in a real browser: Debian's chromium, headless, driven
 //! through chromedriver (WebDriver). A user logs in, creates a fleet and
 //! downloads its configured image; a fake device registers and reports; the
-//! device page shows it online and a log line posted appears live.
+//! device page shows it online and a log line posted appears live; its
+//! reboot button puts a reboot into the device's target state. When the
+//! network drops, the live logs say so and reconnect by themselves.
 //! Screenshots of the fleet and device pages are saved under
 //! `$RESIN_SCREENSHOTS` (default: the cargo target's tmp dir).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
@@ -158,5 +162,95 @@ fn a_user_runs_a_fleet_in_chromium() {
     d.click("#log-pause");
     d.wait_for(Duration::from_secs(2), "the held line", |d| {
         d.text("#log-lines").contains("while paused")
+    });
+
+    // The reboot button: the page lists the action, and it reaches the
+    // device's target state (what the supervisor polls).
+    d.click("#reboot button");
+    d.wait_for(Duration::from_secs(10), "the action in the page", |d| {
+        d.try_find("#action-list tr[data-action-id]").is_some()
+    });
+    let row = d.text("#action-list tbody tr");
+    assert!(row.contains("reboot") && row.contains("pending"), "{row}");
+    let r = s.raw(
+        "GET",
+        &format!("/device/v3/{uuid}/state"),
+        Some(&dev_key),
+        &[],
+        vec![],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let actions = r.json()[&uuid]["actions"].clone();
+    assert_eq!(actions[0]["action"], "reboot", "{actions}");
+}
+
+/// The live logs over a network that drops: the browser reaches the cloud
+/// through a proxy that cuts every connection and refuses new ones for a
+/// while. The page says the stream dropped, reconnects by itself when the
+/// network is back, and new lines appear again.
+#[test]
+fn live_logs_say_when_the_stream_drops_and_reconnect() {
+    let s = Server::start(Backend::Sqlite);
+    let (_, key) = s.web_user("alice", PW);
+    let (_, prov) = s.fleet(&key, "f");
+    let (dev, uuid, dev_key) = s.device(&prov);
+    let upstream: std::net::SocketAddr = s.base.trim_start_matches("http://").parse().unwrap();
+    let net = proxy::Proxy::start(upstream);
+    let base = format!("http://{}", net.addr);
+    let mut d = Driver::start();
+    d.goto(&format!("{base}/login"));
+    d.type_into("#username", "alice");
+    d.type_into("#password", PW);
+    d.click("form.login button[type=submit]");
+    d.wait_for(Duration::from_secs(10), "the fleets page", |d| {
+        d.url().ends_with("/fleets")
+    });
+    d.goto(&format!("{base}/devices/{dev}"));
+    d.wait_for(Duration::from_secs(10), "the log stream", |d| {
+        d.attr("#logs", "data-state").as_deref() == Some("live")
+    });
+    let post = |msg: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let line = json!({"timestamp": now, "service": "main", "message": msg});
+        let r = s.raw(
+            "POST",
+            &format!("/device/v2/{uuid}/log-stream"),
+            Some(&dev_key),
+            &[("Content-Type", "application/x-ndjson")],
+            format!("{line}\n").into_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    post("before the drop");
+    d.wait_for(Duration::from_secs(2), "the first line", |d| {
+        d.text("#log-lines").contains("before the drop")
+    });
+
+    // The network drops: the page says so (and keeps what it showed).
+    net.cut();
+    let took = d.wait_for(Duration::from_secs(5), "the dropped state", |d| {
+        d.attr("#logs", "data-state").as_deref() == Some("dropped")
+    });
+    eprintln!("the page showed the drop after {took:?}");
+    assert_eq!(d.text("#log-state"), "stream dropped, reconnecting…");
+    assert!(d.text("#log-lines").contains("before the drop"));
+    // Still down a while later: still saying so, not pretending to be live.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(d.attr("#logs", "data-state").as_deref(), Some("dropped"));
+
+    // The network is back: the page reconnects by itself, and new lines
+    // appear again.
+    net.up();
+    let took = d.wait_for(Duration::from_secs(15), "the reconnect", |d| {
+        d.attr("#logs", "data-state").as_deref() == Some("live")
+    });
+    eprintln!("the page reconnected {took:?} after the network came back");
+    assert_eq!(d.text("#log-state"), "live");
+    post("after the reconnect");
+    d.wait_for(Duration::from_secs(2), "a line after the reconnect", |d| {
+        d.text("#log-lines").contains("after the reconnect")
     });
 }

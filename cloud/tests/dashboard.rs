@@ -678,7 +678,658 @@ fn bulk_actions_and_fleet_vars(backend: Backend) {
     assert_eq!(p.status, 404);
 }
 
+/// The device's target state (as the device polls it).
+fn target(s: &Server, uuid: &str, dev_key: &str) -> serde_json::Value {
+    let r = s.raw(
+        "GET",
+        &format!("/device/v3/{uuid}/state"),
+        Some(dev_key),
+        &[],
+        vec![],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()[uuid].clone()
+}
+
+fn device_actions_and_bulk_reboot_and_move(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    let (_, bob_key) = s.web_user("bob", PW);
+    let (fleet, prov) = s.fleet(&key, "f");
+    let (fleet2, _) = s.fleet(&key, "f2");
+    let other_type = s.create(
+        &key,
+        "fleet",
+        json!({"name": "pis", "device_type": "raspberrypi4-64"}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let (bob_fleet, _) = s.fleet(&bob_key, "bf");
+    let rel = s.create(
+        &key,
+        "release",
+        json!({"fleet": fleet, "composition": {"services": {"main": {"image": "127.0.0.1:1/app@sha256:0001"}}}}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        s.patch(
+            &format!("/v1/fleet({fleet})"),
+            &key,
+            json!({"target_release": rel})
+        )
+        .status
+            < 300
+    );
+    let (dev, uuid, dev_key) = s.device(&prov);
+    let (dev2, uuid2, dev2_key) = s.device(&prov);
+    let report = json!({uuid.clone(): {"status": "Idle",
+        "apps": {"a1": {"release_uuid": "r1", "services": {"main": {"status": "running",
+            "release_uuid": "r1", "image": "127.0.0.1:1/app@sha256:0001"}}}}}});
+    let r = s.req("PATCH", "/device/v3/state", Some(&dev_key), Some(&report));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(target(&s, &uuid, &dev_key).get("actions").is_none());
+    let count = |dev: i64| {
+        s.get(&format!("/v1/device({dev})/actions"), &key).json()["value"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let p = b.get(&format!("/devices/{dev}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(p.text("#action-list tbody"), "No actions yet.");
+    // A restart button on the service's row, a reboot button.
+    assert_eq!(
+        p.attrs("form.restart-service input[name=service]", "value"),
+        vec!["main"]
+    );
+    let csrf = p.csrf();
+    let path = format!("/devices/{dev}/actions");
+
+    // Without the token: 403, nothing queued.
+    let p = b.post(&path, &[("action", "reboot")]);
+    assert_eq!(p.status, 403);
+    assert_eq!(count(dev), 0);
+
+    // The reboot button: queued, and in the device's target state.
+    let p = b.post(&path, &[("csrf", &csrf), ("action", "reboot")]);
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location(), format!("/devices/{dev}#actions"));
+    let t = target(&s, &uuid, &dev_key);
+    let acts = t["actions"].as_array().expect("actions in the target");
+    assert_eq!(acts.len(), 1, "{t}");
+    assert_eq!(acts[0]["action"], "reboot");
+    // Restart one service, from its row.
+    let p = b.post(
+        &path,
+        &[("csrf", &csrf), ("action", "restart"), ("service", "main")],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    let t = target(&s, &uuid, &dev_key);
+    assert_eq!(t["actions"][1]["action"], "restart");
+    assert_eq!(t["actions"][1]["service"], "main");
+    // A service the release does not have: the API's 400, shown as a page.
+    let p = b.post(
+        &path,
+        &[("csrf", &csrf), ("action", "restart"), ("service", "nope")],
+    );
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.text("#error-message").contains("no service named"),
+        "{}",
+        p.body
+    );
+    assert_eq!(count(dev), 2);
+    // The page lists them, newest first.
+    let p = b.get(&format!("/devices/{dev}"));
+    let rows = p.texts("#action-list tbody tr");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[0].contains("restart") && rows[0].contains("main") && rows[0].contains("pending"),
+        "{rows:?}"
+    );
+    assert!(rows[1].contains("reboot"), "{rows:?}");
+
+    // Pin, then the unpin button.
+    let p = b.post(
+        &format!("/devices/{dev}/pin"),
+        &[("csrf", &csrf), ("release", &rel.to_string())],
+    );
+    assert_eq!(p.status, 303);
+    let p = b.get(&format!("/devices/{dev}"));
+    assert_eq!(p.attrs("#unpin input[name=release]", "value"), vec![""]);
+    let p = b.post(
+        &format!("/devices/{dev}/pin"),
+        &[("csrf", &csrf), ("release", "")],
+    );
+    assert_eq!(p.status, 303);
+    assert!(s.get(&format!("/v1/device({dev})"), &key).json()["pinned_release"].is_null());
+    assert!(b
+        .get(&format!("/devices/{dev}"))
+        .attrs("#unpin", "id")
+        .is_empty());
+
+    // Bob can neither act on alice's device nor see that it exists.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    let bcsrf = bob.csrf();
+    let p = bob.post(&path, &[("csrf", &bcsrf), ("action", "reboot")]);
+    assert_eq!(p.status, 404, "{}", p.body);
+    assert!(!p.body.contains(&uuid));
+    let p = bob.post(
+        &format!("/fleets/{bob_fleet}/bulk"),
+        &[
+            ("csrf", &bcsrf),
+            ("device", &dev.to_string()),
+            ("action", "reboot"),
+        ],
+    );
+    assert_eq!(p.status, 404, "{}", p.body);
+    let p = bob.post(
+        &format!("/fleets/{fleet}/bulk"),
+        &[
+            ("csrf", &bcsrf),
+            ("device", &dev.to_string()),
+            ("action", "reboot"),
+        ],
+    );
+    assert_eq!(p.status, 404, "{}", p.body);
+    assert_eq!(count(dev), 2, "bob queued nothing");
+    assert_eq!(
+        target(&s, &uuid, &dev_key)["actions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Bulk reboot of both devices.
+    let bulk = format!("/fleets/{fleet}/bulk");
+    let (d1, d2) = (dev.to_string(), dev2.to_string());
+    let p = b.post(
+        &bulk,
+        &[
+            ("csrf", &csrf),
+            ("device", &d1),
+            ("device", &d2),
+            ("action", "reboot"),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(count(dev), 3);
+    assert_eq!(
+        target(&s, &uuid2, &dev2_key)["actions"][0]["action"],
+        "reboot"
+    );
+
+    // Bulk move: the fleet page offers alice's other fleet of the same type.
+    let p = b.get(&format!("/fleets/{fleet}"));
+    let offered = p.attrs("#bulk-to-fleet option", "value");
+    assert!(offered.contains(&fleet2.to_string()), "{offered:?}");
+    assert!(!offered.contains(&other_type.to_string()), "{offered:?}");
+    assert!(!offered.contains(&bob_fleet.to_string()), "{offered:?}");
+    let fleet_of = |d: i64| s.get(&format!("/v1/device({d})"), &key).json()["fleet"].clone();
+    // To another device type: the API's 409; to bob's fleet: 404.
+    for (to, status) in [(other_type, 409), (bob_fleet, 404)] {
+        let p = b.post(
+            &bulk,
+            &[
+                ("csrf", &csrf),
+                ("device", &d2),
+                ("action", "move"),
+                ("to_fleet", &to.to_string()),
+            ],
+        );
+        assert_eq!(p.status, status, "{}", p.body);
+        assert_eq!(fleet_of(dev2), json!(fleet));
+    }
+    let p = b.post(
+        &bulk,
+        &[
+            ("csrf", &csrf),
+            ("device", &d2),
+            ("action", "move"),
+            ("to_fleet", &fleet2.to_string()),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(fleet_of(dev2), json!(fleet2));
+    assert_eq!(fleet_of(dev), json!(fleet));
+    assert_eq!(
+        b.get(&format!("/fleets/{fleet2}")).text("#device-count"),
+        "1"
+    );
+}
+
+fn os_update_history_on_the_device_page(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    s.web_user("bob", PW);
+    let (_, prov) = s.fleet(&key, "f");
+    let (dev, uuid, dev_key) = s.device(&prov);
+    let report = |os_version: &str, os: serde_json::Value| {
+        let r = s.req(
+            "PATCH",
+            "/device/v3/state",
+            Some(&dev_key),
+            Some(&json!({uuid.clone(): {"os_version": os_version, "os_update": os}})),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    // A fake device updates 1.0 → 2.0, which is rolled back; then 1.0 →
+    // 2.1, committed.
+    report("1.0", json!({"state": "idle"}));
+    for (v, os) in [
+        (
+            "1.0",
+            json!({"state": "downloading", "target_version": "2.0", "progress": 10}),
+        ),
+        (
+            "1.0",
+            json!({"state": "downloading", "target_version": "2.0", "progress": 60}),
+        ),
+        (
+            "1.0",
+            json!({"state": "installing", "target_version": "2.0", "progress": 0}),
+        ),
+        (
+            "1.0",
+            json!({"state": "rebooting", "target_version": "2.0"}),
+        ),
+        (
+            "2.0",
+            json!({"state": "verifying", "target_version": "2.0", "boot_slot": "rootfs.1"}),
+        ),
+        (
+            "1.0",
+            json!({"state": "rolled-back", "target_version": "2.0",
+            "reason": "health check <b>failed</b>: web not running", "boot_slot": "rootfs.0"}),
+        ),
+        ("1.0", json!({"state": "idle"})),
+        (
+            "1.0",
+            json!({"state": "downloading", "target_version": "2.1"}),
+        ),
+        (
+            "1.0",
+            json!({"state": "installing", "target_version": "2.1"}),
+        ),
+        (
+            "1.0",
+            json!({"state": "rebooting", "target_version": "2.1"}),
+        ),
+        (
+            "2.1",
+            json!({"state": "committed", "target_version": "2.1", "boot_slot": "rootfs.1"}),
+        ),
+        ("2.1", json!({"state": "idle"})),
+    ] {
+        report(v, os);
+    }
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let p = b.get(&format!("/devices/{dev}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    let rows: Vec<Vec<String>> = {
+        let html = p.html();
+        let tr = scraper::Selector::parse("#os-events tbody tr").unwrap();
+        let td = scraper::Selector::parse("td").unwrap();
+        html.select(&tr)
+            .map(|r| {
+                r.select(&td)
+                    .map(|c| c.text().collect::<String>().trim().to_owned())
+                    .collect()
+            })
+            .collect()
+    };
+    // Newest first; progress within a state and the returns to idle are not
+    // events: (state, running OS, target OS, reason, slot).
+    let want = [
+        ("rebooting → committed", "2.1", "2.1", "", "rootfs.1"),
+        ("installing → rebooting", "1.0", "2.1", "", ""),
+        ("downloading → installing", "1.0", "2.1", "", ""),
+        ("idle → downloading", "1.0", "2.1", "", ""),
+        (
+            "verifying → rolled-back",
+            "1.0",
+            "2.0",
+            "health check <b>failed</b>: web not running",
+            "rootfs.0",
+        ),
+        ("rebooting → verifying", "2.0", "2.0", "", "rootfs.1"),
+        ("installing → rebooting", "1.0", "2.0", "", ""),
+        ("downloading → installing", "1.0", "2.0", "", ""),
+        ("idle → downloading", "1.0", "2.0", "", ""),
+    ];
+    assert_eq!(rows.len(), want.len(), "{rows:?}");
+    for (row, (state, os, target, reason, slot)) in rows.iter().zip(want) {
+        assert_eq!(&row[1..], &[state, os, target, reason, slot], "{rows:?}");
+        assert!(row[0].ends_with('Z'), "a time: {row:?}");
+    }
+    assert!(!p.body.contains("<b>failed"), "the reason is escaped");
+    assert!(p.attrs("#os-older", "href").is_empty(), "one page");
+
+    // Bob cannot read it, by any query.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    for path in [
+        format!("/devices/{dev}"),
+        format!("/devices/{dev}?os_before=999999"),
+    ] {
+        let p = bob.get(&path);
+        assert_eq!(p.status, 404, "{path}");
+        assert!(!p.body.contains("health check"), "{path}: {}", p.body);
+    }
+
+    // Bounded, and paged 20 at a time with an "older" link.
+    for i in 0..100 {
+        report(
+            "2.1",
+            json!({"state": "downloading", "target_version": "3.0"}),
+        );
+        report(
+            "2.1",
+            json!({"state": "failed", "target_version": "3.0", "reason": format!("try {i}")}),
+        );
+    }
+    let kept: i64 = s.rt.block_on(async {
+        sqlx::query_scalar("SELECT COUNT(*) FROM os_update_event WHERE device = $1")
+            .bind(dev)
+            .fetch_one(&s.app.db.pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(kept, resin_cloud::os_history::KEEP);
+    let mut path = format!("/devices/{dev}");
+    let mut seen = Vec::new();
+    loop {
+        let p = b.get(&path);
+        assert_eq!(p.status, 200, "{path}");
+        let ids = p.attrs("#os-events tbody tr", "data-event-id");
+        assert!(ids.len() <= 20, "{}", ids.len());
+        seen.extend(ids.iter().map(|i| i.parse::<i64>().unwrap()));
+        match p.attrs("#os-older", "href").pop() {
+            // A browser keeps the fragment to itself.
+            Some(next) => path = next.split('#').next().unwrap().to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len() as i64, resin_cloud::os_history::KEEP);
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first, no repeats"
+    );
+    let first = b.get(&format!("/devices/{dev}"));
+    assert!(first.texts("#os-events tbody tr")[0].contains("try 99"));
+}
+
+/// A multipart/form-data body: text fields, then files (name, file name, bytes).
+fn multipart(fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----resin-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (k, v) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    for (k, file, data) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{file}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn os_release_upload_page(backend: Backend) {
+    use sha2::Digest;
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    s.web_user("bob", PW);
+    let work = tempfile::tempdir().unwrap();
+    let bundle = std::fs::read(common::image::small_bundle(work.path(), "2.0")).unwrap();
+    let image = std::fs::read(common::image::base_image(work.path())).unwrap();
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let p = b.get("/os-releases");
+    assert_eq!(p.status, 200);
+    assert_eq!(
+        p.attrs("#os-upload", "enctype"),
+        vec!["multipart/form-data"]
+    );
+    let csrf = p.csrf();
+    let upload = |b: &mut Browser, fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]| {
+        let (ctype, body) = multipart(fields, files);
+        b.request_with(
+            "POST",
+            "/os-releases",
+            Some(body),
+            &[("Content-Type", &ctype)],
+        )
+    };
+    let count = || s.get("/v1/os_release/$count", &key).body;
+    // Nothing of a refused upload stays: no row, no file, no temp file.
+    let os_dir = s.app.config.data_dir.join("os");
+    let files_left = || -> Vec<String> { walk(&os_dir) };
+    let meta = [
+        ("csrf", csrf.as_str()),
+        ("device_type", "qemuarm64"),
+        ("version", "2.0"),
+    ];
+
+    // Without the CSRF token: 403, nothing made.
+    let p = upload(&mut b, &meta[1..], &[("bundle", "b.raucb", &bundle)]);
+    assert_eq!(p.status, 403, "{}", p.body);
+    assert_eq!(count(), "0");
+    // Not a bundle: a clear 400, nothing made.
+    let p = upload(&mut b, &meta, &[("bundle", "b.raucb", b"bundle bytes")]);
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.text("#error-message").contains("not a RAUC bundle"),
+        "{}",
+        p.body
+    );
+    assert_eq!(count(), "0");
+    assert_eq!(files_left(), Vec::<String>::new());
+    // A bundle cut short (its signature lost): the same.
+    let p = upload(
+        &mut b,
+        &meta,
+        &[("bundle", "b.raucb", &bundle[..bundle.len() - 100])],
+    );
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(p.text("#error-message").contains("signature"), "{}", p.body);
+    // A good bundle with a bad image: the release goes again, files and all.
+    let p = upload(
+        &mut b,
+        &meta,
+        &[
+            ("bundle", "b.raucb", &bundle),
+            ("image", "x.img", b"not an image"),
+        ],
+    );
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert!(
+        p.text("#error-message").contains("not a resin disk image"),
+        "{}",
+        p.body
+    );
+    assert_eq!(count(), "0");
+    assert_eq!(files_left(), Vec::<String>::new());
+    // No bundle chosen: 400.
+    let p = upload(&mut b, &meta, &[("bundle", "", b"")]);
+    assert_eq!(p.status, 400, "{}", p.body);
+    assert_eq!(count(), "0");
+
+    // The real thing: bundle and image, stored as the API stores them.
+    let p = upload(
+        &mut b,
+        &meta,
+        &[
+            ("bundle", "resin-2.0.raucb", &bundle),
+            ("image", "resin.img", &image),
+        ],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location(), "/os-releases");
+    let rows = s.get("/v1/os_release", &key).json()["value"].clone();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    let row = &rows[0];
+    assert_eq!(row["version"], "2.0");
+    assert_eq!(row["device_type"], "qemuarm64");
+    assert_eq!(row["bundle_size"], bundle.len() as u64);
+    assert_eq!(row["bundle_sha256"], hex(&sha2::Sha256::digest(&bundle)));
+    assert_eq!(row["image_size"], image.len() as u64);
+    let id = row["id"].as_i64().unwrap();
+    assert_eq!(
+        std::fs::read(os_dir.join(id.to_string()).join("bundle.raucb")).unwrap(),
+        bundle
+    );
+    let p = b.get("/os-releases");
+    assert!(p.text("#os-releases tbody").contains("2.0"), "{}", p.body);
+    // The same version again: the API's 409; the first is untouched.
+    let p = upload(&mut b, &meta, &[("bundle", "b.raucb", &bundle)]);
+    assert_eq!(p.status, 409, "{}", p.body);
+    assert_eq!(count(), "1");
+    assert_eq!(files_left().len(), 2, "{:?}", files_left());
+    // The audit log names the upload.
+    assert!(b
+        .get("/audit")
+        .text("#audit tbody")
+        .contains(&format!("os_release({id})")));
+    // Bob does not see alice's (private) release.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    assert!(!bob
+        .get("/os-releases")
+        .text("#os-releases tbody")
+        .contains("2.0"));
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Every file under `dir` (relative paths), sorted.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn rollout_buttons_change_the_rollout(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    let (_, bob_key) = s.web_user("bob", PW);
+    let (fleet, prov) = s.fleet(&key, "f");
+    let (bob_fleet, _) = s.fleet(&bob_key, "bf");
+    s.device(&prov);
+    let rel = s.create(
+        &key,
+        "release",
+        json!({"fleet": fleet, "composition": {"services": {"main": {"image": "127.0.0.1:1/app@sha256:0001"}}}}),
+    )["id"]
+        .as_i64()
+        .unwrap();
+    let r = s.post(
+        "/v1/rollout",
+        &key,
+        json!({"fleet": fleet, "release": rel, "waves": common::fleet::waves(&[50, 100], 60, 600)}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_i64().unwrap();
+    assert_eq!(
+        s.post(&format!("/v1/rollout({id})/start"), &key, json!({}))
+            .status,
+        200
+    );
+    let state = || s.get(&format!("/v1/rollout({id})"), &key).json()["state"].clone();
+    assert_eq!(state(), "running");
+
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let page = |b: &mut Browser| b.get(&format!("/fleets/{fleet}"));
+    let p = page(&mut b);
+    let row = format!("#rollouts tr[data-rollout-id='{id}']");
+    assert!(p.text(&row).contains("running"), "{}", p.text(&row));
+    let buttons = p.attrs(&format!("{row} form"), "action");
+    let url = |a: &str| format!("/fleets/{fleet}/rollouts/{id}/{a}");
+    assert_eq!(buttons, vec![url("pause"), url("resume"), url("halt")]);
+    let csrf = p.csrf();
+
+    // Without the token: 403, still running.
+    assert_eq!(b.post(&url("pause"), &[]).status, 403);
+    assert_eq!(state(), "running");
+    // Each button moves the rollout, and the page shows where it is.
+    for (action, after) in [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("halt", "halted"),
+    ] {
+        let p = b.post(&url(action), &[("csrf", &csrf)]);
+        assert_eq!(p.status, 303, "{action}: {}", p.body);
+        assert_eq!(p.location(), format!("/fleets/{fleet}"));
+        assert_eq!(state(), after, "after {action}");
+        assert!(page(&mut b).text(&row).contains(after), "{action}");
+    }
+    // A button the state machine does not allow: the API's 409, unchanged.
+    let p = b.post(&url("pause"), &[("csrf", &csrf)]);
+    assert_eq!(p.status, 409, "{}", p.body);
+    assert_eq!(state(), "halted");
+
+    // Bob cannot press alice's buttons, under either fleet's path.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    let bcsrf = bob.csrf();
+    for path in [
+        url("resume"),
+        format!("/fleets/{bob_fleet}/rollouts/{id}/resume"),
+    ] {
+        let p = bob.post(&path, &[("csrf", &bcsrf)]);
+        assert_eq!(p.status, 404, "{path}: {}", p.body);
+    }
+    assert_eq!(state(), "halted");
+    // The audit log names the presses.
+    let audit = b.get("/audit").texts("#audit tbody tr");
+    for a in ["pause", "resume", "halt"] {
+        assert!(
+            audit
+                .iter()
+                .any(|r| r.contains(a) && r.contains(&format!("rollout({id})"))),
+            "{a}: {audit:?}"
+        );
+    }
+}
+
 both!(
+    rollout_buttons_change_the_rollout,
+    os_release_upload_page,
+    os_update_history_on_the_device_page,
+    device_actions_and_bulk_reboot_and_move,
     bulk_actions_and_fleet_vars,
     login_logout_csrf_and_audit,
     expired_sessions_go_to_login,

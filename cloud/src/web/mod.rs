@@ -146,6 +146,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Dashboard: pin a release (or none)",
     ),
     (
+        "/devices/{id}/actions",
+        "post",
+        "Dashboard: a device action (reboot, restart all services or one), as POST /v1/device({id})/actions",
+    ),
+    (
         "/devices/{id}/env",
         "post",
         "Dashboard: set or remove a device env var",
@@ -171,6 +176,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Dashboard: a release's composition, services, images and digests",
     ),
     ("/os-releases", "get", "Dashboard: OS releases"),
+    (
+        "/os-releases",
+        "post",
+        "Dashboard: upload an OS release (multipart: csrf, device_type, version, bundle, image)",
+    ),
     ("/audit", "get", "Dashboard: the audit log"),
     ("/settings", "get", "Dashboard: API keys"),
     (
@@ -213,12 +223,18 @@ pub fn router() -> Router<AppState> {
         )
         .route("/devices/{id}", get(pages::device))
         .route("/devices/{id}/pin", post(pages::device_pin))
+        .route("/devices/{id}/actions", post(pages::device_action))
         .route("/devices/{id}/env", post(pages::device_env))
         .route("/devices/{id}/tags", post(pages::device_tag))
         .route("/devices/{id}/logs/stream", get(pages::device_log_stream))
         .route("/devices/{id}/logs.txt", get(pages::device_log_download))
         .route("/releases/{id}", get(pages::release))
-        .route("/os-releases", get(pages::os_releases))
+        .route(
+            "/os-releases",
+            get(pages::os_releases)
+                .post(pages::upload_os_release)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/audit", get(pages::audit_page))
         .route("/settings", get(pages::settings))
         .route("/settings/keys", post(pages::create_key))

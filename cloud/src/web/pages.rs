@@ -21,7 +21,7 @@ use super::{check_csrf, render, see_other, Auth, WebError, WebResult};
 use crate::auth::Actor;
 use crate::error::ApiError;
 use crate::resources::{self, bind_all, dyn_query, Param};
-use crate::{db, logs, os, perms, ratelimit, schema, AppState};
+use crate::{actions, db, logs, os, perms, ratelimit, schema, AppState};
 
 type FormMap = HashMap<String, String>;
 
@@ -649,6 +649,15 @@ pub async fn fleet(
         .into_iter()
         .filter(|o| o.get("device_type").and_then(Value::as_str) == Some(device_type))
         .collect();
+    // Where its devices may move: the user's other fleets of the same type.
+    let move_to: Vec<Value> = resources::read_all(&app, &actor, res("fleet")?)
+        .await?
+        .into_iter()
+        .filter(|f| {
+            f.get("device_type").and_then(Value::as_str) == Some(device_type)
+                && f.get("id").and_then(Value::as_i64) != Some(id)
+        })
+        .collect();
     let rollouts = dyn_query(format!(
         "SELECT t.id FROM rollout t WHERE t.fleet = $1 AND {} ORDER BY t.id DESC LIMIT 10",
         perms::read_scope(&actor, "rollout", "t").to_sql()
@@ -670,6 +679,7 @@ pub async fn fleet(
             os_versions => sv(&os_versions),
             releases => sv(&releases),
             os_releases => sv(&os_releases),
+            move_to => sv(&move_to),
             rollouts => sv(&rollout_list),
             env_vars => sv(&env_vars),
             config_vars => sv(&config_vars),
@@ -784,8 +794,25 @@ async fn recent_logs(app: &AppState, device: i64, n: i64) -> Result<Vec<LogRow>,
     Ok(out)
 }
 
-pub async fn device(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<i64>) -> WebResult {
+/// The device page's query: `os_before` pages the OS-update history.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct DeviceQuery {
+    #[serde(default)]
+    os_before: Option<i64>,
+}
+
+/// OS-update events shown at a time on the device page.
+pub const OS_EVENTS_SHOWN: i64 = 20;
+
+pub async fn device(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    Query(q): Query<DeviceQuery>,
+) -> WebResult {
     let actor = s.actor();
+    // Read first: a device the user may not read is a 404 before anything
+    // of it (its OS-update history included) is looked at.
     let device = resources::read_one(&app, &actor, res("device")?, id).await?;
     let fleet_id = device
         .get("fleet")
@@ -800,9 +827,24 @@ pub async fn device(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<i
         .filter(|a| !a.is_null())
         .and_then(|a| serde_json::from_value(a.clone()).ok());
     let logs = recent_logs(&app, id, 200).await?;
+    let actions = recent_actions(&app, &actor, id).await?;
+    let os_events = crate::os_history::recent(&app.db.pool, id, q.os_before, OS_EVENTS_SHOWN)
+        .await
+        .map_err(ApiError::from)?;
+    let os_older = (os_events.len() as i64 == OS_EVENTS_SHOWN)
+        .then(|| {
+            os_events
+                .last()
+                .map(|e| format!("/devices/{id}?os_before={}#os-history", e.id))
+        })
+        .flatten();
     Ok(render(
         "device.html",
         context! { ..base(&s), ..context! {
+            actions => sv(&actions),
+            os_events => sv(&os_events),
+            os_older => os_older,
+            os_paged => q.os_before.is_some(),
             device => sv(&device),
             fleet => sv(&fleet),
             env => sv(&env),
@@ -812,6 +854,64 @@ pub async fn device(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<i
             logs => sv(&logs),
         }},
     ))
+}
+
+/// The device's last [`ACTIONS_SHOWN`] actions, newest first (the
+/// `device_action` resource, in the caller's read scope).
+async fn recent_actions(
+    app: &AppState,
+    actor: &Actor,
+    device: i64,
+) -> Result<Vec<Value>, ApiError> {
+    let r = res("device_action").map_err(|e| e.0)?;
+    let rows = dyn_query(format!(
+        "SELECT {} FROM device_action t WHERE t.device = $1 AND {} ORDER BY t.id DESC LIMIT {ACTIONS_SHOWN}",
+        resources::select_cols(r, "t"),
+        perms::read_scope(actor, "device_action", "t").to_sql()
+    ))
+    .bind(device)
+    .fetch_all(&app.db.pool)
+    .await?;
+    rows.iter()
+        .map(|row| resources::row_to_json(r, row))
+        .collect()
+}
+
+/// Actions listed on the device page (all: `resin device actions`).
+pub const ACTIONS_SHOWN: i64 = 10;
+
+/// A device action from the device page (reboot, restart all services, or
+/// restart one): the API's own [`actions::create`], as the session's user,
+/// so the rights, limits and target-state change are the API's.
+pub async fn device_action(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    let body = action_body(&form);
+    actions::create(&app, &s.actor(), id, body.to_string().as_bytes()).await?;
+    log_change(
+        &app,
+        &s,
+        "action",
+        &format!("device({id})"),
+        Some(&body.to_string()),
+    )
+    .await;
+    Ok(see_other(&format!("/devices/{id}#actions")))
+}
+
+/// The API's action request from a form's `action` and `service` fields.
+fn action_body(form: &FormMap) -> Value {
+    let mut body = json!({"action": field(form, "action")});
+    let service = field(form, "service");
+    if !service.is_empty() {
+        body["service"] = Value::from(service);
+    }
+    body
 }
 
 pub async fn device_pin(
@@ -1001,6 +1101,95 @@ pub async fn os_releases(State(app): State<AppState>, Auth(s): Auth) -> WebResul
     ))
 }
 
+/// `POST /os-releases`: a new OS release from the upload form (multipart:
+/// `csrf`, `device_type`, `version`, then the `bundle` file and optionally
+/// the `image` file, in that order). The row is made with
+/// [`resources::create`] and the files are stored by [`os::upload_stream`],
+/// the API's upload code, with the bundle's shape checked. Any error removes
+/// the new release again (row and files): nothing is left half-made.
+pub async fn upload_os_release(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    headers: HeaderMap,
+    mut multipart: axum::extract::Multipart,
+) -> WebResult {
+    let actor = s.actor();
+    let bad = |m: String| WebError(ApiError::bad_request(m));
+    let mut form = FormMap::new();
+    let mut created: Option<i64> = None;
+    let mut stored = Vec::new();
+    let result: Result<(), WebError> = async {
+        while let Some(part) = multipart
+            .next_field()
+            .await
+            .map_err(|e| bad(format!("reading the upload form: {e}")))?
+        {
+            let name = part.name().unwrap_or_default().to_owned();
+            if name != "bundle" && name != "image" {
+                let v = part
+                    .text()
+                    .await
+                    .map_err(|e| bad(format!("reading the field {name:?}: {e}")))?;
+                form.insert(name, v);
+                continue;
+            }
+            // An empty file input (no image chosen) is sent with no file name.
+            if part.file_name().unwrap_or_default().is_empty() {
+                continue;
+            }
+            let id = match created {
+                Some(id) => id,
+                None => {
+                    check_csrf(&s, &headers, &form)?;
+                    let body = json!({
+                        "device_type": field(&form, "device_type"),
+                        "version": field(&form, "version"),
+                    });
+                    let (_, v) = resources::create(&app, &actor, res("os_release")?, &body).await?;
+                    let id = v.get("id").and_then(Value::as_i64).ok_or_else(|| {
+                        WebError(ApiError::internal("a new os_release without an id"))
+                    })?;
+                    created = Some(id);
+                    id
+                }
+            };
+            let (sha, size) = os::upload_stream(&app, &actor, id, &name, part, true).await?;
+            stored.push(format!("{name} {size} bytes sha256 {sha}"));
+        }
+        if !stored.iter().any(|f| f.starts_with("bundle ")) {
+            check_csrf(&s, &headers, &form)?;
+            return Err(WebError(ApiError::bad_request_field(
+                "bundle",
+                "choose a RAUC bundle (.raucb) to upload",
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    match (result, created) {
+        (Ok(()), Some(id)) => {
+            log_change(
+                &app,
+                &s,
+                "upload",
+                &format!("os_release({id})"),
+                Some(&stored.join("; ")),
+            )
+            .await;
+            Ok(see_other("/os-releases"))
+        }
+        (Err(e), Some(id)) => {
+            // Nothing half-made: the new release (row and files) goes again.
+            if let Err(d) = resources::delete(&app, &actor, res("os_release")?, id, true).await {
+                tracing::warn!("removing the failed upload os_release({id}): {}", d.message);
+            }
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+        (Ok(()), None) => Err(WebError(ApiError::internal("no os_release made"))),
+    }
+}
+
 #[derive(Serialize)]
 struct AuditRow {
     at: String,
@@ -1154,7 +1343,8 @@ pub async fn fleet_var(
 pub const BULK_MAX: usize = 500;
 
 /// A bulk action on the devices ticked in the fleet page's table: pin a
-/// release (or none), set a tag, remove a tag. Each device goes through the
+/// release (or none), set a tag, remove a tag, reboot, or move to another
+/// fleet ([`actions::create`], [`actions::move_device`]). Each device goes through the
 /// same writes (and permission rules) as on its own page; devices of other
 /// fleets or users are refused with the first error.
 pub async fn fleet_bulk(
@@ -1247,10 +1437,23 @@ pub async fn fleet_bulk(
                 set_child(&app, &s, *d, "device_tag", "tag_key", &tag_key, None).await?;
             }
         }
+        "reboot" => {
+            let body = json!({"action": "reboot"}).to_string();
+            for d in &devices {
+                actions::create(&app, &actor, *d, body.as_bytes()).await?;
+            }
+        }
+        "move" => {
+            let to = parse_id("to_fleet", field(&form, "to_fleet"))?;
+            let body = json!({"fleet": to}).to_string();
+            for d in &devices {
+                let _moved = actions::move_device(&app, &actor, *d, body.as_bytes()).await?;
+            }
+        }
         other => {
             return Err(WebError(ApiError::bad_request_field(
                 "action",
-                format!("unknown bulk action {other:?} (pin, tag, untag)"),
+                format!("unknown bulk action {other:?} (pin, tag, untag, reboot, move)"),
             )))
         }
     }

@@ -127,7 +127,10 @@ impl<'a> Browser<'a> {
                 .collect();
             b = b.header("Cookie", c.join("; "));
         }
-        if body.is_some() {
+        let own_type = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if body.is_some() && !own_type {
             b = b.header("Content-Type", "application/x-www-form-urlencoded");
         }
         for (k, v) in headers {
