@@ -120,8 +120,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         12,
-        include_str!("../migrations/0012_tunnel_replicas.sql"),
-        include_str!("../migrations/0012_tunnel_replicas.sql"),
+        include_str!("../migrations/0012_rollout_device_fillfactor.sqlite.sql"),
+        include_str!("../migrations/0012_rollout_device_fillfactor.postgres.sql"),
+    ),
+    (
+        13,
+        include_str!("../migrations/0013_tunnel_replicas.sql"),
+        include_str!("../migrations/0013_tunnel_replicas.sql"),
     ),
 ];
 
