@@ -17,6 +17,7 @@ pub mod error;
 pub mod git;
 pub mod linger;
 pub mod logs;
+pub mod memory;
 pub mod metadata;
 pub mod os;
 pub mod os_history;
@@ -154,6 +155,7 @@ impl App {
             .context("opening the database")?;
         tokio::spawn(device_api::offline_sweeper(state.clone()));
         tokio::spawn(cache::heartbeat_flusher(state.clone()));
+        tokio::spawn(memory::trimmer());
         let rollout_passes = rollout::Passes::default();
         if state.config.rollout_eval_ms > 0 {
             tokio::spawn(rollout::evaluator(
