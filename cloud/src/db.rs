@@ -128,6 +128,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0013_tunnel_replicas.sql"),
         include_str!("../migrations/0013_tunnel_replicas.sql"),
     ),
+    (
+        14,
+        include_str!("../migrations/0014_tunnel_ticket.sql"),
+        include_str!("../migrations/0014_tunnel_ticket.sql"),
+    ),
 ];
 
 impl Db {
