@@ -118,6 +118,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0011_os_update_history.sql"),
         include_str!("../migrations/0011_os_update_history.sql"),
     ),
+    (
+        12,
+        include_str!("../migrations/0012_device_fleet_name.sql"),
+        include_str!("../migrations/0012_device_fleet_name.sql"),
+    ),
 ];
 
 impl Db {
