@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::auth::{self, Actor};
 use crate::cache::Change;
 use crate::error::{ApiError, ApiResult};
-use crate::{db, perms, AppState};
+use crate::{db, perms, tunnel_replicas, AppState};
 
 /// The device's WebSocket is pinged this often (keeps NAT mappings open and
 /// finds dead peers).
@@ -55,6 +55,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/{seg}/tunnel", get(user_socket))
         .route("/v1/{seg}/tunnel/sessions", get(sessions))
         .route("/v1/{seg}/tunnel/reboot", axum::routing::post(reboot_now))
+        .route("/internal/v1/tunnel/{seg}", get(forwarded_socket))
 }
 
 /// One connected device.
@@ -147,6 +148,14 @@ impl Tunnels {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// (device, connection) of every connected device.
+    pub fn connected(&self) -> Vec<(i64, u64)> {
+        self.links
+            .lock()
+            .map(|l| l.values().map(|k| (k.device, k.conn)).collect())
+            .unwrap_or_default()
     }
 
     /// Sends `f` to every connected device that `change` concerns.
@@ -251,6 +260,7 @@ async fn serve_device(app: AppState, device: i64, fleet: i64, socket: WebSocket)
         old.fail_all("the device opened a new tunnel");
         old.closed.notify_waiters();
     }
+    tunnel_replicas::link_up(&app, device, conn).await;
     tracing::info!(device, conn, "device tunnel connected");
     // A change made while the device was away: let it look now.
     link.send(Frame::PollNow);
@@ -299,10 +309,14 @@ async fn serve_device(app: AppState, device: i64, fleet: i64, socket: WebSocket)
             }
         }
     }
-    if let Ok(mut l) = app.tunnels.links.lock() {
-        if l.get(&device).is_some_and(|c| c.conn == conn) {
-            l.remove(&device);
-        }
+    let mine = app.tunnels.links.lock().is_ok_and(|mut l| {
+        l.get(&device)
+            .is_some_and(|c| c.conn == conn)
+            .then(|| l.remove(&device))
+            .is_some()
+    });
+    if mine {
+        tunnel_replicas::link_down(&app, device, conn).await;
     }
     link.fail_all("the device's tunnel closed");
     link.closed.notify_waiters();
@@ -365,20 +379,75 @@ async fn user_socket(
             Actor::User { id, .. } => id,
             _ => return Err(ApiError::unauthorized()),
         };
-        let link = app.tunnels.get(device).ok_or_else(|| {
-            ApiError::conflict(format!(
-                "device({device}) has no tunnel to this cloud: it is offline, or its tunnel is off"
-            ))
-        })?;
-        if link.session_count() >= app.config.tunnel_max_sessions {
-            return Err(too_many(device, app.config.tunnel_max_sessions));
+        let Some(link) = app.tunnels.get(device) else {
+            // Held by another replica? Forward the session there.
+            let Some(holder) = tunnel_replicas::holder(&app, device).await? else {
+                return Err(no_tunnel(device));
+            };
+            let ws = ws.map_err(upgrade_error)?;
+            let up = match tunnel_replicas::connect(&app, &holder, device, user).await {
+                Ok(up) => up,
+                Err(refused) => return Ok(refused),
+            };
+            tracing::info!(device, user, %holder, "tunnel session forwarded to the replica holding the device");
+            return Ok(ws
+                .max_message_size(MAX_MESSAGE)
+                .read_buffer_size(WS_BUFFER)
+                .write_buffer_size(0)
+                .on_upgrade(move |s| tunnel_replicas::pipe(s, up)));
+        };
+        local_session(app, link, user, ws)
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn no_tunnel(device: i64) -> ApiError {
+    ApiError::conflict(format!(
+        "device({device}) has no tunnel to this cloud: it is offline, or its tunnel is off"
+    ))
+}
+
+/// A session to a device whose socket is on this replica.
+fn local_session(
+    app: AppState,
+    link: Arc<Link>,
+    user: i64,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    if link.session_count() >= app.config.tunnel_max_sessions {
+        return Err(too_many(link.device, app.config.tunnel_max_sessions));
+    }
+    let ws = ws.map_err(upgrade_error)?;
+    Ok(ws
+        .max_message_size(MAX_MESSAGE)
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(0)
+        .on_upgrade(move |s| serve_user(app, link, user, s)))
+}
+
+/// `GET /internal/v1/tunnel/device(<id>)`: a session forwarded by another
+/// replica (which checked the user's rights and the Origin), authenticated
+/// with the replicas' shared secret; the user is named in a header. 404 to
+/// anyone without the secret.
+async fn forwarded_socket(
+    State(app): State<AppState>,
+    Path(seg): Path<String>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let r = async {
+        if !app.replica.authenticates(&headers) {
+            return Err(ApiError::not_found("no route /internal/v1/tunnel"));
         }
-        let ws = ws.map_err(upgrade_error)?;
-        Ok(ws
-            .max_message_size(MAX_MESSAGE)
-            .read_buffer_size(WS_BUFFER)
-            .write_buffer_size(0)
-            .on_upgrade(move |s| serve_user(app, link, user, s)))
+        let device = device_of(&seg)?;
+        let user = headers
+            .get(tunnel_replicas::USER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(|| ApiError::bad_request("a forwarded session names its user"))?;
+        let link = app.tunnels.get(device).ok_or_else(|| no_tunnel(device))?;
+        local_session(app, link, user, ws)
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)

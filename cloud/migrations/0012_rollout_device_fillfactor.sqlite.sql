@@ -1,0 +1,2 @@
+-- PostgreSQL only (rollout_device's fillfactor): SQLite has no such setting.
+SELECT 1;
