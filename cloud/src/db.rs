@@ -130,8 +130,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         14,
-        include_str!("../migrations/0014_tunnel_ticket.sql"),
-        include_str!("../migrations/0014_tunnel_ticket.sql"),
+        include_str!("../migrations/0014_device_fleet_name.sql"),
+        include_str!("../migrations/0014_device_fleet_name.sql"),
+    ),
+    (
+        15,
+        include_str!("../migrations/0015_tunnel_ticket.sql"),
+        include_str!("../migrations/0015_tunnel_ticket.sql"),
     ),
 ];
 
