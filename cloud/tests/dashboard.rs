@@ -1359,7 +1359,86 @@ fn rollout_buttons_change_the_rollout(backend: Backend) {
     }
 }
 
+fn release_page_shows_its_build_log(backend: Backend) {
+    let s = Server::start(backend);
+    let (uid, key) = s.web_user("alice", PW);
+    s.web_user("bob", PW);
+    let (fleet, _) = s.fleet(&key, "f");
+    let mk = || {
+        s.create(
+            &key,
+            "release",
+            json!({"fleet": fleet, "composition": {"services": {"main": {"image": "127.0.0.1:1/app@sha256:0001"}}}}),
+        )["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let (by_api, built) = (mk(), mk());
+    // A build that made `built`, with its log, as the builder stores it.
+    s.rt.block_on(async {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO build (uuid, fleet, \"user\", status, source, context_path, \"release\", \
+             created_at) VALUES ('b1', $1, $2, 'success', 'api', '/nonexistent', $3, \
+             '2026-12-02T00:00:00Z') RETURNING id",
+        )
+        .bind(fleet)
+        .bind(uid)
+        .bind(built)
+        .fetch_one(&s.app.db.pool)
+        .await
+        .unwrap();
+        for line in [
+            json!({"message": "build 1 of fleet f"}),
+            json!({"service": "main", "message": "Step 1/2 : FROM alpine", "state": "building"}),
+            json!({"service": "main", "message": format!("warning: {XSS}"), "isError": true}),
+            json!({"message": "done", "state": "success", "release": built}),
+        ] {
+            sqlx::query("INSERT INTO build_log (build, line) VALUES ($1, $2)")
+                .bind(id)
+                .bind(line.to_string())
+                .execute(&s.app.db.pool)
+                .await
+                .unwrap();
+        }
+    });
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let p = b.get(&format!("/releases/{by_api}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p
+        .text("#build-log-none")
+        .contains("not built by resin's builder"));
+    let p = b.get(&format!("/releases/{built}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    let lines: Vec<String> = p
+        .texts("#build-log span.line")
+        .iter()
+        .map(|l| l.trim().to_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "build 1 of fleet f".to_owned(),
+            "[main] Step 1/2 : FROM alpine (building)".to_owned(),
+            format!("[main] warning: {XSS}"),
+            "done (success)".to_owned(),
+        ]
+    );
+    assert!(!p.body.contains(XSS), "escaped");
+    assert_eq!(p.attrs("#build-log span.err", "class").len(), 1);
+    // The same log as the API's.
+    let api = s.get(&format!("/v1/release({built})/logs"), &key);
+    assert_eq!(api.status, 200);
+    assert_eq!(api.body.lines().count(), 4);
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    let p = bob.get(&format!("/releases/{built}"));
+    assert_eq!(p.status, 404);
+    assert!(!p.body.contains("FROM alpine"));
+}
+
 both!(
+    release_page_shows_its_build_log,
     rollout_buttons_change_the_rollout,
     os_release_upload_page,
     os_update_history_on_the_device_page,

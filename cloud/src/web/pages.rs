@@ -807,14 +807,52 @@ pub async fn release(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<
         .get("composition")
         .map(|c| serde_json::to_string_pretty(c).unwrap_or_default())
         .unwrap_or_default();
+    let build_log = release_build_log(&app, &actor, id).await?;
     Ok(render(
         "release.html",
         context! { ..base(&s), ..context! {
+            build_log => sv(&build_log),
             release => sv(&release),
             composition => composition,
             services => sv(&services),
             images => sv(&images),
         }},
+    ))
+}
+
+/// The most of a build log the release page reads (its text, bytes).
+pub const BUILD_LOG_MAX: usize = 4 << 20;
+
+/// The log of the build that made release `id`, from the API's own
+/// `GET /v1/release(<id>)/logs` ([`crate::build::release_logs`]); `None`
+/// when the release was not built by resin's builder.
+async fn release_build_log(
+    app: &AppState,
+    actor: &Actor,
+    id: i64,
+) -> Result<Option<Vec<resin_api_types::build::BuildLogLine>>, ApiError> {
+    let resp = match crate::build::release_logs(app, actor, id).await {
+        Ok(r) => r,
+        Err(e) if e.status == StatusCode::NOT_FOUND => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let body = axum::body::to_bytes(resp.into_body(), BUILD_LOG_MAX)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading release({id})'s build log: {e}")))?;
+    Ok(Some(
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or(resin_api_types::build::BuildLogLine {
+                    service: None,
+                    message: l.to_owned(),
+                    state: None,
+                    release: None,
+                    is_error: false,
+                })
+            })
+            .collect(),
     ))
 }
 
