@@ -442,6 +442,40 @@ fn fleet_page_filters_sorts_and_pages(backend: Backend) {
     sorted.sort();
     assert_eq!(names, sorted);
 
+    // Paging in every sort gives each device once, in the database's own
+    // order (pages past the middle are read from the other end and turned
+    // back: ties broken by id and NULLs must come out the same).
+    for (sort, dir, order) in [
+        ("name", "asc", "name ASC, id ASC"),
+        ("name", "desc", "name DESC, id DESC"),
+        ("status", "asc", "status ASC, id ASC"),
+        ("status", "desc", "status DESC, id DESC"),
+        ("last_seen", "asc", "last_seen ASC, id ASC"),
+        ("os", "desc", "os_version DESC, id DESC"),
+    ] {
+        let want: Vec<String> = s.rt.block_on(async {
+            let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM device WHERE fleet = $1 ORDER BY {order}"
+            )))
+            .bind(fleet)
+            .fetch_all(&s.app.db.pool)
+            .await
+            .unwrap();
+            ids.iter().map(i64::to_string).collect()
+        });
+        let mut got = Vec::new();
+        for page in 1..=3 {
+            let p = b.get(&format!(
+                "/fleets/{fleet}?sort={sort}&dir={dir}&page={page}"
+            ));
+            got.extend(p.attrs("#device-table tbody tr", "data-device-id"));
+        }
+        assert_eq!(got, want, "sort={sort} dir={dir}");
+    }
+    let p = b.get(&format!("/fleets/{fleet}?page=4"));
+    assert_eq!(p.status, 200);
+    assert_eq!(p.text("#device-table tbody"), "No devices match.");
+
     // The htmx refresh gets only the table.
     let p = b.request_with(
         "GET",
@@ -1325,7 +1359,86 @@ fn rollout_buttons_change_the_rollout(backend: Backend) {
     }
 }
 
+fn release_page_shows_its_build_log(backend: Backend) {
+    let s = Server::start(backend);
+    let (uid, key) = s.web_user("alice", PW);
+    s.web_user("bob", PW);
+    let (fleet, _) = s.fleet(&key, "f");
+    let mk = || {
+        s.create(
+            &key,
+            "release",
+            json!({"fleet": fleet, "composition": {"services": {"main": {"image": "127.0.0.1:1/app@sha256:0001"}}}}),
+        )["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let (by_api, built) = (mk(), mk());
+    // A build that made `built`, with its log, as the builder stores it.
+    s.rt.block_on(async {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO build (uuid, fleet, \"user\", status, source, context_path, \"release\", \
+             created_at) VALUES ('b1', $1, $2, 'success', 'api', '/nonexistent', $3, \
+             '2026-12-02T00:00:00Z') RETURNING id",
+        )
+        .bind(fleet)
+        .bind(uid)
+        .bind(built)
+        .fetch_one(&s.app.db.pool)
+        .await
+        .unwrap();
+        for line in [
+            json!({"message": "build 1 of fleet f"}),
+            json!({"service": "main", "message": "Step 1/2 : FROM alpine", "state": "building"}),
+            json!({"service": "main", "message": format!("warning: {XSS}"), "isError": true}),
+            json!({"message": "done", "state": "success", "release": built}),
+        ] {
+            sqlx::query("INSERT INTO build_log (build, line) VALUES ($1, $2)")
+                .bind(id)
+                .bind(line.to_string())
+                .execute(&s.app.db.pool)
+                .await
+                .unwrap();
+        }
+    });
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let p = b.get(&format!("/releases/{by_api}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p
+        .text("#build-log-none")
+        .contains("not built by resin's builder"));
+    let p = b.get(&format!("/releases/{built}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    let lines: Vec<String> = p
+        .texts("#build-log span.line")
+        .iter()
+        .map(|l| l.trim().to_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "build 1 of fleet f".to_owned(),
+            "[main] Step 1/2 : FROM alpine (building)".to_owned(),
+            format!("[main] warning: {XSS}"),
+            "done (success)".to_owned(),
+        ]
+    );
+    assert!(!p.body.contains(XSS), "escaped");
+    assert_eq!(p.attrs("#build-log span.err", "class").len(), 1);
+    // The same log as the API's.
+    let api = s.get(&format!("/v1/release({built})/logs"), &key);
+    assert_eq!(api.status, 200);
+    assert_eq!(api.body.lines().count(), 4);
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    let p = bob.get(&format!("/releases/{built}"));
+    assert_eq!(p.status, 404);
+    assert!(!p.body.contains("FROM alpine"));
+}
+
 both!(
+    release_page_shows_its_build_log,
     rollout_buttons_change_the_rollout,
     os_release_upload_page,
     os_update_history_on_the_device_page,
@@ -1404,6 +1517,11 @@ fn bench_fleet_page_10k_devices() {
             (
                 "fleet page, last page (200)",
                 format!("/fleets/{fleet}?page=200"),
+                false,
+            ),
+            (
+                "fleet page, middle page (100)",
+                format!("/fleets/{fleet}?page=100"),
                 false,
             ),
             (

@@ -75,7 +75,11 @@ fn register(cloud: &CloudProc, prov: &str) -> (String, String) {
 
 impl Fixture {
     fn start(settings: TunnelSettings) -> Self {
-        let cloud = CloudProc::start();
+        Self::on(CloudProc::start(), settings)
+    }
+
+    /// The device of a fixture on `cloud`, its tunnel connected to it.
+    fn on(cloud: CloudProc, settings: TunnelSettings) -> Self {
         let f = cloud.create("fleet", json!({"name": "tun", "device_type": "qemuarm64"}));
         let fleet = f["id"].as_i64().unwrap();
         let p = cloud.create("provisioning_key", json!({"fleet": fleet, "name": "p"}));
@@ -333,6 +337,83 @@ fn ssh_runs_commands_with_their_output_exit_code_and_stdin_and_resizes_a_termina
         .as_str()
         .unwrap()
         .contains("no container engine"));
+}
+
+/// Two resin-cloud processes on one PostgreSQL database: the device's
+/// socket is on replica A, the user's session lands on replica B, which
+/// forwards it to A (replica secret from the database); the command's
+/// output and exit code come back, and the audit has the session once.
+#[test]
+fn a_session_through_another_replica_is_forwarded_to_the_device_s_replica() {
+    let db = PgDb::new();
+    let a = CloudProc::start_with_env(&[("RESIN_CLOUD_DATABASE_URL", &db.url)]);
+    let mut fx = Fixture::on(a, TunnelSettings::default());
+    let b = fx.cloud.replica();
+    let before = fx.audit().len();
+    let ssh_b = |fx: &Fixture, args: &[&str]| {
+        let out = fx
+            .resin()
+            .env("RESIN_API_URL", b.url())
+            .arg("ssh")
+            .arg(&fx.uuid)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = ssh_b(&fx, &["--", "echo via-b; echo to-stderr >&2; exit 3"]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (3, "via-b\n", "to-stderr\n"),
+        "resin ssh through replica B"
+    );
+
+    // Written once, by the replica holding the socket; both replicas read it.
+    let rows = wait_until(10, "the forwarded session's closed audit row", || {
+        let rows = fx.audit();
+        (rows.len() > before && !rows[0]["ended_at"].is_null()).then_some(rows)
+    });
+    assert_eq!(rows.len(), before + 1, "one audit row: {rows:#?}");
+    assert_eq!(rows[0]["username"], "admin");
+    assert_eq!(rows[0]["exit_code"], 3);
+    assert!(rows[0]["bytes_down"].as_i64().unwrap() > 0);
+    let via_b: serde_json::Value = serde_json::from_str(
+        &http(
+            "GET",
+            &format!("{}/v1/device({})/tunnel/sessions", b.url(), fx.id),
+            Some(&b.admin_key),
+            None,
+        )
+        .1,
+    )
+    .unwrap();
+    assert_eq!(via_b["value"].as_array().unwrap().len(), before + 1);
+
+    // The replicas' door is closed to users' keys.
+    let (status, _) = http(
+        "GET",
+        &format!("{}/internal/v1/tunnel/device({})", fx.cloud.url(), fx.id),
+        Some(&fx.cloud.admin_key),
+        None,
+    );
+    assert_eq!(
+        status, 404,
+        "the internal forward route without the replica secret"
+    );
+
+    // Replica A dies: its row goes stale and B answers 409 again (not a hang).
+    fx.cloud.stop();
+    let (code, _, err) = ssh_b(&fx, &["--", "true"]);
+    assert_eq!(code, 1, "{err}");
+    eprintln!("with replica A gone: {err}");
+    drop(fx);
+    drop(b);
+    drop(db);
 }
 
 #[test]
