@@ -133,6 +133,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0014_device_fleet_name.sql"),
         include_str!("../migrations/0014_device_fleet_name.sql"),
     ),
+    (
+        15,
+        include_str!("../migrations/0015_saved_view.sql"),
+        include_str!("../migrations/0015_saved_view.sql"),
+    ),
 ];
 
 impl Db {
