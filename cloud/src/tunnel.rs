@@ -363,16 +363,100 @@ async fn writable_device(app: &AppState, actor: &Actor, device: i64) -> ApiResul
     perms::require_device(&app.db, actor, device, perms::Access::Write).await
 }
 
-/// `GET /v1/device(<id>)/tunnel`: one session to a device.
+/// How long a dashboard terminal's ticket is valid.
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+
+/// A single-use ticket for user `user`'s session to `device` (the caller
+/// has checked the user's rights on it): valid for [`TICKET_TTL`], kept
+/// hashed in the database so any replica can take it.
+pub async fn issue_ticket(app: &AppState, user: i64, device: i64) -> Result<String, sqlx::Error> {
+    let now = time::OffsetDateTime::now_utc();
+    sqlx::query("DELETE FROM tunnel_ticket WHERE expires_at < $1")
+        .bind(db::format_ts(now))
+        .execute(&app.db.pool)
+        .await?;
+    let (ticket, hash) = auth::new_key(auth::KeyKind::User);
+    sqlx::query(
+        "INSERT INTO tunnel_ticket (hash, \"user\", device, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(hash)
+    .bind(user)
+    .bind(device)
+    .bind(db::format_ts(now + TICKET_TTL))
+    .execute(&app.db.pool)
+    .await?;
+    Ok(ticket)
+}
+
+/// Takes a ticket (deleting it, so it works once): the user it was made
+/// for, if it is for `device` and has not expired. Anything else is 401.
+async fn redeem_ticket(app: &AppState, ticket: &str, device: i64) -> ApiResult<Actor> {
+    let row = sqlx::query(
+        "DELETE FROM tunnel_ticket WHERE hash = $1 RETURNING \"user\", device, expires_at",
+    )
+    .bind(auth::hash_key(ticket))
+    .fetch_optional(&app.db.pool)
+    .await?;
+    let refused = |why: &str| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "BadTicket",
+            format!("the terminal ticket {why}; open the terminal page again"),
+        )
+    };
+    let Some(row) = row else {
+        return Err(refused("is unknown or was used already"));
+    };
+    let (user, for_device, expires): (i64, i64, String) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    if for_device != device {
+        return Err(refused("is for another device"));
+    }
+    if expires < db::now() {
+        return Err(refused("has expired"));
+    }
+    let admin: i64 =
+        sqlx::query("SELECT CASE WHEN is_admin THEN 1 ELSE 0 END FROM \"user\" WHERE id = $1")
+            .bind(user)
+            .fetch_optional(&app.db.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .ok_or_else(|| refused("is for a user that is gone"))?;
+    Ok(Actor::User {
+        id: user,
+        admin: admin != 0,
+        read_only: false,
+        fleet: None,
+    })
+}
+
+/// The `ticket` of a query string.
+fn ticket_of(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ticket="))
+        .filter(|t| !t.is_empty())
+}
+
+/// `GET /v1/device(<id>)/tunnel`: one session to a device, with a user's
+/// key, or with `?ticket=` (the dashboard terminal's single-use ticket).
 async fn user_socket(
     State(app): State<AppState>,
     Path(seg): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let r = async {
-        let actor = auth::resolve(&app.db, &headers).await?;
         let device = device_of(&seg)?;
+        let actor = match ticket_of(uri.query()) {
+            Some(t) => {
+                check_origin(&app, &headers)?;
+                redeem_ticket(&app, t, device).await?
+            }
+            None => auth::resolve(&app.db, &headers).await?,
+        };
         writable_device(&app, &actor, device).await?;
         check_origin(&app, &headers)?;
         let user = match actor {

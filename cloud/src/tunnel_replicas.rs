@@ -74,8 +74,7 @@ impl Replica {
         let (Some(secret), Some(given)) = (self.secret.get(), headers.get(SECRET_HEADER)) else {
             return false;
         };
-        let (a, b) = (secret.as_bytes(), given.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+        crate::auth::constant_time_eq(secret.as_bytes(), given.as_bytes())
     }
 }
 
