@@ -138,6 +138,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0015_tunnel_ticket.sql"),
         include_str!("../migrations/0015_tunnel_ticket.sql"),
     ),
+    (
+        16,
+        include_str!("../migrations/0016_saved_view.sql"),
+        include_str!("../migrations/0016_saved_view.sql"),
+    ),
 ];
 
 impl Db {

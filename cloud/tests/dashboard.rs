@@ -1437,7 +1437,104 @@ fn release_page_shows_its_build_log(backend: Backend) {
     assert!(!p.body.contains("FROM alpine"));
 }
 
+fn saved_views_of_the_device_table(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    s.web_user("bob", PW);
+    let (fleet, prov) = s.fleet(&key, "f");
+    let (dev, _, _) = s.device(&prov);
+    s.device(&prov);
+    s.create(
+        &key,
+        "device_tag",
+        json!({"device": dev, "tag_key": "site", "value": "north"}),
+    );
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    // The page's save form carries its current filters and sort.
+    let p = b.get(&format!(
+        "/fleets/{fleet}?tag=site%3Dnorth&sort=status&dir=desc&page=1"
+    ));
+    assert_eq!(p.text("#views .hint"), "none");
+    let query = p
+        .attrs("#save-view input[name=query]", "value")
+        .pop()
+        .unwrap();
+    assert_eq!(query, "tag=site%3Dnorth&sort=status&dir=desc");
+    let csrf = p.csrf();
+    let path = format!("/fleets/{fleet}/views");
+    assert_eq!(
+        b.post(&path, &[("name", "north"), ("query", &query)])
+            .status,
+        403
+    );
+    let p = b.post(
+        &path,
+        &[("csrf", &csrf), ("name", "north"), ("query", &query)],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location(), format!("/fleets/{fleet}?{query}"));
+    // Listed as a link that applies the filters.
+    let p = b.get(&format!("/fleets/{fleet}"));
+    assert_eq!(p.text("#views a.view"), "north");
+    let href = p.attrs("#views a.view", "href").pop().unwrap();
+    let p = b.get(&href);
+    assert_eq!(p.text("#device-count"), "1");
+    // The same name again replaces it; a bad name or query is a 400.
+    let p = b.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("name", "north"),
+            ("query", "online=online"),
+        ],
+    );
+    assert_eq!(p.status, 303);
+    assert_eq!(
+        b.get(&format!("/fleets/{fleet}"))
+            .attrs("#views a.view", "href"),
+        vec![format!("/fleets/{fleet}?online=online")]
+    );
+    assert_eq!(
+        b.post(&path, &[("csrf", &csrf), ("name", ""), ("query", "")])
+            .status,
+        400
+    );
+    assert_eq!(
+        b.post(
+            &path,
+            &[("csrf", &csrf), ("name", "x"), ("query", "page=abc")]
+        )
+        .status,
+        400
+    );
+    // Bob sees none of alice's views and cannot save into her fleet.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    let bcsrf = bob.csrf();
+    let p = bob.post(&path, &[("csrf", &bcsrf), ("name", "b"), ("query", "")]);
+    assert_eq!(p.status, 404);
+    let (bfleet, _) = s.fleet(&s.user("bob").1, "bf");
+    // Removing: only one's own.
+    let id = b
+        .get(&format!("/fleets/{fleet}"))
+        .attrs("#views form input[name=delete]", "value")
+        .pop()
+        .unwrap();
+    for bpath in [path.clone(), format!("/fleets/{bfleet}/views")] {
+        let p = bob.post(&bpath, &[("csrf", &bcsrf), ("delete", &id)]);
+        assert_eq!(p.status, 404, "{bpath}");
+    }
+    let p = b.post(&path, &[("csrf", &csrf), ("delete", &id)]);
+    assert_eq!(p.status, 303);
+    assert_eq!(
+        b.get(&format!("/fleets/{fleet}")).text("#views .hint"),
+        "none"
+    );
+}
+
 both!(
+    saved_views_of_the_device_table,
     release_page_shows_its_build_log,
     rollout_buttons_change_the_rollout,
     os_release_upload_page,

@@ -919,3 +919,129 @@ fn bench_tunnel() {
         (me1.saturating_sub(me0)) as f64 / DEVICES as f64
     );
 }
+
+/// BENCHMARKS.md, "Remote access": 10 000 idle device tunnels held by one
+/// resin-cloud process (SQLite, HTTPS), its RSS per connected device (goal
+/// < 64 KiB), and a session to the last device connected. The devices are
+/// this process's tunnel modules. Run with
+/// `cargo test -p resin-supervisor --test tunnel -- --ignored --nocapture bench_idle_10k`
+/// (`IDLE_DEVICES` sets the count).
+#[test]
+#[ignore]
+fn bench_idle_10k_tunnels() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let devices: usize = std::env::var("IDLE_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    // Each side holds one socket per device: raise this process's open-file
+    // limit to its hard limit before the cloud is spawned (it inherits it).
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    assert!(
+        hard >= devices as u64 + 1000,
+        "RLIMIT_NOFILE hard limit {hard} is too low for {devices} tunnels (ulimit -Hn)"
+    );
+    println!("RLIMIT_NOFILE {soft} -> {hard}");
+    let cloud = CloudProc::start_with_env(&[("RESIN_CLOUD_DEVICE_REQUESTS_PER_MIN", "0")]);
+    let fx = Fixture::on(cloud, TunnelSettings::default());
+    let cloud_pid = fx.cloud.pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{cloud_pid}/limits")).unwrap();
+    let cloud_nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    println!("cloud: {cloud_nofile}");
+
+    let t0 = Instant::now();
+    let register_url = format!("{}/device/register", fx.cloud.url());
+    let devs: Vec<(String, String)> = (0..devices)
+        .map(|_| {
+            let uuid = uuid::Uuid::new_v4().simple().to_string();
+            let (st, body) = http(
+                "POST",
+                &register_url,
+                Some(&fx.prov_key),
+                Some(json!({"uuid": uuid, "deviceType": "qemuarm64"})),
+            );
+            assert_eq!(st, 201, "register: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (uuid, v["apiKey"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    println!("registered {devices} devices in {:?}", t0.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    let cloud0 = rss_kib(cloud_pid);
+    let established = || {
+        let out = Command::new("ss")
+            .args([
+                "-Htn",
+                "state",
+                "established",
+                &format!("( sport = :{} )", fx.cloud.port),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let base = established();
+    let t0 = Instant::now();
+    let ca = fx.cloud.ca_pem();
+    const BATCH: usize = 250;
+    for (i, chunk) in devs.chunks(BATCH).enumerate() {
+        for (_, key) in chunk {
+            fx.rt.spawn(resin_supervisor::tunnel::run(TunnelOptions {
+                api_endpoint: fx.cloud.url(),
+                device_key: key.clone(),
+                root_ca: Some(ca.clone()),
+                settings: TunnelSettings::default(),
+                docker: None,
+                poll_now: Arc::new(tokio::sync::Notify::new()),
+                reboot: None,
+            }));
+        }
+        // Let the handshakes of one batch finish before the next.
+        let want = base + i * BATCH + chunk.len();
+        let end = Instant::now() + Duration::from_secs(120);
+        while established() < want && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let connected = established() - base;
+    println!(
+        "{connected} of {devices} tunnels connected in {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        connected >= devices,
+        "only {connected} of {devices} tunnels connected"
+    );
+    // Idle: let the connections settle (and the first pings pass).
+    std::thread::sleep(Duration::from_secs(25));
+    let cloud1 = rss_kib(cloud_pid);
+    // A session to the last device to connect still works.
+    let (last, _) = devs.last().unwrap();
+    let t1 = Instant::now();
+    let out = fx
+        .resin()
+        .args(["ssh", last, "--", "echo", "last-one"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = t1.elapsed();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "last-one\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "BENCH {devices} idle tunnels in one resin-cloud: RSS {cloud0} -> {cloud1} KiB = {:.1} KiB per connected device; \
+         `resin ssh` to the last device: exit 0 in {took:?}",
+        (cloud1.saturating_sub(cloud0)) as f64 / devices as f64
+    );
+}

@@ -146,6 +146,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Dashboard: set the fleet's target release and OS",
     ),
     (
+        "/fleets/{id}/views",
+        "post",
+        "Dashboard: save the device table's filters and sort as a named view (or delete one)",
+    ),
+    (
         "/fleets/{id}/releases",
         "get",
         "Dashboard: the fleet's releases",
@@ -245,6 +250,7 @@ pub fn router() -> Router<AppState> {
         .route("/fleets/{id}/image", get(pages::fleet_image))
         .route("/fleets/{id}/target", post(pages::fleet_target))
         .route("/fleets/{id}/bulk", post(pages::fleet_bulk))
+        .route("/fleets/{id}/views", post(pages::fleet_views))
         .route("/fleets/{id}/{kind}", post(pages::fleet_var))
         .route("/fleets/{id}/releases", get(pages::releases))
         .route(

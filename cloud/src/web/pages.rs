@@ -424,6 +424,17 @@ pub struct DeviceFilter {
 }
 
 impl DeviceFilter {
+    /// The filters and sort as a query string (no page), as a saved view
+    /// keeps them.
+    fn query(&self) -> String {
+        let href = self.href(0, 1);
+        let q = href.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        q.strip_suffix("page=1")
+            .unwrap_or(q)
+            .trim_end_matches('&')
+            .to_owned()
+    }
+
     /// The query string for page `page` (same filters and sort).
     fn href(&self, fleet: i64, page: i64) -> String {
         let mut q = vec![];
@@ -729,9 +740,12 @@ pub async fn fleet(
         let rid: i64 = r.try_get(0).map_err(ApiError::from)?;
         rollout_list.push(crate::rollout::progress(&app.db, &actor, rid).await?);
     }
+    let views = saved_views(&app, &s, id).await?;
     Ok(render(
         "fleet.html",
         context! { ..base(&s), ..table, ..context! {
+            views => sv(&views),
+            view_query => f.query(),
             fleet => sv(&fleet),
             statuses => sv(&statuses),
             os_versions => sv(&os_versions),
@@ -743,6 +757,134 @@ pub async fn fleet(
             config_vars => sv(&config_vars),
         }},
     ))
+}
+
+#[derive(Serialize)]
+struct SavedView {
+    id: i64,
+    name: String,
+    href: String,
+}
+
+/// The most saved views a user keeps per fleet.
+pub const VIEWS_MAX: i64 = 50;
+
+/// The session user's saved views of fleet `fleet` (the caller has checked
+/// that the user may read the fleet).
+async fn saved_views(app: &AppState, s: &Session, fleet: i64) -> Result<Vec<SavedView>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT id, name, query FROM saved_view WHERE \"user\" = $1 AND fleet = $2 ORDER BY name, id",
+    )
+    .bind(s.user)
+    .bind(fleet)
+    .fetch_all(&app.db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let query: String = r.try_get(2)?;
+            Ok(SavedView {
+                id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                href: if query.is_empty() {
+                    format!("/fleets/{fleet}")
+                } else {
+                    format!("/fleets/{fleet}?{query}")
+                },
+            })
+        })
+        .collect()
+}
+
+/// `POST /fleets/{id}/views`: saves the fleet page's current filters and
+/// sort (`query`, as the page renders it) under `name` (the same name
+/// again replaces it); with `delete` = a view id, removes that view.
+/// Views are the session user's own; the fleet must be one the user reads.
+pub async fn fleet_views(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    resources::read_one(&app, &s.actor(), res("fleet")?, id).await?;
+    if let Some(v) = form.get("delete") {
+        let vid = parse_id("delete", v)?;
+        let n =
+            sqlx::query("DELETE FROM saved_view WHERE id = $1 AND \"user\" = $2 AND fleet = $3")
+                .bind(vid)
+                .bind(s.user)
+                .bind(id)
+                .execute(&app.db.pool)
+                .await
+                .map_err(ApiError::from)?
+                .rows_affected();
+        if n == 0 {
+            return Err(WebError(ApiError::not_found(format!(
+                "saved view {vid} does not exist"
+            ))));
+        }
+        return Ok(see_other(&format!("/fleets/{id}")));
+    }
+    let name = field(&form, "name");
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(WebError(ApiError::bad_request_field(
+            "name",
+            "name the view (1 to 100 characters)",
+        )));
+    }
+    // Only what the fleet page itself understands is kept, re-encoded.
+    let bad_query = |e: String| WebError(ApiError::bad_request_field("query", e));
+    let uri: axum::http::Uri = format!("/?{}", field(&form, "query"))
+        .parse()
+        .map_err(|e| bad_query(format!("{e}")))?;
+    let Query(filter) =
+        Query::<DeviceFilter>::try_from_uri(&uri).map_err(|e| bad_query(e.body_text()))?;
+    let query = filter.query();
+    let mut tx = app.db.begin_write().await.map_err(ApiError::from)?;
+    let count: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM saved_view WHERE \"user\" = $1 AND fleet = $2")
+            .bind(s.user)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+    let replaced = sqlx::query(
+        "UPDATE saved_view SET query = $1 WHERE \"user\" = $2 AND fleet = $3 AND name = $4",
+    )
+    .bind(&query)
+    .bind(s.user)
+    .bind(id)
+    .bind(name)
+    .execute(&mut *tx)
+    .await
+    .map_err(ApiError::from)?
+    .rows_affected();
+    if replaced == 0 {
+        if count >= VIEWS_MAX {
+            return Err(WebError(ApiError::conflict(format!(
+                "at most {VIEWS_MAX} saved views a fleet: remove one first"
+            ))));
+        }
+        sqlx::query(
+            "INSERT INTO saved_view (\"user\", fleet, name, query, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(s.user)
+        .bind(id)
+        .bind(name)
+        .bind(&query)
+        .bind(db::now())
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+    }
+    tx.commit().await.map_err(ApiError::from)?;
+    Ok(see_other(&if query.is_empty() {
+        format!("/fleets/{id}")
+    } else {
+        format!("/fleets/{id}?{query}")
+    }))
 }
 
 async fn fleet_releases(app: &AppState, actor: &Actor, fleet: i64) -> Result<Vec<Value>, ApiError> {
