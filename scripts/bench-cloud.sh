@@ -9,6 +9,13 @@
 #   DEVICES=1000 INTERVAL=0 scripts/bench-cloud.sh   # quick look
 #   BACKENDS=sqlite scripts/bench-cloud.sh
 #   SKIP_BUILD=1 CARGO_TARGET_DIR=/tmp/t scripts/bench-cloud.sh   # binaries already built there
+#
+# The open-loop runs (at the largest N) keep OPEN_BUSY_CPUS cores busy with
+# stress-ng beside them (default 1, #15's condition; 0: none), and each
+# resin row is checked against #15's goal: p99 < P99_GOAL_MS (20) and no
+# request answered more than MAX_SLIP_MS (1000) after its scheduled time,
+# with no errors. The script prints "goal met"/"goal MISSED" per row and
+# exits 1 at the end if any row missed it (every run still runs).
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 cd "$RESIN_ROOT"
@@ -19,6 +26,10 @@ CONNECTIONS=${CONNECTIONS:-32}
 DURATION=${DURATION:-15}
 INTERVAL=${INTERVAL:-60}
 OPEN_DURATION=${OPEN_DURATION:-90}
+OPEN_BUSY_CPUS=${OPEN_BUSY_CPUS:-1}
+P99_GOAL_MS=${P99_GOAL_MS:-20}
+MAX_SLIP_MS=${MAX_SLIP_MS:-1000}
+goal_missed=0
 BACKENDS=${BACKENDS:-sqlite postgres}
 CLOUD_PORT=${CLOUD_PORT:-58080}
 NGINX_PORT=${NGINX_PORT:-58081}
@@ -96,11 +107,26 @@ run_backend() {
   RESIN_API_KEY=$key timeout 3600 "$BIN/resin-loadgen" --url "http://127.0.0.1:$CLOUD_PORT" \
     --anchor-url "http://127.0.0.1:$NGINX_PORT" --label "$name" --devices "$DEVICES" \
     --connections "$CONNECTIONS" --duration "$DURATION" --interval "$INTERVAL" \
-    --open-duration "$OPEN_DURATION" >"$OUT/$name.jsonl" 2> >(tee "$OUT/$name.log" >&2)
+    --open-duration "$OPEN_DURATION" --open-busy-cpus "$OPEN_BUSY_CPUS" --max-slip-ms "$MAX_SLIP_MS" \
+    >"$OUT/$name.jsonl" 2> >(tee "$OUT/$name.log" >&2)
+  check_open_goal "$name"
   # Memory: the cloud's resident set now (with every device's cached target
   # state) and its peak during the run, from the kernel.
   grep -E '^Vm(RSS|HWM):' "/proc/$cloud_pid/status" | tr -s ' \t' ' ' | tee "$OUT/$name.rss" >&2 || true
   kill "$cloud_pid"; wait "$cloud_pid" 2>/dev/null || true
+}
+
+# #15's open-loop goal, per resin open-loop row of $OUT/$1.jsonl.
+check_open_goal() {
+  local line
+  while IFS= read -r line; do
+    log "[$1] goal: $line"
+    case $line in *MISSED*) goal_missed=1 ;; esac
+  done < <(jq -r --argjson p99 "$P99_GOAL_MS" --argjson slip "$MAX_SLIP_MS" --arg busy "$OPEN_BUSY_CPUS" '
+    select(.side == "resin" and (.mode | startswith("open")))
+    | "N=\(.devices) \(.mode), \($busy) core(s) busy: p99 \(.p99_ms) ms (goal < \($p99)), schedule slip p99 \(.sched_p99_ms) ms, max \(.sched_max_ms) ms (goal <= \($slip)), \(.slipped) slipped > \($slip) ms, \(.missed) still due at the end, \(.errors) errors: "
+      + (if .p99_ms < $p99 and .sched_max_ms <= $slip and .errors == 0 then "goal met" else "goal MISSED" end)
+  ' "$OUT/$1.jsonl")
 }
 
 start_nginx
@@ -118,3 +144,4 @@ for b in $BACKENDS; do
   esac
 done
 log "results: $OUT/*.jsonl, logs: $OUT/*.log"
+[ "$goal_missed" = 0 ] || die "an open-loop run missed #15's goal (p99 < ${P99_GOAL_MS} ms, slip <= ${MAX_SLIP_MS} ms)"

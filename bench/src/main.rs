@@ -59,6 +59,14 @@ pub struct Config {
     /// Device counts that also get an open-loop run (default: the largest)
     #[arg(long, value_delimiter = ',')]
     pub open_devices: Vec<usize>,
+    /// Open loop: a request answered more than this many milliseconds after
+    /// its scheduled time counts as slipped (reported with the maximum slip)
+    #[arg(long, default_value_t = 1000)]
+    pub max_slip_ms: u64,
+    /// Open loop: keep this many cores busy with `stress-ng --cpu N` during
+    /// each open-loop run (0: none)
+    #[arg(long, default_value_t = 0)]
+    pub open_busy_cpus: usize,
     /// Parallel registrations
     #[arg(long, default_value_t = 32)]
     pub register_concurrency: usize,

@@ -70,7 +70,10 @@ struct Stats {
     /// Microseconds from send to answer.
     poll_us: Vec<u32>,
     patch_us: Vec<u32>,
-    /// Open loop: microseconds from the scheduled time to the answer.
+    /// Open loop: the schedule slip of every scheduled request (poll or
+    /// PATCH, answered or failed), in microseconds from its due time to its
+    /// answer; for a request still due at the end (counted in `missed`), the
+    /// time it had waited by then, a lower bound.
     sched_us: Vec<u32>,
 }
 
@@ -101,6 +104,36 @@ fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
+/// What the open loop's schedule did: how late requests were answered,
+/// counted from the time they were due.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SlipSummary {
+    p99_ms: f64,
+    max_ms: f64,
+    /// Requests answered (or still waiting at the end) more than `limit` late.
+    over_limit: u64,
+}
+
+/// Summarises the slips `us` (microseconds) against `limit`; None if the
+/// run scheduled nothing.
+fn slip_summary(us: &mut [u32], limit: Duration) -> Option<SlipSummary> {
+    let max = *us.iter().max()?;
+    let limit = micros(limit);
+    Some(SlipSummary {
+        p99_ms: pct(us, 0.99),
+        max_ms: f64::from(max) / 1000.0,
+        over_limit: us.iter().filter(|&&u| u > limit).count() as u64,
+    })
+}
+
+/// The requests of a schedule that were due before `end` but not sent by
+/// `now`: how long each had waited by then (a lower bound of its slip).
+fn overdue(now: TInstant, end: TInstant, due: impl Iterator<Item = TInstant>) -> Vec<u32> {
+    due.filter(|&d| d < end)
+        .map(|d| micros(now.saturating_duration_since(d)))
+        .collect()
+}
+
 fn pct(v: &mut [u32], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -123,7 +156,11 @@ struct Row {
     share_304: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Open loop: schedule slip p99 and maximum (due time to answer), and
+    /// how many requests slipped more than `--max-slip-ms`.
     sched_p99_ms: Option<f64>,
+    sched_max_ms: Option<f64>,
+    slipped: Option<u64>,
     patches_per_s: f64,
     patch_p99_ms: f64,
     errors: u64,
@@ -132,6 +169,7 @@ struct Row {
 
 fn row(cfg: &Config, side: &str, mode: &str, n: usize, secs: f64, mut s: Stats) -> Row {
     let polls = s.not_modified + s.full;
+    let slip = slip_summary(&mut s.sched_us, Duration::from_millis(cfg.max_slip_ms));
     let r = Row {
         backend: cfg.label.clone(),
         side: side.to_string(),
@@ -147,11 +185,9 @@ fn row(cfg: &Config, side: &str, mode: &str, n: usize, secs: f64, mut s: Stats) 
         },
         p50_ms: pct(&mut s.poll_us, 0.50),
         p99_ms: pct(&mut s.poll_us, 0.99),
-        sched_p99_ms: if s.sched_us.is_empty() {
-            None
-        } else {
-            Some(pct(&mut s.sched_us, 0.99))
-        },
+        sched_p99_ms: slip.map(|x| x.p99_ms),
+        sched_max_ms: slip.map(|x| x.max_ms),
+        slipped: slip.map(|x| x.over_limit),
         patches_per_s: s.patches as f64 / secs,
         patch_p99_ms: pct(&mut s.patch_us, 0.99),
         errors: s.errors,
@@ -167,7 +203,11 @@ fn row(cfg: &Config, side: &str, mode: &str, n: usize, secs: f64, mut s: Stats) 
         r.share_304 * 100.0,
         r.p50_ms,
         r.p99_ms,
-        r.sched_p99_ms.map(|x| format!(" sched-p99={x:.2}ms")).unwrap_or_default(),
+        slip.map(|x| format!(
+            " sched-p99={:.2}ms sched-max={:.2}ms slipped>{}ms={}",
+            x.p99_ms, x.max_ms, cfg.max_slip_ms, x.over_limit
+        ))
+        .unwrap_or_default(),
         r.patches_per_s,
         r.errors,
         r.missed,
@@ -556,17 +596,23 @@ async fn open(cfg: &Config, side: &Arc<Side>, devs: &Arc<Vec<Device>>, n: usize)
                 }
                 // A server that falls behind must not stretch the run: at
                 // the end, what is still due counts as missed, not sent.
-                if TInstant::now() >= end {
-                    s.missed += 1 + heap.iter().filter(|Reverse((d, _))| *d < end).count() as u64;
+                let now = TInstant::now();
+                if now >= end {
+                    let late = overdue(
+                        now,
+                        end,
+                        std::iter::once(due).chain(heap.iter().map(|Reverse((d, _))| *d)),
+                    );
+                    s.missed += late.len() as u64;
+                    s.sched_us.extend(late);
                     break;
                 }
                 tokio::time::sleep_until(due).await;
                 k += 1;
                 let patch = patch_every > 0 && k.is_multiple_of(patch_every);
                 if let Some(d) = devs.get(i) {
-                    if one(&mut c, &side, d, i, patch, k, &mut s).await.is_some() {
-                        s.sched_us.push(micros(due.elapsed()));
-                    }
+                    one(&mut c, &side, d, i, patch, k, &mut s).await;
+                    s.sched_us.push(micros(due.elapsed()));
                 }
                 let f = 1.0 + jitter * rand::rng().random_range(-1.0..=1.0);
                 heap.push(Reverse((due + interval.mul_f64(f), i)));
@@ -581,6 +627,38 @@ async fn open(cfg: &Config, side: &Arc<Side>, devs: &Arc<Vec<Device>>, n: usize)
         }
     }
     (cfg.open_duration as f64, all)
+}
+
+/// `stress-ng --cpu N` beside an open-loop run (#15's goal holds "with one
+/// core kept busy"); killed when dropped, and it stops by itself anyway.
+struct Busy(Option<std::process::Child>);
+
+impl Busy {
+    fn start(cpus: usize, secs: u64) -> Result<Self> {
+        if cpus == 0 {
+            return Ok(Self(None));
+        }
+        let child = std::process::Command::new("stress-ng")
+            .args(["--cpu", &cpus.to_string(), "--quiet", "--timeout"])
+            .arg(format!("{}s", secs + 30))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting stress-ng (Debian package stress-ng) for --open-busy-cpus")?;
+        eprintln!(
+            "stress-ng --cpu {cpus} running beside the open loop (pid {})",
+            child.id()
+        );
+        Ok(Self(Some(child)))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// Writes the target state of device 0 to `path` for the anchor to serve.
@@ -641,7 +719,9 @@ pub async fn main(cfg: Config) -> Result<()> {
         }
         if cfg.interval > 0 && cfg.open_devices.contains(&n) {
             for side in &sides {
+                let busy = Busy::start(cfg.open_busy_cpus, cfg.open_duration)?;
                 let (secs, s) = open(&cfg, side, &devs, n).await;
+                drop(busy);
                 rows.push(row(
                     &cfg,
                     &side.name,
@@ -664,10 +744,10 @@ pub async fn main(cfg: Config) -> Result<()> {
         let a = rows
             .iter()
             .find(|x| x.side == "anchor" && x.mode == r.mode && x.devices == r.devices);
-        let p99 = r
-            .sched_p99_ms
-            .map(|s| format!("{:.2} (sched {s:.2})", r.p99_ms))
-            .unwrap_or(format!("{:.2}", r.p99_ms));
+        let p99 = match (r.sched_p99_ms, r.sched_max_ms) {
+            (Some(p), Some(m)) => format!("{:.2} (slip p99 {p:.2}, max {m:.2})", r.p99_ms),
+            _ => format!("{:.2}", r.p99_ms),
+        };
         eprintln!(
             "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {} |",
             r.backend,
@@ -684,4 +764,57 @@ pub async fn main(cfg: Config) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slip_summary_reports_the_maximum_and_the_count_over_the_limit() {
+        // 1000 slips: 990 small ones, 9 of 1.2 s and one of 4.5 s.
+        let mut us: Vec<u32> = (0..990).map(|i| 1_000 + i).collect();
+        us.extend([1_200_000; 9]);
+        us.push(4_500_000);
+        let s = slip_summary(&mut us, Duration::from_secs(1)).expect("slips");
+        assert_eq!(s.max_ms, 4500.0);
+        assert_eq!(s.over_limit, 10);
+        // The p99 (the 990th of 1000 sorted values) is the largest small
+        // one: it alone does not show the ten slow ones.
+        assert_eq!(s.p99_ms, 1.989);
+    }
+
+    #[test]
+    fn a_slip_of_exactly_the_limit_is_not_over_it() {
+        let mut us = vec![10, 1_000_000, 999_999];
+        let s = slip_summary(&mut us, Duration::from_secs(1)).expect("slips");
+        assert_eq!((s.max_ms, s.over_limit), (1000.0, 0));
+        let mut us = vec![1_000_001];
+        let s = slip_summary(&mut us, Duration::from_secs(1)).expect("slips");
+        assert_eq!(s.over_limit, 1);
+    }
+
+    #[test]
+    fn no_scheduled_request_has_no_slip_summary() {
+        assert_eq!(slip_summary(&mut [], Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn requests_still_due_at_the_end_count_with_the_time_they_waited() {
+        let t0 = TInstant::now();
+        let end = t0 + Duration::from_secs(10);
+        let now = end + Duration::from_millis(5);
+        let due = [
+            t0 + Duration::from_secs(8),    // waited 2.005 s
+            end - Duration::from_millis(1), // waited 6 ms
+            end,                            // not due before the end
+            end + Duration::from_secs(3),   // later
+        ];
+        let mut late = overdue(now, end, due.into_iter());
+        late.sort_unstable();
+        assert_eq!(late, vec![6_000, 2_005_000]);
+        let s = slip_summary(&mut late, Duration::from_secs(1)).expect("slips");
+        assert_eq!((s.max_ms, s.over_limit), (2005.0, 1));
+    }
 }

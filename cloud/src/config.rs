@@ -79,6 +79,13 @@ pub struct ConfigArgs {
     /// Tunnel sessions one device may have open at once. Default: 8.
     #[arg(long, global = true, env = "RESIN_CLOUD_TUNNEL_MAX_SESSIONS")]
     pub tunnel_max_sessions: Option<usize>,
+    /// The base URL the other replicas reach this one at, to forward a
+    /// tunnel session to the device's socket held here (PostgreSQL only).
+    /// Default: `https://<listen address>` (`http://` with `--plain-http`);
+    /// set it when listening on 0.0.0.0, and the TLS certificate must be
+    /// valid for its host.
+    #[arg(long, global = true, env = "RESIN_CLOUD_REPLICA_URL")]
+    pub replica_url: Option<String>,
     /// Serve plain HTTP instead of HTTPS. Default: false: HTTPS, because
     /// device and API keys travel in every request; plain HTTP is for tests,
     /// the demo, or a TLS-terminating proxy in front.
@@ -173,6 +180,8 @@ pub struct Config {
     pub rollout_eval_ms: u64,
     pub tunnel_idle_secs: u64,
     pub tunnel_max_sessions: usize,
+    /// Where the other replicas reach this one; `None`: the bound address.
+    pub replica_url: Option<String>,
     /// HTTPS settings; `None` serves plain HTTP (`plain_http`).
     pub tls: Option<TlsSettings>,
     /// The builder; `None`: builds are refused.
@@ -260,6 +269,7 @@ impl ConfigArgs {
             rollout_eval_ms: pick.rollout_eval_ms.unwrap_or(5000),
             tunnel_idle_secs: pick.tunnel_idle_secs.unwrap_or(1800).max(1),
             tunnel_max_sessions: pick.tunnel_max_sessions.unwrap_or(8),
+            replica_url: pick.replica_url.map(|u| u.trim_end_matches('/').to_owned()),
             tls,
             builder: pick.builder_registry.map(|registry| BuilderSettings {
                 registry,
@@ -297,6 +307,7 @@ impl ConfigArgs {
             rollout_eval_ms: self.rollout_eval_ms.or(o.rollout_eval_ms),
             tunnel_idle_secs: self.tunnel_idle_secs.or(o.tunnel_idle_secs),
             tunnel_max_sessions: self.tunnel_max_sessions.or(o.tunnel_max_sessions),
+            replica_url: self.replica_url.or(o.replica_url),
             plain_http: self.plain_http.or(o.plain_http),
             tls_cert: self.tls_cert.or(o.tls_cert),
             tls_key: self.tls_key.or(o.tls_key),

@@ -123,6 +123,26 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0012_rollout_device_fillfactor.sqlite.sql"),
         include_str!("../migrations/0012_rollout_device_fillfactor.postgres.sql"),
     ),
+    (
+        13,
+        include_str!("../migrations/0013_tunnel_replicas.sql"),
+        include_str!("../migrations/0013_tunnel_replicas.sql"),
+    ),
+    (
+        14,
+        include_str!("../migrations/0014_device_fleet_name.sql"),
+        include_str!("../migrations/0014_device_fleet_name.sql"),
+    ),
+    (
+        15,
+        include_str!("../migrations/0015_tunnel_ticket.sql"),
+        include_str!("../migrations/0015_tunnel_ticket.sql"),
+    ),
+    (
+        16,
+        include_str!("../migrations/0016_saved_view.sql"),
+        include_str!("../migrations/0016_saved_view.sql"),
+    ),
 ];
 
 impl Db {

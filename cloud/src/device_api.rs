@@ -394,13 +394,52 @@ pub async fn target_state(
         .into_response())
 }
 
+/// The device a device key belongs to, from the target-state cache when
+/// the device is cached there (the cache drops a device on any change of
+/// its key, fleet or row, or its deletion: [`cache::Change::Device`]), else
+/// from the database.
+async fn device_actor(app: &AppState, headers: &HeaderMap) -> ApiResult<auth::Actor> {
+    let cached = auth::bearer(headers)
+        .filter(|k| k.starts_with("resin_d_"))
+        .and_then(|k| app.cache.get(&auth::hash_key(k)));
+    match cached {
+        Some(e) => Ok(auth::Actor::Device {
+            id: e.id,
+            uuid: e.uuid.clone(),
+            fleet: e.fleet,
+        }),
+        None => auth::resolve(&app.db, headers).await,
+    }
+}
+
+/// `UPDATE device SET <sets> WHERE id = <id>` with its parameters.
+fn device_update(id: i64, sets: Vec<(&str, Param)>) -> (String, Vec<Param>) {
+    let cols: Vec<String> = sets
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| format!("{n} = ${}", i + 1))
+        .collect();
+    let sql = format!(
+        "UPDATE device SET {} WHERE id = ${}",
+        cols.join(", "),
+        sets.len() + 1
+    );
+    let mut params: Vec<Param> = sets.into_iter().map(|(_, p)| p).collect();
+    params.push(Param::Int(Some(id)));
+    (sql, params)
+}
+
 /// `PATCH /device/v3/state`
+///
+/// A device's own report that carries no action outcomes, no OS version and
+/// no OS-update state is one `UPDATE` on its own (one round trip on
+/// PostgreSQL); anything else is one transaction.
 pub async fn report_state(
     State(app): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let actor = auth::resolve(&app.db, &headers).await?;
+    let actor = device_actor(&app, &headers).await?;
     let report: StateReport = json_body(&body)?;
     if report.is_empty() {
         return Err(ApiError::bad_request("the report names no device"));
@@ -463,6 +502,19 @@ pub async fn report_state(
         }
         updates.push((id, sets, r.actions.as_deref().unwrap_or_default(), r));
     }
+    if os_versions.is_empty()
+        && updates.len() == 1
+        && updates[0].2.is_empty()
+        && updates[0].3.os_update.is_none()
+    {
+        if let Some((id, sets, _, _)) = updates.pop() {
+            let (sql, params) = device_update(id, sets);
+            bind_all(dyn_query(sql), &params)
+                .execute(&app.db.pool)
+                .await?;
+            return Ok((StatusCode::OK, Json(serde_json::json!({}))).into_response());
+        }
+    }
     let mut tx = app.db.begin_write().await?;
     let mut changed = Vec::new();
     for (id, sets, outcomes, r) in updates {
@@ -472,18 +524,7 @@ pub async fn report_state(
         if !outcomes.is_empty() && crate::actions::apply_outcomes(&mut tx, id, outcomes).await? {
             changed.push(id);
         }
-        let cols: Vec<String> = sets
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _))| format!("{n} = ${}", i + 1))
-            .collect();
-        let sql = format!(
-            "UPDATE device SET {} WHERE id = ${}",
-            cols.join(", "),
-            sets.len() + 1
-        );
-        let mut params: Vec<Param> = sets.into_iter().map(|(_, p)| p).collect();
-        params.push(Param::Int(Some(id)));
+        let (sql, params) = device_update(id, sets);
         bind_all(dyn_query(sql), &params).execute(&mut *tx).await?;
     }
     // The OS version is written only when it changed, because the target

@@ -17,6 +17,7 @@ pub mod error;
 pub mod git;
 pub mod linger;
 pub mod logs;
+pub mod memory;
 pub mod metadata;
 pub mod os;
 pub mod os_history;
@@ -29,6 +30,7 @@ pub mod rollout;
 pub mod schema;
 pub mod tls;
 pub mod tunnel;
+pub mod tunnel_replicas;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -62,6 +64,8 @@ pub struct AppState {
     pub hook_token: Arc<String>,
     /// Devices connected through the remote-access tunnel ([`tunnel`]).
     pub tunnels: Arc<tunnel::Tunnels>,
+    /// This replica, as the others reach it for tunnel sessions ([`tunnel_replicas`]).
+    pub replica: Arc<tunnel_replicas::Replica>,
 }
 
 impl AppState {
@@ -78,6 +82,7 @@ impl AppState {
             builds: Arc::default(),
             hook_token: Arc::new(auth::new_key(auth::KeyKind::User).0),
             tunnels: Arc::default(),
+            replica: Arc::new(tunnel_replicas::Replica::new()),
         })
     }
 }
@@ -150,6 +155,7 @@ impl App {
             .context("opening the database")?;
         tokio::spawn(device_api::offline_sweeper(state.clone()));
         tokio::spawn(cache::heartbeat_flusher(state.clone()));
+        tokio::spawn(memory::trimmer());
         let rollout_passes = rollout::Passes::default();
         if state.config.rollout_eval_ms > 0 {
             tokio::spawn(rollout::evaluator(
@@ -177,6 +183,15 @@ impl App {
         }
         if state.db.dialect == db::Dialect::Postgres {
             tokio::spawn(cache::listen(state.clone()));
+            let scheme = if rustls.is_some() { "https" } else { "http" };
+            let url = state
+                .config
+                .replica_url
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{addr}"));
+            tunnel_replicas::start(&state, url)
+                .await
+                .context("registering this replica for tunnel sessions")?;
         }
         let app = router(state.clone());
         let task = match (rustls, state.config.tls.clone()) {

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::auth::{self, Actor};
 use crate::cache::Change;
 use crate::error::{ApiError, ApiResult};
-use crate::{db, perms, AppState};
+use crate::{db, perms, tunnel_replicas, AppState};
 
 /// The device's WebSocket is pinged this often (keeps NAT mappings open and
 /// finds dead peers).
@@ -55,6 +55,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/{seg}/tunnel", get(user_socket))
         .route("/v1/{seg}/tunnel/sessions", get(sessions))
         .route("/v1/{seg}/tunnel/reboot", axum::routing::post(reboot_now))
+        .route("/internal/v1/tunnel/{seg}", get(forwarded_socket))
 }
 
 /// One connected device.
@@ -147,6 +148,14 @@ impl Tunnels {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// (device, connection) of every connected device.
+    pub fn connected(&self) -> Vec<(i64, u64)> {
+        self.links
+            .lock()
+            .map(|l| l.values().map(|k| (k.device, k.conn)).collect())
+            .unwrap_or_default()
     }
 
     /// Sends `f` to every connected device that `change` concerns.
@@ -251,6 +260,7 @@ async fn serve_device(app: AppState, device: i64, fleet: i64, socket: WebSocket)
         old.fail_all("the device opened a new tunnel");
         old.closed.notify_waiters();
     }
+    tunnel_replicas::link_up(&app, device, conn).await;
     tracing::info!(device, conn, "device tunnel connected");
     // A change made while the device was away: let it look now.
     link.send(Frame::PollNow);
@@ -299,10 +309,14 @@ async fn serve_device(app: AppState, device: i64, fleet: i64, socket: WebSocket)
             }
         }
     }
-    if let Ok(mut l) = app.tunnels.links.lock() {
-        if l.get(&device).is_some_and(|c| c.conn == conn) {
-            l.remove(&device);
-        }
+    let mine = app.tunnels.links.lock().is_ok_and(|mut l| {
+        l.get(&device)
+            .is_some_and(|c| c.conn == conn)
+            .then(|| l.remove(&device))
+            .is_some()
+    });
+    if mine {
+        tunnel_replicas::link_down(&app, device, conn).await;
     }
     link.fail_all("the device's tunnel closed");
     link.closed.notify_waiters();
@@ -349,36 +363,175 @@ async fn writable_device(app: &AppState, actor: &Actor, device: i64) -> ApiResul
     perms::require_device(&app.db, actor, device, perms::Access::Write).await
 }
 
-/// `GET /v1/device(<id>)/tunnel`: one session to a device.
+/// How long a dashboard terminal's ticket is valid.
+pub const TICKET_TTL: Duration = Duration::from_secs(30);
+
+/// A single-use ticket for user `user`'s session to `device` (the caller
+/// has checked the user's rights on it): valid for [`TICKET_TTL`], kept
+/// hashed in the database so any replica can take it.
+pub async fn issue_ticket(app: &AppState, user: i64, device: i64) -> Result<String, sqlx::Error> {
+    let now = time::OffsetDateTime::now_utc();
+    sqlx::query("DELETE FROM tunnel_ticket WHERE expires_at < $1")
+        .bind(db::format_ts(now))
+        .execute(&app.db.pool)
+        .await?;
+    let (ticket, hash) = auth::new_key(auth::KeyKind::User);
+    sqlx::query(
+        "INSERT INTO tunnel_ticket (hash, \"user\", device, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(hash)
+    .bind(user)
+    .bind(device)
+    .bind(db::format_ts(now + TICKET_TTL))
+    .execute(&app.db.pool)
+    .await?;
+    Ok(ticket)
+}
+
+/// Takes a ticket (deleting it, so it works once): the user it was made
+/// for, if it is for `device` and has not expired. Anything else is 401.
+async fn redeem_ticket(app: &AppState, ticket: &str, device: i64) -> ApiResult<Actor> {
+    let row = sqlx::query(
+        "DELETE FROM tunnel_ticket WHERE hash = $1 RETURNING \"user\", device, expires_at",
+    )
+    .bind(auth::hash_key(ticket))
+    .fetch_optional(&app.db.pool)
+    .await?;
+    let refused = |why: &str| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "BadTicket",
+            format!("the terminal ticket {why}; open the terminal page again"),
+        )
+    };
+    let Some(row) = row else {
+        return Err(refused("is unknown or was used already"));
+    };
+    let (user, for_device, expires): (i64, i64, String) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    if for_device != device {
+        return Err(refused("is for another device"));
+    }
+    if expires < db::now() {
+        return Err(refused("has expired"));
+    }
+    let admin: i64 =
+        sqlx::query("SELECT CASE WHEN is_admin THEN 1 ELSE 0 END FROM \"user\" WHERE id = $1")
+            .bind(user)
+            .fetch_optional(&app.db.pool)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .ok_or_else(|| refused("is for a user that is gone"))?;
+    Ok(Actor::User {
+        id: user,
+        admin: admin != 0,
+        read_only: false,
+        fleet: None,
+    })
+}
+
+/// The `ticket` of a query string.
+fn ticket_of(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ticket="))
+        .filter(|t| !t.is_empty())
+}
+
+/// `GET /v1/device(<id>)/tunnel`: one session to a device, with a user's
+/// key, or with `?ticket=` (the dashboard terminal's single-use ticket).
 async fn user_socket(
     State(app): State<AppState>,
     Path(seg): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let r = async {
-        let actor = auth::resolve(&app.db, &headers).await?;
         let device = device_of(&seg)?;
+        let actor = match ticket_of(uri.query()) {
+            Some(t) => {
+                check_origin(&app, &headers)?;
+                redeem_ticket(&app, t, device).await?
+            }
+            None => auth::resolve(&app.db, &headers).await?,
+        };
         writable_device(&app, &actor, device).await?;
         check_origin(&app, &headers)?;
         let user = match actor {
             Actor::User { id, .. } => id,
             _ => return Err(ApiError::unauthorized()),
         };
-        let link = app.tunnels.get(device).ok_or_else(|| {
-            ApiError::conflict(format!(
-                "device({device}) has no tunnel to this cloud: it is offline, or its tunnel is off"
-            ))
-        })?;
-        if link.session_count() >= app.config.tunnel_max_sessions {
-            return Err(too_many(device, app.config.tunnel_max_sessions));
+        let Some(link) = app.tunnels.get(device) else {
+            // Held by another replica? Forward the session there.
+            let Some(holder) = tunnel_replicas::holder(&app, device).await? else {
+                return Err(no_tunnel(device));
+            };
+            let ws = ws.map_err(upgrade_error)?;
+            let up = match tunnel_replicas::connect(&app, &holder, device, user).await {
+                Ok(up) => up,
+                Err(refused) => return Ok(refused),
+            };
+            tracing::info!(device, user, %holder, "tunnel session forwarded to the replica holding the device");
+            return Ok(ws
+                .max_message_size(MAX_MESSAGE)
+                .read_buffer_size(WS_BUFFER)
+                .write_buffer_size(0)
+                .on_upgrade(move |s| tunnel_replicas::pipe(s, up)));
+        };
+        local_session(app, link, user, ws)
+    }
+    .await;
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn no_tunnel(device: i64) -> ApiError {
+    ApiError::conflict(format!(
+        "device({device}) has no tunnel to this cloud: it is offline, or its tunnel is off"
+    ))
+}
+
+/// A session to a device whose socket is on this replica.
+fn local_session(
+    app: AppState,
+    link: Arc<Link>,
+    user: i64,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    if link.session_count() >= app.config.tunnel_max_sessions {
+        return Err(too_many(link.device, app.config.tunnel_max_sessions));
+    }
+    let ws = ws.map_err(upgrade_error)?;
+    Ok(ws
+        .max_message_size(MAX_MESSAGE)
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(0)
+        .on_upgrade(move |s| serve_user(app, link, user, s)))
+}
+
+/// `GET /internal/v1/tunnel/device(<id>)`: a session forwarded by another
+/// replica (which checked the user's rights and the Origin), authenticated
+/// with the replicas' shared secret; the user is named in a header. 404 to
+/// anyone without the secret.
+async fn forwarded_socket(
+    State(app): State<AppState>,
+    Path(seg): Path<String>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let r = async {
+        if !app.replica.authenticates(&headers) {
+            return Err(ApiError::not_found("no route /internal/v1/tunnel"));
         }
-        let ws = ws.map_err(upgrade_error)?;
-        Ok(ws
-            .max_message_size(MAX_MESSAGE)
-            .read_buffer_size(WS_BUFFER)
-            .write_buffer_size(0)
-            .on_upgrade(move |s| serve_user(app, link, user, s)))
+        let device = device_of(&seg)?;
+        let user = headers
+            .get(tunnel_replicas::USER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(|| ApiError::bad_request("a forwarded session names its user"))?;
+        let link = app.tunnels.get(device).ok_or_else(|| no_tunnel(device))?;
+        local_session(app, link, user, ws)
     }
     .await;
     r.unwrap_or_else(IntoResponse::into_response)

@@ -442,6 +442,40 @@ fn fleet_page_filters_sorts_and_pages(backend: Backend) {
     sorted.sort();
     assert_eq!(names, sorted);
 
+    // Paging in every sort gives each device once, in the database's own
+    // order (pages past the middle are read from the other end and turned
+    // back: ties broken by id and NULLs must come out the same).
+    for (sort, dir, order) in [
+        ("name", "asc", "name ASC, id ASC"),
+        ("name", "desc", "name DESC, id DESC"),
+        ("status", "asc", "status ASC, id ASC"),
+        ("status", "desc", "status DESC, id DESC"),
+        ("last_seen", "asc", "last_seen ASC, id ASC"),
+        ("os", "desc", "os_version DESC, id DESC"),
+    ] {
+        let want: Vec<String> = s.rt.block_on(async {
+            let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT id FROM device WHERE fleet = $1 ORDER BY {order}"
+            )))
+            .bind(fleet)
+            .fetch_all(&s.app.db.pool)
+            .await
+            .unwrap();
+            ids.iter().map(i64::to_string).collect()
+        });
+        let mut got = Vec::new();
+        for page in 1..=3 {
+            let p = b.get(&format!(
+                "/fleets/{fleet}?sort={sort}&dir={dir}&page={page}"
+            ));
+            got.extend(p.attrs("#device-table tbody tr", "data-device-id"));
+        }
+        assert_eq!(got, want, "sort={sort} dir={dir}");
+    }
+    let p = b.get(&format!("/fleets/{fleet}?page=4"));
+    assert_eq!(p.status, 200);
+    assert_eq!(p.text("#device-table tbody"), "No devices match.");
+
     // The htmx refresh gets only the table.
     let p = b.request_with(
         "GET",
@@ -1325,7 +1359,183 @@ fn rollout_buttons_change_the_rollout(backend: Backend) {
     }
 }
 
+fn release_page_shows_its_build_log(backend: Backend) {
+    let s = Server::start(backend);
+    let (uid, key) = s.web_user("alice", PW);
+    s.web_user("bob", PW);
+    let (fleet, _) = s.fleet(&key, "f");
+    let mk = || {
+        s.create(
+            &key,
+            "release",
+            json!({"fleet": fleet, "composition": {"services": {"main": {"image": "127.0.0.1:1/app@sha256:0001"}}}}),
+        )["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let (by_api, built) = (mk(), mk());
+    // A build that made `built`, with its log, as the builder stores it.
+    s.rt.block_on(async {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO build (uuid, fleet, \"user\", status, source, context_path, \"release\", \
+             created_at) VALUES ('b1', $1, $2, 'success', 'api', '/nonexistent', $3, \
+             '2026-12-02T00:00:00Z') RETURNING id",
+        )
+        .bind(fleet)
+        .bind(uid)
+        .bind(built)
+        .fetch_one(&s.app.db.pool)
+        .await
+        .unwrap();
+        for line in [
+            json!({"message": "build 1 of fleet f"}),
+            json!({"service": "main", "message": "Step 1/2 : FROM alpine", "state": "building"}),
+            json!({"service": "main", "message": format!("warning: {XSS}"), "isError": true}),
+            json!({"message": "done", "state": "success", "release": built}),
+        ] {
+            sqlx::query("INSERT INTO build_log (build, line) VALUES ($1, $2)")
+                .bind(id)
+                .bind(line.to_string())
+                .execute(&s.app.db.pool)
+                .await
+                .unwrap();
+        }
+    });
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    let p = b.get(&format!("/releases/{by_api}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p
+        .text("#build-log-none")
+        .contains("not built by resin's builder"));
+    let p = b.get(&format!("/releases/{built}"));
+    assert_eq!(p.status, 200, "{}", p.body);
+    let lines: Vec<String> = p
+        .texts("#build-log span.line")
+        .iter()
+        .map(|l| l.trim().to_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "build 1 of fleet f".to_owned(),
+            "[main] Step 1/2 : FROM alpine (building)".to_owned(),
+            format!("[main] warning: {XSS}"),
+            "done (success)".to_owned(),
+        ]
+    );
+    assert!(!p.body.contains(XSS), "escaped");
+    assert_eq!(p.attrs("#build-log span.err", "class").len(), 1);
+    // The same log as the API's.
+    let api = s.get(&format!("/v1/release({built})/logs"), &key);
+    assert_eq!(api.status, 200);
+    assert_eq!(api.body.lines().count(), 4);
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    let p = bob.get(&format!("/releases/{built}"));
+    assert_eq!(p.status, 404);
+    assert!(!p.body.contains("FROM alpine"));
+}
+
+fn saved_views_of_the_device_table(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, key) = s.web_user("alice", PW);
+    s.web_user("bob", PW);
+    let (fleet, prov) = s.fleet(&key, "f");
+    let (dev, _, _) = s.device(&prov);
+    s.device(&prov);
+    s.create(
+        &key,
+        "device_tag",
+        json!({"device": dev, "tag_key": "site", "value": "north"}),
+    );
+    let mut b = Browser::new(&s);
+    b.login("alice", PW);
+    // The page's save form carries its current filters and sort.
+    let p = b.get(&format!(
+        "/fleets/{fleet}?tag=site%3Dnorth&sort=status&dir=desc&page=1"
+    ));
+    assert_eq!(p.text("#views .hint"), "none");
+    let query = p
+        .attrs("#save-view input[name=query]", "value")
+        .pop()
+        .unwrap();
+    assert_eq!(query, "tag=site%3Dnorth&sort=status&dir=desc");
+    let csrf = p.csrf();
+    let path = format!("/fleets/{fleet}/views");
+    assert_eq!(
+        b.post(&path, &[("name", "north"), ("query", &query)])
+            .status,
+        403
+    );
+    let p = b.post(
+        &path,
+        &[("csrf", &csrf), ("name", "north"), ("query", &query)],
+    );
+    assert_eq!(p.status, 303, "{}", p.body);
+    assert_eq!(p.location(), format!("/fleets/{fleet}?{query}"));
+    // Listed as a link that applies the filters.
+    let p = b.get(&format!("/fleets/{fleet}"));
+    assert_eq!(p.text("#views a.view"), "north");
+    let href = p.attrs("#views a.view", "href").pop().unwrap();
+    let p = b.get(&href);
+    assert_eq!(p.text("#device-count"), "1");
+    // The same name again replaces it; a bad name or query is a 400.
+    let p = b.post(
+        &path,
+        &[
+            ("csrf", &csrf),
+            ("name", "north"),
+            ("query", "online=online"),
+        ],
+    );
+    assert_eq!(p.status, 303);
+    assert_eq!(
+        b.get(&format!("/fleets/{fleet}"))
+            .attrs("#views a.view", "href"),
+        vec![format!("/fleets/{fleet}?online=online")]
+    );
+    assert_eq!(
+        b.post(&path, &[("csrf", &csrf), ("name", ""), ("query", "")])
+            .status,
+        400
+    );
+    assert_eq!(
+        b.post(
+            &path,
+            &[("csrf", &csrf), ("name", "x"), ("query", "page=abc")]
+        )
+        .status,
+        400
+    );
+    // Bob sees none of alice's views and cannot save into her fleet.
+    let mut bob = Browser::new(&s);
+    bob.login("bob", PW);
+    let bcsrf = bob.csrf();
+    let p = bob.post(&path, &[("csrf", &bcsrf), ("name", "b"), ("query", "")]);
+    assert_eq!(p.status, 404);
+    let (bfleet, _) = s.fleet(&s.user("bob").1, "bf");
+    // Removing: only one's own.
+    let id = b
+        .get(&format!("/fleets/{fleet}"))
+        .attrs("#views form input[name=delete]", "value")
+        .pop()
+        .unwrap();
+    for bpath in [path.clone(), format!("/fleets/{bfleet}/views")] {
+        let p = bob.post(&bpath, &[("csrf", &bcsrf), ("delete", &id)]);
+        assert_eq!(p.status, 404, "{bpath}");
+    }
+    let p = b.post(&path, &[("csrf", &csrf), ("delete", &id)]);
+    assert_eq!(p.status, 303);
+    assert_eq!(
+        b.get(&format!("/fleets/{fleet}")).text("#views .hint"),
+        "none"
+    );
+}
+
 both!(
+    saved_views_of_the_device_table,
+    release_page_shows_its_build_log,
     rollout_buttons_change_the_rollout,
     os_release_upload_page,
     os_update_history_on_the_device_page,
@@ -1404,6 +1614,11 @@ fn bench_fleet_page_10k_devices() {
             (
                 "fleet page, last page (200)",
                 format!("/fleets/{fleet}?page=200"),
+                false,
+            ),
+            (
+                "fleet page, middle page (100)",
+                format!("/fleets/{fleet}?page=100"),
                 false,
             ),
             (

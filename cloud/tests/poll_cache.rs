@@ -275,12 +275,24 @@ fn every_write_that_changes_the_target_reaches_the_next_poll(backend: Backend) {
         .to_owned();
     assert_eq!(fleet_uuid(&t), f_uuid);
 
-    // Deleted: its key stops working at once.
+    // A state report of the cached device (its key found in the cache) is
+    // written.
+    let report = json!({ uuid.clone(): {"status": "Idle"} });
+    let r = s.patch("/device/v3/state", &key, report.clone());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        s.get(&format!("/v1/device({id})"), &alice).json()["status"],
+        "Idle"
+    );
+
+    // Deleted: its key stops working at once, for reports too (checked
+    // before a poll could drop anything from the cache).
     assert_eq!(
         s.req("DELETE", &format!("/v1/device({id})"), Some(&alice), None)
             .status,
         204
     );
+    assert_eq!(s.patch("/device/v3/state", &key, report).status, 401);
     assert_eq!(poll(&s, &uuid, &key, Some(&etag)).status, 401);
 }
 

@@ -13,7 +13,7 @@ RESIN_APT_PACKAGES=(
   # build
   build-essential pkg-config git ca-certificates curl python3-venv python3-pip
   # cloud tests, benchmarks
-  postgresql nginx-light wrk
+  postgresql nginx-light wrk stress-ng jq
   # dashboard browser tests (WebDriver, headless)
   chromium chromium-driver
   # supervisor tests

@@ -75,7 +75,11 @@ fn register(cloud: &CloudProc, prov: &str) -> (String, String) {
 
 impl Fixture {
     fn start(settings: TunnelSettings) -> Self {
-        let cloud = CloudProc::start();
+        Self::on(CloudProc::start(), settings)
+    }
+
+    /// The device of a fixture on `cloud`, its tunnel connected to it.
+    fn on(cloud: CloudProc, settings: TunnelSettings) -> Self {
         let f = cloud.create("fleet", json!({"name": "tun", "device_type": "qemuarm64"}));
         let fleet = f["id"].as_i64().unwrap();
         let p = cloud.create("provisioning_key", json!({"fleet": fleet, "name": "p"}));
@@ -333,6 +337,83 @@ fn ssh_runs_commands_with_their_output_exit_code_and_stdin_and_resizes_a_termina
         .as_str()
         .unwrap()
         .contains("no container engine"));
+}
+
+/// Two resin-cloud processes on one PostgreSQL database: the device's
+/// socket is on replica A, the user's session lands on replica B, which
+/// forwards it to A (replica secret from the database); the command's
+/// output and exit code come back, and the audit has the session once.
+#[test]
+fn a_session_through_another_replica_is_forwarded_to_the_device_s_replica() {
+    let db = PgDb::new();
+    let a = CloudProc::start_with_env(&[("RESIN_CLOUD_DATABASE_URL", &db.url)]);
+    let mut fx = Fixture::on(a, TunnelSettings::default());
+    let b = fx.cloud.replica();
+    let before = fx.audit().len();
+    let ssh_b = |fx: &Fixture, args: &[&str]| {
+        let out = fx
+            .resin()
+            .env("RESIN_API_URL", b.url())
+            .arg("ssh")
+            .arg(&fx.uuid)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = ssh_b(&fx, &["--", "echo via-b; echo to-stderr >&2; exit 3"]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (3, "via-b\n", "to-stderr\n"),
+        "resin ssh through replica B"
+    );
+
+    // Written once, by the replica holding the socket; both replicas read it.
+    let rows = wait_until(10, "the forwarded session's closed audit row", || {
+        let rows = fx.audit();
+        (rows.len() > before && !rows[0]["ended_at"].is_null()).then_some(rows)
+    });
+    assert_eq!(rows.len(), before + 1, "one audit row: {rows:#?}");
+    assert_eq!(rows[0]["username"], "admin");
+    assert_eq!(rows[0]["exit_code"], 3);
+    assert!(rows[0]["bytes_down"].as_i64().unwrap() > 0);
+    let via_b: serde_json::Value = serde_json::from_str(
+        &http(
+            "GET",
+            &format!("{}/v1/device({})/tunnel/sessions", b.url(), fx.id),
+            Some(&b.admin_key),
+            None,
+        )
+        .1,
+    )
+    .unwrap();
+    assert_eq!(via_b["value"].as_array().unwrap().len(), before + 1);
+
+    // The replicas' door is closed to users' keys.
+    let (status, _) = http(
+        "GET",
+        &format!("{}/internal/v1/tunnel/device({})", fx.cloud.url(), fx.id),
+        Some(&fx.cloud.admin_key),
+        None,
+    );
+    assert_eq!(
+        status, 404,
+        "the internal forward route without the replica secret"
+    );
+
+    // Replica A dies: its row goes stale and B answers 409 again (not a hang).
+    fx.cloud.stop();
+    let (code, _, err) = ssh_b(&fx, &["--", "true"]);
+    assert_eq!(code, 1, "{err}");
+    eprintln!("with replica A gone: {err}");
+    drop(fx);
+    drop(b);
+    drop(db);
 }
 
 #[test]
@@ -836,5 +917,131 @@ fn bench_tunnel() {
          device side (tunnel module + its TLS WebSocket) {me0} -> {me1} KiB = {:.1} KiB per tunnel",
         (cloud1.saturating_sub(cloud0)) as f64 / DEVICES as f64,
         (me1.saturating_sub(me0)) as f64 / DEVICES as f64
+    );
+}
+
+/// BENCHMARKS.md, "Remote access": 10 000 idle device tunnels held by one
+/// resin-cloud process (SQLite, HTTPS), its RSS per connected device (goal
+/// < 64 KiB), and a session to the last device connected. The devices are
+/// this process's tunnel modules. Run with
+/// `cargo test -p resin-supervisor --test tunnel -- --ignored --nocapture bench_idle_10k`
+/// (`IDLE_DEVICES` sets the count).
+#[test]
+#[ignore]
+fn bench_idle_10k_tunnels() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let devices: usize = std::env::var("IDLE_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    // Each side holds one socket per device: raise this process's open-file
+    // limit to its hard limit before the cloud is spawned (it inherits it).
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    assert!(
+        hard >= devices as u64 + 1000,
+        "RLIMIT_NOFILE hard limit {hard} is too low for {devices} tunnels (ulimit -Hn)"
+    );
+    println!("RLIMIT_NOFILE {soft} -> {hard}");
+    let cloud = CloudProc::start_with_env(&[("RESIN_CLOUD_DEVICE_REQUESTS_PER_MIN", "0")]);
+    let fx = Fixture::on(cloud, TunnelSettings::default());
+    let cloud_pid = fx.cloud.pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{cloud_pid}/limits")).unwrap();
+    let cloud_nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    println!("cloud: {cloud_nofile}");
+
+    let t0 = Instant::now();
+    let register_url = format!("{}/device/register", fx.cloud.url());
+    let devs: Vec<(String, String)> = (0..devices)
+        .map(|_| {
+            let uuid = uuid::Uuid::new_v4().simple().to_string();
+            let (st, body) = http(
+                "POST",
+                &register_url,
+                Some(&fx.prov_key),
+                Some(json!({"uuid": uuid, "deviceType": "qemuarm64"})),
+            );
+            assert_eq!(st, 201, "register: {body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            (uuid, v["apiKey"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    println!("registered {devices} devices in {:?}", t0.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    let cloud0 = rss_kib(cloud_pid);
+    let established = || {
+        let out = Command::new("ss")
+            .args([
+                "-Htn",
+                "state",
+                "established",
+                &format!("( sport = :{} )", fx.cloud.port),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let base = established();
+    let t0 = Instant::now();
+    let ca = fx.cloud.ca_pem();
+    const BATCH: usize = 250;
+    for (i, chunk) in devs.chunks(BATCH).enumerate() {
+        for (_, key) in chunk {
+            fx.rt.spawn(resin_supervisor::tunnel::run(TunnelOptions {
+                api_endpoint: fx.cloud.url(),
+                device_key: key.clone(),
+                root_ca: Some(ca.clone()),
+                settings: TunnelSettings::default(),
+                docker: None,
+                poll_now: Arc::new(tokio::sync::Notify::new()),
+                reboot: None,
+            }));
+        }
+        // Let the handshakes of one batch finish before the next.
+        let want = base + i * BATCH + chunk.len();
+        let end = Instant::now() + Duration::from_secs(120);
+        while established() < want && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let connected = established() - base;
+    println!(
+        "{connected} of {devices} tunnels connected in {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        connected >= devices,
+        "only {connected} of {devices} tunnels connected"
+    );
+    // Idle: let the connections settle (and the first pings pass).
+    std::thread::sleep(Duration::from_secs(25));
+    let cloud1 = rss_kib(cloud_pid);
+    // A session to the last device to connect still works.
+    let (last, _) = devs.last().unwrap();
+    let t1 = Instant::now();
+    let out = fx
+        .resin()
+        .args(["ssh", last, "--", "echo", "last-one"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = t1.elapsed();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "last-one\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "BENCH {devices} idle tunnels in one resin-cloud: RSS {cloud0} -> {cloud1} KiB = {:.1} KiB per connected device; \
+         `resin ssh` to the last device: exit 0 in {took:?}",
+        (cloud1.saturating_sub(cloud0)) as f64 / devices as f64
     );
 }

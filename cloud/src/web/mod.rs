@@ -14,6 +14,7 @@
 pub mod audit;
 mod pages;
 pub mod session;
+mod terminal;
 
 use std::sync::LazyLock;
 
@@ -56,6 +57,24 @@ const STATIC: &[(&str, &str, &[u8])] = &[
         "text/css; charset=utf-8",
         include_bytes!("static/app.css"),
     ),
+    // xterm.js and its style sheet (npm @xterm/xterm; version, sha256 and
+    // licence in docs/dashboard.md and static/xterm.LICENSE), and the
+    // terminal page's own script.
+    (
+        "xterm.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("static/xterm.js"),
+    ),
+    (
+        "xterm.css",
+        "text/css; charset=utf-8",
+        include_bytes!("static/xterm.css"),
+    ),
+    (
+        "terminal.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("static/terminal.js"),
+    ),
 ];
 
 /// The templates, embedded.
@@ -79,6 +98,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("audit.html", include_str!("templates/audit.html")),
     ("settings.html", include_str!("templates/settings.html")),
     ("key_shown.html", include_str!("templates/key_shown.html")),
+    ("terminal.html", include_str!("templates/terminal.html")),
 ];
 
 static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
@@ -124,6 +144,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/fleets/{id}/target",
         "post",
         "Dashboard: set the fleet's target release and OS",
+    ),
+    (
+        "/fleets/{id}/views",
+        "post",
+        "Dashboard: save the device table's filters and sort as a named view (or delete one)",
     ),
     (
         "/fleets/{id}/releases",
@@ -194,6 +219,16 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "Dashboard: revoke an API key",
     ),
     (
+        "/devices/{id}/terminal",
+        "get",
+        "Dashboard: a terminal on the device (xterm.js over the tunnel)",
+    ),
+    (
+        "/devices/{id}/terminal/ticket",
+        "post",
+        "Dashboard: a single-use ticket (30 s) for the device's tunnel WebSocket (JSON {ticket, url, expires_in}; X-CSRF-Token)",
+    ),
+    (
         "/static/{file}",
         "get",
         "Dashboard: static files (htmx, logs.js, app.css)",
@@ -215,6 +250,7 @@ pub fn router() -> Router<AppState> {
         .route("/fleets/{id}/image", get(pages::fleet_image))
         .route("/fleets/{id}/target", post(pages::fleet_target))
         .route("/fleets/{id}/bulk", post(pages::fleet_bulk))
+        .route("/fleets/{id}/views", post(pages::fleet_views))
         .route("/fleets/{id}/{kind}", post(pages::fleet_var))
         .route("/fleets/{id}/releases", get(pages::releases))
         .route(
@@ -240,6 +276,7 @@ pub fn router() -> Router<AppState> {
         .route("/settings/keys", post(pages::create_key))
         .route("/settings/keys/{id}/revoke", post(pages::revoke_key))
         .route("/static/{file}", get(static_file))
+        .merge(terminal::router())
         .layer(axum::middleware::from_fn(security_headers))
 }
 

@@ -424,6 +424,17 @@ pub struct DeviceFilter {
 }
 
 impl DeviceFilter {
+    /// The filters and sort as a query string (no page), as a saved view
+    /// keeps them.
+    fn query(&self) -> String {
+        let href = self.href(0, 1);
+        let q = href.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        q.strip_suffix("page=1")
+            .unwrap_or(q)
+            .trim_end_matches('&')
+            .to_owned()
+    }
+
     /// The query string for page `page` (same filters and sort).
     fn href(&self, fleet: i64, page: i64) -> String {
         let mut q = vec![];
@@ -470,8 +481,18 @@ pub async fn fleet_devices(
     fleet: i64,
     f: &DeviceFilter,
 ) -> Result<(Vec<DeviceRow>, i64), ApiError> {
-    let scope = perms::read_scope(actor, "device", "d");
-    let mut cond = vec!["d.fleet = $1".to_owned(), scope.to_sql()];
+    // The devices of fleet $1, if the caller may read the fleet: its devices
+    // are readable exactly when it is (perms.rs: a device's owner is its
+    // fleet's). Asked once of the fleet (an uncorrelated EXISTS), not of
+    // each of 10k devices as the device scope's correlated subquery would.
+    let scope = perms::read_scope(actor, "fleet", "sf");
+    let mut cond = vec![
+        "d.fleet = $1".to_owned(),
+        format!(
+            "EXISTS (SELECT 1 FROM fleet sf WHERE sf.id = $1 AND {})",
+            scope.to_sql()
+        ),
+    ];
     let mut params = vec![Param::Int(Some(fleet))];
     let next = |p: Param, params: &mut Vec<Param>| {
         params.push(p);
@@ -498,7 +519,7 @@ pub async fn fleet_devices(
         let m = next(Param::Int(Some(id)), &mut params);
         cond.push(format!(
             "COALESCE(d.pinned_release, d.rollout_release, \
-             (SELECT tf.target_release FROM fleet tf WHERE tf.id = d.fleet)) = {m}"
+             (SELECT tf.target_release FROM fleet tf WHERE tf.id = $1)) = {m}"
         ));
     }
     if !f.tag.is_empty() {
@@ -535,22 +556,53 @@ pub async fn fleet_devices(
     .try_get(0)?;
     let page = f.page.unwrap_or(1).max(1);
     let offset = (page - 1).saturating_mul(PAGE_SIZE);
+    if offset >= total {
+        return Ok((Vec::new(), total));
+    }
+    // A page past the middle is read from the other end (the order
+    // reversed, then the rows turned back): the last page is then the
+    // first 50 of an index scan rather than 10,000 rows sorted or skipped.
+    // NULLs sort first one way and last the other in both databases, so
+    // the reversed order is exactly the other end of the same order.
+    let from_end = offset > total / 2;
+    let (qdir, qoffset, limit) = if from_end {
+        let limit = PAGE_SIZE.min(total - offset);
+        let rdir = if dir == "ASC" { "DESC" } else { "ASC" };
+        (rdir, total - offset - limit, limit)
+    } else {
+        (dir, offset, PAGE_SIZE)
+    };
+    // Only plain columns per row: the target release's id (pin, rollout,
+    // else the fleet's, read once), its uuid looked up for the page's rows
+    // afterwards. A subquery in the select list would run for every row
+    // OFFSET skips, too (PostgreSQL projects before the Limit).
     let sql = format!(
         "SELECT d.id, d.uuid, d.name, CASE WHEN d.is_online THEN 1 ELSE 0 END, d.status, \
          d.last_seen, d.os_version, \
-         (SELECT r.uuid FROM \"release\" r WHERE r.id = COALESCE(d.pinned_release, \
-           d.rollout_release, (SELECT tf.target_release FROM fleet tf WHERE tf.id = d.fleet))), \
+         COALESCE(d.pinned_release, d.rollout_release, \
+           (SELECT tf.target_release FROM fleet tf WHERE tf.id = $1)), \
          d.os_update_state, d.os_update_progress, d.apps \
-         FROM device d WHERE {wher} ORDER BY {order} {dir}, d.id {dir} \
-         LIMIT {PAGE_SIZE} OFFSET {offset}"
+         FROM device d WHERE {wher} ORDER BY {order} {qdir}, d.id {qdir} \
+         LIMIT {limit} OFFSET {qoffset}"
     );
-    let rows = bind_all(dyn_query(sql), &params)
+    let mut rows = bind_all(dyn_query(sql), &params)
         .fetch_all(&app.db.pool)
         .await?;
+    if from_end {
+        rows.reverse();
+    }
+    let mut targets: Vec<i64> = rows
+        .iter()
+        .filter_map(|r| r.try_get::<Option<i64>, _>(7).ok().flatten())
+        .collect();
+    targets.sort_unstable();
+    targets.dedup();
+    let uuids = release_uuids(app, &targets).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let apps: Option<String> = r.try_get(10)?;
         let (running, progress) = summarize_apps(apps.as_deref());
+        let target: Option<i64> = r.try_get(7)?;
         out.push(DeviceRow {
             id: r.try_get(0)?,
             uuid: r.try_get(1)?,
@@ -559,7 +611,7 @@ pub async fn fleet_devices(
             status: r.try_get(4)?,
             last_seen: r.try_get(5)?,
             os_version: r.try_get(6)?,
-            target_release: r.try_get(7)?,
+            target_release: target.and_then(|t| uuids.get(&t).cloned()),
             running_release: running,
             os_update_state: r.try_get(8)?,
             os_update_progress: r.try_get(9)?,
@@ -567,6 +619,23 @@ pub async fn fleet_devices(
         });
     }
     Ok((out, total))
+}
+
+/// The uuids of releases `ids` (a page's targets: a few distinct ids).
+async fn release_uuids(app: &AppState, ids: &[i64]) -> Result<HashMap<i64, String>, ApiError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let rows = dyn_query(format!(
+        "SELECT id, uuid FROM \"release\" WHERE id IN ({})",
+        list.join(", ")
+    ))
+    .fetch_all(&app.db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
 }
 
 type Apps = BTreeMap<String, resin_api_types::AppReport>;
@@ -671,9 +740,12 @@ pub async fn fleet(
         let rid: i64 = r.try_get(0).map_err(ApiError::from)?;
         rollout_list.push(crate::rollout::progress(&app.db, &actor, rid).await?);
     }
+    let views = saved_views(&app, &s, id).await?;
     Ok(render(
         "fleet.html",
         context! { ..base(&s), ..table, ..context! {
+            views => sv(&views),
+            view_query => f.query(),
             fleet => sv(&fleet),
             statuses => sv(&statuses),
             os_versions => sv(&os_versions),
@@ -685,6 +757,134 @@ pub async fn fleet(
             config_vars => sv(&config_vars),
         }},
     ))
+}
+
+#[derive(Serialize)]
+struct SavedView {
+    id: i64,
+    name: String,
+    href: String,
+}
+
+/// The most saved views a user keeps per fleet.
+pub const VIEWS_MAX: i64 = 50;
+
+/// The session user's saved views of fleet `fleet` (the caller has checked
+/// that the user may read the fleet).
+async fn saved_views(app: &AppState, s: &Session, fleet: i64) -> Result<Vec<SavedView>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT id, name, query FROM saved_view WHERE \"user\" = $1 AND fleet = $2 ORDER BY name, id",
+    )
+    .bind(s.user)
+    .bind(fleet)
+    .fetch_all(&app.db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let query: String = r.try_get(2)?;
+            Ok(SavedView {
+                id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                href: if query.is_empty() {
+                    format!("/fleets/{fleet}")
+                } else {
+                    format!("/fleets/{fleet}?{query}")
+                },
+            })
+        })
+        .collect()
+}
+
+/// `POST /fleets/{id}/views`: saves the fleet page's current filters and
+/// sort (`query`, as the page renders it) under `name` (the same name
+/// again replaces it); with `delete` = a view id, removes that view.
+/// Views are the session user's own; the fleet must be one the user reads.
+pub async fn fleet_views(
+    State(app): State<AppState>,
+    Auth(s): Auth,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Form(form): Form<FormMap>,
+) -> WebResult {
+    check_csrf(&s, &headers, &form)?;
+    resources::read_one(&app, &s.actor(), res("fleet")?, id).await?;
+    if let Some(v) = form.get("delete") {
+        let vid = parse_id("delete", v)?;
+        let n =
+            sqlx::query("DELETE FROM saved_view WHERE id = $1 AND \"user\" = $2 AND fleet = $3")
+                .bind(vid)
+                .bind(s.user)
+                .bind(id)
+                .execute(&app.db.pool)
+                .await
+                .map_err(ApiError::from)?
+                .rows_affected();
+        if n == 0 {
+            return Err(WebError(ApiError::not_found(format!(
+                "saved view {vid} does not exist"
+            ))));
+        }
+        return Ok(see_other(&format!("/fleets/{id}")));
+    }
+    let name = field(&form, "name");
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(WebError(ApiError::bad_request_field(
+            "name",
+            "name the view (1 to 100 characters)",
+        )));
+    }
+    // Only what the fleet page itself understands is kept, re-encoded.
+    let bad_query = |e: String| WebError(ApiError::bad_request_field("query", e));
+    let uri: axum::http::Uri = format!("/?{}", field(&form, "query"))
+        .parse()
+        .map_err(|e| bad_query(format!("{e}")))?;
+    let Query(filter) =
+        Query::<DeviceFilter>::try_from_uri(&uri).map_err(|e| bad_query(e.body_text()))?;
+    let query = filter.query();
+    let mut tx = app.db.begin_write().await.map_err(ApiError::from)?;
+    let count: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM saved_view WHERE \"user\" = $1 AND fleet = $2")
+            .bind(s.user)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+    let replaced = sqlx::query(
+        "UPDATE saved_view SET query = $1 WHERE \"user\" = $2 AND fleet = $3 AND name = $4",
+    )
+    .bind(&query)
+    .bind(s.user)
+    .bind(id)
+    .bind(name)
+    .execute(&mut *tx)
+    .await
+    .map_err(ApiError::from)?
+    .rows_affected();
+    if replaced == 0 {
+        if count >= VIEWS_MAX {
+            return Err(WebError(ApiError::conflict(format!(
+                "at most {VIEWS_MAX} saved views a fleet: remove one first"
+            ))));
+        }
+        sqlx::query(
+            "INSERT INTO saved_view (\"user\", fleet, name, query, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(s.user)
+        .bind(id)
+        .bind(name)
+        .bind(&query)
+        .bind(db::now())
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+    }
+    tx.commit().await.map_err(ApiError::from)?;
+    Ok(see_other(&if query.is_empty() {
+        format!("/fleets/{id}")
+    } else {
+        format!("/fleets/{id}?{query}")
+    }))
 }
 
 async fn fleet_releases(app: &AppState, actor: &Actor, fleet: i64) -> Result<Vec<Value>, ApiError> {
@@ -749,14 +949,52 @@ pub async fn release(State(app): State<AppState>, Auth(s): Auth, Path(id): Path<
         .get("composition")
         .map(|c| serde_json::to_string_pretty(c).unwrap_or_default())
         .unwrap_or_default();
+    let build_log = release_build_log(&app, &actor, id).await?;
     Ok(render(
         "release.html",
         context! { ..base(&s), ..context! {
+            build_log => sv(&build_log),
             release => sv(&release),
             composition => composition,
             services => sv(&services),
             images => sv(&images),
         }},
+    ))
+}
+
+/// The most of a build log the release page reads (its text, bytes).
+pub const BUILD_LOG_MAX: usize = 4 << 20;
+
+/// The log of the build that made release `id`, from the API's own
+/// `GET /v1/release(<id>)/logs` ([`crate::build::release_logs`]); `None`
+/// when the release was not built by resin's builder.
+async fn release_build_log(
+    app: &AppState,
+    actor: &Actor,
+    id: i64,
+) -> Result<Option<Vec<resin_api_types::build::BuildLogLine>>, ApiError> {
+    let resp = match crate::build::release_logs(app, actor, id).await {
+        Ok(r) => r,
+        Err(e) if e.status == StatusCode::NOT_FOUND => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let body = axum::body::to_bytes(resp.into_body(), BUILD_LOG_MAX)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading release({id})'s build log: {e}")))?;
+    Ok(Some(
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or(resin_api_types::build::BuildLogLine {
+                    service: None,
+                    message: l.to_owned(),
+                    state: None,
+                    release: None,
+                    is_error: false,
+                })
+            })
+            .collect(),
     ))
 }
 

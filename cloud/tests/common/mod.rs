@@ -141,6 +141,7 @@ impl Server {
             rollout_eval_ms: 0,
             tunnel_idle_secs: 1800,
             tunnel_max_sessions: 8,
+            replica_url: None,
             tls: None,
             builder: None,
         };

@@ -349,12 +349,67 @@ pub struct CloudProc {
     pub port: u16,
     pub admin_key: String,
     child: Option<std::process::Child>,
+    /// `RESIN_CLOUD_*` settings of both `bootstrap` and `serve`.
+    env: Vec<(String, String)>,
+}
+
+/// A fresh PostgreSQL database on `RESIN_TEST_PG_URL` (made and dropped
+/// with psql), for clouds whose replicas share it.
+pub struct PgDb {
+    pub url: String,
+    admin: String,
+    name: String,
+}
+
+impl PgDb {
+    pub fn new() -> Self {
+        let admin = std::env::var("RESIN_TEST_PG_URL").expect(
+            "RESIN_TEST_PG_URL is not set: start PostgreSQL with scripts/services.sh and `source /tmp/resin-run/env.sh`",
+        );
+        let name = format!("resin_sv_{}", uuid::Uuid::new_v4().simple());
+        let st = Command::new("psql")
+            .args(["-q", &admin, "-c", &format!("CREATE DATABASE {name}")])
+            .status()
+            .unwrap();
+        assert!(st.success(), "psql CREATE DATABASE {name}");
+        let (head, _) = admin.rsplit_once('/').unwrap();
+        Self {
+            url: format!("{head}/{name}"),
+            admin,
+            name,
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                "-q",
+                &self.admin,
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 impl CloudProc {
     pub fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// A cloud with `RESIN_CLOUD_*` settings (e.g. a PostgreSQL database).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(cloud_bin())
+            .envs(env.iter().cloned())
             .arg("--data-dir")
             .arg(dir.path())
             .args(["bootstrap", "--username", "admin"])
@@ -372,6 +427,21 @@ impl CloudProc {
             port: free_port(),
             admin_key,
             child: None,
+            env,
+        };
+        c.serve();
+        c
+    }
+
+    /// Another replica on the same database (its own port and data dir;
+    /// the same keys work on both).
+    pub fn replica(&self) -> Self {
+        let mut c = Self {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            admin_key: self.admin_key.clone(),
+            child: None,
+            env: self.env.clone(),
         };
         c.serve();
         c
@@ -394,6 +464,7 @@ impl CloudProc {
     pub fn serve(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("cloud.log")).unwrap();
         let child = Command::new(cloud_bin())
+            .envs(self.env.iter().cloned())
             .args([
                 "--listen",
                 &format!("127.0.0.1:{}", self.port),
