@@ -14,20 +14,13 @@ mod proxy;
 #[path = "common/webdriver.rs"]
 mod webdriver;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Backend, Server};
 use serde_json::json;
-use webdriver::Driver;
+use webdriver::{screenshots, Driver};
 
 const PW: &str = "correct horse battery";
-
-fn screenshots() -> PathBuf {
-    std::env::var_os("RESIN_SCREENSHOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots"))
-}
 
 #[test]
 fn a_user_runs_a_fleet_in_chromium() {

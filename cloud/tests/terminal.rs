@@ -295,6 +295,19 @@ fn the_terminal_page_runs_a_command_in_chromium() {
     d.wait_for(Duration::from_secs(10), "the command's output", |d| {
         d.text(".xterm-rows").contains("ran: echo hello")
     });
+    // Readable: light text in a monospace font on the black screen (the CSP
+    // refuses xterm's own <style> elements; app.css stands in for them).
+    assert_eq!(
+        d.css_value(".xterm-rows", "color"),
+        "rgba(255, 255, 255, 1)"
+    );
+    assert!(
+        d.css_value(".xterm-rows", "font-family")
+            .contains("monospace"),
+        "{}",
+        d.css_value(".xterm-rows", "font-family")
+    );
+    d.screenshot(&webdriver::screenshots().join("terminal.png"));
     d.type_into(".xterm-helper-textarea", "exit\u{E007}");
     d.wait_for(Duration::from_secs(10), "the session's end", |d| {
         d.attr("#terminal", "data-state").as_deref() == Some("closed")

@@ -196,7 +196,21 @@ impl Harness {
     }
 
     async fn installed_count_b(&self) -> u32 {
-        let slots = self.env.rauc().await.slot_status().await.unwrap();
+        // RAUC maps mounts to slots by reading each loop device's backing
+        // file; a loop device that a parallel test's install detaches in
+        // between fails the call once ("Error getting loop backing_file for
+        // /dev/loop1 … No such device", seen in CI). Asked again, it answers.
+        let mut tries = 0;
+        let slots = loop {
+            match self.env.rauc().await.slot_status().await {
+                Ok(s) => break s,
+                Err(e) if tries < 5 && format!("{e:?}").contains("backing_file") => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("GetSlotStatus: {e:?}"),
+            }
+        };
         slots
             .iter()
             .find(|s| s.bootname == "B")

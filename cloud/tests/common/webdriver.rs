@@ -13,6 +13,14 @@ use serde_json::{json, Value};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// Where the browser tests save their screenshots: `RESIN_SCREENSHOTS`, or
+/// `dashboard-screenshots` in the tests' temporary dir.
+pub fn screenshots() -> PathBuf {
+    std::env::var_os("RESIN_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots"))
+}
+
 /// A chromedriver process and one browser session.
 pub struct Driver {
     child: Child,
@@ -190,6 +198,16 @@ impl Driver {
         self.call("GET", &format!("/element/{e}/attribute/{name}"), None)["value"]
             .as_str()
             .map(str::to_owned)
+    }
+
+    /// The computed value of a CSS property of the first match
+    /// (`rgba(255, 255, 255, 1)` for a colour).
+    pub fn css_value(&mut self, css: &str, property: &str) -> String {
+        let e = self.find(css);
+        self.call("GET", &format!("/element/{e}/css/{property}"), None)["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Waits up to `within` for `f` to hold; returns how long it took.
