@@ -5,7 +5,11 @@
 # `docker build --platform linux/arm64` of the same Dockerfiles with the same
 # engine in the same run. The builder's overhead is the ratio.
 # Uses the private dockerd and registry of scripts/services.sh.
-#   scripts/bench-builder.sh [ROUNDS]      # prints a Markdown table (default 3 rounds)
+#   scripts/bench-builder.sh [ROUNDS]      # prints a Markdown table (default 5 rounds)
+# resin-cloud runs as a release build (CLOUD_PROFILE=debug for the debug one).
+# The plain builds use Debian's /usr/bin/docker with the classic builder (the
+# engine's builder the resin builder drives), once one after the other and
+# once side by side (the resin builder builds a project's services at once).
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/base-image.sh"
@@ -13,7 +17,10 @@ cd "$RESIN_ROOT"
 ensure_rust
 [ -f "$RESIN_RUN/env.sh" ] || die "run scripts/services.sh first"
 . "$RESIN_RUN/env.sh"
-ROUNDS=${1:-3}
+ROUNDS=${1:-5}
+export CLOUD_PROFILE=${CLOUD_PROFILE:-release}
+DOCKER=/usr/bin/docker
+export DOCKER_BUILDKIT=0
 export DOCKER_HOST=$RESIN_TEST_DOCKER_HOST
 BASE=$(push_base_image "$RESIN_TEST_REGISTRY" "$DOCKER_HOST")
 BASE=${BASE%@*}
@@ -54,9 +61,11 @@ git -C "$P" -c user.name=b -c user.email=b@example.invalid commit -q -m bench
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 
-# A push with a new commit (an empty one: the tree, and so the cache key, stays).
+# A push with a new commit (an empty one: the tree, and so the cache key, stays;
+# with CHANGED set, one of worker's files changed).
 push() {
   local branch=$1
+  git -C "$P" add -A
   git -C "$P" -c user.name=b -c user.email=b@example.invalid commit -q --allow-empty -m "round"
   GIT_TERMINAL_PROMPT=0 git -C "$P" push -q "http://bench:$KEY@$HOSTPORT/git/bench.git" "HEAD:$branch" \
     >"$WORK/push.log" 2>&1 || { cat "$WORK/push.log" >&2; die "git push failed"; }
@@ -64,22 +73,42 @@ push() {
 
 plain() {
   local nocache=$1 tag=$2
-  docker build -q $nocache --platform linux/arm64 -t "bench-plain/web:$tag" "$P/web" >/dev/null
-  docker build -q $nocache --platform linux/arm64 -t "bench-plain/worker:$tag" "$P/worker" >/dev/null
+  $DOCKER build -q $nocache --platform linux/arm64 -t "bench-plain/web:$tag" "$P/web" >/dev/null
+  $DOCKER build -q $nocache --platform linux/arm64 -t "bench-plain/worker:$tag" "$P/worker" >/dev/null
+}
+# The same two builds side by side.
+plain_par() {
+  local nocache=$1 tag=$2 a b
+  $DOCKER build -q $nocache --platform linux/arm64 -t "bench-plain/web:p$tag" "$P/web" >/dev/null & a=$!
+  $DOCKER build -q $nocache --platform linux/arm64 -t "bench-plain/worker:p$tag" "$P/worker" >/dev/null & b=$!
+  wait $a && wait $b
 }
 
-declare -a COLD WARM PCOLD PWARM
+# One file of worker's context gets new content: its COPY layer and the steps
+# after it are built again, from a warm cache.
+change() { echo "round $1 $2" >"$P/worker/f1.txt"; }
+
+declare -a COLD WARM PCOLD PWARM QCOLD QWARM CHG PCHG QCHG
 for r in $(seq 1 "$ROUNDS"); do
+  change "$r" push; t0=$(now); push main; t1=$(now); CHG+=("$(secs "$t0" "$t1")")
+  change "$r" seq; t0=$(now); plain "" "c$r"; t1=$(now); PCHG+=("$(secs "$t0" "$t1")")
+  change "$r" par; t0=$(now); plain_par "" "c$r"; t1=$(now); QCHG+=("$(secs "$t0" "$t1")")
   t0=$(now); push nocache; t1=$(now); COLD+=("$(secs "$t0" "$t1")")
   t0=$(now); push main; t1=$(now); WARM+=("$(secs "$t0" "$t1")")
   t0=$(now); plain --no-cache "r$r"; t1=$(now); PCOLD+=("$(secs "$t0" "$t1")")
   t0=$(now); plain "" "r$r"; t1=$(now); PWARM+=("$(secs "$t0" "$t1")")
+  t0=$(now); plain_par --no-cache "r$r"; t1=$(now); QCOLD+=("$(secs "$t0" "$t1")")
+  t0=$(now); plain_par "" "r$r"; t1=$(now); QWARM+=("$(secs "$t0" "$t1")")
 done
-docker images --format '{{.Repository}}:{{.Tag}}' | grep '^bench-plain/' | xargs -r docker rmi -f >/dev/null 2>&1 || true
+$DOCKER images --format '{{.Repository}}:{{.Tag}}' | grep '^bench-plain/' | xargs -r $DOCKER rmi -f >/dev/null 2>&1 || true
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mc=$(median "${COLD[@]}"); mw=$(median "${WARM[@]}"); pc=$(median "${PCOLD[@]}"); pw=$(median "${PWARM[@]}")
-echo "| case | git push → release success, s (median of $ROUNDS) | docker build of both Dockerfiles, s | overhead ratio |"
-echo "|---|---|---|---|"
-echo "| cold (nocache) | $mc (${COLD[*]}) | $pc (${PCOLD[*]}) | $(python3 -c "print(f'{$mc/$pc:.2f}')") |"
-echo "| warm cache | $mw (${WARM[*]}) | $pw (${PWARM[*]}) | $(python3 -c "print(f'{$mw/$pw:.2f}')") |"
+qc=$(median "${QCOLD[@]}"); qw=$(median "${QWARM[@]}")
+mg=$(median "${CHG[@]}"); pg=$(median "${PCHG[@]}"); qg=$(median "${QCHG[@]}")
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+echo "| case | git push → release success, s (median of $ROUNDS) | docker build one after the other, s | ratio | docker build side by side, s | ratio |"
+echo "|---|---|---|---|---|---|"
+echo "| cold (nocache) | $mc (${COLD[*]}) | $pc (${PCOLD[*]}) | $(ratio "$mc" "$pc") | $qc (${QCOLD[*]}) | $(ratio "$mc" "$qc") |"
+echo "| warm cache | $mw (${WARM[*]}) | $pw (${PWARM[*]}) | $(ratio "$mw" "$pw") | $qw (${QWARM[*]}) | $(ratio "$mw" "$qw") |"
+echo "| warm cache, one file changed | $mg (${CHG[*]}) | $pg (${PCHG[*]}) | $(ratio "$mg" "$pg") | $qg (${QCHG[*]}) | $(ratio "$mg" "$qg") |"

@@ -158,9 +158,7 @@ pub async fn run(
     };
     // The build's own tags go; a failed build leaves no image behind, a
     // successful one its pushed image and the fleet cache's `latest`.
-    for t in &tags {
-        engine::untag(docker, t).await;
-    }
+    futures_util::future::join_all(tags.iter().map(|t| engine::untag(docker, t))).await;
     r
 }
 
@@ -216,106 +214,70 @@ async fn run_inner(
                 .join(", ")
         ),
     );
-    let mut built: Vec<(String, String)> = Vec::new(); // (service, repo)
-    let mut images = BTreeMap::new();
+    // Every service at once: the engine builds side by side, and a pull
+    // waits for the network, not for the other builds. The first error
+    // drops the others' requests, which stops their builds.
+    let mut builds = Vec::new();
+    let mut pulls = Vec::new();
     for (service, source) in &project.project.services {
         match source {
             ServiceSource::Build(spec) => {
                 let repo = repository(&req.registry, &req.namespace, service);
-                let ctx_dir = project.root.join(&spec.context);
-                let (svc, df, limit) = (
-                    service.clone(),
-                    spec.dockerfile.clone(),
-                    req.limits.max_context_bytes,
-                );
-                let tar = tokio::task::spawn_blocking(move || {
-                    context::tar_context(&svc, &ctx_dir, &[df.as_str()], limit)
-                })
-                .await
-                .map_err(|e| BuildError::Invalid(format!("packing the context: {e}")))??;
-                engine::say(
-                    log,
-                    Some(service),
-                    format!(
-                        "building {} ({} KiB context, {})",
-                        spec.context,
-                        tar.len() / 1024,
-                        if req.nocache {
-                            "no cache"
-                        } else {
-                            "fleet cache"
-                        }
-                    ),
-                );
-                // The fleet's layer cache: with `cachefrom` set, the classic
-                // builder takes cache only from those images (one that does
-                // not exist yet gives none), never from other fleets' images.
-                let cache_from = vec![format!("{repo}:latest")];
-                let image = format!("{repo}:{}", req.tag);
-                tags.push(image.clone());
-                engine::build(
+                tags.push(format!("{repo}:{}", req.tag));
+                builds.push(build_service(
                     docker,
-                    engine::BuildArgs {
-                        service,
-                        tag: &image,
-                        dockerfile: &spec.dockerfile,
-                        platform: &req.platform,
-                        nocache: req.nocache,
-                        cache_from,
-                        args: spec.args.clone().into_iter().collect::<HashMap<_, _>>(),
-                    },
-                    tar,
+                    req,
+                    project.root.join(&spec.context),
+                    service,
+                    spec,
+                    repo,
+                    &arch,
                     log,
-                )
-                .await?;
-                let found = engine::architecture(docker, &image).await?;
-                if found != arch {
-                    return Err(BuildError::WrongArchitecture {
-                        service: service.clone(),
-                        expected: arch.clone(),
-                        found,
-                    });
-                }
-                built.push((service.clone(), repo));
+                ));
             }
-            ServiceSource::Image(image) => {
-                let pinned =
-                    engine::pull_pinned(docker, service, image, &req.platform, log).await?;
-                images.insert(service.clone(), pinned);
-            }
+            ServiceSource::Image(image) => pulls.push(async move {
+                engine::pull_pinned(docker, service, image, &req.platform, log)
+                    .await
+                    .map(|pinned| (service.clone(), pinned))
+            }),
         }
     }
-    for (service, repo) in &built {
-        engine::say(log, Some(service), format!("pushing {repo}:{}", req.tag));
-        let digest = engine::push(docker, repo, &req.tag, service, log).await?;
-        let (r, d) = (repo.clone(), digest.clone());
-        let found = tokio::task::spawn_blocking(move || registry::architecture(&r, &d))
-            .await
-            .map_err(|e| BuildError::Invalid(format!("reading the manifest: {e}")))??;
-        if found != arch {
-            return Err(BuildError::WrongArchitecture {
-                service: service.clone(),
-                expected: arch.clone(),
-                found,
-            });
-        }
-        let named = match &req.device_registry {
-            Some(d) => repository(d, &req.namespace, service),
-            None => repo.clone(),
-        };
-        images.insert(service.clone(), format!("{named}@{digest}"));
+    let (built, pulled) = futures_util::future::try_join(
+        futures_util::future::try_join_all(builds),
+        futures_util::future::try_join_all(pulls),
+    )
+    .await?;
+    let mut images: BTreeMap<String, String> = pulled.into_iter().collect();
+    // Only now, with every service built: push (or find the unchanged image
+    // already in the registry), all at once.
+    let pushed = futures_util::future::try_join_all(
+        built.iter().map(|b| publish(docker, req, b, &arch, log)),
+    )
+    .await?;
+    for (service, pinned) in pushed {
+        images.insert(service, pinned);
     }
     // The fleet's layer cache: the last successful build of each service.
     // The previous cache image goes once nothing names it.
-    for (_, repo) in &built {
-        let latest = format!("{repo}:latest");
+    futures_util::future::try_join_all(built.iter().map(|b| async move {
+        if b.unchanged.is_some() {
+            return Ok(());
+        }
+        let latest = format!("{}:latest", b.repo);
         let old = docker.inspect_image(&latest).await.ok().and_then(|i| i.id);
-        engine::tag(docker, &format!("{repo}:{}", req.tag), repo, "latest").await?;
-        let new = docker.inspect_image(&latest).await.ok().and_then(|i| i.id);
-        if let Some(old) = old.filter(|o| Some(o) != new.as_ref()) {
+        engine::tag(
+            docker,
+            &format!("{}:{}", b.repo, req.tag),
+            &b.repo,
+            "latest",
+        )
+        .await?;
+        if let Some(old) = old.filter(|o| *o != b.id) {
             engine::untag(docker, &old).await;
         }
-    }
+        Ok::<(), BuildError>(())
+    }))
+    .await?;
     let (composition, target) =
         project
             .project
@@ -332,6 +294,177 @@ async fn run_inner(
         target,
         images,
     })
+}
+
+/// One built service, not yet pushed.
+struct Built {
+    service: String,
+    repo: String,
+    /// The image id the engine built.
+    id: String,
+    /// The digest under which the registry already holds this very image:
+    /// the build changed nothing since the fleet's last build (every step
+    /// came from the cache), and that build pushed it.
+    unchanged: Option<String>,
+}
+
+/// Packs one service's context and builds it for the fleet's platform;
+/// checks the architecture the engine recorded.
+#[allow(clippy::too_many_arguments)]
+async fn build_service(
+    docker: &Docker,
+    req: &BuildRequest,
+    ctx_dir: PathBuf,
+    service: &str,
+    spec: &resin_api_types::build::BuildSpec,
+    repo: String,
+    arch: &str,
+    log: &UnboundedSender<BuildLogLine>,
+) -> Result<Built, BuildError> {
+    let (svc, df, limit) = (
+        service.to_owned(),
+        spec.dockerfile.clone(),
+        req.limits.max_context_bytes,
+    );
+    let tar = tokio::task::spawn_blocking(move || {
+        context::tar_context(&svc, &ctx_dir, &[df.as_str()], limit)
+    })
+    .await
+    .map_err(|e| BuildError::Invalid(format!("packing the context: {e}")))??;
+    engine::say(
+        log,
+        Some(service),
+        format!(
+            "building {} ({} KiB context, {})",
+            spec.context,
+            tar.len() / 1024,
+            if req.nocache {
+                "no cache"
+            } else {
+                "fleet cache"
+            }
+        ),
+    );
+    // The fleet's layer cache: with `cachefrom` set, the classic builder
+    // takes cache only from those images (one that does not exist yet gives
+    // none), never from other fleets' images.
+    let latest = format!("{repo}:latest");
+    let image = format!("{repo}:{}", req.tag);
+    let id = engine::build(
+        docker,
+        engine::BuildArgs {
+            service,
+            tag: &image,
+            dockerfile: &spec.dockerfile,
+            platform: &req.platform,
+            nocache: req.nocache,
+            cache_from: vec![latest.clone()],
+            args: spec.args.clone().into_iter().collect::<HashMap<_, _>>(),
+        },
+        tar,
+        log,
+    )
+    .await?;
+    let built = docker
+        .inspect_image(&image)
+        .await
+        .map_err(BuildError::Engine)?;
+    let found = built.architecture.clone().unwrap_or_default();
+    if found != arch {
+        return Err(BuildError::WrongArchitecture {
+            service: service.to_owned(),
+            expected: arch.to_owned(),
+            found,
+        });
+    }
+    let id = built.id.clone().unwrap_or(id);
+    // The same image as the cache's `latest`, which an earlier build pushed
+    // (the engine remembers the digest it pushed under).
+    let unchanged = match docker.inspect_image(&latest).await {
+        Ok(l) if l.id.as_deref() == Some(id.as_str()) => built
+            .repo_digests
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|d| {
+                let (r, digest) = d.split_once('@')?;
+                (r == repo).then(|| digest.to_owned())
+            }),
+        _ => None,
+    };
+    Ok(Built {
+        service: service.to_owned(),
+        repo,
+        id,
+        unchanged,
+    })
+}
+
+/// Pushes one built service (or, when it is unchanged, finds it already in
+/// the registry), checks the architecture of the config the registry holds
+/// for the digest, and returns the service with its pinned image.
+async fn publish(
+    docker: &Docker,
+    req: &BuildRequest,
+    b: &Built,
+    arch: &str,
+    log: &UnboundedSender<BuildLogLine>,
+) -> Result<(String, String), BuildError> {
+    let service = b.service.as_str();
+    let check = |digest: String| {
+        let r = b.repo.clone();
+        async move {
+            let d = digest.clone();
+            tokio::task::spawn_blocking(move || registry::architecture(&r, &d))
+                .await
+                .map_err(|e| BuildError::Invalid(format!("reading the manifest: {e}")))?
+                .map(|found| (digest, found))
+        }
+    };
+    let known = match &b.unchanged {
+        // Still there? (a registry can be wiped or garbage-collected).
+        Some(d) => match check(d.clone()).await {
+            Ok(r) => {
+                engine::say(
+                    log,
+                    Some(service),
+                    format!(
+                        "unchanged since the fleet's last build: {}@{}, already in the registry",
+                        b.repo, r.0
+                    ),
+                );
+                Some(r)
+            }
+            Err(e) => {
+                tracing::info!(%service, "the cached digest is not usable, pushing: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let (digest, found) = match known {
+        Some(r) => r,
+        None => {
+            engine::say(
+                log,
+                Some(service),
+                format!("pushing {}:{}", b.repo, req.tag),
+            );
+            let digest = engine::push(docker, &b.repo, &req.tag, service, log).await?;
+            check(digest).await?
+        }
+    };
+    if found != arch {
+        return Err(BuildError::WrongArchitecture {
+            service: service.to_owned(),
+            expected: arch.to_owned(),
+            found,
+        });
+    }
+    let named = match &req.device_registry {
+        Some(d) => repository(d, &req.namespace, service),
+        None => b.repo.clone(),
+    };
+    Ok((service.to_owned(), format!("{named}@{digest}")))
 }
 
 #[cfg(test)]

@@ -74,11 +74,19 @@ async fn a_two_service_project_builds_for_arm64_and_is_pinned_by_digest() {
     again.tag = "b2".into();
     let (r2, lines2) = build(&again).await;
     let text2 = log_text(&lines2);
-    r2.unwrap_or_else(|e| panic!("{e}\n{text2}"));
+    let out2 = r2.unwrap_or_else(|e| panic!("{e}\n{text2}"));
     assert!(text2.contains("Using cache"), "{text2}");
     assert!(
         !text2.contains("ran on aarch64"),
         "the RUN step ran again: {text2}"
+    );
+    // Nothing changed, so nothing is pushed again: the same digests, found
+    // in the registry.
+    assert_eq!(out2.images, out.images);
+    assert!(!text2.contains("pushing "), "{text2}");
+    assert!(
+        text2.contains("unchanged since the fleet's last build"),
+        "{text2}"
     );
     // …and nocache runs it again.
     let mut fresh = request(dir.path(), &ns);
@@ -86,8 +94,11 @@ async fn a_two_service_project_builds_for_arm64_and_is_pinned_by_digest() {
     fresh.nocache = true;
     let (r3, lines3) = build(&fresh).await;
     let text3 = log_text(&lines3);
-    r3.unwrap_or_else(|e| panic!("{e}\n{text3}"));
+    let out3 = r3.unwrap_or_else(|e| panic!("{e}\n{text3}"));
     assert!(text3.contains("ran on aarch64"), "{text3}");
+    // A rebuilt image is a new image, and it is pushed.
+    assert!(text3.contains("[web] pushing "), "{text3}");
+    assert_ne!(out3.images["web"], out.images["web"]);
     // Locally only the fleet cache stays: each service's `latest`.
     let mut left = local_images(&ns);
     left.sort();

@@ -231,6 +231,7 @@ pub async fn request_cancel(app: &AppState, id: i64) {
     if let Err(e) = r {
         tracing::warn!(build = id, "cancelling: {e}");
     }
+    build_changed(app);
 }
 
 /// Cancels the build when dropped before the stream saw its end (the
@@ -254,6 +255,12 @@ struct Follow {
     guard: CancelOnDrop,
     last: i64,
     done: bool,
+    events: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Tells this process's log followers that a build's log or status changed.
+fn build_changed(app: &AppState) {
+    app.build_events.send_modify(|n| *n = n.wrapping_add(1));
 }
 
 /// The build's log lines as NDJSON bytes, from the first line until the
@@ -265,6 +272,7 @@ pub fn follow(
     id: i64,
     cancel_on_drop: bool,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    let events = app.build_events.subscribe();
     let st = Follow {
         guard: CancelOnDrop {
             app,
@@ -273,12 +281,15 @@ pub fn follow(
         },
         last: 0,
         done: false,
+        events,
     };
     futures_util::stream::unfold(st, |mut st| async move {
         if st.done {
             return None;
         }
         loop {
+            // What is written from here on wakes the wait below.
+            st.events.borrow_and_update();
             let app = &st.guard.app;
             // Status first, then lines: a final status means its last line
             // is already stored (the worker writes both in one transaction).
@@ -316,7 +327,12 @@ pub fn follow(
                 drop(st);
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // This process's workers wake us as they write; a builder in
+            // another process is only seen by polling.
+            tokio::select! {
+                _ = st.events.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
         }
     })
 }
@@ -658,6 +674,7 @@ pub async fn reap_stale(app: &AppState, lease_secs: u64) -> Result<Vec<i64>, Api
         let _ = tokio::fs::remove_file(&context).await;
         let _ = tokio::fs::remove_dir_all(builds_dir(app).join(format!("work-{id}"))).await;
         failed.push(id);
+        build_changed(app);
     }
     Ok(failed)
 }
@@ -685,32 +702,41 @@ fn line(message: impl Into<String>) -> BuildLogLine {
     }
 }
 
-async fn store_line(app: &AppState, id: i64, l: &BuildLogLine) {
-    let text = serde_json::to_string(l).unwrap_or_default();
-    if let Err(e) = sqlx::query("INSERT INTO build_log (build, line) VALUES ($1, $2)")
-        .bind(id)
-        .bind(text)
-        .execute(&app.db.pool)
-        .await
-    {
-        tracing::warn!(build = id, "storing a build log line: {e}");
+/// Stores log lines in one statement (a build's engine output comes in
+/// bursts) and wakes this process's followers.
+async fn store_lines(app: &AppState, id: i64, lines: &[BuildLogLine]) {
+    if lines.is_empty() {
+        return;
     }
+    let values: Vec<String> = (0..lines.len())
+        .map(|i| format!("($1, ${})", i + 2))
+        .collect();
+    let sql = format!(
+        "INSERT INTO build_log (build, line) VALUES {}",
+        values.join(", ")
+    );
+    let mut q = dyn_query(sql).bind(id);
+    for l in lines {
+        q = q.bind(serde_json::to_string(l).unwrap_or_default());
+    }
+    if let Err(e) = q.execute(&app.db.pool).await {
+        tracing::warn!(build = id, "storing {} build log line(s): {e}", lines.len());
+    }
+    build_changed(app);
 }
 
 async fn run_job(app: &AppState, job: Job) {
     let id = job.id;
     let mut first = line("building");
     first.state = Some(BuildState::Building);
-    store_line(app, id, &first).await;
-    store_line(
-        app,
-        id,
-        &line(format!("taken by builder {}", worker_name())),
-    )
-    .await;
+    let taken = line(format!("taken by builder {}", worker_name()));
+    store_lines(app, id, &[first, taken]).await;
     let outcome = build_job(app, &job).await;
+    // The outcome first (the push waits for it), the clean-up after.
+    let finished = finish(app, &job, outcome).await;
     let _ = tokio::fs::remove_file(&job.context).await;
-    if let Err(e) = finish(app, &job, outcome).await {
+    let _ = tokio::fs::remove_dir_all(builds_dir(app).join(format!("work-{id}"))).await;
+    if let Err(e) = finished {
         tracing::error!(build = id, "finishing the build: {e}");
         // Never leave it `building`.
         let _ = sqlx::query(
@@ -778,8 +804,12 @@ async fn build_job(app: &AppState, job: &Job) -> Outcome {
         let app = app.clone();
         let id = job.id;
         tokio::spawn(async move {
-            while let Some(l) = rx.recv().await {
-                store_line(&app, id, &l).await;
+            // Whatever arrived while the last write ran goes in the next
+            // one (at most 200 lines a statement).
+            let mut batch = Vec::new();
+            while rx.recv_many(&mut batch, 200).await > 0 {
+                store_lines(&app, id, &batch).await;
+                batch.clear();
             }
         })
     };
@@ -813,7 +843,6 @@ async fn build_job(app: &AppState, job: &Job) -> Outcome {
     };
     drop(tx);
     let _ = writer.await;
-    let _ = tokio::fs::remove_dir_all(&work).await;
     outcome
 }
 
@@ -902,6 +931,7 @@ async fn finish(app: &AppState, job: &Job, outcome: Outcome) -> Result<(), ApiEr
         )));
     }
     tx.commit().await?;
+    build_changed(app);
     tracing::info!(build = job.id, from = %from, to = %to, ?release, "build finished");
     if release.is_some() {
         crate::cache::changed(app, crate::cache::Change::Fleet(job.fleet)).await;

@@ -26,8 +26,9 @@
 //! local cache).
 //!
 //! **Heartbeats.** A poll records the device in [`Heartbeats`]; one task
-//! writes `last_seen` and `is_online` for all devices seen since the last
-//! flush, every few seconds ([`flush_interval`]).
+//! writes `last_seen` and `is_online` every few seconds
+//! ([`flush_interval`]), for the devices seen since the last flush whose
+//! stored heartbeat is older than [`heartbeat_gap`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -341,25 +342,84 @@ async fn handle(app: &AppState, payload: &str) {
     }
 }
 
-/// Devices seen polling since the last flush.
+/// Devices seen polling, and the heartbeats this process has written.
+///
+/// A device that polls often is not written at every flush: its
+/// `last_seen` is written when it is first seen, and then again once its
+/// last written poll is [`heartbeat_gap`] old, with the time of its latest
+/// poll. So the stored `last_seen` lags the device's last poll by at most
+/// the gap plus one flush interval, which stays under the offline timeout,
+/// and a fleet that polls every few seconds costs one row write per device
+/// per gap, not one per flush.
 #[derive(Default)]
 pub struct Heartbeats {
-    pending: Mutex<HashSet<i64>>,
+    beats: Mutex<Beats>,
+}
+
+#[derive(Default)]
+struct Beats {
+    /// Device → its latest poll not yet written (unix seconds).
+    pending: HashMap<i64, i64>,
+    /// Device → the poll time this process last wrote for it (unix
+    /// seconds); entries older than the gap are dropped (they are due).
+    written: HashMap<i64, i64>,
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 impl Heartbeats {
     /// Records that device `id` is alive now.
     pub fn seen(&self, id: i64) {
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(id);
+        self.seen_at(id, unix_now());
+    }
+
+    fn seen_at(&self, id: i64, t: i64) {
+        if let Ok(mut b) = self.beats.lock() {
+            let p = b.pending.entry(id).or_insert(t);
+            *p = (*p).max(t);
         }
     }
 
-    fn take(&self) -> Vec<i64> {
-        self.pending
-            .lock()
-            .map(|mut p| p.drain().collect())
-            .unwrap_or_default()
+    /// Takes the heartbeats due at `now`, grouped by poll time: a device
+    /// this process never wrote, or whose written poll is `gap` seconds old
+    /// or more. The others stay pending.
+    fn take_due(&self, now: i64, gap: i64) -> Vec<(i64, Vec<i64>)> {
+        let Ok(mut b) = self.beats.lock() else {
+            return Vec::new();
+        };
+        let Beats { pending, written } = &mut *b;
+        written.retain(|_, w| now - *w < gap);
+        let mut groups: HashMap<i64, Vec<i64>> = HashMap::new();
+        pending.retain(|id, t| {
+            if written.contains_key(id) {
+                return true;
+            }
+            groups.entry(*t).or_default().push(*id);
+            false
+        });
+        for (t, ids) in &groups {
+            for id in ids {
+                written.insert(*id, *t);
+            }
+        }
+        let mut groups: Vec<_> = groups.into_iter().collect();
+        groups.sort_unstable();
+        groups
+    }
+
+    /// Puts back heartbeats whose write failed.
+    fn restore(&self, groups: &[(i64, Vec<i64>)]) {
+        if let Ok(mut b) = self.beats.lock() {
+            for (t, ids) in groups {
+                for id in ids {
+                    b.written.remove(id);
+                    let p = b.pending.entry(*id).or_insert(*t);
+                    *p = (*p).max(*t);
+                }
+            }
+        }
     }
 }
 
@@ -369,37 +429,48 @@ pub fn flush_interval(offline_after_secs: u64) -> Duration {
     Duration::from_secs((offline_after_secs / 4).clamp(1, 10))
 }
 
-/// Writes the pending heartbeats: `last_seen` and `is_online` of every
-/// device seen since the last flush, in statements of up to 500 devices.
+/// How long a device's written heartbeat stands before the next one is
+/// written: a third of the offline timeout, at most 60 s (at least 1 s).
+/// With the flush interval (a quarter at most) it stays under the timeout.
+pub fn heartbeat_gap(offline_after_secs: u64) -> Duration {
+    Duration::from_secs((offline_after_secs / 3).clamp(1, 60))
+}
+
+/// Writes the heartbeats that are due ([`Heartbeats`]): `last_seen` (the
+/// device's latest poll) and `is_online`, in statements of up to 500
+/// devices, in one transaction. Returns the devices written.
 pub async fn flush_heartbeats(app: &AppState) -> Result<usize, sqlx::Error> {
-    let ids = app.heartbeats.take();
-    if ids.is_empty() {
+    let gap = i64::try_from(heartbeat_gap(app.config.offline_after_secs).as_secs()).unwrap_or(60);
+    let groups = app.heartbeats.take_due(unix_now(), gap);
+    if groups.is_empty() {
         return Ok(0);
     }
-    let now = db::now();
     let res = async {
         let mut tx = app.db.begin_write().await?;
-        for chunk in ids.chunks(500) {
-            let marks: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "UPDATE device SET last_seen = $1, is_online = TRUE WHERE id IN ({})",
-                marks.join(", ")
-            );
-            let mut params = vec![Param::Text(Some(now.clone()))];
-            params.extend(chunk.iter().map(|id| Param::Int(Some(*id))));
-            bind_all(dyn_query(sql), &params).execute(&mut *tx).await?;
+        for (t, ids) in &groups {
+            let at = time::OffsetDateTime::from_unix_timestamp(*t)
+                .map(db::format_ts)
+                .unwrap_or_else(|_| db::now());
+            for chunk in ids.chunks(500) {
+                let marks: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "UPDATE device SET last_seen = $1, is_online = TRUE WHERE id IN ({})",
+                    marks.join(", ")
+                );
+                let mut params = vec![Param::Text(Some(at.clone()))];
+                params.extend(chunk.iter().map(|id| Param::Int(Some(*id))));
+                bind_all(dyn_query(sql), &params).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await
     }
     .await;
     if let Err(e) = res {
         // Keep them for the next flush.
-        for id in &ids {
-            app.heartbeats.seen(*id);
-        }
+        app.heartbeats.restore(&groups);
         return Err(e);
     }
-    Ok(ids.len())
+    Ok(groups.iter().map(|(_, ids)| ids.len()).sum())
 }
 
 /// Runs forever: flushes heartbeats every [`flush_interval`].
@@ -455,6 +526,34 @@ mod tests {
         let pg = Cache::new(Dialect::Postgres);
         pg.insert(pg.generation(), entry(1, 10));
         assert!(pg.get("k1").is_none());
+    }
+
+    #[test]
+    fn a_device_that_polls_often_is_written_once_a_gap_with_its_latest_poll() {
+        let h = Heartbeats::default();
+        h.seen_at(1, 100);
+        h.seen_at(2, 101);
+        h.seen_at(1, 102);
+        // Never written: both due, each with its latest poll.
+        assert_eq!(h.take_due(105, 60), vec![(101, vec![2]), (102, vec![1])]);
+        // Polling again within the gap: nothing is written yet.
+        for t in [110, 130, 150] {
+            h.seen_at(1, t);
+        }
+        assert!(h.take_due(155, 60).is_empty());
+        // Once the written poll (102) is a gap old, the latest poll (150) goes.
+        assert_eq!(h.take_due(162, 60), vec![(150, vec![1])]);
+        // A device that stopped polling has nothing pending.
+        assert!(h.take_due(400, 60).is_empty());
+        // A failed write is put back and is due at once.
+        h.seen_at(3, 500);
+        let g = h.take_due(500, 60);
+        h.restore(&g);
+        assert_eq!(h.take_due(501, 60), vec![(500, vec![3])]);
+        // A gap always leaves room for a flush within the offline timeout.
+        for off in [4, 30, 180, 600, 3600] {
+            assert!(heartbeat_gap(off) + flush_interval(off) < Duration::from_secs(off));
+        }
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub struct AppState {
     pub limits: Arc<ratelimit::Limits>,
     /// Wakes this process's build workers when a build is queued ([`build`]).
     pub builds: Arc<tokio::sync::Notify>,
+    /// Counts this process's build log writes and build status changes;
+    /// followers of a build's log wake on it instead of waiting for their
+    /// next poll ([`build::follow`]).
+    pub build_events: Arc<tokio::sync::watch::Sender<u64>>,
     /// The secret git hooks of this process present on its hook socket ([`git`]).
     pub hook_token: Arc<String>,
     /// Devices connected through the remote-access tunnel ([`tunnel`]).
@@ -80,6 +84,7 @@ impl AppState {
             heartbeats: Arc::default(),
             limits: Arc::default(),
             builds: Arc::default(),
+            build_events: Arc::new(tokio::sync::watch::Sender::new(0)),
             hook_token: Arc::new(auth::new_key(auth::KeyKind::User).0),
             tunnels: Arc::default(),
             replica: Arc::new(tunnel_replicas::Replica::new()),

@@ -270,9 +270,15 @@ CFG
 # cloud_instance: builds resin-cloud and prepares a private instance of it for
 # a check: sets BIN, WORK (its data dir, removed on exit with the process),
 # URL and the RESIN_CLOUD_* environment. `cloud_serve` then starts it.
+# CLOUD_PROFILE=release builds and runs the release binary (benchmarks).
 cloud_instance() {
-  cargo build -q ${CI:+--locked} -p resin-cloud
-  BIN="$CARGO_TARGET_DIR/debug/resin-cloud"
+  local profile=${CLOUD_PROFILE:-debug}
+  if [ "$profile" = debug ]; then
+    cargo build -q ${CI:+--locked} -p resin-cloud
+  else
+    cargo build -q ${CI:+--locked} --profile "$profile" -p resin-cloud
+  fi
+  BIN="$CARGO_TARGET_DIR/$profile/resin-cloud"
   WORK=$(mktemp -d)
   local port=$((20000 + RANDOM % 20000))
   URL="http://127.0.0.1:$port"
