@@ -141,25 +141,56 @@ pub fn repository(registry: &str, namespace: &str, service: &str) -> String {
     format!("{registry}/{namespace}/{s}")
 }
 
-/// Runs a build under its timeout. The caller drives the state machine:
-/// see [`run_machine`] for the usual wrapping.
+/// What a build leaves in the engine to remove afterwards: its own tags
+/// (`<repo>:<tag>`), and the fleet cache's previous image once `latest`
+/// moved on. Filled while the build runs, so a caller that drops the build
+/// (cancelled, timed out) still knows what to remove.
+#[derive(Debug, Default, Clone)]
+pub struct Leftovers(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Leftovers {
+    fn add(&self, image: String) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(image);
+        }
+    }
+
+    /// Removes them, all at once (errors other than "not found" are logged).
+    pub async fn remove(&self, docker: &Docker) {
+        let images = self.0.lock().map(|mut v| std::mem::take(&mut *v));
+        let images = images.unwrap_or_default();
+        futures_util::future::join_all(images.iter().map(|t| engine::untag(docker, t))).await;
+    }
+}
+
+/// Runs a build under its timeout and removes what it leaves behind: a
+/// failed build leaves no image, a successful one its pushed image and the
+/// fleet cache's `latest`. The caller drives the state machine: see
+/// [`run_machine`] for the usual wrapping.
 pub async fn run(
     docker: &Docker,
     req: &BuildRequest,
     log: &UnboundedSender<BuildLogLine>,
 ) -> Result<BuildOutput, BuildError> {
+    let leftovers = Leftovers::default();
+    let r = run_leaving(docker, req, log, &leftovers).await;
+    leftovers.remove(docker).await;
+    r
+}
+
+/// [`run`] without the clean-up: what is to be removed is in `leftovers`,
+/// for the caller to remove once it has recorded the outcome.
+pub async fn run_leaving(
+    docker: &Docker,
+    req: &BuildRequest,
+    log: &UnboundedSender<BuildLogLine>,
+    leftovers: &Leftovers,
+) -> Result<BuildOutput, BuildError> {
     let secs = req.limits.timeout.as_secs();
-    let mut tags = Vec::new();
-    let r = match tokio::time::timeout(req.limits.timeout, run_inner(docker, req, log, &mut tags))
-        .await
-    {
+    match tokio::time::timeout(req.limits.timeout, run_inner(docker, req, log, leftovers)).await {
         Ok(r) => r,
         Err(_) => Err(BuildError::Timeout(secs)),
-    };
-    // The build's own tags go; a failed build leaves no image behind, a
-    // successful one its pushed image and the fleet cache's `latest`.
-    futures_util::future::join_all(tags.iter().map(|t| engine::untag(docker, t))).await;
-    r
+    }
 }
 
 /// [`run`] inside the state machine: queued → building → success or
@@ -187,7 +218,7 @@ async fn run_inner(
     docker: &Docker,
     req: &BuildRequest,
     log: &UnboundedSender<BuildLogLine>,
-    tags: &mut Vec<String>,
+    leftovers: &Leftovers,
 ) -> Result<BuildOutput, BuildError> {
     let dir = req.project_dir.clone();
     let project = tokio::task::spawn_blocking(move || project::load(&dir))
@@ -223,7 +254,7 @@ async fn run_inner(
         match source {
             ServiceSource::Build(spec) => {
                 let repo = repository(&req.registry, &req.namespace, service);
-                tags.push(format!("{repo}:{}", req.tag));
+                leftovers.add(format!("{repo}:{}", req.tag));
                 builds.push(build_service(
                     docker,
                     req,
@@ -258,13 +289,11 @@ async fn run_inner(
         images.insert(service, pinned);
     }
     // The fleet's layer cache: the last successful build of each service.
-    // The previous cache image goes once nothing names it.
+    // The previous cache image goes (with the leftovers) once nothing names it.
     futures_util::future::try_join_all(built.iter().map(|b| async move {
         if b.unchanged.is_some() {
             return Ok(());
         }
-        let latest = format!("{}:latest", b.repo);
-        let old = docker.inspect_image(&latest).await.ok().and_then(|i| i.id);
         engine::tag(
             docker,
             &format!("{}:{}", b.repo, req.tag),
@@ -272,8 +301,8 @@ async fn run_inner(
             "latest",
         )
         .await?;
-        if let Some(old) = old.filter(|o| *o != b.id) {
-            engine::untag(docker, &old).await;
+        if let Some(old) = b.previous.clone().filter(|o| *o != b.id) {
+            leftovers.add(old);
         }
         Ok::<(), BuildError>(())
     }))
@@ -302,6 +331,8 @@ struct Built {
     repo: String,
     /// The image id the engine built.
     id: String,
+    /// The image the fleet cache's `latest` named before this build.
+    previous: Option<String>,
     /// The digest under which the registry already holds this very image:
     /// the build changed nothing since the fleet's last build (every step
     /// came from the cache), and that build pushed it.
@@ -380,8 +411,9 @@ async fn build_service(
     let id = built.id.clone().unwrap_or(id);
     // The same image as the cache's `latest`, which an earlier build pushed
     // (the engine remembers the digest it pushed under).
-    let unchanged = match docker.inspect_image(&latest).await {
-        Ok(l) if l.id.as_deref() == Some(id.as_str()) => built
+    let previous = docker.inspect_image(&latest).await.ok().and_then(|l| l.id);
+    let unchanged = match &previous {
+        Some(p) if *p == id => built
             .repo_digests
             .unwrap_or_default()
             .into_iter()
@@ -395,6 +427,7 @@ async fn build_service(
         service: service.to_owned(),
         repo,
         id,
+        previous,
         unchanged,
     })
 }

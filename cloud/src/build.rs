@@ -813,8 +813,11 @@ async fn build_job(app: &AppState, job: &Job) -> Outcome {
             }
         })
     };
+    // What the build leaves in the engine is removed while the outcome is
+    // recorded (or at once, when the build was dropped: cancelled, lease lost).
+    let leftovers = resin_builder::Leftovers::default();
     let outcome = {
-        let run = resin_builder::run(&docker, &req, &tx);
+        let run = resin_builder::run_leaving(&docker, &req, &tx, &leftovers);
         tokio::pin!(run);
         let renew_every = Duration::from_secs((b.lease_secs / 3).max(1));
         let mut renewed = tokio::time::Instant::now();
@@ -843,6 +846,7 @@ async fn build_job(app: &AppState, job: &Job) -> Outcome {
     };
     drop(tx);
     let _ = writer.await;
+    tokio::spawn(async move { leftovers.remove(&docker).await });
     outcome
 }
 
