@@ -143,6 +143,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0016_saved_view.sql"),
         include_str!("../migrations/0016_saved_view.sql"),
     ),
+    (
+        17,
+        include_str!("../migrations/0017_device_fillfactor.sqlite.sql"),
+        include_str!("../migrations/0017_device_fillfactor.postgres.sql"),
+    ),
 ];
 
 impl Db {

@@ -1,0 +1,2 @@
+-- PostgreSQL only (device's fillfactor): SQLite has no such setting.
+SELECT 1;
