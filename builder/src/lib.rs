@@ -5,13 +5,15 @@
 //! by digest. `git push` and `resin push` both end here.
 //!
 //! Steps of [`run`]: load and validate the project (api-types' compose
-//! validator) → check the registry answers → build each `build:` service
-//! with the engine's classic builder for the fleet's platform (binfmt runs
-//! foreign `RUN` steps) and check the architecture the engine recorded →
-//! pull and pin each `image:` service → only then push the built images →
-//! read each pushed manifest's config back from the registry and check its
-//! architecture → pin the composition. Nothing is pushed unless every
-//! service built, so a failed build leaves no half-made release behind.
+//! validator) → check the registry answers → build every `build:` service at
+//! once with the engine's classic builder for the fleet's platform (binfmt
+//! runs foreign `RUN` steps) and check the architecture the engine recorded,
+//! while each `image:` service is pulled and pinned → only then push the
+//! built images (an image identical to the fleet cache's `latest`, which an
+//! earlier build pushed, is found in the registry instead) → read each
+//! manifest's config back from the registry and check its architecture →
+//! pin the composition. Nothing is pushed unless every service built, so a
+//! failed build leaves no half-made release behind.
 
 pub mod context;
 pub mod engine;
