@@ -119,15 +119,6 @@ pub async fn build(
     }
 }
 
-/// The architecture the engine recorded for an image.
-pub async fn architecture(docker: &Docker, image: &str) -> Result<String, BuildError> {
-    let i = docker
-        .inspect_image(image)
-        .await
-        .map_err(BuildError::Engine)?;
-    Ok(i.architecture.unwrap_or_default())
-}
-
 /// Whether an image exists in the engine.
 pub async fn exists(docker: &Docker, image: &str) -> bool {
     docker.inspect_image(image).await.is_ok()

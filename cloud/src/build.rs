@@ -672,7 +672,7 @@ pub async fn reap_stale(app: &AppState, lease_secs: u64) -> Result<Vec<i64>, Api
         );
         // What the dead process left on this machine's disk, if it was here.
         let _ = tokio::fs::remove_file(&context).await;
-        let _ = tokio::fs::remove_dir_all(builds_dir(app).join(format!("work-{id}"))).await;
+        let _ = tokio::fs::remove_dir_all(work_dir(app, id)).await;
         failed.push(id);
         build_changed(app);
     }
@@ -725,6 +725,12 @@ async fn store_lines(app: &AppState, id: i64, lines: &[BuildLogLine]) {
     build_changed(app);
 }
 
+/// Where a build's context is unpacked; [`run_job`] removes it after the
+/// outcome (and the reaper, for a build whose process died).
+fn work_dir(app: &AppState, id: i64) -> PathBuf {
+    builds_dir(app).join(format!("work-{id}"))
+}
+
 async fn run_job(app: &AppState, job: Job) {
     let id = job.id;
     let mut first = line("building");
@@ -735,7 +741,7 @@ async fn run_job(app: &AppState, job: Job) {
     // The outcome first (the push waits for it), the clean-up after.
     let finished = finish(app, &job, outcome).await;
     let _ = tokio::fs::remove_file(&job.context).await;
-    let _ = tokio::fs::remove_dir_all(builds_dir(app).join(format!("work-{id}"))).await;
+    let _ = tokio::fs::remove_dir_all(work_dir(app, id)).await;
     if let Err(e) = finished {
         tracing::error!(build = id, "finishing the build: {e}");
         // Never leave it `building`.
@@ -768,13 +774,12 @@ async fn build_job(app: &AppState, job: &Job) -> Outcome {
             resin_builder::BuildError::UnknownDeviceType(device_type).to_string(),
         );
     };
-    let work = builds_dir(app).join(format!("work-{}", job.id));
+    let work = work_dir(app, job.id);
     let (ctx, dir) = (job.context.clone(), work.clone());
     let unpacked = tokio::task::spawn_blocking(move || unpack(&ctx, &dir)).await;
     match unpacked {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            let _ = std::fs::remove_dir_all(&work);
             return Outcome::Failed(e);
         }
         Err(e) => return Outcome::Failed(format!("unpacking the context: {e}")),
@@ -782,7 +787,6 @@ async fn build_job(app: &AppState, job: &Job) -> Outcome {
     let docker = match bollard::Docker::connect_with_host(&b.docker_host) {
         Ok(d) => d,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&work);
             return Outcome::Failed(format!("the Docker engine at {}: {e}", b.docker_host));
         }
     };
