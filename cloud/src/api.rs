@@ -232,20 +232,24 @@ pub async fn v1_sub(
 /// this limit sits just below it so nearly every over-long URI gets ours.
 pub const MAX_URI: usize = 64_000;
 
-/// Middleware: refuses over-long URIs with a JSON 414, and gives the errors
-/// axum itself answers in plain text (413 from the body limit, 405, …) the
-/// OData JSON error shape.
-pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// The JSON 414 for a request target over [`MAX_URI`] (part of the
+/// server-wide middleware, [`crate::service`]).
+pub fn refuse_long_uri(req: &axum::extract::Request) -> Option<Response> {
     let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if len > MAX_URI {
-        return ApiError::new(
+    (len > MAX_URI).then(|| {
+        ApiError::new(
             StatusCode::URI_TOO_LONG,
             "UriTooLong",
             format!("the request target is {len} bytes, more than {MAX_URI}"),
         )
-        .into_response();
-    }
-    let resp = next.run(req).await;
+        .into_response()
+    })
+}
+
+/// Gives the errors axum itself answers in plain text (413 from the body
+/// limit, 405, …) the OData JSON error shape (part of the server-wide
+/// middleware, [`crate::service`]).
+pub fn json_error_shape(resp: Response) -> Response {
     let status = resp.status();
     // JSON errors, and the dashboard's HTML error pages, stay as they are.
     let is_json = resp

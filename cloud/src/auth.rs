@@ -62,7 +62,13 @@ pub fn new_key(kind: KeyKind) -> (String, String) {
 
 /// Lowercase hex sha256 of a key.
 pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    hex::encode(key_digest(key))
+}
+
+/// The SHA-256 of a key, as bytes ([`hash_key`] is its hex): the
+/// target-state cache's key ([`crate::cache`]).
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
 }
 
 /// Equality that takes the same time wherever the inputs differ.
@@ -74,11 +80,12 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The bearer token of a request, if any.
+///
+/// Read from the header's bytes: a key is ASCII, so a value that is not
+/// UTF-8 has none, and the check is one pass (this runs on every poll).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    let v = headers.get(axum::http::header::AUTHORIZATION)?.as_bytes();
+    let v = std::str::from_utf8(v).ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

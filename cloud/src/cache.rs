@@ -81,15 +81,16 @@ pub struct Entry {
     pub id: i64,
     pub uuid: String,
     pub fleet: i64,
-    pub key_hash: String,
+    /// The SHA-256 of the device key ([`crate::auth::key_digest`]).
+    pub key_digest: [u8; 32],
     pub etag: HeaderValue,
     pub body: Bytes,
 }
 
 #[derive(Default)]
 struct Inner {
-    by_key: HashMap<String, Arc<Entry>>,
-    by_id: HashMap<i64, String>,
+    by_key: HashMap<[u8; 32], Arc<Entry>>,
+    by_id: HashMap<i64, [u8; 32]>,
     by_fleet: HashMap<i64, HashSet<i64>>,
 }
 
@@ -140,12 +141,12 @@ impl Cache {
         self.enabled.load(Ordering::SeqCst)
     }
 
-    /// The entry of a device key (by its hash), if cached.
-    pub fn get(&self, key_hash: &str) -> Option<Arc<Entry>> {
+    /// The entry of a device key (by its digest), if cached.
+    pub fn get(&self, key_digest: &[u8; 32]) -> Option<Arc<Entry>> {
         if !self.is_enabled() {
             return None;
         }
-        self.inner.lock().ok()?.by_key.get(key_hash).cloned()
+        self.inner.lock().ok()?.by_key.get(key_digest).cloned()
     }
 
     /// Caches `entry` unless something changed since `generation` was read.
@@ -159,13 +160,13 @@ impl Cache {
             return;
         }
         inner.remove_device(entry.id);
-        inner.by_id.insert(entry.id, entry.key_hash.clone());
+        inner.by_id.insert(entry.id, entry.key_digest);
         inner
             .by_fleet
             .entry(entry.fleet)
             .or_default()
             .insert(entry.id);
-        inner.by_key.insert(entry.key_hash.clone(), entry);
+        inner.by_key.insert(entry.key_digest, entry);
     }
 
     /// Number of cached devices.
@@ -496,7 +497,7 @@ mod tests {
             id,
             uuid: format!("u{id}"),
             fleet,
-            key_hash: format!("k{id}"),
+            key_digest: [u8::try_from(id).unwrap(); 32],
             etag: HeaderValue::from_static("\"e\""),
             body: Bytes::from_static(b"{}"),
         })
@@ -510,22 +511,22 @@ mod tests {
         }
         assert_eq!(c.len(), 3);
         c.apply(Change::Device(3));
-        assert!(c.get("k3").is_none());
+        assert!(c.get(&[3; 32]).is_none());
         c.apply(Change::Fleet(10));
         assert!(c.is_empty());
         // A poll that read before a change may not cache what it read.
         let g = c.generation();
         c.apply(Change::Fleet(99));
         c.insert(g, entry(1, 10));
-        assert!(c.get("k1").is_none());
+        assert!(c.get(&[1; 32]).is_none());
         c.insert(c.generation(), entry(1, 10));
-        assert_eq!(c.get("k1").unwrap().uuid, "u1");
+        assert_eq!(c.get(&[1; 32]).unwrap().uuid, "u1");
         c.apply(Change::All);
         assert!(c.is_empty());
         // Off (a PostgreSQL replica not listening): nothing is stored.
         let pg = Cache::new(Dialect::Postgres);
         pg.insert(pg.generation(), entry(1, 10));
-        assert!(pg.get("k1").is_none());
+        assert!(pg.get(&[1; 32]).is_none());
     }
 
     #[test]

@@ -339,10 +339,10 @@ pub async fn target_state(
     Path(uuid): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let key_hash = auth::bearer(&headers)
+    let key_digest = auth::bearer(&headers)
         .filter(|k| k.starts_with("resin_d_"))
-        .map(auth::hash_key);
-    let cached = key_hash.as_deref().and_then(|h| app.cache.get(h));
+        .map(auth::key_digest);
+    let cached = key_digest.as_ref().and_then(|d| app.cache.get(d));
     let entry = match cached {
         Some(e) if e.uuid == uuid => e,
         _ => {
@@ -361,11 +361,11 @@ pub async fn target_state(
                 id,
                 uuid: uuid.clone(),
                 fleet,
-                key_hash: key_hash.clone().unwrap_or_default(),
+                key_digest: key_digest.unwrap_or_default(),
                 etag: HeaderValue::from_str(&etag).map_err(ApiError::internal)?,
                 body: Bytes::from(bytes),
             });
-            if key_hash.is_some() {
+            if key_digest.is_some() {
                 app.cache.insert(generation, entry.clone());
             }
             entry
@@ -401,7 +401,7 @@ pub async fn target_state(
 async fn device_actor(app: &AppState, headers: &HeaderMap) -> ApiResult<auth::Actor> {
     let cached = auth::bearer(headers)
         .filter(|k| k.starts_with("resin_d_"))
-        .and_then(|k| app.cache.get(&auth::hash_key(k)));
+        .and_then(|k| app.cache.get(&auth::key_digest(k)));
     match cached {
         Some(e) => Ok(auth::Actor::Device {
             id: e.id,

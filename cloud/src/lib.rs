@@ -46,9 +46,21 @@ use tokio::sync::broadcast;
 use crate::config::Config;
 use crate::db::Db;
 
-/// Shared state of the server.
+/// Shared state of the server: a handle, cloned for every request (by
+/// each extractor and middleware that takes it), so it is one `Arc`.
+/// Fields are reached through `Deref` (`app.db`, `app.cache`, …).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] points to.
+pub struct Shared {
     pub db: Db,
     pub config: Arc<Config>,
     pub logs: broadcast::Sender<logs::LogEvent>,
@@ -76,7 +88,7 @@ impl AppState {
     pub async fn new(config: Config) -> Result<Self, db::DbError> {
         let db = Db::connect(&config.database_url, config.db_max_connections).await?;
         let (logs, _) = broadcast::channel(4096);
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             cache: Arc::new(cache::Cache::new(db.dialect)),
             db,
             config: Arc::new(config),
@@ -88,7 +100,7 @@ impl AppState {
             hook_token: Arc::new(auth::new_key(auth::KeyKind::User).0),
             tunnels: Arc::default(),
             replica: Arc::new(tunnel_replicas::Replica::new()),
-        })
+        })))
     }
 }
 
@@ -113,14 +125,61 @@ pub fn router(state: AppState) -> Router {
         .merge(git::router())
         .merge(web::router())
         .merge(tunnel::router())
-        .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            ratelimit::limit,
-        ))
-        .layer(axum::middleware::from_fn(api::json_errors))
-        .layer(axum::middleware::from_fn(linger::close_after_refused_body))
         .with_state(state)
+}
+
+/// The routes wrapped in the server-wide middleware ([`edge`]) and the
+/// default body limit.
+///
+/// The middleware wraps the router once rather than through
+/// `Router::layer`, which wraps every route in its own boxed service: per
+/// layer, that cost an allocation and a deep clone on every request, a
+/// measurable part of the 304 poll path (BENCHMARKS.md, cloud).
+pub fn service(
+    state: AppState,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    tower::ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
+        .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+        .service(router(state))
+}
+
+/// The server-wide middleware, one function so that a request pays for one
+/// layer, in this order:
+/// 1. an over-long request target is answered 414 ([`api::refuse_long_uri`]);
+/// 2. the rate limits ([`ratelimit::check`], then [`ratelimit::record`]);
+/// 3. errors axum answers in plain text get the JSON error shape
+///    ([`api::json_error_shape`]);
+/// 4. an error answer to a request with a body closes the connection
+///    ([`linger::close_after_refused_body`]).
+async fn edge(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let has_body = linger::has_body(&req);
+    let resp = match api::refuse_long_uri(&req) {
+        Some(resp) => resp,
+        None => match ratelimit::check(&app, &req) {
+            Err(refused) => axum::response::IntoResponse::into_response(refused),
+            Ok(seen) => {
+                let resp = next.run(req).await;
+                ratelimit::record(&app, seen, &resp);
+                resp
+            }
+        },
+    };
+    let mut resp = api::json_error_shape(resp);
+    linger::close_after_refused_body(has_body, &mut resp);
+    resp
 }
 
 /// A running server.
@@ -198,31 +257,30 @@ impl App {
                 .await
                 .context("registering this replica for tunnel sessions")?;
         }
-        let app = router(state.clone());
+        // The peer address feeds the rate limits (ratelimit::client_ip).
+        use axum::ServiceExt as _;
         let task = match (rustls, state.config.tls.clone()) {
             (Some(rustls), Some(settings)) => {
                 let reloader = tls::spawn_reloader(settings, rustls.clone());
                 let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
                     .acceptor(linger::LingerAcceptor);
                 let server = axum_server::from_tcp(listener.into_std()?)?.acceptor(acceptor);
+                // axum-server hands over hyper's own body type.
+                let app = tower::ServiceBuilder::new()
+                    .map_request(|r: axum::http::Request<_>| r.map(axum::body::Body::new))
+                    .service(service(state.clone()))
+                    .into_make_service_with_connect_info::<ratelimit::ClientAddr>();
                 tokio::spawn(async move {
-                    let r = server
-                        .serve(app.into_make_service_with_connect_info::<ratelimit::ClientAddr>())
-                        .await;
+                    let r = server.serve(app).await;
                     reloader.abort();
                     r
                 })
             }
             _ => {
                 let listener = linger::LingerListener(listener);
-                // The peer address feeds the rate limits (ratelimit::client_ip).
-                tokio::spawn(async move {
-                    axum::serve(
-                        listener,
-                        app.into_make_service_with_connect_info::<ratelimit::ClientAddr>(),
-                    )
-                    .await
-                })
+                let app = service(state.clone())
+                    .into_make_service_with_connect_info::<ratelimit::ClientAddr>();
+                tokio::spawn(async move { axum::serve(listener, app).await })
             }
         };
         Ok(Self {

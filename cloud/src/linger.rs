@@ -156,29 +156,31 @@ async fn drain(mut stream: TcpStream) {
     }
 }
 
-/// Middleware: an error answer to a request that came with a body says
-/// `Connection: close`. The handler may have refused it before reading the
-/// body, and the connection then closes (with the lingering close above); a
-/// client that pooled the connection for its next request would otherwise
-/// send that request into a socket that is going away.
-pub async fn close_after_refused_body(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-    let has_body = req.headers().contains_key(TRANSFER_ENCODING)
+/// Whether a request comes with a body (for [`close_after_refused_body`]).
+pub fn has_body(req: &axum::extract::Request) -> bool {
+    use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    req.headers().contains_key(TRANSFER_ENCODING)
         || req
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n > 0);
-    let mut resp = next.run(req).await;
+            .is_some_and(|n| n > 0)
+}
+
+/// An error answer to a request that came with a body says
+/// `Connection: close` (part of the server-wide middleware,
+/// [`crate::service`]). The handler may have refused it before reading the
+/// body, and the connection then closes (with the lingering close above); a
+/// client that pooled the connection for its next request would otherwise
+/// send that request into a socket that is going away.
+pub fn close_after_refused_body(has_body: bool, resp: &mut axum::response::Response) {
     if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
-        resp.headers_mut()
-            .insert(CONNECTION, axum::http::HeaderValue::from_static("close"));
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
     }
-    resp
 }
 
 /// The same lingering close for the HTTPS server (axum-server): the TCP

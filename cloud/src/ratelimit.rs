@@ -18,9 +18,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::serve::IncomingStream;
 
@@ -48,7 +47,11 @@ impl<K> Default for Windows<K> {
 
 impl<K: std::hash::Hash + Eq + Clone> Windows<K> {
     /// If `key` is over `limit` in its current window: the time left.
-    pub fn blocked(&self, key: &K, limit: u64, now: Instant) -> Option<Duration> {
+    pub fn blocked<Q>(&self, key: &Q, limit: u64, now: Instant) -> Option<Duration>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         if limit == 0 {
             return None;
         }
@@ -62,7 +65,12 @@ impl<K: std::hash::Hash + Eq + Clone> Windows<K> {
     }
 
     /// Counts one for `key`; returns the time left if that went over `limit`.
-    pub fn hit(&self, key: &K, limit: u64, now: Instant) -> Option<Duration> {
+    /// The key is copied into the map only the first time it is counted.
+    pub fn hit<Q>(&self, key: &Q, limit: u64, now: Instant) -> Option<Duration>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if limit == 0 {
             return None;
         }
@@ -70,7 +78,10 @@ impl<K: std::hash::Hash + Eq + Clone> Windows<K> {
         if map.len() > PRUNE_ABOVE {
             map.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
         }
-        let e = map.entry(key.clone()).or_insert((now, 0));
+        if !map.contains_key(key) {
+            map.insert(key.to_owned(), (now, 0));
+        }
+        let e = map.get_mut(key)?;
         if now.duration_since(e.0) >= WINDOW {
             *e = (now, 0);
         }
@@ -134,37 +145,65 @@ pub fn client_ip(req: &Request) -> Option<IpAddr> {
     Some(peer)
 }
 
-/// Middleware: both limits.
-pub async fn limit(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// What [`check`] saw of a request, for [`record`].
+pub struct Seen {
+    now: Instant,
+    ip: Option<IpAddr>,
+    has_key: bool,
+}
+
+/// A refusal by [`check`]: answer it with [`Refused::into_response`].
+#[derive(Debug)]
+pub struct Refused {
+    left: Duration,
+    message: &'static str,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        too_many(self.left, self.message)
+    }
+}
+
+/// Both limits, before the request runs (part of the server-wide
+/// middleware, [`crate::service`]): the 429 if the request is refused.
+pub fn check(app: &AppState, req: &Request) -> Result<Seen, Refused> {
     let now = Instant::now();
-    let ip = client_ip(&req);
-    let key = crate::auth::bearer(req.headers()).map(str::to_owned);
+    let ip = client_ip(req);
+    let has_key = crate::auth::bearer(req.headers()).is_some();
     let auth_limit = app.config.auth_failures_per_min;
-    if let (Some(ip), Some(_)) = (ip, &key) {
+    if let (Some(ip), true) = (ip, has_key) {
         if let Some(left) = app.limits.auth_failures.blocked(&ip, auth_limit, now) {
-            return too_many(
+            return Err(Refused {
                 left,
-                "too many requests with a wrong or expired key from this address",
-            );
+                message: "too many requests with a wrong or expired key from this address",
+            });
         }
     }
-    if let Some(k) = &key {
-        if req.uri().path().starts_with("/device/") {
-            let dev_limit = app.config.device_requests_per_min;
+    let dev_limit = app.config.device_requests_per_min;
+    if dev_limit > 0 && req.uri().path().starts_with("/device/") {
+        if let Some(k) = crate::auth::bearer(req.headers()) {
             if let Some(left) = app.limits.device.hit(k, dev_limit, now) {
-                return too_many(left, "too many device-API requests with this key");
+                return Err(Refused {
+                    left,
+                    message: "too many device-API requests with this key",
+                });
             }
         }
     }
-    let resp = next.run(req).await;
-    if resp.status() == StatusCode::UNAUTHORIZED && key.is_some() {
-        if let Some(ip) = ip {
-            if app.limits.auth_failures.hit(&ip, auth_limit, now).is_some() {
+    Ok(Seen { now, ip, has_key })
+}
+
+/// Counts an auth failure once the answer is known.
+pub fn record(app: &AppState, seen: Seen, resp: &Response) {
+    if resp.status() == StatusCode::UNAUTHORIZED && seen.has_key {
+        if let Some(ip) = seen.ip {
+            let limit = app.config.auth_failures_per_min;
+            if app.limits.auth_failures.hit(&ip, limit, seen.now).is_some() {
                 tracing::warn!(%ip, "too many requests with a wrong key: refusing for a minute");
             }
         }
     }
-    resp
 }
 
 #[cfg(test)]
