@@ -33,19 +33,29 @@ RESIN_APT_PACKAGES=(
 )
 
 # install_packages [extra…]: apt-get only what is missing (fast when all are there).
+# A second pass installs what the first one removed: apt may remove an installed
+# package that conflicts with a new one (seen: a machine with a backported
+# qemu-utils 10, which Debian 12's qemu-system-arm replaces with nothing).
 install_packages() {
-  local missing=() p
-  for p in "${RESIN_APT_PACKAGES[@]}" "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  local missing=() p pass updated=0
+  for pass in 1 2 3; do
+    missing=()
+    for p in "${RESIN_APT_PACKAGES[@]}" "$@"; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$pass" = 3 ] && die "apt removed Debian packages as fast as it installed them: ${missing[*]}"
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if printf '%s\n' "${missing[@]}" | grep -q ':arm64$' && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+      dpkg --add-architecture arm64
+    fi
+    if [ "$updated" = 0 ]; then
+      apt-get -o DPkg::Lock::Timeout=600 update -qq
+      updated=1
+    fi
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  log "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  if printf '%s\n' "${missing[@]}" | grep -q ':arm64$' && ! dpkg --print-foreign-architectures | grep -qx arm64; then
-    dpkg --add-architecture arm64
-  fi
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # The Debian mirror this machine already uses (first URIs: line of its sources).
