@@ -23,6 +23,7 @@ cd "$RESIN_ROOT"
 OUT=${OUT:-/tmp/resin-bench}
 DEVICES=${DEVICES:-1000,10000,100000}
 CONNECTIONS=${CONNECTIONS:-32}
+PATCH_EVERY=${PATCH_EVERY:-20}  # one request in N is a state PATCH (0: none)
 DURATION=${DURATION:-15}
 INTERVAL=${INTERVAL:-60}
 OPEN_DURATION=${OPEN_DURATION:-90}
@@ -106,7 +107,7 @@ run_backend() {
   log "[$name] resin-loadgen: devices=$DEVICES connections=$CONNECTIONS duration=${DURATION}s interval=${INTERVAL}s"
   RESIN_API_KEY=$key timeout 3600 "$BIN/resin-loadgen" --url "http://127.0.0.1:$CLOUD_PORT" \
     --anchor-url "http://127.0.0.1:$NGINX_PORT" --label "$name" --devices "$DEVICES" \
-    --connections "$CONNECTIONS" --duration "$DURATION" --interval "$INTERVAL" \
+    --connections "$CONNECTIONS" --patch-every "$PATCH_EVERY" --duration "$DURATION" --interval "$INTERVAL" \
     --open-duration "$OPEN_DURATION" --open-busy-cpus "$OPEN_BUSY_CPUS" --max-slip-ms "$MAX_SLIP_MS" \
     >"$OUT/$name.jsonl" 2> >(tee "$OUT/$name.log" >&2)
   check_open_goal "$name"

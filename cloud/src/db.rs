@@ -188,6 +188,12 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
+            // sqlx pings every connection it hands out by default: one more
+            // round trip per statement (to PostgreSQL, or to the SQLite
+            // connection's worker thread), measured as most of a state
+            // PATCH's cost. A connection that broke meanwhile fails its
+            // statement instead, and the pool drops it.
+            .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
@@ -227,6 +233,7 @@ impl Db {
             let read = SqlitePoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(30))
+                .test_before_acquire(false)
                 .connect_with(opts)
                 .await
                 .map_err(|source| DbError::Connect {
