@@ -170,7 +170,8 @@ impl IntoResponse for Refused {
 pub fn check(app: &AppState, req: &Request) -> Result<Seen, Refused> {
     let now = Instant::now();
     let ip = client_ip(req);
-    let has_key = crate::auth::bearer(req.headers()).is_some();
+    let key = crate::auth::bearer(req.headers());
+    let has_key = key.is_some();
     let auth_limit = app.config.auth_failures_per_min;
     if let (Some(ip), true) = (ip, has_key) {
         if let Some(left) = app.limits.auth_failures.blocked(&ip, auth_limit, now) {
@@ -182,7 +183,7 @@ pub fn check(app: &AppState, req: &Request) -> Result<Seen, Refused> {
     }
     let dev_limit = app.config.device_requests_per_min;
     if dev_limit > 0 && req.uri().path().starts_with("/device/") {
-        if let Some(k) = crate::auth::bearer(req.headers()) {
+        if let Some(k) = key {
             if let Some(left) = app.limits.device.hit(k, dev_limit, now) {
                 return Err(Refused {
                     left,
