@@ -17,6 +17,7 @@ both!(
     retention_and_offline,
     bundles_with_ranges,
     concurrent_registrations_and_reports,
+    plain_reports_at_once_are_each_stored_and_keep_what_they_leave_out,
     depends_on_reaches_the_target_state
 );
 
@@ -585,6 +586,80 @@ fn concurrent_registrations_and_reports(backend: Backend) {
     let count = s.get("/v1/device/$count", &alice);
     assert_eq!(count.status, 200, "{}", count.body);
     assert_eq!(count.body.trim(), (threads * per_thread).to_string());
+}
+
+/// Plain reports (no actions, no OS version or update) from many devices at
+/// once share the report writer's statements: each device's own values
+/// land on its own row, a field a report leaves out keeps what an earlier
+/// report stored, and every 200 means the report is already readable.
+fn plain_reports_at_once_are_each_stored_and_keep_what_they_leave_out(backend: Backend) {
+    let s = Server::start(backend);
+    let (_, alice) = s.user("alice");
+    let (_fleet, prov) = s.fleet(&alice, "busy");
+    let devices: Vec<(i64, String, String)> = (0..24).map(|_| s.device(&prov)).collect();
+    let check = |round: &str| {
+        std::thread::scope(|scope| {
+            for (i, (id, uuid, key)) in devices.iter().enumerate() {
+                let s = &s;
+                let alice = &alice;
+                scope.spawn(move || {
+                    let report = if round == "full" {
+                        json!({ uuid.clone(): {"status": format!("s{i}"), "supervisor_version": "0.2.0",
+                            "ip_address": [format!("10.0.2.{i}"), "fe80::1"], "cpu_usage": i as f64 + 0.5,
+                            "cpu_temp": 40.0, "memory_usage": i * 1000, "memory_total": 2_000_000,
+                            "storage_usage": i, "storage_total": 99,
+                            "apps": {"a1": {"release_uuid": format!("r{i}"), "services": {}}}} })
+                    } else {
+                        json!({ uuid.clone(): {"status": format!("idle{i}"), "memory_usage": 7} })
+                    };
+                    let r = s.patch("/device/v3/state", key, report);
+                    assert_eq!(r.status, 200, "report of device {i}: {}", r.body);
+                    // Readable as soon as the 200 came.
+                    let dev = s.get(&format!("/v1/device({id})"), alice).json();
+                    let want = if round == "full" { format!("s{i}") } else { format!("idle{i}") };
+                    assert_eq!(dev["status"], want.as_str(), "device {i}: {dev}");
+                });
+            }
+        });
+    };
+    check("full");
+    check("partial");
+    for (i, (id, _, _)) in devices.iter().enumerate() {
+        let dev = s.get(&format!("/v1/device({id})"), &alice).json();
+        assert_eq!(dev["status"], format!("idle{i}").as_str(), "{dev}");
+        assert_eq!(dev["memory_usage"], 7, "{dev}");
+        // Left out of the second report: still the first one's.
+        assert_eq!(dev["supervisor_version"], "0.2.0", "{dev}");
+        assert_eq!(
+            dev["ip_address"],
+            format!("10.0.2.{i} fe80::1").as_str(),
+            "{dev}"
+        );
+        assert_eq!(dev["cpu_usage"], i as f64 + 0.5, "{dev}");
+        assert_eq!(dev["cpu_temp"], 40.0, "{dev}");
+        assert_eq!(dev["memory_total"], 2_000_000, "{dev}");
+        assert_eq!(dev["storage_usage"], i, "{dev}");
+        assert_eq!(dev["storage_total"], 99, "{dev}");
+        assert_eq!(
+            dev["apps"]["a1"]["release_uuid"],
+            format!("r{i}").as_str(),
+            "{dev}"
+        );
+        assert_eq!(dev["is_online"], true, "{dev}");
+        assert!(dev["last_seen"].is_string(), "{dev}");
+    }
+    // A report the writer cannot take whole is refused whole: nothing of it
+    // is stored.
+    let (id, uuid, key) = &devices[0];
+    let long = "x".repeat(300);
+    let r = s.patch(
+        "/device/v3/state",
+        key,
+        json!({ uuid.clone(): {"status": long, "memory_usage": 1} }),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let dev = s.get(&format!("/v1/device({id})"), &alice).json();
+    assert_eq!(dev["memory_usage"], 7, "{dev}");
 }
 
 /// Compose `depends_on` (list or map form) is stored and reaches the
